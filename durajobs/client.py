@@ -1,0 +1,435 @@
+"""Typed clients: ``jobs.continuous(name)``, ``jobs.debounce(name)``, ``jobs.task(name)``.
+
+Each call turns into one step on one instance through the engine (or, for reads, one query).
+Results are frozen attrs values; times are aware UTC datetimes or ``None``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from . import steps
+from .definitions import Continuous, Debounce, Definition, Task
+from .engine import Engine, instance_id_of
+from .errors import DuplicateEventError, InstanceNotFoundError
+from .steps import Instance
+
+__all__ = [
+    "AddResult",
+    "ClearResult",
+    "ContinuousClient",
+    "ContinuousStatus",
+    "DebounceClient",
+    "DebounceStatus",
+    "FlushResult",
+    "ResumeResult",
+    "SendResult",
+    "StartResult",
+    "TaskClient",
+    "TaskStatus",
+    "TaskTriggerResult",
+    "TerminateResult",
+    "TriggerResult",
+]
+
+S = TypeVar("S")
+E = TypeVar("E")
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@attrs.frozen
+class StartResult:
+    instance_id: str
+    created: bool
+    status: str
+    retry_scheduled: bool = False
+
+
+@attrs.frozen
+class TriggerResult:
+    triggered: bool
+    terminated: bool = False
+    retry_scheduled: bool = False
+
+
+@attrs.frozen
+class ContinuousStatus:
+    status: str
+    run_count: int = 0
+    next_run_at: datetime | None = None
+    attempt: int = 1
+    last_error: str | None = None
+
+
+@attrs.frozen
+class TerminateResult:
+    terminated: bool
+    reason: str | None = None
+
+
+@attrs.frozen
+class ResumeResult:
+    instance_id: str
+    resumed: bool
+    due_at: datetime | None
+
+
+@attrs.frozen
+class AddResult:
+    instance_id: str
+    created: bool
+    event_count: int
+    will_flush_at: datetime | None
+
+
+@attrs.frozen
+class FlushResult:
+    flushed: bool
+    event_count: int
+    reason: str
+    error: str | None = None
+
+
+@attrs.frozen
+class ClearResult:
+    cleared: bool
+    discarded_events: int = 0
+
+
+@attrs.frozen
+class DebounceStatus:
+    status: str
+    event_count: int = 0
+    started_at: datetime | None = None
+    will_flush_at: datetime | None = None
+    attempt: int = 1
+    last_error: str | None = None
+
+
+@attrs.frozen
+class SendResult:
+    instance_id: str
+    created: bool
+    scheduled_at: datetime | None
+
+
+@attrs.frozen
+class TaskTriggerResult:
+    triggered: bool
+    terminated: bool = False
+    retry_scheduled: bool = False
+
+
+@attrs.frozen
+class TaskStatus:
+    status: str
+    scheduled_at: datetime | None = None
+    created_at: datetime | None = None
+    event_count: int = 0
+    execute_count: int = 0
+    attempt: int = 1
+    last_error: str | None = None
+
+
+D = TypeVar("D", bound=Definition)
+
+
+class _Client(Generic[D]):
+    kind: str
+
+    def __init__(self, engine: Engine, name: str, job: D, check: Any) -> None:
+        self._engine = engine
+        self.name = name
+        self.job = job
+        self._check = check  # Jobs' guard: open, and used from its own thread
+
+    def _id(self, user_id: str) -> str:
+        if not isinstance(user_id, str) or not user_id:
+            raise TypeError(f"an instance id must be a non-empty str, got {user_id!r}")
+        return instance_id_of(self.kind, self.name, user_id)
+
+    def _load(self, user_id: str) -> Instance | None:
+        self._check()
+        return self._engine.store.load(self._id(user_id))
+
+    def _step(self, user_id: str, msg: steps.Message, **kw: Any) -> steps.Decision:
+        self._check()
+        self._id(user_id)
+        result = self._engine.run(self.kind, self.name, user_id, msg, job=self.job, **kw)
+        assert result is not None
+        return result[0]
+
+    def _state(self, user_id: str, state_type: Any) -> Any:
+        inst = self._load(user_id)
+        if inst is None or inst.state is None:
+            return None
+        codec = self._engine.codecs(self.name)[0]
+        return codec.decode(inst.state, f"state of {inst.instance_id}")
+
+    def _terminate(self, user_id: str, reason: str | None) -> TerminateResult:
+        decision = self._step(user_id, steps.Terminate(reason))
+        return TerminateResult(decision.changed, reason if decision.changed else None)
+
+    def retry(self, user_id: str) -> ResumeResult:
+        """Resume a parked (``"failed"``) instance: its work is due now, with fresh attempts.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InvalidStateError: the instance is not parked.
+            InstanceBusyError: another step held it past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        try:
+            decision = self._step(user_id, steps.Resume())
+        except InstanceNotFoundError:
+            raise InstanceNotFoundError(f"{self._id(user_id)}: no such instance") from None
+        row = decision.instance
+        return ResumeResult(self._id(user_id), True, _dt(row.due_at if row else None))
+
+
+class ContinuousClient(_Client[Continuous], Generic[S]):
+    """Client of one Continuous job."""
+
+    kind = "continuous"
+
+    def start(self, user_id: str, state: S) -> StartResult:
+        """Create the instance with its initial state (no-op if it exists).
+
+        With ``start_immediately`` the first run happens here, before this returns; a failing
+        first run does not raise (see ``retry_scheduled`` and ``status().last_error``).
+
+        Raises:
+            ValidationError: ``state`` does not fit the job's state type.
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        instance_id = self._id(user_id)
+        self._check()
+        text = self._engine.codecs(self.name)[0].encode(state, f"initial state of {instance_id}")
+        decision = self._step(user_id, steps.Start(text))
+        if not decision.changed:
+            return StartResult(instance_id, False, self.status(user_id).status)
+        status = "not_found" if decision.instance is None else decision.instance.status
+        return StartResult(instance_id, True, status, decision.retry_scheduled)
+
+    def trigger(self, user_id: str) -> TriggerResult:
+        """Run now and restart the schedule from now. A missing instance: ``triggered=False``.
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        decision = self._step(user_id, steps.Trigger())
+        if not decision.changed:
+            return TriggerResult(False)
+        return TriggerResult(True, decision.terminated, decision.retry_scheduled)
+
+    def status(self, user_id: str) -> ContinuousStatus:
+        """The instance's status; ``status="not_found"`` when it does not exist.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        inst = self._load(user_id)
+        if inst is None:
+            return ContinuousStatus("not_found")
+        return ContinuousStatus(
+            inst.status, inst.run_count, _dt(inst.due_at), inst.attempt, inst.last_error
+        )
+
+    def get_state(self, user_id: str) -> S | None:
+        """The current state, or ``None`` when the instance does not exist.
+
+        Raises:
+            ValidationError: the stored state no longer fits the state type.
+            StorageError: the database cannot be read.
+        """
+        return self._state(user_id, self.job.state)  # type: ignore[no-any-return]
+
+    def terminate(self, user_id: str, reason: str | None = None) -> TerminateResult:
+        """Cancel the alarm and purge the instance (history keeps the final state).
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        return self._terminate(user_id, reason)
+
+
+class DebounceClient(_Client[Debounce], Generic[E, S]):
+    """Client of one Debounce job."""
+
+    kind = "debounce"
+
+    def add(self, user_id: str, event: E, *, key: str | None = None) -> AddResult:
+        """Add an event to the instance's current batch (creating the instance).
+
+        Never waits for a running flush of the same instance: the event is stored at once and
+        belongs to the next batch. When the reducer runs here and raises, nothing is stored.
+
+        Raises:
+            ValidationError: ``event`` does not fit the job's event type.
+            DuplicateEventError: ``key`` was already accepted for this instance.
+            ExecutionError: the reducer raised (and there is no ``on_error``).
+            StorageError: the database failed.
+        """
+        instance_id = self._id(user_id)
+        self._check()
+        engine = self._engine
+        text = engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
+        if key is not None and engine.store.has_key(instance_id, key):
+            raise DuplicateEventError(f"{instance_id}: an event with key {key!r} was already accepted")
+        result = engine.run(
+            self.kind, self.name, user_id, steps.Add(event, text), wait=False, key=key,
+            job=self.job,
+        )  # fmt: skip
+        if result is None:
+            # A step of this instance (a flush) is running elsewhere: queue for the next batch.
+            count, first = engine.store.enqueue(
+                instance_id, self.name, user_id, text, key, engine.clock.time()
+            )
+            if engine.waker is not None:
+                engine.waker.poke()
+            return AddResult(instance_id, False, count, _dt(first + self.job.flush_after))
+        decision, before = result
+        row = decision.instance
+        return AddResult(
+            instance_id,
+            before is None,
+            decision.event_count,
+            None if row is None else _dt(row.scheduled_for),
+        )
+
+    def flush(self, user_id: str) -> FlushResult:
+        """Flush the batch now (reason ``"manual"``); an empty batch reports ``"empty"``.
+
+        A failing ``execute`` does not raise: ``flushed=False`` with the error, and the retry
+        policy applies.
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        decision = self._step(user_id, steps.Flush())
+        if decision.flush_reason == "empty" or decision.flush_reason is None:
+            return FlushResult(False, 0, "empty")
+        return FlushResult(
+            decision.flushed, decision.event_count, decision.flush_reason, decision.error
+        )
+
+    def clear(self, user_id: str) -> ClearResult:
+        """Discard the batch without running ``execute``.
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        decision = self._step(user_id, steps.Clear())
+        return ClearResult(decision.changed, decision.event_count)
+
+    def status(self, user_id: str) -> DebounceStatus:
+        """The batch's status; ``status="not_found"`` when there is none.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        inst = self._load(user_id)
+        if inst is None:
+            return DebounceStatus("not_found")
+        queued = self._engine.store.queued(inst.instance_id)
+        will_flush = inst.due_at if inst.attempt > 1 else inst.scheduled_for
+        started = inst.started_at
+        if inst.event_count == 0 and queued:
+            started = queued[0].added_at
+            will_flush = started + self.job.flush_after
+        return DebounceStatus(
+            inst.status, inst.event_count + len(queued), _dt(started), _dt(will_flush),
+            inst.attempt, inst.last_error,
+        )  # fmt: skip
+
+    def get_state(self, user_id: str) -> S | None:
+        """The accumulated state of the current batch, or ``None``.
+
+        Raises:
+            ValidationError: the stored state no longer fits the state type.
+            StorageError: the database cannot be read.
+        """
+        return self._state(user_id, self.job.state_type)  # type: ignore[no-any-return]
+
+
+class TaskClient(_Client[Task], Generic[E, S]):
+    """Client of one Task job."""
+
+    kind = "task"
+
+    def send(self, user_id: str, event: E, *, key: str | None = None) -> SendResult:
+        """Deliver an event: ``on_event`` runs here (then ``on_idle`` if no alarm is left).
+
+        Raises:
+            ValidationError: ``event`` does not fit the job's event type.
+            DuplicateEventError: ``key`` was already accepted for this instance.
+            ExecutionError: ``on_event`` raised and there is no ``on_error``; nothing changed.
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        instance_id = self._id(user_id)
+        self._check()
+        engine = self._engine
+        engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
+        if key is not None and engine.store.has_key(instance_id, key):
+            raise DuplicateEventError(f"{instance_id}: an event with key {key!r} was already accepted")
+        result = engine.run(self.kind, self.name, user_id, steps.Send(event), key=key, job=self.job)
+        assert result is not None
+        decision, before = result
+        row = decision.instance
+        return SendResult(instance_id, before is None, None if row is None else _dt(row.due_at))
+
+    def trigger(self, user_id: str) -> TaskTriggerResult:
+        """Run ``execute`` now (clearing any pending alarm). A missing instance: not triggered.
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        decision = self._step(user_id, steps.Trigger())
+        if not decision.changed:
+            return TaskTriggerResult(False)
+        return TaskTriggerResult(True, decision.terminated, decision.retry_scheduled)
+
+    def status(self, user_id: str) -> TaskStatus:
+        """The instance's status; ``status="not_found"`` when it does not exist.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        inst = self._load(user_id)
+        if inst is None:
+            return TaskStatus("not_found")
+        return TaskStatus(
+            inst.status, _dt(inst.due_at), _dt(inst.created_at), inst.event_count,
+            inst.run_count, inst.attempt, inst.last_error,
+        )  # fmt: skip
+
+    def get_state(self, user_id: str) -> S | None:
+        """The current state (``None`` before the first assignment or when missing).
+
+        Raises:
+            ValidationError: the stored state no longer fits the state type.
+            StorageError: the database cannot be read.
+        """
+        return self._state(user_id, self.job.state)  # type: ignore[no-any-return]
+
+    def terminate(self, user_id: str, reason: str | None = None) -> TerminateResult:
+        """Cancel the alarm and purge the instance (history keeps the final state).
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        return self._terminate(user_id, reason)

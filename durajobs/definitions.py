@@ -1,0 +1,218 @@
+"""Job definitions: frozen values that describe a Continuous, Debounce or Task job.
+
+Definitions are pure data plus the user's handler functions. They validate when made: a bad
+duration, cron string or policy raises at definition time (``SchedulerError`` /
+``ValueError``), never in the middle of a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Literal
+
+import attrs
+
+from .durations import parse_duration
+from .retry import Retry
+from .schedules import Cron, Every
+
+__all__ = ["Continuous", "Debounce", "Definition", "Kind", "Task"]
+
+Kind = Literal["continuous", "debounce", "task"]
+Handler = Callable[..., Any]
+DurationLike = timedelta | str | int | float
+
+CATCH_UP = ("one", "skip", "all")
+ON_EXHAUSTED = ("terminate", "park", "skip")
+LOG_LEVELS = (None, "debug", "info", "warning", "error", "off")
+
+
+def _seconds(field: str) -> Callable[[DurationLike | None], float | None]:
+    def convert(value: DurationLike | None) -> float | None:
+        return None if value is None else parse_duration(value, field=field)
+
+    return convert
+
+
+def _one_of(options: tuple[Any, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in options:
+            raise ValueError(f"{attribute.name} must be one of {options!r}, got {value!r}")
+
+    return check
+
+
+def _callable_or_none(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name} must be a function taking a context, got {value!r}")
+
+
+def _callable(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"{attribute.name} must be a function taking a context, got {value!r}")
+
+
+def _positive_or_none(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _exhausted_policy(retry: Retry | None, given: str | None, without_retry: str) -> str:
+    """DESIGN item 9: ``terminate`` when retry is given, else the kind's own default."""
+    if given is not None:
+        return given
+    return "terminate" if retry is not None else without_retry
+
+
+@attrs.frozen(kw_only=True)
+class Continuous:
+    """Recurring work on a schedule, with typed state that survives restarts.
+
+    Args:
+        state: the state type (an attrs class or a JSON-able type).
+        schedule: ``every(...)`` or ``cron(...)``.
+        execute: ``execute(ctx)`` run at each due time; assign ``ctx.state`` to change state.
+        start_immediately: run the first step inside ``start`` (else at start + period).
+        retry: a ``Retry`` policy; ``None`` means one attempt.
+        on_error: ``on_error(error, ctx)`` called when a run's attempts are used up.
+        on_exhausted: ``"terminate"``, ``"park"`` or ``"skip"`` (default: ``"terminate"`` with
+            ``retry``, else ``"skip"``).
+        catch_up: ``"one"``, ``"skip"`` or ``"all"``: what to do about ticks missed while nothing
+            ran (see the README).
+        timeout: seconds (or a duration) after which the daemon stops the step.
+        logging: per-job log level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``, ``"off"``).
+
+    Raises:
+        SchedulerError: a duration is invalid.
+        ValueError: a policy name is not one of the allowed values.
+        TypeError: a handler is not callable.
+    """
+
+    kind: Kind = attrs.field(default="continuous", init=False)
+    state: Any
+    schedule: Every | Cron = attrs.field(validator=attrs.validators.instance_of((Every, Cron)))
+    execute: Handler = attrs.field(validator=_callable)
+    start_immediately: bool = True
+    retry: Retry | None = None
+    on_error: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    on_exhausted: str | None = attrs.field(default=None)
+    catch_up: str = attrs.field(default="one", validator=_one_of(CATCH_UP))
+    timeout: float | None = attrs.field(
+        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+    )
+    logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    exhausted: str = attrs.field(init=False)
+
+    @exhausted.default
+    def _exhausted(self) -> str:
+        return _exhausted_policy(self.retry, self.on_exhausted, "skip")
+
+    def __attrs_post_init__(self) -> None:
+        if self.on_exhausted is not None:
+            _one_of(ON_EXHAUSTED)(self, attrs.fields(Continuous).on_exhausted, self.on_exhausted)
+
+    @property
+    def event(self) -> None:
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class Debounce:
+    """Collect events per id and process them as one batch after a delay or at N events.
+
+    Args:
+        event: the event type.
+        execute: ``execute(ctx)`` run with the batch's accumulated ``ctx.state``.
+        flush_after: the window, from the first event of a batch (a duration or seconds).
+        state: the accumulated state type; ``None`` means the event type.
+        on_event: the reducer ``on_event(ctx) -> new_state``; default keeps the latest event.
+        max_events: flush at once when the batch reaches this many events.
+        trailing: each event pushes the flush to ``flush_after`` after it, capped by ``max_wait``
+            from the first event.
+        max_wait: the cap for ``trailing`` (a duration or seconds).
+        retry, on_error, on_exhausted, timeout, logging: as for ``Continuous``;
+            ``on_exhausted`` defaults to ``"terminate"`` with ``retry``, else ``"park"``.
+
+    Raises:
+        SchedulerError: a duration is invalid.
+        ValueError: a policy name or count is not allowed.
+        TypeError: a handler is not callable.
+    """
+
+    kind: Kind = attrs.field(default="debounce", init=False)
+    event: Any
+    execute: Handler = attrs.field(validator=_callable)
+    flush_after: float = attrs.field(converter=_seconds("flush_after"))  # type: ignore[misc]
+    state: Any = None
+    on_event: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    max_events: int | None = attrs.field(default=None, validator=_positive_or_none)
+    trailing: bool = False
+    max_wait: float | None = attrs.field(
+        default=None, converter=_seconds("max_wait"), validator=_positive_or_none
+    )
+    retry: Retry | None = None
+    on_error: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    on_exhausted: str | None = attrs.field(default=None)
+    timeout: float | None = attrs.field(
+        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+    )
+    logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    exhausted: str = attrs.field(init=False)
+
+    @exhausted.default
+    def _exhausted(self) -> str:
+        return _exhausted_policy(self.retry, self.on_exhausted, "park")
+
+    def __attrs_post_init__(self) -> None:
+        if self.on_exhausted is not None:
+            _one_of(ON_EXHAUSTED[:2])(self, attrs.fields(Debounce).on_exhausted, self.on_exhausted)
+
+    @property
+    def state_type(self) -> Any:
+        return self.event if self.state is None else self.state
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """An event-driven state machine: events update state and schedule a future ``execute``.
+
+    Args:
+        state: the state type.
+        event: the event type (an attrs class or a union of attrs classes).
+        on_event: ``on_event(event, ctx)`` run by ``send``.
+        execute: ``execute(ctx)`` run when the alarm set by ``ctx.schedule`` fires.
+        on_idle: ``on_idle(ctx)`` run at the end of any step that leaves no alarm set.
+        on_error: ``on_error(error, ctx)`` for errors from the other handlers.
+        retry, on_exhausted, timeout, logging: as for ``Debounce``.
+
+    Raises:
+        ValueError: a policy name is not allowed.
+        TypeError: a handler is not callable.
+    """
+
+    kind: Kind = attrs.field(default="task", init=False)
+    state: Any
+    event: Any
+    on_event: Handler = attrs.field(validator=_callable)
+    execute: Handler = attrs.field(validator=_callable)
+    on_idle: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    on_error: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    retry: Retry | None = None
+    on_exhausted: str | None = attrs.field(default=None)
+    timeout: float | None = attrs.field(
+        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+    )
+    logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    exhausted: str = attrs.field(init=False)
+
+    @exhausted.default
+    def _exhausted(self) -> str:
+        return _exhausted_policy(self.retry, self.on_exhausted, "park")
+
+    def __attrs_post_init__(self) -> None:
+        if self.on_exhausted is not None:
+            _one_of(ON_EXHAUSTED[:2])(self, attrs.fields(Task).on_exhausted, self.on_exhausted)
+
+
+Definition = Continuous | Debounce | Task

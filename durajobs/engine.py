@@ -1,0 +1,354 @@
+"""The step engine: claim an instance, run the pure step (and its handlers), commit.
+
+The one path every step takes, whether a client call or a due alarm, in this process or in a
+daemon worker::
+
+    claim (OFD lock, no I/O)  ->  read the committed row (no transaction)
+    ->  steps.step(...) runs the user's handlers, returns a Decision
+    ->  store.commit([...]) in one BEGIN IMMEDIATE transaction, fenced on the row's step
+    ->  release the claim  ->  hooks / tracker / wake the daemon
+
+User code never runs inside a write transaction: the claim, not the database, keeps other
+steps of the instance out while a handler runs, so a 10 s handler blocks nobody else.
+``run_due`` commits many finished steps in one transaction (group commit), holding their claims
+until it has; a crash before that commit loses only handler runs, which run again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from . import steps
+from .codec import Codec, TypeCodec
+from .definitions import Debounce, Definition
+from .errors import ExecutionError, InvalidStateError, JobNotFoundError
+from .locks import InstanceLocks
+from .steps import Decision, Env, Instance, Message
+from .store import Store, Write
+from .wake import Waker
+
+__all__ = ["Engine", "RecordHook"]
+
+RecordHook = Callable[[list[dict[str, Any]]], None]
+StepHook = Callable[[str, float | None], None]
+
+GROUP_MAX_STEPS = 256
+GROUP_MAX_SECONDS = 0.02
+
+
+def instance_id_of(kind: str, job: str, user_id: str) -> str:
+    """``"{kind}:{job_name}:{id}"``."""
+    return f"{kind}:{job}:{user_id}"
+
+
+class Engine:
+    """Runs steps against one store. Internal: users go through ``Jobs`` and its clients."""
+
+    def __init__(
+        self,
+        store: Store,
+        locks: InstanceLocks,
+        registry: Mapping[str, Definition],
+        *,
+        clock: Any,
+        wait_timeout: float,
+        history_limit: int,
+        on_records: RecordHook | None = None,
+        waker: Waker | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.locks = locks
+        self.registry = registry
+        self.clock = clock
+        self.wait_timeout = wait_timeout
+        self.history_limit = history_limit
+        self.on_records = on_records
+        self.waker = waker
+        self.before_step: StepHook | None = None  # the daemon's timeout watch
+        self._rng = rng or random.Random()
+        self._codec = Codec()
+        self._codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] = {}
+
+    # -- codecs ---------------------------------------------------------------------------
+
+    def codecs(self, job_name: str) -> tuple[TypeCodec, TypeCodec | None]:
+        """(state codec, event codec) of a registered job."""
+        pair = self._codecs.get(job_name)
+        if pair is None:
+            job = self.registry[job_name]
+            if isinstance(job, Debounce):
+                pair = (self._codec.for_type(job.state_type), self._codec.for_type(job.event))
+            elif job.kind == "task":
+                pair = (self._codec.for_type(job.state), self._codec.for_type(job.event))
+            else:
+                pair = (self._codec.for_type(job.state), None)
+            self._codecs[job_name] = pair
+        return pair
+
+    def _env(self, inst_id: str, job_name: str, user_id: str, queued: Sequence[Any]) -> Env:
+        state_codec, event_codec = self.codecs(job_name)
+        return Env(
+            inst_id, job_name, user_id, self.clock.time(), self._rng.random(),
+            time.perf_counter, state_codec, event_codec, queued,
+        )  # fmt: skip
+
+    # -- one step -------------------------------------------------------------------------
+
+    def run(
+        self,
+        kind: str,
+        job_name: str,
+        user_id: str,
+        msg: Message,
+        *,
+        wait: bool = True,
+        key: str | None = None,
+        job: Definition | None = None,
+    ) -> tuple[Decision, Instance | None] | None:
+        """Run one step now, in this process. Returns ``None`` when ``wait=False`` and busy.
+
+        Returns the decision and the row it was computed from.
+
+        Raises:
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            ExecutionError: ``send``/``add``'s handler raised and nothing changed.
+            DuplicateEventError: the idempotency key was taken meanwhile.
+            StorageError: the database failed; nothing was applied.
+        """
+        instance_id = instance_id_of(kind, job_name, user_id)
+        locks = self.locks
+        if wait:
+            token = locks.acquire(instance_id, self.wait_timeout)
+        else:
+            maybe = locks.try_acquire(instance_id)
+            if maybe is None:
+                return None
+            token = maybe
+        try:
+            inst = self.store.load(instance_id)
+            if job is None:
+                job = self._job_for(instance_id, job_name, kind)
+            queued = self.store.queued(instance_id) if kind == "debounce" else ()
+            decision = steps.step(job, inst, msg, self._env(instance_id, job_name, user_id, queued))
+            if decision.raise_error is not None:
+                cause = decision.raise_error
+                raise ExecutionError(
+                    f"{instance_id}: handler raised {type(cause).__name__}: {cause}", cause
+                ) from cause
+            if decision.changed:
+                write = Write(
+                    instance_id, kind, job_name, user_id, inst.step if inst else 0,
+                    decision.instance, decision.records, decision.consumed, key,
+                )  # fmt: skip
+                (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                if not ok:
+                    raise InvalidStateError(
+                        f"{instance_id}: the instance changed under a step that held its claim "
+                        "(is another durajobs version writing to this file?)"
+                    )
+        finally:
+            locks.release(token)
+        if decision.changed:
+            self._after([(write, decision)])
+        return decision, inst
+
+    def _job_for(self, instance_id: str, job_name: str, kind: str) -> Definition:
+        job = self.registry.get(job_name)
+        if job is None or job.kind != kind:
+            raise JobNotFoundError(
+                f"{instance_id}: no {kind} job named {job_name!r} is registered "
+                f"(registered: {', '.join(sorted(self.registry)) or 'none'})"
+            )
+        return job
+
+    # -- due alarms, group-committed ------------------------------------------------------
+
+    def run_due(
+        self,
+        *,
+        only: Sequence[str] | None = None,
+        busy: list[str] | None = None,
+        max_passes: int = steps.CATCH_UP_ALL_LIMIT + 2,
+    ) -> int:
+        """Run every step whose alarm is due now; returns how many steps committed.
+
+        ``only`` restricts the run to those instance ids (daemon workers); instances whose
+        claim another process holds are skipped and, if ``busy`` is given, listed there.
+
+        Raises:
+            StorageError: a commit failed; the steps of that group will run again.
+        """
+        total = 0
+        stepped: dict[str, int] = {}
+        for _ in range(max_passes):
+            if only is None:
+                rows = self.store.due(self.clock.time(), GROUP_MAX_STEPS)
+            else:
+                rows = [r for r in map(self.store.load, only) if r is not None]
+            progressed = self._run_rows(rows, stepped, busy)
+            total += progressed
+            # Loop while steps made more work due now (catch_up="all", zero-delay retries).
+            if only is not None or not progressed:
+                break
+        return total
+
+    def _run_rows(
+        self, rows: Sequence[Instance], stepped: dict[str, int], busy: list[str] | None
+    ) -> int:
+        pending: list[tuple[int, Write, Decision]] = []
+        committed = 0
+        group_started = time.perf_counter()
+        locks = self.locks
+        try:
+            for candidate in rows:
+                instance_id = candidate.instance_id
+                if stepped.get(instance_id, 0) > steps.CATCH_UP_ALL_LIMIT:
+                    continue
+                job = self.registry.get(candidate.job)
+                if job is None or job.kind != candidate.kind:
+                    continue  # not this process's job: leave it for one that knows it
+                token = locks.try_acquire(instance_id)
+                if token is None:
+                    if busy is not None:
+                        busy.append(instance_id)
+                    continue
+                try:
+                    inst = self.store.load(instance_id)  # fresh, now that it is ours
+                    if inst is None or inst.due_at is None or inst.due_at > self.clock.time():
+                        locks.release(token)
+                        continue
+                    queued = self.store.queued(instance_id) if inst.kind == "debounce" else ()
+                    if self.before_step is not None:
+                        self.before_step(instance_id, job.timeout)
+                    env = self._env(instance_id, inst.job, inst.user_id, queued)
+                    decision = steps.step(job, inst, steps.Alarm(), env)
+                except BaseException:
+                    locks.release(token)
+                    raise
+                if not decision.changed:
+                    locks.release(token)
+                    continue
+                stepped[instance_id] = stepped.get(instance_id, 0) + 1
+                write = Write(
+                    instance_id, inst.kind, inst.job, inst.user_id, inst.step,
+                    decision.instance, decision.records, decision.consumed,
+                )  # fmt: skip
+                pending.append((token, write, decision))
+                if (
+                    len(pending) >= GROUP_MAX_STEPS
+                    or time.perf_counter() - group_started > GROUP_MAX_SECONDS
+                ):
+                    committed += self._commit_group(pending)
+                    pending = []
+                    group_started = time.perf_counter()
+            committed += self._commit_group(pending)
+            pending = []
+        finally:
+            for token, _, _ in pending:
+                locks.release(token)
+        return committed
+
+    def _commit_group(self, pending: list[tuple[int, Write, Decision]]) -> int:
+        if not pending:
+            return 0
+        try:
+            applied = self.store.commit(
+                [w for _, w, _ in pending], self.clock.time(), self.history_limit
+            )
+        finally:
+            for token, _, _ in pending:
+                self.locks.release(token)
+        done = [(w, d) for (_, w, d), ok in zip(pending, applied, strict=True) if ok]
+        self._after(done)
+        return len(done)
+
+    def apply(self, msg: Message, instance_id: str) -> Decision:
+        """Run a handler-free step (terminate, clear, resume, request) by instance id.
+
+        Used by the CLI, which has no registry: only messages that call no handler work here.
+
+        Raises:
+            InstanceNotFoundError: resume of a missing instance.
+            InvalidStateError: resume of an instance that is not parked.
+            InstanceBusyError: another step held the instance past ``wait_timeout``.
+            StorageError: the database failed.
+        """
+        token = self.locks.acquire(instance_id, self.wait_timeout)
+        try:
+            inst = self.store.load(instance_id)
+            kind = inst.kind if inst else instance_id.split(":", 1)[0]
+            queued = self.store.queued(instance_id) if kind == "debounce" else ()
+            job = _HandlerFree(kind)
+            env = Env(
+                instance_id, inst.job if inst else "", inst.user_id if inst else "",
+                self.clock.time(), 0.0, time.perf_counter, _NO_CODEC, None, queued,
+            )  # fmt: skip
+            decision = steps.step(job, inst, msg, env)  # type: ignore[arg-type]
+            if decision.changed and inst is not None:
+                write = Write(
+                    instance_id, inst.kind, inst.job, inst.user_id, inst.step,
+                    decision.instance, decision.records, decision.consumed,
+                )  # fmt: skip
+                (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                if not ok:
+                    raise InvalidStateError(f"{instance_id}: changed under its claim")
+        finally:
+            self.locks.release(token)
+        if decision.changed and inst is not None:
+            self._after([(write, decision)])
+        return decision
+
+    # -- after commit ---------------------------------------------------------------------
+
+    def _after(self, done: Sequence[tuple[Write, Decision]]) -> None:
+        if not done:
+            return
+        if self.waker is not None and any(w.row is not None and w.row.due_at is not None
+                                          for w, _ in done):  # fmt: skip
+            self.waker.poke()
+        hook = self.on_records
+        if hook is None:
+            return
+        at = datetime.fromtimestamp(self.clock.time(), UTC).isoformat()
+        records: list[dict[str, Any]] = []
+        for write, _ in done:
+            step_no = write.row.step if write.row is not None else write.expected_step + 1
+            for event, attempt, duration_ms, error, data in write.records:
+                records.append(
+                    {
+                        "event": event,
+                        "instance_id": write.instance_id,
+                        "kind": write.kind,
+                        "job": write.job,
+                        "id": write.user_id,
+                        "step": step_no,
+                        "attempt": attempt,
+                        "duration_ms": duration_ms,
+                        "error": error,
+                        "data": data,
+                        "at": at,
+                    }
+                )
+        if records:
+            hook(records)
+
+
+class _HandlerFree:
+    """A stand-in definition for handler-free steps (the CLI has no user code)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.retry = None
+        self.on_error = None
+
+
+def _no_codec(*_args: Any) -> Any:
+    raise InvalidStateError("this step needs the application's job definitions")
+
+
+_NO_CODEC = TypeCodec(None, _no_codec, _no_codec)

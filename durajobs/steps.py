@@ -1,0 +1,921 @@
+"""The per-kind step functions: the pure core of durajobs.
+
+Theory of operation
+-------------------
+Every client call and every due alarm becomes one *step* on one instance::
+
+    step(job, instance, message, env) -> Decision
+
+``instance`` is the committed row (or ``None``), ``message`` says what happened (an alarm, a
+``trigger``, an ``add``, ...), and ``env`` carries the time, a random number for jitter and a
+timer: this module reads no clock and does no I/O. The step calls the user's handlers, turns
+whatever they raise into values, and returns a ``Decision``: the instance's next row (or a
+purge), the history records, and what the caller should report. The engine (the shell) claims
+the instance before the step and commits the decision after it, outside any handler; a decision
+that is not committed changes nothing, so a crash anywhere means the step runs again.
+
+Rows are never mutated: a step builds the successor with ``attrs.evolve`` and bumps ``step``,
+which the store uses as a fencing token. Transitions per kind:
+
+Continuous  start -> (run now | alarm at first tick); alarm/trigger -> run execute ->
+            ok: next tick | error: retry alarm | exhausted: on_error, else terminate/park/skip
+Debounce    add -> fold events with the reducer -> (flush now at max_events | alarm at window);
+            alarm -> fold queued events, flush when the window is over -> ok: purge
+            | error: retry alarm (batch kept) | exhausted: on_error, else terminate/park
+Task        send -> on_event [-> on_idle]; alarm/trigger -> clear alarm, execute [-> on_idle];
+            errors -> retry (execute only) -> on_error -> terminate/park
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from .codec import TypeCodec, dumps
+from .contexts import (
+    ContinuousContext,
+    DebounceContext,
+    DebounceEventContext,
+    TaskContext,
+    _StateContext,
+)
+from .definitions import Continuous, Debounce, Definition, Task
+from .errors import InstanceNotFoundError, InvalidStateError
+from .schedules import missed_ticks
+
+__all__ = [
+    "CATCH_UP_ALL_LIMIT",
+    "Add",
+    "Alarm",
+    "Clear",
+    "Decision",
+    "Env",
+    "Flush",
+    "Instance",
+    "Message",
+    "Queued",
+    "Record",
+    "Request",
+    "Resume",
+    "Send",
+    "Start",
+    "Terminate",
+    "TimedOut",
+    "Trigger",
+    "step",
+]
+
+CATCH_UP_ALL_LIMIT = 100
+"""``catch_up="all"`` runs at most this many missed ticks one by one; more are coalesced."""
+
+
+@attrs.frozen(slots=True)
+class Instance:
+    """One committed row: everything the store keeps about an instance.
+
+    ``due_at`` is the pending alarm (a retry alarm included). ``scheduled_for`` is the kind's
+    target time: the grid time the alarm serves (Continuous), the batch's flush time (Debounce),
+    or the time the user scheduled (Task). ``reason`` says why a non-regular alarm is pending:
+    ``"trigger"`` or ``"manual"`` left by the CLI for the daemon, or the flush reason a retry
+    keeps. ``run_count`` counts runs (Continuous), flush attempts' runs (Debounce) or executes
+    (Task); ``attempt`` is the number of the next attempt.
+    """
+
+    instance_id: str
+    kind: str
+    job: str
+    user_id: str
+    status: str
+    state: str | None
+    due_at: float | None
+    scheduled_for: float | None
+    anchor: float | None
+    reason: str | None
+    run_count: int
+    attempt: int
+    event_count: int
+    created_at: float
+    started_at: float | None
+    last_error: str | None
+    step: int
+    updated_at: float
+
+
+Record = tuple[str, int, float | None, str | None, str | None]
+"""A history record: (event, attempt, duration_ms, error, data as JSON text or None)."""
+
+
+@attrs.frozen(slots=True)
+class Queued:
+    """An event stored while the instance was busy (Debounce only); folded by the next step."""
+
+    seq: int
+    event: str
+    added_at: float
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Start:
+    state: str  # encoded and validated by the caller
+
+
+@attrs.frozen(slots=True)
+class Alarm:
+    """The instance's alarm is due."""
+
+
+@attrs.frozen(slots=True)
+class Trigger:
+    """Run now (Continuous: and restart the schedule from now)."""
+
+
+@attrs.frozen(slots=True)
+class Add:
+    event: Any
+    text: str
+
+
+@attrs.frozen(slots=True)
+class Send:
+    event: Any
+
+
+@attrs.frozen(slots=True)
+class Flush:
+    """Flush the batch now (reason ``"manual"``)."""
+
+
+@attrs.frozen(slots=True)
+class Clear:
+    """Discard the batch without running execute."""
+
+
+@attrs.frozen(slots=True)
+class Terminate:
+    reason: str | None
+
+
+@attrs.frozen(slots=True)
+class Resume:
+    """Resume a parked (``"failed"``) instance: its alarm is due now with fresh attempts."""
+
+
+@attrs.frozen(slots=True)
+class TimedOut:
+    """The daemon stopped the due step after ``timeout`` seconds: a failed attempt."""
+
+    seconds: float
+
+
+@attrs.frozen(slots=True)
+class Request:
+    """Leave work for the daemon (the CLI has no handlers): ``"trigger"`` or ``"manual"``."""
+
+    what: str
+
+
+Message = Start | Alarm | Trigger | Add | Send | Flush | Clear | Terminate | Resume | TimedOut
+Message |= Request
+
+
+@attrs.frozen(slots=True)
+class Env:
+    """Everything a step needs from outside, passed in."""
+
+    instance_id: str
+    job_name: str
+    user_id: str
+    now: float
+    rand: float  # uniform in [0, 1), for retry jitter
+    timer: Callable[[], float]  # monotonic seconds, for handler durations
+    state_codec: TypeCodec
+    event_codec: TypeCodec | None = None
+    queued: Sequence[Queued] = ()
+
+
+@attrs.define(slots=True)
+class Decision:
+    """What a step decided. ``changed=False`` means there is nothing to commit."""
+
+    instance: Instance | None  # the successor row; None with changed=True means purge
+    changed: bool = True
+    records: list[Record] = attrs.Factory(list)
+    consumed: int = 0  # queued events folded up to this seq (Debounce)
+    raise_error: BaseException | None = None  # send/add: on_event raised, nothing changes
+    ran: bool = False
+    error: str | None = None  # the failure of this step, if any
+    retry_scheduled: bool = False
+    terminated: bool = False
+    flushed: bool = False
+    flush_reason: str | None = None
+    event_count: int = 0
+    created: bool = False
+
+
+NOTHING = Decision(None, changed=False)
+
+
+def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
+    """Run one step of one instance: call its handlers and decide its successor.
+
+    Raises:
+        InstanceNotFoundError: ``Resume`` of an instance that does not exist.
+        InvalidStateError: ``Resume`` of an instance that is not parked, or a message the kind
+            does not take.
+        ValidationError: a handler left a state that does not fit its type is *not* raised:
+            it counts as that handler's failure.
+    """
+    if isinstance(msg, Terminate):
+        return _terminate(inst, msg.reason, env)
+    if isinstance(msg, Resume):
+        return _resume(job, inst, env)
+    if isinstance(msg, Request):
+        return _request(inst, msg.what, env)
+    if isinstance(job, Continuous):
+        return _continuous(job, inst, msg, env)
+    if isinstance(job, Debounce):
+        return _debounce(job, inst, msg, env)
+    return _task(job, inst, msg, env)
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(*args), None
+    except Exception as exc:  # the user's handler may raise anything: it becomes a value
+        return None, exc
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _record(
+    event: str,
+    attempt: int,
+    duration: float | None = None,
+    error: BaseException | str | None = None,
+    **data: Any,
+) -> Record:
+    err = error if error is None or isinstance(error, str) else _short(error)
+    ms = None if duration is None else round(duration * 1000.0, 3)
+    return (event, attempt, ms, err, dumps(data) if data else None)
+
+
+def _final_state(inst: Instance, state: str | None) -> dict[str, Any]:
+    """History data of a purge: the final state (as stored JSON) so nothing is lost from view."""
+    return {"final_state": state, "run_count": inst.run_count, "event_count": inst.event_count}
+
+
+def _commit_state(ctx: _StateContext[Any]) -> tuple[str | None, BaseException | None]:
+    try:
+        return ctx.state_text(), None
+    except Exception as exc:  # a state that does not fit its type fails the handler
+        return None, exc
+
+
+def _next(inst: Instance, now: float, **changes: Any) -> Instance:
+    return attrs.evolve(inst, step=inst.step + 1, updated_at=now, **changes)
+
+
+def _purge(
+    inst: Instance, state: str | None, records: list[Record], event: str, attempt: int,
+    reason: str | None, error: str | None = None, **flags: Any,
+) -> Decision:  # fmt: skip
+    records.append(
+        (event, attempt, None, error, dumps({"reason": reason, **_final_state(inst, state)}))
+    )
+    return Decision(None, records=records, terminated=True, **flags)
+
+
+def _terminate(inst: Instance | None, reason: str | None, env: Env) -> Decision:
+    if inst is None:
+        return NOTHING
+    consumed = env.queued[-1].seq if env.queued else 0
+    decision = _purge(inst, inst.state, [], "job.terminated", inst.attempt, reason)
+    decision.consumed = consumed
+    return decision
+
+
+def _resume(job: Definition, inst: Instance | None, env: Env) -> Decision:
+    if inst is None:
+        raise InstanceNotFoundError("no such instance to resume")
+    if inst.status != "failed":
+        raise InvalidStateError(
+            f"{inst.instance_id} is {inst.status!r}, not 'failed': only a parked instance "
+            "can be resumed"
+        )
+    live = {"continuous": "running", "debounce": "debouncing", "task": "active"}[job.kind]
+    successor = _next(inst, env.now, status=live, due_at=env.now, attempt=1)
+    return Decision(successor, records=[_record("job.resumed", 1)])
+
+
+def _request(inst: Instance | None, what: str, env: Env) -> Decision:
+    if inst is None:
+        return NOTHING
+    successor = _next(inst, env.now, due_at=env.now, reason=what, attempt=1)
+    return Decision(successor, records=[_record("job.requested", inst.attempt, what=what)])
+
+
+def _status_for(job: Definition, due_at: float | None) -> str:
+    if isinstance(job, Continuous):
+        return "running"
+    if isinstance(job, Debounce):
+        return "debouncing"
+    return "active" if due_at is not None else "idle"
+
+
+def _failure(
+    job: Definition,
+    inst: Instance,
+    error: BaseException,
+    env: Env,
+    *,
+    records: list[Record],
+    attempt: int,
+    duration: float | None,
+    handled: Callable[[_StateContext[Any]], Decision],
+    fresh_ctx: Callable[[], _StateContext[Any]],
+    on_skip: Callable[[], Decision] | None = None,
+    **changes: Any,
+) -> Decision:
+    """A handler failed: schedule a retry, or hand the exhausted run to on_error / the policy.
+
+    ``changes`` are the attempt bookkeeping that commits with the failure (e.g. ``run_count``).
+    ``handled(ctx)`` builds the decision after a successful ``on_error``; ``on_skip`` the one for
+    the ``"skip"`` policy (Continuous).
+    """
+    text = _error_text(error)
+    records.append(_record("job.failed", attempt, duration, error))
+    retry = job.retry
+    if retry is not None and retry.can_retry(attempt):
+        due = env.now + retry.next_delay(attempt, env.rand)
+        successor = _next(
+            inst, env.now, due_at=due, attempt=attempt + 1, last_error=text, **changes
+        )
+        return Decision(successor, records=records, error=text, retry_scheduled=True, ran=True)
+    if retry is not None:
+        records.append(_record("job.retry_exhausted", attempt, None, error))
+    if job.on_error is not None:
+        ctx = fresh_ctx()
+        started = env.timer()
+        _, handler_error = _call(job.on_error, error, ctx)
+        if handler_error is None:
+            decision = handled(ctx)
+            decision.error = text
+            decision.ran = True
+            decision.records[:0] = records
+            return decision
+        records.append(
+            _record("job.failed", attempt, env.timer() - started, handler_error, handler="on_error")
+        )
+        text = _error_text(handler_error)
+    policy = job.exhausted
+    if policy == "terminate":
+        return _exhausted_purge(inst, records, attempt, error, text)
+    if policy == "skip" and on_skip is not None:
+        decision = on_skip()
+        decision.records[:0] = records
+        decision.error = text
+        decision.ran = True
+        return decision
+    successor = _next(
+        inst, env.now, status="failed", due_at=None, attempt=attempt + 1, last_error=text,
+        **changes,
+    )
+    records.append(_record("job.parked", attempt, None, error))
+    return Decision(successor, records=records, error=text, ran=True)
+
+
+def _exhausted_purge(
+    inst: Instance, records: list[Record], attempt: int, error: BaseException, text: str
+) -> Decision:
+    decision = _purge(
+        inst, inst.state, records, "job.terminated", attempt, "retries exhausted",
+        error=_short(error),
+    )  # fmt: skip
+    decision.error = text
+    decision.ran = True
+    return decision
+
+
+# -- Continuous -----------------------------------------------------------------------------
+
+
+def _continuous(job: Continuous, inst: Instance | None, msg: Message, env: Env) -> Decision:
+    now = env.now
+    if isinstance(msg, Start):
+        return NOTHING if inst is not None else _start(job, msg.state, env)
+    if inst is None:
+        return NOTHING
+    if isinstance(msg, Trigger):
+        return _run(job, inst, env, due=now, restart=True)
+    if isinstance(msg, Alarm | TimedOut):
+        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
+            return NOTHING
+        if inst.reason == "trigger":
+            return _run(job, inst, env, due=now, restart=True, timed_out=msg)
+        due = inst.scheduled_for if inst.scheduled_for is not None else inst.due_at
+        anchor = inst.anchor if inst.anchor is not None else due
+        if (
+            inst.attempt == 1
+            and job.catch_up == "skip"
+            and job.schedule.next_after(anchor, due) <= now
+        ):
+            nxt = job.schedule.next_after(anchor, now)
+            successor = _next(inst, now, due_at=nxt, scheduled_for=nxt)
+            records = [_record("job.skipped", 1, scheduled_for=due)]
+            return Decision(successor, records=records)
+        return _run(job, inst, env, due=due, restart=False, timed_out=msg)
+    raise InvalidStateError(f"{inst.instance_id}: a continuous job does not take {msg!r}")
+
+
+def _start(job: Continuous, state: str, env: Env) -> Decision:
+    """The first step of a new Continuous instance (``start``)."""
+    now = env.now
+    fresh = Instance(
+        env.instance_id, "continuous", env.job_name, env.user_id, "running", state, None, None,
+        now, None, 0, 1, 0, now, None, None, 0, now,
+    )  # fmt: skip
+    if job.start_immediately:
+        decision = _run(job, fresh, env, due=now, restart=False)
+        decision.records.insert(0, _record("job.started", 1))
+    else:
+        first = job.schedule.next_after(now, now)
+        successor = _next(fresh, now, due_at=first, scheduled_for=first)
+        decision = Decision(successor, records=[_record("job.started", 1)])
+    decision.created = True
+    return decision
+
+
+def _next_due(job: Continuous, anchor: float, due: float, now: float) -> float:
+    schedule = job.schedule
+    if job.catch_up == "all":
+        missed = missed_ticks(schedule, anchor, due, now, CATCH_UP_ALL_LIMIT)
+        if missed <= CATCH_UP_ALL_LIMIT:
+            return schedule.next_after(anchor, due)
+    return schedule.next_after(anchor, max(due, now))
+
+
+def _run(
+    job: Continuous,
+    inst: Instance,
+    env: Env,
+    *,
+    due: float,
+    restart: bool,
+    timed_out: Message | None = None,
+) -> Decision:
+    now = env.now
+    first = restart or inst.attempt == 1
+    run_count = inst.run_count + 1 if first else inst.run_count
+    attempt = 1 if restart else inst.attempt
+    anchor = now if restart else (inst.anchor if inst.anchor is not None else due)
+
+    def context() -> ContinuousContext[Any]:
+        return ContinuousContext(
+            inst.instance_id, inst.job, inst.user_id, inst.step + 1, env.state_codec,
+            inst.state, run_count=run_count, attempt=attempt, scheduled_for=due,
+        )  # fmt: skip
+
+    def after_success(ctx: _StateContext[Any], records: list[Record]) -> Decision:
+        state, error = _commit_state(ctx)
+        if error is not None:
+            return _fail(error, records, None)
+        if ctx.terminated:
+            return _purge(
+                inst, state, records, "job.terminated", attempt, ctx.terminate_reason, ran=True
+            )
+        nxt = _next_due(job, anchor, due, now)
+        successor = _next(
+            inst, now, status="running", state=state, due_at=nxt, scheduled_for=nxt,
+            anchor=anchor, reason=None, run_count=run_count, attempt=1, last_error=None,
+        )  # fmt: skip
+        return Decision(successor, records=records, ran=True)
+
+    def _fail(error: BaseException, records: list[Record], duration: float | None) -> Decision:
+        def skip() -> Decision:
+            nxt = _next_due(job, anchor, due, now)
+            successor = _next(
+                inst, now, due_at=nxt, scheduled_for=nxt, anchor=anchor, reason=None,
+                run_count=run_count, attempt=1, last_error=_error_text(error),
+            )  # fmt: skip
+            return Decision(successor)
+
+        return _failure(
+            job, inst, error, env, records=records, attempt=attempt, duration=duration,
+            handled=lambda ctx: after_success(ctx, []), fresh_ctx=context, on_skip=skip,
+            run_count=run_count, scheduled_for=due, anchor=anchor,
+        )  # fmt: skip
+
+    if isinstance(timed_out, TimedOut):
+        return _fail(TimeoutError(f"step stopped after {timed_out.seconds:g} s"), [], None)
+    ctx = context()
+    started = env.timer()
+    _, error = _call(job.execute, ctx)
+    duration = env.timer() - started
+    if error is not None:
+        return _fail(error, [], duration)
+    return after_success(ctx, [_record("job.executed", attempt, duration, run_count=run_count)])
+
+
+# -- Debounce -------------------------------------------------------------------------------
+
+
+def _debounce(job: Debounce, inst: Instance | None, msg: Message, env: Env) -> Decision:
+    now = env.now
+    if isinstance(msg, Add):
+        return _fold(job, inst, env, msg)
+    if inst is None:
+        if isinstance(msg, Flush):
+            return Decision(None, changed=False, flush_reason="empty")
+        return NOTHING
+    if isinstance(msg, Clear):
+        queued = len(env.queued)
+        decision = _purge(
+            inst, inst.state, [], "debounce.cleared", inst.attempt, "cleared",
+        )  # fmt: skip
+        decision.consumed = env.queued[-1].seq if env.queued else 0
+        decision.event_count = inst.event_count + queued
+        decision.terminated = False
+        return decision
+    if isinstance(msg, Flush):
+        return _fold(job, inst, env, None, flush="manual")
+    if isinstance(msg, Alarm | TimedOut):
+        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
+            return NOTHING
+        if isinstance(msg, TimedOut):
+            return _fold(job, inst, env, None, flush=inst.reason or "flush_after", timed_out=msg)
+        reason = inst.reason
+        if reason is None and inst.attempt == 1:
+            # A window alarm, or a wake-up to fold events queued behind a running flush.
+            return _fold(job, inst, env, None, flush="flush_after?")
+        return _fold(job, inst, env, None, flush=reason or "flush_after")
+    raise InvalidStateError(f"{inst.instance_id}: a debounce job does not take {msg!r}")
+
+
+def _window(job: Debounce, started_at: float, last_event_at: float) -> float:
+    if not job.trailing:
+        return started_at + job.flush_after
+    due = last_event_at + job.flush_after
+    if job.max_wait is not None:
+        due = min(due, started_at + job.max_wait)
+    return due
+
+
+def _fold(
+    job: Debounce,
+    inst: Instance | None,
+    env: Env,
+    add: Add | None,
+    *,
+    flush: str | None = None,
+    timed_out: TimedOut | None = None,
+) -> Decision:
+    """Fold queued events (and the added one) into the batch; then maybe flush it.
+
+    ``flush``: ``"manual"``, a retry's reason, ``"flush_after"``; ``"flush_after?"`` flushes only
+    when the window is over (an alarm that may have been a fold-only wake-up).
+    """
+    now = env.now
+    created = inst is None
+    if inst is None:
+        inst = Instance(
+            env.instance_id, "debounce", env.job_name, env.user_id, "debouncing", None, None,
+            None, None, None, 0, 1, 0, now, None, None, 0, now,
+        )  # fmt: skip
+    codec = env.state_codec
+    event_codec = env.event_codec
+    assert event_codec is not None
+    count = inst.event_count
+    started_at = inst.started_at
+    window = inst.scheduled_for
+    value: Any = None
+    touched = False
+    records: list[Record] = []
+    step_no = inst.step + 1
+    reducer = job.on_event
+
+    items: list[tuple[Any, float, bool]] = [
+        (q.event, q.added_at, True) for q in env.queued
+    ]  # (event, added_at, needs decoding)
+    if add is not None:
+        items.append((add.event, now, False))
+    for event, added_at, encoded in items:
+        if encoded:
+            try:
+                event = event_codec.decode(event, f"queued event of {inst.instance_id}")
+            except Exception as exc:  # an old event that no longer fits its type
+                return _fold_failed(job, inst, env, exc, records)
+        if count == 0:
+            started_at = added_at
+            records.append(_record("debounce.started", 1))
+        if reducer is None:
+            value = event
+        else:
+            raw = None if count == 0 else (inst.state if not touched else None)
+            ctx: DebounceEventContext[Any] = DebounceEventContext(
+                inst.instance_id, inst.job, inst.user_id, step_no, codec, raw,
+                event=event, event_count=count + 1,
+            )  # fmt: skip
+            if touched and count > 0:
+                ctx.state = value
+            value, error = _call(reducer, ctx)
+            if error is not None:
+                if not encoded:
+                    return Decision(None, changed=False, raise_error=error)
+                return _fold_failed(job, inst, env, error, records)
+        touched = True
+        count += 1
+        assert started_at is not None
+        window = _window(job, started_at, added_at)
+
+    state = inst.state
+    if touched:
+        try:
+            state = None if value is None else codec.encode(value, f"state of {inst.instance_id}")
+        except Exception as exc:  # the reducer's result does not fit the state type
+            if add is not None:
+                return Decision(None, changed=False, raise_error=exc)
+            return _fold_failed(job, inst, env, exc, records)
+    consumed = env.queued[-1].seq if env.queued else 0
+    folded = _next(inst, now, state=state, event_count=count, started_at=started_at,
+                   scheduled_for=window)  # fmt: skip
+
+    if count == 0:
+        # Nothing to flush (e.g. an empty wake-up, or a manual flush of an empty batch).
+        if created:
+            return Decision(None, changed=False, flush_reason="empty")
+        decision = Decision(None, records=[], consumed=consumed, flush_reason="empty")
+        return decision
+    if flush == "flush_after?":
+        flush = "flush_after" if window is not None and window <= now else None
+    if flush is None and job.max_events is not None and count >= job.max_events:
+        flush = "max_events"
+    if flush is None or (folded.status == "failed" and flush != "manual"):
+        due = folded.due_at if folded.attempt > 1 and folded.due_at is not None else window
+        if folded.status == "failed":
+            due = None
+        successor = attrs.evolve(folded, due_at=due)
+        return Decision(
+            successor, records=records, consumed=consumed, event_count=count, created=created
+        )
+    decision = _flush(job, folded, env, flush, records, timed_out)
+    decision.consumed = consumed
+    decision.created = created
+    decision.event_count = count
+    return decision
+
+
+def _fold_failed(
+    job: Debounce, inst: Instance, env: Env, error: BaseException, records: list[Record]
+) -> Decision:
+    """A reducer failed on a queued event: the step fails, the events stay queued."""
+
+    def handled(ctx: _StateContext[Any]) -> Decision:
+        # on_error dealt with it: drop the queued events it could not fold.
+        state, _ = _commit_state(ctx)
+        successor = _next(inst, env.now, state=state, due_at=inst.scheduled_for)
+        return Decision(successor, consumed=env.queued[-1].seq if env.queued else 0)
+
+    return _failure(
+        job, inst, error, env, records=records, attempt=inst.attempt, duration=None,
+        handled=handled, fresh_ctx=lambda: _debounce_ctx(job, inst, env, "flush_after"),
+    )  # fmt: skip
+
+
+def _debounce_ctx(job: Debounce, inst: Instance, env: Env, reason: str) -> DebounceContext[Any]:
+    return DebounceContext(
+        inst.instance_id, inst.job, inst.user_id, inst.step, env.state_codec, inst.state,
+        event_count=inst.event_count, flush_reason=reason,
+        started_at=inst.started_at if inst.started_at is not None else env.now,
+        attempt=inst.attempt,
+    )  # fmt: skip
+
+
+def _flush(
+    job: Debounce,
+    batch: Instance,
+    env: Env,
+    reason: str,
+    records: list[Record],
+    timed_out: TimedOut | None,
+) -> Decision:
+    """Run execute on the folded batch ``batch`` (whose step is already bumped)."""
+    attempt = batch.attempt
+    base = attrs.evolve(batch, step=batch.step - 1)  # the failure path bumps it again
+
+    def flushed(ctx: _StateContext[Any], recs: list[Record], duration: float | None) -> Decision:
+        state, error = _commit_state(ctx)
+        if error is not None:
+            return fail(error, None)
+        if ctx.terminated:
+            return _purge(
+                batch, state, recs, "job.terminated", attempt, ctx.terminate_reason,
+                ran=True, flushed=True, flush_reason=reason,
+            )  # fmt: skip
+        recs.append(
+            _record("debounce.flushed", attempt, duration, reason=reason,
+                    event_count=batch.event_count, final_state=state)
+        )  # fmt: skip
+        return Decision(None, records=recs, ran=True, flushed=True, flush_reason=reason)
+
+    def fail(error: BaseException, duration: float | None) -> Decision:
+        decision = _failure(
+            job, base, error, env, records=records, attempt=attempt, duration=duration,
+            handled=lambda ctx: flushed(ctx, [], None),
+            fresh_ctx=lambda: _debounce_ctx(job, batch, env, reason),
+            state=batch.state, event_count=batch.event_count, started_at=batch.started_at,
+            scheduled_for=batch.scheduled_for, reason=reason,
+        )  # fmt: skip
+        decision.flush_reason = reason
+        return decision
+
+    if timed_out is not None:
+        return fail(TimeoutError(f"step stopped after {timed_out.seconds:g} s"), None)
+    ctx = _debounce_ctx(job, batch, env, reason)
+    started = env.timer()
+    _, error = _call(job.execute, ctx)
+    duration = env.timer() - started
+    if error is not None:
+        return fail(error, duration)
+    return flushed(ctx, records, duration)
+
+
+# -- Task -----------------------------------------------------------------------------------
+
+
+def _task(job: Task, inst: Instance | None, msg: Message, env: Env) -> Decision:
+    now = env.now
+    if isinstance(msg, Send):
+        return _task_send(job, inst, msg, env)
+    if inst is None:
+        return NOTHING
+    if isinstance(msg, Trigger):
+        return _task_execute(job, inst, env, attempt=1, timed_out=None)
+    if isinstance(msg, Alarm | TimedOut):
+        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
+            return NOTHING
+        attempt = 1 if inst.reason == "trigger" else inst.attempt
+        timed_out = msg if isinstance(msg, TimedOut) else None
+        return _task_execute(job, inst, env, attempt=attempt, timed_out=timed_out)
+    raise InvalidStateError(f"{inst.instance_id}: a task job does not take {msg!r}")
+
+
+def _task_ctx(
+    inst: Instance, env: Env, *, due_at: float | None, event_count: int, execute_count: int,
+    first: bool, attempt: int,
+) -> TaskContext[Any]:  # fmt: skip
+    return TaskContext(
+        inst.instance_id, inst.job, inst.user_id, inst.step + 1, env.state_codec, inst.state,
+        now=env.now, due_at=due_at, event_count=event_count, execute_count=execute_count,
+        created_at=inst.created_at, is_first_event=first, attempt=attempt,
+    )  # fmt: skip
+
+
+def _task_finish(
+    job: Task,
+    inst: Instance,
+    ctx: TaskContext[Any],
+    env: Env,
+    records: list[Record],
+    *,
+    attempt: int,
+    on_idle: bool = True,
+    **changes: Any,
+) -> Decision:
+    """Commit a task step whose handlers succeeded; run on_idle if it leaves no alarm."""
+    if on_idle and ctx.due_at is None and not ctx.terminated and job.on_idle is not None:
+        started = env.timer()
+        _, error = _call(job.on_idle, ctx)
+        if error is not None:
+            return _task_error(job, inst, error, env, records, attempt, env.timer() - started,
+                               changes)  # fmt: skip
+        records.append(_record("task.idle", attempt, env.timer() - started))
+    state, error = _commit_state(ctx)
+    if error is not None:
+        return _task_error(job, inst, error, env, records, attempt, None, changes)
+    if ctx.terminated:
+        dead = attrs.evolve(inst, **changes)
+        return _purge(dead, state, records, "job.terminated", attempt, ctx.terminate_reason,
+                      ran=True)  # fmt: skip
+    due = ctx.due_at
+    if due is not None and due != inst.due_at:
+        records.append(_record("task.scheduled", attempt, scheduled_at=due))
+    successor = _next(
+        inst, env.now, state=state, due_at=due, scheduled_for=due,
+        status="active" if due is not None else "idle", attempt=1, reason=None, **changes,
+    )  # fmt: skip
+    return Decision(successor, records=records, ran=True)
+
+
+def _task_error(
+    job: Task,
+    inst: Instance,
+    error: BaseException,
+    env: Env,
+    records: list[Record],
+    attempt: int,
+    duration: float | None,
+    changes: dict[str, Any],
+) -> Decision:
+    """An error from on_event/on_idle (no retry: these are not alarm runs): on_error or policy."""
+    records.append(_record("job.failed", attempt, duration, error))
+    if job.on_error is not None:
+        ctx = _task_ctx(
+            inst, env, due_at=inst.due_at, event_count=changes.get("event_count", inst.event_count),
+            execute_count=changes.get("run_count", inst.run_count), first=False, attempt=attempt,
+        )  # fmt: skip
+        _, handler_error = _call(job.on_error, error, ctx)
+        if handler_error is None:
+            decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, on_idle=False,
+                                    **changes)  # fmt: skip
+            decision.error = _error_text(error)
+            return decision
+        error = handler_error
+    return Decision(None, changed=False, raise_error=error)
+
+
+def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decision:
+    now = env.now
+    created = inst is None
+    if inst is None:
+        inst = Instance(
+            env.instance_id, "task", env.job_name, env.user_id, "idle", None, None, None, None,
+            None, 0, 1, 0, now, None, None, 0, now,
+        )  # fmt: skip
+    changes = {"event_count": inst.event_count + 1}
+    ctx = _task_ctx(
+        inst, env, due_at=inst.due_at, event_count=inst.event_count + 1,
+        execute_count=inst.run_count, first=created, attempt=inst.attempt,
+    )  # fmt: skip
+    started = env.timer()
+    _, error = _call(job.on_event, msg.event, ctx)
+    duration = env.timer() - started
+    records: list[Record] = [_record("job.started", 1)] if created else []
+    if error is not None:
+        decision = _task_error(job, inst, error, env, records, inst.attempt, duration, changes)
+    else:
+        records.append(_record("task.event", inst.attempt, duration))
+        decision = _task_finish(job, inst, ctx, env, records, attempt=inst.attempt, **changes)
+        if decision.instance is not None and inst.attempt > 1 and ctx.due_at == inst.due_at:
+            # an event does not cancel a pending retry
+            decision.instance = attrs.evolve(decision.instance, attempt=inst.attempt,
+                                             last_error=inst.last_error)  # fmt: skip
+    decision.created = created
+    return decision
+
+
+def _task_execute(
+    job: Task, inst: Instance, env: Env, *, attempt: int, timed_out: TimedOut | None
+) -> Decision:
+    execute_count = inst.run_count + 1 if attempt == 1 else inst.run_count
+    changes = {"run_count": execute_count}
+    # The alarm is cleared before execute runs: execute sees no schedule unless it sets one.
+    ctx = _task_ctx(
+        inst, env, due_at=None, event_count=inst.event_count, execute_count=execute_count,
+        first=False, attempt=attempt,
+    )  # fmt: skip
+    records: list[Record] = []
+
+    def handled(handler_ctx: _StateContext[Any]) -> Decision:
+        assert isinstance(handler_ctx, TaskContext)
+        return _task_finish(job, inst, handler_ctx, env, [], attempt=attempt, **changes)
+
+    def fresh() -> TaskContext[Any]:
+        return _task_ctx(
+            inst, env, due_at=None, event_count=inst.event_count, execute_count=execute_count,
+            first=False, attempt=attempt,
+        )  # fmt: skip
+
+    def fail(error: BaseException, duration: float | None) -> Decision:
+        return _failure(
+            job, inst, error, env, records=records, attempt=attempt, duration=duration,
+            handled=handled, fresh_ctx=fresh, **changes,
+        )  # fmt: skip
+
+    if timed_out is not None:
+        return fail(TimeoutError(f"step stopped after {timed_out.seconds:g} s"), None)
+    started = env.timer()
+    _, error = _call(job.execute, ctx)
+    duration = env.timer() - started
+    if error is not None:
+        return fail(error, duration)
+    records.append(_record("job.executed", attempt, duration, execute_count=execute_count))
+    decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, **changes)
+    if decision.raise_error is not None:
+        # on_idle (or the state) failed after execute and on_error did not handle it
+        return fail(decision.raise_error, None)
+    return decision

@@ -1,0 +1,597 @@
+"""The SQLite store: the only module that speaks SQL.
+
+One file in WAL mode, through apsw. The interface is narrow so that another store (say
+PostgreSQL) can implement it:
+
+- reads (no transaction, never wait for writers): ``load``, ``queued``, ``due``, ``next_due``,
+  ``has_key`` and the inspection queries the CLI uses;
+- ``commit(writes)``: apply the decisions of one or many steps in ONE write transaction
+  (``BEGIN IMMEDIATE ... COMMIT``). Each write is fenced on the step number it was computed
+  from; a write whose fence fails is skipped and reported, the others commit;
+- ``enqueue``: store a Debounce event for an instance whose step is running elsewhere.
+
+Every apsw error is turned into ``StorageError`` naming the path and SQLite's reason. An error
+raised by COMMIT does not prove a rollback (apsw re-raises e.g. a failed checkpoint after the
+data committed), so the store re-reads a commit counter to learn what happened.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import apsw
+import attrs
+
+from .errors import DuplicateEventError, StorageError
+from .steps import Instance, Queued, Record
+
+__all__ = ["HistoryRow", "Store", "Write"]
+
+SCHEMA_VERSION = 1
+
+# Forward migrations: MIGRATIONS[n] takes a database at user_version n to n + 1.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY NOT NULL,
+            kind TEXT NOT NULL,
+            job TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            state TEXT,
+            due_at REAL,
+            scheduled_for REAL,
+            anchor REAL,
+            reason TEXT,
+            run_count INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            event_count INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            last_error TEXT,
+            step INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX instances_due ON instances(due_at) WHERE due_at IS NOT NULL",
+        "CREATE INDEX instances_job ON instances(job, kind)",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            event TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            attempt INTEGER,
+            duration_ms REAL,
+            error TEXT,
+            data TEXT
+        )""",
+        "CREATE INDEX history_instance ON history(instance_id, id)",
+        """CREATE TABLE inbox (
+            seq INTEGER PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            added_at REAL NOT NULL
+        )""",
+        "CREATE INDEX inbox_instance ON inbox(instance_id, seq)",
+        """CREATE TABLE event_keys (
+            instance_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO meta VALUES ('commits', 0)",
+    ),
+]
+
+COLUMNS = (
+    "instance_id, kind, job, user_id, status, state, due_at, scheduled_for, anchor, reason, "
+    "run_count, attempt, event_count, created_at, started_at, last_error, step, updated_at"
+)
+_SET_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[4:])
+
+# -- named statements -------------------------------------------------------------------------
+SQL_LOAD = f"SELECT {COLUMNS} FROM instances WHERE instance_id = ?"
+SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT ?"
+SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT ?"
+SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
+SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ?"
+# Insert a new instance, or replace the row if it is still at the step the write was computed
+# from (the fence). Step 0 rows are placeholders that ``enqueue`` made.
+SQL_PUT = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join('?' * 18)}) "
+    f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
+)
+SQL_DELETE = "DELETE FROM instances WHERE instance_id = ? AND step = ?"
+SQL_HISTORY = (
+    "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_TRIM_HISTORY = (
+    "DELETE FROM history WHERE instance_id = ?1 AND id <= (SELECT id FROM history "
+    "WHERE instance_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+)
+SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = ? AND seq <= ?"
+SQL_DROP_INBOX = "DELETE FROM inbox WHERE instance_id = ?"
+SQL_ADD_KEY = "INSERT OR IGNORE INTO event_keys (instance_id, key, at) VALUES (?, ?, ?)"
+# After a Debounce step commits: events queued meanwhile need a step soon.
+SQL_WAKE_QUEUED = (
+    "UPDATE instances SET due_at = ?2 WHERE instance_id = ?1 AND status != 'failed' "
+    "AND (due_at IS NULL OR due_at > ?2) "
+    "AND EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?1)"
+)
+SQL_REVIVE_QUEUED = (
+    f"INSERT INTO instances ({COLUMNS}) SELECT ?1, 'debounce', ?2, ?3, 'debouncing', NULL, ?4, "
+    "NULL, NULL, NULL, 0, 1, 0, ?4, NULL, NULL, 0, ?4 "
+    "WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?1)"
+)
+SQL_ENQUEUE = "INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?)"
+SQL_ENQUEUE_ALARM = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES (?1, 'debounce', ?2, ?3, 'debouncing', NULL, ?4, "
+    "NULL, NULL, NULL, 0, 1, 0, ?4, NULL, NULL, 0, ?4) "
+    "ON CONFLICT(instance_id) DO UPDATE SET due_at = excluded.due_at "
+    "WHERE instances.status != 'failed' "
+    "AND (instances.due_at IS NULL OR instances.due_at > excluded.due_at)"
+)
+SQL_QUEUE_SIZE = "SELECT count(*), min(added_at) FROM inbox WHERE instance_id = ?"
+SQL_COUNT_COMMIT = "UPDATE meta SET value = value + 1 WHERE name = 'commits' RETURNING value"
+SQL_COMMITS = "SELECT value FROM meta WHERE name = 'commits'"
+SQL_PRUNE_HISTORY = "DELETE FROM history WHERE at < ?"
+SQL_PRUNE_KEYS = "DELETE FROM event_keys WHERE at < ?"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@attrs.frozen(slots=True)
+class Write:
+    """One step's decision, ready to commit.
+
+    ``row`` is the successor (``None`` purges); ``expected_step`` the step it was computed from
+    (0 for a new instance). ``consumed`` deletes queued events up to that seq; ``key`` remembers
+    an idempotency key; ``kind``/``job``/``user_id`` identify the instance for history and for
+    reviving a purged Debounce instance whose events were queued during its flush.
+    """
+
+    instance_id: str
+    kind: str
+    job: str
+    user_id: str
+    expected_step: int
+    row: Instance | None
+    records: Sequence[Record] = ()
+    consumed: int = 0
+    key: str | None = None
+
+
+@attrs.frozen(slots=True)
+class HistoryRow:
+    """One history record as stored."""
+
+    id: int
+    instance_id: str
+    at: float
+    event: str
+    step: int
+    attempt: int | None
+    duration_ms: float | None
+    error: str | None
+    data: str | None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    name = type(exc).__name__
+    return text if name in text else f"{name}: {text}"
+
+
+class Store:
+    """A durajobs database file.
+
+    Args:
+        path: the database file; created if missing (its directory must exist).
+        durability: ``"full"`` (synchronous=FULL: a commit survives power loss) or
+            ``"normal"`` (faster; power loss may lose the latest commits, never tears one).
+        busy_timeout: seconds to wait for another writer's transaction before giving up.
+        readonly: open for inspection only; never creates or migrates.
+        vfs: an apsw VFS name (tests use a fault-injecting one).
+
+    Raises:
+        StorageError: the file cannot be opened or is not a durajobs database.
+        ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        readonly: bool = False,
+        vfs: str | None = None,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        self.path = os.fspath(path)
+        self.durability = durability
+        self.readonly = readonly
+        self._expected_commits: int | None = None
+        if readonly:
+            if not os.path.exists(self.path):
+                raise StorageError(f"{self.path}: no such database file")
+            flags = apsw.SQLITE_OPEN_READONLY
+        else:
+            flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            conn = apsw.Connection(self.path, flags=flags, vfs=vfs)
+        except apsw.Error as exc:
+            raise self._error(exc, "cannot open") from None
+        self._conn = conn
+        try:
+            conn.set_busy_timeout(int(busy_timeout * 1000))
+            # One statement per execute: apsw runs later statements only when iterated.
+            if not readonly:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+                if mode != "wal":
+                    raise StorageError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous={durability.upper()}")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            self._migrate()
+        except StorageError:
+            conn.close()
+            raise
+        except apsw.Error as exc:
+            conn.close()
+            raise self._error(exc, "cannot open") from None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, doing: str) -> StorageError:
+        reason = _reason(exc)
+        if isinstance(exc, apsw.BusyError):
+            reason = f"database is locked by another process past the busy timeout ({reason})"
+        elif isinstance(exc, apsw.FullError):
+            reason = f"disk or database full ({reason})"
+        elif isinstance(exc, apsw.NotADBError):
+            reason = f"not a database ({reason})"
+        elif isinstance(exc, apsw.CorruptError):
+            reason = f"database is corrupt ({reason})"
+        elif isinstance(exc, apsw.ReadOnlyError):
+            reason = f"read-only ({reason})"
+        elif isinstance(exc, apsw.CantOpenError):
+            folder = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(folder):
+                reason = f"directory {folder} does not exist"
+        return StorageError(f"{self.path}: {doing}: {reason}")
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: schema version {version} is newer than this durajobs "
+                f"understands ({SCHEMA_VERSION}); upgrade durajobs"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and self._has_foreign_tables():
+            raise StorageError(f"{self.path}: not a durajobs database (it has other tables)")
+        if self.readonly:
+            raise StorageError(f"{self.path}: not a durajobs database (schema version 0)")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            for target in range(current, SCHEMA_VERSION):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise
+
+    def _has_foreign_tables(self) -> bool:
+        rows = self._conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        return any(not name.startswith("sqlite_") for (name,) in rows)
+
+    @contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except apsw.Error as exc:
+            raise self._error(exc, doing) from None
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[apsw.Cursor]:
+        """The one write-transaction helper: BEGIN IMMEDIATE ... COMMIT, with a commit probe."""
+        conn = self._conn
+        with self._mapped(doing):
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = conn.cursor()
+            expected = cursor.execute(SQL_COUNT_COMMIT).fetchall()[0][0]
+            yield cursor
+        except BaseException as exc:
+            if not conn.get_autocommit():
+                with self._mapped("rollback"):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, apsw.Error):
+                raise self._error(exc, doing) from None
+            raise
+        try:
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            if not conn.get_autocommit():
+                with self._mapped("rollback"):
+                    conn.execute("ROLLBACK")
+                raise self._error(exc, doing) from None
+            # COMMIT raised but no transaction is open: it may have committed (e.g. a failed
+            # checkpoint after the commit). Re-read to find out.
+            try:
+                (now_commits,) = conn.execute(SQL_COMMITS).fetchall()[0]
+            except apsw.Error:
+                raise self._error(exc, doing + " (outcome unknown)") from None
+            if now_commits != expected:
+                raise self._error(exc, doing) from None
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def load(self, instance_id: str) -> Instance | None:
+        """The committed row of an instance, or ``None``.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        with self._mapped("read"):
+            for row in self._conn.execute(SQL_LOAD, (instance_id,)):
+                return Instance(*row)
+        return None
+
+    def queued(self, instance_id: str) -> list[Queued]:
+        """Events stored by ``enqueue`` and not yet folded, oldest first."""
+        with self._mapped("read"):
+            return [Queued(*row) for row in self._conn.execute(SQL_QUEUED, (instance_id,))]
+
+    def due(self, now: float, limit: int) -> list[Instance]:
+        """Instances whose alarm is at or before ``now``, earliest first."""
+        with self._mapped("read"):
+            return [Instance(*row) for row in self._conn.execute(SQL_DUE, (now, limit))]
+
+    def next_due(self, skip: int = 0) -> list[float]:
+        """The earliest ``skip + 1`` alarm times (ascending)."""
+        with self._mapped("read"):
+            return [row[0] for row in self._conn.execute(SQL_NEXT_DUE, (skip + 1,))]
+
+    def has_key(self, instance_id: str, key: str) -> bool:
+        """Whether an idempotency key was accepted for the instance (within the window)."""
+        with self._mapped("read"):
+            return bool(self._conn.execute(SQL_HAS_KEY, (instance_id, key)).fetchall())
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+        """Apply the writes in one transaction; returns, per write, whether its fence held.
+
+        Raises:
+            StorageError: the transaction could not be committed (nothing was applied).
+            DuplicateEventError: a single keyed write whose key was taken meanwhile.
+        """
+        applied: list[bool] = []
+        with self._write("commit") as cur:
+            for write in writes:
+                if write.key is not None:
+                    cur.execute("SAVEPOINT keyed")
+                    ok = self._apply(cur, write, now, history_limit)
+                    if ok:
+                        cur.execute(SQL_ADD_KEY, (write.instance_id, write.key, now))
+                        if self._conn.changes() == 0:
+                            cur.execute("ROLLBACK TO keyed")
+                            cur.execute("RELEASE keyed")
+                            if len(writes) == 1:
+                                raise DuplicateEventError(
+                                    f"{write.instance_id}: an event with key {write.key!r} "
+                                    "was already accepted"
+                                )
+                            ok = False
+                    if ok:
+                        cur.execute("RELEASE keyed")
+                else:
+                    ok = self._apply(cur, write, now, history_limit)
+                applied.append(ok)
+        return applied
+
+    def _apply(self, cur: apsw.Cursor, write: Write, now: float, history_limit: int) -> bool:
+        row = write.row
+        instance_id = write.instance_id
+        if row is None:
+            cur.execute(SQL_DELETE, (instance_id, write.expected_step))
+            if self._conn.changes() == 0 and write.expected_step != 0:
+                return False
+            step = write.expected_step + 1
+        else:
+            cur.execute(SQL_PUT, (*attrs.astuple(row, recurse=False), write.expected_step))
+            if self._conn.changes() == 0:
+                return False
+            step = row.step
+        if write.records:
+            cur.executemany(
+                SQL_HISTORY,
+                [(instance_id, now, event, step, *rest) for (event, *rest) in write.records],
+            )
+            if step % 32 == 0:
+                cur.execute(SQL_TRIM_HISTORY, (instance_id, history_limit))
+        if write.kind == "debounce":
+            if write.consumed:
+                cur.execute(SQL_CONSUME, (instance_id, write.consumed))
+            if row is None:
+                if write.records and write.records[-1][0] in ("job.terminated", "debounce.cleared"):
+                    cur.execute(SQL_DROP_INBOX, (instance_id,))
+                else:
+                    cur.execute(SQL_REVIVE_QUEUED, (instance_id, write.job, write.user_id, now))
+            else:
+                cur.execute(SQL_WAKE_QUEUED, (instance_id, now))
+        return True
+
+    def enqueue(
+        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
+    ) -> tuple[int, float]:
+        """Store a Debounce event for an instance busy elsewhere and make it due now.
+
+        Returns the number of queued events and when the first of them was added.
+
+        Raises:
+            DuplicateEventError: the key was already accepted for this instance.
+            StorageError: the event could not be stored.
+        """
+        with self._write("enqueue") as cur:
+            if key is not None:
+                cur.execute(SQL_ADD_KEY, (instance_id, key, now))
+                if self._conn.changes() == 0:
+                    raise DuplicateEventError(
+                        f"{instance_id}: an event with key {key!r} was already accepted"
+                    )
+            cur.execute(SQL_ENQUEUE, (instance_id, event, now))
+            cur.execute(SQL_ENQUEUE_ALARM, (instance_id, job, user_id, now))
+            count, first = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchall()[0]
+        return int(count), float(first)
+
+    def prune(self, history_before: float, keys_before: float) -> None:
+        """Delete history records and idempotency keys older than the given times.
+
+        Raises:
+            StorageError: the transaction failed.
+        """
+        with self._write("prune") as cur:
+            cur.execute(SQL_PRUNE_HISTORY, (history_before,))
+            cur.execute(SQL_PRUNE_KEYS, (keys_before,))
+
+    # -- inspection (CLI) -----------------------------------------------------------------
+
+    def list_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Instance]:
+        """Instances sorted by next alarm (those without one last), filtered and paginated.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        where, params = self._filters(kind, job, status)
+        with self._mapped("read"):
+            # Alarmed instances come from the due_at index in order; the rest follow.
+            alarmed_where = " AND ".join([*where, "due_at IS NOT NULL"])
+            if due_before is not None:
+                alarmed_where += " AND due_at <= ?"
+            alarmed_params = [*params] + ([due_before] if due_before is not None else [])
+            rows = [
+                Instance(*r)
+                for r in self._conn.execute(
+                    f"SELECT {COLUMNS} FROM instances INDEXED BY instances_due "
+                    f"WHERE {alarmed_where} ORDER BY due_at, instance_id LIMIT ? OFFSET ?",
+                    (*alarmed_params, limit, offset),
+                )
+            ]
+            if len(rows) >= limit or due_before is not None:
+                return rows
+            skipped = 0
+            if offset:
+                (alarmed,) = self._conn.execute(
+                    f"SELECT count(*) FROM instances WHERE {alarmed_where}", alarmed_params
+                ).fetchall()[0]
+                skipped = max(0, offset - alarmed)
+            idle_where = " AND ".join([*where, "due_at IS NULL"])
+            rows += [
+                Instance(*r)
+                for r in self._conn.execute(
+                    f"SELECT {COLUMNS} FROM instances WHERE {idle_where} "
+                    "ORDER BY instance_id LIMIT ? OFFSET ?",
+                    (*params, limit - len(rows), skipped),
+                )
+            ]
+            return rows
+
+    @staticmethod
+    def _filters(
+        kind: str | None, job: str | None, status: str | None
+    ) -> tuple[list[str], list[Any]]:
+        where, params = ["1"], []
+        for column, value in (("kind", kind), ("job", job), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return where, params
+
+    def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
+        """The latest ``limit`` history records of an instance (live or purged), oldest first."""
+        with self._mapped("read"):
+            rows = self._conn.execute(
+                "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
+                "FROM history WHERE instance_id = ? ORDER BY id DESC LIMIT ?",
+                (instance_id, limit),
+            ).fetchall()
+        return [HistoryRow(*r) for r in reversed(rows)]
+
+    def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
+        """History records with ``id > after_id`` (all instances), oldest first."""
+        with self._mapped("read"):
+            rows = self._conn.execute(
+                "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
+                "FROM history WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [HistoryRow(*r) for r in rows]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only inspection query (used by ``durajobs stats``/``doctor``).
+
+        Raises:
+            StorageError: the query failed.
+        """
+        with self._mapped("read"):
+            return [tuple(r) for r in self._conn.execute(sql, tuple(params))]
+
+    def schema_version(self) -> int:
+        """``PRAGMA user_version``."""
+        return int(self.query("PRAGMA user_version")[0][0])
+
+    def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` lines (``["ok"]`` when healthy)."""
+        return [str(r[0]) for r in self.query("PRAGMA integrity_check")]
+
+    def wal_bytes(self) -> int:
+        """Size of the ``-wal`` file in bytes (0 if absent)."""
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+
+def storage_errors(doing: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator for shell code that touches apsw directly (the lock file, the wake socket)."""
+
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except apsw.Error as exc:
+                raise StorageError(f"{doing}: {_reason(exc)}") from None
+
+        return inner
+
+    return wrap

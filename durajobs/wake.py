@@ -1,0 +1,101 @@
+"""The daemon's wake-up signal: a Unix datagram socket beside the database.
+
+A process that commits an alarm (or queues work) sends one empty datagram to ``<db>.wake``;
+a daemon sleeping on that socket wakes at once and re-reads the earliest alarm. No broker, no
+connection, a few microseconds when nobody listens. The signal is only an optimisation: the
+daemon re-reads the database on start-up and whenever its own timer fires, so a lost datagram
+delays nothing that was already due by more than the daemon's next natural wake-up.
+
+Paths longer than a ``sockaddr_un`` allows fall back to a Linux abstract socket named after the
+database's absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+__all__ = ["WakeListener", "Waker", "wake_address"]
+
+_MAX_PATH = 100
+
+
+def wake_address(db_path: str) -> str | bytes:
+    """The socket address that daemons of ``db_path`` listen on."""
+    path = os.path.abspath(db_path) + ".wake"
+    if len(path.encode()) < _MAX_PATH:
+        return path
+    digest = hashlib.blake2b(path.encode(), digest_size=12).hexdigest()
+    return b"\0durajobs-" + digest.encode()
+
+
+class Waker:
+    """Sends wake-ups; never raises (a missing daemon is normal)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.address = wake_address(db_path)
+        self._sock: socket.socket | None = None
+
+    def poke(self) -> None:
+        """Tell a listening daemon that the earliest alarm may have changed."""
+        sock = self._sock
+        if sock is None:
+            try:
+                sock = self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+            except OSError:
+                return
+        try:
+            sock.sendto(b"", self.address)
+        except OSError:
+            pass  # no daemon, or its queue is full (then it is awake anyway)
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class WakeListener:
+    """The daemon's end: bind the wake socket and drain it when readable.
+
+    Raises:
+        OSError: the socket cannot be bound (e.g. another daemon owns it).
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.address = wake_address(db_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if isinstance(self.address, str):
+            try:
+                os.unlink(self.address)  # a stale socket file from a dead daemon
+            except FileNotFoundError:
+                pass
+        sock.bind(self.address)
+        sock.setblocking(False)
+        self.sock = sock
+
+    def fileno(self) -> int:
+        """For ``selectors``."""
+        return self.sock.fileno()
+
+    def drain(self) -> int:
+        """Read every pending datagram; returns how many there were."""
+        count = 0
+        while True:
+            try:
+                self.sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return count
+            count += 1
+
+    def close(self) -> None:
+        """Close and remove the socket file."""
+        self.sock.close()
+        if isinstance(self.address, str):
+            try:
+                os.unlink(self.address)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,5 @@
+"""durajobs daemon (placeholder)."""
+
+
+def main() -> None:
+    raise SystemExit("not yet")
