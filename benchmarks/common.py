@@ -95,9 +95,7 @@ def paced(rate: float, count: int, *, max_seconds: float | None = None) -> Itera
         yield i
 
 
-def wait_until(
-    condition: Callable[[], bool], *, timeout: float, interval: float = 0.01
-) -> bool:
+def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float = 0.01) -> bool:
     """Poll ``condition`` until it is true or ``timeout`` seconds passed; return its last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -319,10 +317,8 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     # Kill the rest of the group too (children of a consumer), even if the leader exited.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -388,9 +384,7 @@ def run_json(args: Sequence[str], *, timeout: float) -> dict[str, object]:
             raise TimeoutError(f"{' '.join(args)} did not finish within {timeout} s") from exc
         if proc.returncode != 0:
             tail = err.decode(errors="replace").strip().splitlines()[-15:]
-            raise RuntimeError(
-                f"{' '.join(args)} exited {proc.returncode}:\n" + "\n".join(tail)
-            )
+            raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n" + "\n".join(tail))
         lines = [line for line in out.decode().splitlines() if line.strip()]
         if not lines:
             raise RuntimeError(f"{' '.join(args)} printed no result")
@@ -441,7 +435,7 @@ def fmt_number(value: float | None, unit: str = "") -> str:
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    """Render results as a GitHub markdown table: workload / measured / reference / target / ratio."""
+    """Render results as a markdown table: workload / measured / reference / target / ratio."""
     header = "| workload | measured | reference | target | ratio |\n|---|--:|--:|---|---|"
     rows = []
     for r in results:

@@ -143,17 +143,16 @@ def _huey_produce_main(args: argparse.Namespace) -> None:
     sent = 0
     for _ in paced(args.rate, args.count, max_seconds=args.count / args.rate + 10):
         eta = time.time() + args.ahead
-        tasks.record_lateness.schedule(
-            args=(eta, args.out), eta=datetime.fromtimestamp(eta, UTC)
-        )
+        tasks.record_lateness.schedule(args=(eta, args.out), eta=datetime.fromtimestamp(eta, UTC))
         sent += 1
     print(json.dumps({"sent": sent}))
 
 
 def _huey_consumer(db_path: Path, cfg: PeerConfig) -> Any:
     return managed_process(
-        helper_cmd("peers.py", "huey-consumer", "--db", str(db_path), "--workers",
-                   str(cfg.huey_workers))
+        helper_cmd(
+            "peers.py", "huey-consumer", "--db", str(db_path), "--workers", str(cfg.huey_workers)
+        )
     )
 
 
@@ -230,9 +229,18 @@ def huey_lateness(base: Path, cfg: PeerConfig) -> dict[str, Any]:
         _wait_consumer_ready(proc, tasks, cfg.timeout)
         produced = run_json(
             helper_cmd(
-                "peers.py", "huey-produce", "--db", str(db), "--out", str(out),
-                "--rate", str(cfg.lateness_rate), "--count", str(cfg.lateness_count),
-                "--ahead", str(cfg.lateness_ahead),
+                "peers.py",
+                "huey-produce",
+                "--db",
+                str(db),
+                "--out",
+                str(out),
+                "--rate",
+                str(cfg.lateness_rate),
+                "--count",
+                str(cfg.lateness_count),
+                "--ahead",
+                str(cfg.lateness_ahead),
             ),
             timeout=cfg.lateness_count / cfg.lateness_rate + 30,
         )
@@ -382,8 +390,14 @@ def aps_throughput(base: Path, cfg: PeerConfig) -> dict[str, Any]:
     """(d) add, (e) fire and (f) end to end, in one fresh helper process."""
     return run_json(
         helper_cmd(
-            "peers.py", "aps-throughput", "--db", str(base / "aps-throughput.db"),
-            "--n", str(cfg.aps_jobs), "--timeout", str(cfg.timeout),
+            "peers.py",
+            "aps-throughput",
+            "--db",
+            str(base / "aps-throughput.db"),
+            "--n",
+            str(cfg.aps_jobs),
+            "--timeout",
+            str(cfg.timeout),
         ),
         timeout=cfg.timeout * 3 + 30,
     )
@@ -393,9 +407,16 @@ def aps_lateness(base: Path, cfg: PeerConfig) -> dict[str, Any]:
     """(g) in-process lateness of date jobs added 200 ms ahead at 100/s."""
     produced = run_json(
         helper_cmd(
-            "peers.py", "aps-lateness", "--db", str(base / "aps-lateness.db"),
-            "--rate", str(cfg.lateness_rate), "--count", str(cfg.lateness_count),
-            "--ahead", str(cfg.lateness_ahead),
+            "peers.py",
+            "aps-lateness",
+            "--db",
+            str(base / "aps-lateness.db"),
+            "--rate",
+            str(cfg.lateness_rate),
+            "--count",
+            str(cfg.lateness_count),
+            "--ahead",
+            str(cfg.lateness_ahead),
         ),
         timeout=cfg.lateness_count / cfg.lateness_rate + 40,
     )

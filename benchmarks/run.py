@@ -41,6 +41,7 @@ from common import (
     fmt_number,
     machine_description,
     markdown_table,
+    percentile,
     workdir,
     write_results_md,
 )
@@ -61,6 +62,12 @@ REFERENCE: dict[str, float] = {
     "aps_lateness_p99": 0.0025,
     "aps_idle_wakeups": 0,
 }
+
+
+QUICK_CAVEAT = (
+    "Quick mode uses smaller sizes than the targets name (see each row): its figures are "
+    "indicative only."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +244,13 @@ def _min_ratio_row(
     )
 
 
+def _txn_note(run: FloorRun) -> str:
+    return (
+        f"txn p50 {run.txn_p50_s * 1e3:.2f} / p99 {run.txn_p99_s * 1e3:.2f} / "
+        f"max {run.txn_max_s * 1e3:.1f} ms"
+    )
+
+
 def _error_row(workload: str, error: str) -> Result:
     return Result(workload, None, "", status="error", note=error[:300])
 
@@ -263,26 +277,36 @@ def build_rows(
     else:
         rows += [
             Result(
-                "raw apsw: 1 read-modify-write per txn, FULL", raw_full, "txn/s",
+                "raw apsw: 1 read-modify-write per txn, FULL",
+                raw_full,
+                "txn/s",
                 reference=_ref("raw_full_txn_s", "txn/s"),
                 ratio=_vs_ref(raw_full, "raw_full_txn_s"),
+                note=_txn_note(floor["single_full"]),
             ),
             Result(
-                "raw apsw: 1 read-modify-write per txn, NORMAL", raw_normal, "txn/s",
+                "raw apsw: 1 read-modify-write per txn, NORMAL",
+                raw_normal,
+                "txn/s",
                 reference=_ref("raw_normal_txn_s", "txn/s"),
                 ratio=_vs_ref(raw_normal, "raw_normal_txn_s"),
+                note=_txn_note(floor["single_normal"]),
             ),
             Result(
                 "raw apsw: 100 read-modify-writes per txn, FULL",
-                floor["batch_full"].rows_per_s, "rows/s",
-                note="SELECT + json.loads + json.dumps + UPDATE per row",
+                floor["batch_full"].rows_per_s,
+                "rows/s",
+                note="SELECT + json.loads + json.dumps + UPDATE per row; "
+                + _txn_note(floor["batch_full"]),
             ),
             Result(
                 "raw apsw: 100 plain UPDATEs per txn, FULL",
-                floor["batch_update_full"].rows_per_s, "rows/s",
+                floor["batch_update_full"].rows_per_s,
+                "rows/s",
                 reference=_ref("raw_batch_update_rows_s", "rows/s"),
                 ratio=_vs_ref(floor["batch_update_full"].rows_per_s, "raw_batch_update_rows_s"),
-                note="new bytes per row, no read: the reference's shape",
+                note="new bytes per row, no read: the reference's shape; "
+                + _txn_note(floor["batch_update_full"]),
             ),
         ]
 
@@ -291,12 +315,20 @@ def build_rows(
     run_due = dj.get("run_due") or {}
     rows += [
         _min_ratio_row(
-            f"durajobs run_due(): {n_due} due no-op Continuous, FULL", run_due.get("full"),
-            "steps/s", basis=raw_full, basis_name="raw FULL txn/s", minimum=3,
+            f"durajobs run_due(): {n_due} due no-op Continuous, FULL",
+            run_due.get("full"),
+            "steps/s",
+            basis=raw_full,
+            basis_name="raw FULL txn/s",
+            minimum=3,
         ),
         _min_ratio_row(
-            f"durajobs run_due(): {n_due} due no-op Continuous, NORMAL", run_due.get("normal"),
-            "steps/s", basis=raw_normal, basis_name="raw NORMAL txn/s", minimum=0.5,
+            f"durajobs run_due(): {n_due} due no-op Continuous, NORMAL",
+            run_due.get("normal"),
+            "steps/s",
+            basis=raw_normal,
+            basis_name="raw NORMAL txn/s",
+            minimum=0.5,
         ),
     ]
     calls = dj.get("client_calls") or {}
@@ -305,8 +337,11 @@ def build_rows(
             rows.append(
                 _min_ratio_row(
                     f"durajobs {label}, {durability.upper()}",
-                    calls.get(f"{call}_{durability}"), "calls/s", basis=basis,
-                    basis_name=f"raw {durability.upper()} txn/s", minimum=0.8,
+                    calls.get(f"{call}_{durability}"),
+                    "calls/s",
+                    basis=basis,
+                    basis_name=f"raw {durability.upper()} txn/s",
+                    minimum=0.8,
                 )
             )
 
@@ -319,7 +354,8 @@ def build_rows(
         rows.append(
             Result(
                 f"huey SqliteHuey: enqueue + execute {huey_e2e['tasks']:,} no-op tasks",
-                huey_e2e["tasks_per_s"], "tasks/s",
+                huey_e2e["tasks_per_s"],
+                "tasks/s",
                 reference=_ref("huey_e2e_s", "tasks/s"),
                 ratio=_vs_ref(huey_e2e["tasks_per_s"], "huey_e2e_s"),
                 note=f"consumer process, {huey_e2e['workers']} worker thread; "
@@ -333,17 +369,22 @@ def build_rows(
         rows += [
             Result(
                 f"APScheduler + SQLAlchemyJobStore: add {jobs} date jobs (paused)",
-                aps_tp["add_per_s"], "jobs/s", reference=_ref("aps_add_s", "jobs/s"),
+                aps_tp["add_per_s"],
+                "jobs/s",
+                reference=_ref("aps_add_s", "jobs/s"),
                 ratio=_vs_ref(aps_tp["add_per_s"], "aps_add_s"),
             ),
             Result(
-                f"APScheduler: fire {jobs} due no-op jobs", aps_tp["fire_per_s"], "jobs/s",
+                f"APScheduler: fire {jobs} due no-op jobs",
+                aps_tp["fire_per_s"],
+                "jobs/s",
                 reference=_ref("aps_fire_s", "jobs/s"),
                 ratio=_vs_ref(aps_tp["fire_per_s"], "aps_fire_s"),
             ),
             Result(
                 f"APScheduler: add + fire {jobs} no-op jobs, running scheduler",
-                aps_tp["e2e_per_s"], "jobs/s",
+                aps_tp["e2e_per_s"],
+                "jobs/s",
                 note="same workload as huey's end to end",
             ),
         ]
@@ -351,8 +392,13 @@ def build_rows(
     e2e_target = ">= 10x huey and >= 20x APScheduler"
     if dj_e2e is None:
         rows.append(
-            Result("durajobs: send + execute no-op tasks via the daemon", None, "tasks/s",
-                   target=e2e_target, status="pending")
+            Result(
+                "durajobs: send + execute no-op tasks via the daemon",
+                None,
+                "tasks/s",
+                target=e2e_target,
+                status="pending",
+            )
         )
     else:
         parts, ok = [], True
@@ -365,9 +411,14 @@ def build_rows(
                 parts.append(f"{ratio:.1f}x {name}")
                 ok = ok and ratio >= minimum
         rows.append(
-            Result("durajobs: send + execute no-op tasks via the daemon", dj_e2e, "tasks/s",
-                   target=e2e_target, ratio=", ".join(parts),
-                   status="PASS" if ok and parts else "ok")
+            Result(
+                "durajobs: send + execute no-op tasks via the daemon",
+                dj_e2e,
+                "tasks/s",
+                target=e2e_target,
+                ratio=", ".join(parts),
+                status="PASS" if ok and parts else "ok",
+            )
         )
 
     # ---- lateness
@@ -387,7 +438,8 @@ def build_rows(
             rows.append(
                 Result(
                     f"{name} lateness {pct} ({where}; {rate}; n={lat['n']:.0f})",
-                    lat[pct], "s",
+                    lat[pct],
+                    "s",
                     reference=_ref(ref_key, "s") if ref_key else "",
                     ratio=_vs_ref(lat[pct], ref_key) if ref_key else "",
                 )
@@ -399,8 +451,6 @@ def build_rows(
         if dj_lat is None:
             rows.append(Result(label, None, "s", target=target, status="pending"))
             continue
-        from common import percentile
-
         value = percentile(dj_lat, 50 if pct == "p50" else 99)
         peers_later = [
             f"{name} {_x(peer[pct], value):,.0f}x later"
@@ -408,15 +458,26 @@ def build_rows(
             if pct in peer and value > 0
         ]
         rows.append(
-            Result(label, value, "s", target=target, ratio=", ".join(peers_later),
-                   status="PASS" if value < limit else "FAIL")
+            Result(
+                label,
+                value,
+                "s",
+                target=target,
+                ratio=", ".join(peers_later),
+                status="PASS" if value < limit else "FAIL",
+            )
         )
 
     # ---- idle
     window = f"{cfg.peers.idle_window:g} s window"
     for name, key, ref_key, what in (
         ("huey", "huey_idle", "huey_idle_wakeups", "consumer, one task an hour away"),
-        ("APScheduler", "aps_idle", "aps_idle_wakeups", "BackgroundScheduler, one job an hour away"),
+        (
+            "APScheduler",
+            "aps_idle",
+            "aps_idle_wakeups",
+            "BackgroundScheduler, one job an hour away",
+        ),
     ):
         idle = peers.get(key, {})
         if "error" in idle:
@@ -424,8 +485,11 @@ def build_rows(
         elif idle:
             rows.append(
                 Result(
-                    f"{name} idle wake-ups ({what}; {window})", idle["wakeups_per_s"], "/s",
-                    reference=_ref(ref_key, "/s"), note=f"RSS {idle['rss_mb']:.0f} MB",
+                    f"{name} idle wake-ups ({what}; {window})",
+                    idle["wakeups_per_s"],
+                    "/s",
+                    reference=_ref(ref_key, "/s"),
+                    note=f"RSS {idle['rss_mb']:.0f} MB",
                 )
             )
     dj_idle = dj.get("idle")
@@ -434,9 +498,14 @@ def build_rows(
         rows.append(Result(label, None, "/s", target="0 /s", status="pending"))
     else:
         rows.append(
-            Result(label, dj_idle["wakeups_per_s"], "/s", target="0 /s",
-                   status="PASS" if dj_idle["wakeups_per_s"] == 0 else "FAIL",
-                   note=f"RSS {dj_idle.get('rss_mb', math.nan):.0f} MB")
+            Result(
+                label,
+                dj_idle["wakeups_per_s"],
+                "/s",
+                target="0 /s",
+                status="PASS" if dj_idle["wakeups_per_s"] == 0 else "FAIL",
+                note=f"RSS {dj_idle.get('rss_mb', math.nan):.0f} MB",
+            )
         )
 
     # ---- scale
@@ -444,9 +513,18 @@ def build_rows(
     big, small, due = (f"{cfg.scale_instances:,}", f"{cfg.scale_small:,}", f"{cfg.scale_due:,}")
     scale_rows = [
         ("bytes_per_instance", f"durajobs bytes per instance ({big} instances)", "B", "-"),
-        ("ls_first_page_s", f"durajobs `durajobs ls` first page ({big} instances)", "s", "< 100 ms"),
-        ("run_due_ratio", f"durajobs run_due, {due} due among {big} vs among {small}", "x",
-         "<= 2x"),
+        (
+            "ls_first_page_s",
+            f"durajobs `durajobs ls` first page ({big} instances)",
+            "s",
+            "< 100 ms",
+        ),
+        (
+            "run_due_ratio",
+            f"durajobs run_due, {due} due among {big} vs among {small}",
+            "x",
+            "<= 2x",
+        ),
         ("daemon_rss_mb", f"durajobs daemon RSS ({big} instances)", "MB", "< 60 MB"),
     ]
     for key, label, unit, target in scale_rows:
@@ -456,8 +534,10 @@ def build_rows(
         if key == "run_due_ratio":
             value = _x(scale["run_due_large_s"], scale["run_due_small_s"])
             status = "PASS" if value <= 2 else "FAIL"
-            ratio = (f"{fmt_number(scale['run_due_large_s'], 's')} vs "
-                     f"{fmt_number(scale['run_due_small_s'], 's')}")
+            ratio = (
+                f"{fmt_number(scale['run_due_large_s'], 's')} vs "
+                f"{fmt_number(scale['run_due_small_s'], 's')}"
+            )
         else:
             value = scale[key]
             limit = {"ls_first_page_s": 0.1, "daemon_rss_mb": 60}.get(key)
@@ -475,7 +555,9 @@ def build_rows(
 
 
 def write_charts(
-    charts_dir: Path, peers: dict[str, Any], floor: dict[str, FloorRun] | None,
+    charts_dir: Path,
+    peers: dict[str, Any],
+    floor: dict[str, FloorRun] | None,
     dj: dict[str, Any],
 ) -> list[Path]:
     """lateness.png (CDF per system) and throughput.png (bars per system)."""
@@ -500,8 +582,10 @@ def write_charts(
             continue
         ordered = sorted(max(s * 1000, 1e-3) for s in samples)
         ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1,
-                                                          math.ceil(0.99 * len(ordered)) - 1)]
+        p50, p99 = (
+            ordered[len(ordered) // 2],
+            ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)],
+        )
         ax.step(ordered, ys, where="post", label=f"{label}: p50 {p50:.3g} ms, p99 {p99:.3g} ms")
     ax.set_xscale("log")
     ax.set_xlabel("lateness: start - due time (ms, log scale)")
@@ -535,14 +619,15 @@ def write_charts(
         ("durajobs\nrun_due FULL", run_due.get("full")),
         ("durajobs\nadd FULL", calls.get("debounce_add_full")),
         ("durajobs\nsend FULL", calls.get("task_send_full")),
-        ("raw apsw\nNORMAL",
-         floor["single_normal"].txn_per_s if "single_normal" in floor else None),
+        (
+            "raw apsw\nNORMAL",
+            floor["single_normal"].txn_per_s if "single_normal" in floor else None,
+        ),
         ("durajobs\nrun_due NORMAL", run_due.get("normal")),
         ("durajobs\nadd NORMAL", calls.get("debounce_add_normal")),
         ("durajobs\nsend NORMAL", calls.get("task_send_normal")),
     ]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8),
-                                   gridspec_kw={"width_ratios": [5, 8]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [5, 8]})
     for ax, bars, title, unit in (
         (ax1, e2e_bars, "End to end: enqueue + execute no-op tasks", "tasks/s"),
         (ax2, txn_bars, "One write transaction per step / call", "per s"),
@@ -555,8 +640,15 @@ def write_charts(
         top = max(values) if any(values) else 1.0
         for pos, (_, value) in zip(positions, bars, strict=True):
             text = "pending" if not value else f"{value:,.0f}"
-            ax.text(pos, (value or top * 0.02) * 1.05, text, ha="center", va="bottom",
-                    fontsize=7, rotation=0)
+            ax.text(
+                pos,
+                (value or top * 0.02) * 1.05,
+                text,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=0,
+            )
         ax.set_xticks(list(positions), labels, fontsize=7)
         ax.set_ylabel(unit)
         ax.set_ylim(0, top * 1.2)
@@ -573,9 +665,7 @@ def write_charts(
 # =========================================================================== main
 
 
-def _timed(
-    label: str, func: Callable[[], Any], errors: dict[str, str], log: list[str]
-) -> Any:
+def _timed(label: str, func: Callable[[], Any], errors: dict[str, str], log: list[str]) -> Any:
     started = time.perf_counter()
     print(f"[bench] {label} ...", file=sys.stderr, flush=True)
     try:
@@ -609,8 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = _timed("floor", lambda: run_floor(quick=cfg.quick), errors, log)
     dj: dict[str, Any] = {}
     with workdir("durajobs") as base:
-        dj["run_due"] = _timed("durajobs run_due", lambda: durajobs_run_due(cfg, base),
-                               errors, log)
+        dj["run_due"] = _timed("durajobs run_due", lambda: durajobs_run_due(cfg, base), errors, log)
         dj["client_calls"] = _timed(
             "durajobs client calls", lambda: durajobs_client_calls(cfg, base), errors, log
         )
@@ -618,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peers:
         peers = _timed("peers", lambda: run_peers(cfg.peers), errors, log) or {}
         for name, value in peers.items():
-            log.append(f"  {name}: {value.get('wall_s', math.nan):.1f} s"
-                       + (" (error)" if "error" in value else ""))
+            log.append(
+                f"  {name}: {value.get('wall_s', math.nan):.1f} s"
+                + (" (error)" if "error" in value else "")
+            )
     with workdir("durajobs") as base:
         for key, label, func in (
             ("end_to_end", "durajobs end to end", durajobs_end_to_end),
@@ -638,12 +729,12 @@ def main(argv: list[str] | None = None) -> int:
     aps_settings = peers.get("aps_throughput", {}).get("settings", "?")
     mode = "quick" if cfg.quick else "full"
     preamble = f"""
-Mode **{mode}** (`benchmarks/run.py{' --quick' if cfg.quick else ''}`), run
+Mode **{mode}** (`benchmarks/run.py{" --quick" if cfg.quick else ""}`), run
 {started_at:%Y-%m-%d %H:%M} UTC, {total:.0f} s in all. Targets are ratios to baselines
 measured in this same run (these machines are noisy); "x ref" compares this run with the
 reference figure from the benchmark issue (2 cores, ext4, apsw 3.54.1, WAL), as a check that
 the machine behaved. "pending": durajobs' measurement is not written yet.
-{"Quick mode uses smaller sizes than the targets name (see each row): its figures are indicative only." if cfg.quick else ""}
+{QUICK_CAVEAT if cfg.quick else ""}
 """
     notes = [
         f"Databases: temporary directories under `benchmarks/out/` on {fs}, deleted after "
@@ -666,6 +757,11 @@ the machine behaved. "pending": durajobs' measurement is not written yet.
         "huey's and durajobs' alarms are set by another process.",
         "Lateness = the handler's first `time.time()` minus the due time it was given; "
         "alarms are set 200 ms ahead at 100/s on an absolute schedule.",
+        "Disk noise: the floor rows show per-transaction p50/p99/max; a FULL commit here "
+        "usually takes ~0.2 ms but single fsyncs of tens of ms (sometimes hundreds) occur. "
+        "APScheduler commits every add_job and every fired job's removal under one lock, so "
+        "one slow fsync delays the firings queued behind it: its lateness p99 swings from "
+        "~3 ms to hundreds of ms between runs. Compare runs by their ratios.",
         "Idle wake-ups = voluntary + nonvoluntary context switches per second of the process, "
         "all its threads and descendants (/proc/PID/task/*/status) over the window, after "
         "start-up has settled. huey's worker polls with back-off, so its figure is slightly "
@@ -691,9 +787,10 @@ the machine behaved. "pending": durajobs' measurement is not written yet.
         "started_at": started_at.isoformat(),
         "total_s": total,
         "machine": machine,
-        "floor": {k: dataclasses.asdict(v) | {"txn_per_s": v.txn_per_s,
-                                              "rows_per_s": v.rows_per_s}
-                  for k, v in (floor or {}).items()},
+        "floor": {
+            k: dataclasses.asdict(v) | {"txn_per_s": v.txn_per_s, "rows_per_s": v.rows_per_s}
+            for k, v in (floor or {}).items()
+        },
         "peers": peers,
         "durajobs": dj,
         "errors": errors,

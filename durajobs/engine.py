@@ -267,6 +267,21 @@ class Engine:
         self._after(done)
         return len(done)
 
+    def time_out(self, instance_id: str, seconds: float) -> bool:
+        """Record that the due step of ``instance_id`` was stopped after ``seconds``.
+
+        The daemon calls this after killing a worker whose handler ran past the job's
+        ``timeout``: the step counts as a failed attempt (retry / exhaustion rules apply).
+        Returns whether a failure was committed (``False`` if the instance is gone, not due, or
+        another process already holds it).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        kind, job_name, user_id = instance_id.split(":", 2)
+        result = self.run(kind, job_name, user_id, steps.TimedOut(seconds), wait=False)
+        return result is not None and result[0].changed
+
     def apply(self, msg: Message, instance_id: str) -> Decision:
         """Run a handler-free step (terminate, clear, resume, request) by instance id.
 
