@@ -284,7 +284,9 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         engine = self._engine
         text = engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
         if key is not None and engine.store.has_key(instance_id, key):
-            raise DuplicateEventError(f"{instance_id}: an event with key {key!r} was already accepted")
+            raise DuplicateEventError(
+                f"{instance_id}: an event with key {key!r} was already accepted"
+            )
         result = engine.run(
             self.kind, self.name, user_id, steps.Add(event, text), wait=False, key=key,
             job=self.job,
@@ -383,7 +385,9 @@ class TaskClient(_Client[Task], Generic[E, S]):
         engine = self._engine
         engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
         if key is not None and engine.store.has_key(instance_id, key):
-            raise DuplicateEventError(f"{instance_id}: an event with key {key!r} was already accepted")
+            raise DuplicateEventError(
+                f"{instance_id}: an event with key {key!r} was already accepted"
+            )
         result = engine.run(self.kind, self.name, user_id, steps.Send(event), key=key, job=self.job)
         assert result is not None
         decision, before = result

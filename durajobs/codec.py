@@ -37,7 +37,7 @@ def _strict(kind: type, accept: tuple[type, ...]) -> Callable[[Any, Any], Any]:
             raise TypeError(f"expected {name}, got bool {value!r}")
         if not isinstance(value, accept):
             raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
-        return kind(value) if kind is float else value
+        return float(value) if kind is float else value  # type: ignore[arg-type]
 
     return structure
 

@@ -28,11 +28,16 @@ ON_EXHAUSTED = ("terminate", "park", "skip")
 LOG_LEVELS = (None, "debug", "info", "warning", "error", "off")
 
 
-def _seconds(field: str) -> Callable[[DurationLike | None], float | None]:
-    def convert(value: DurationLike | None) -> float | None:
-        return None if value is None else parse_duration(value, field=field)
+def _timeout(value: DurationLike | None) -> float | None:
+    return None if value is None else parse_duration(value, field="timeout")
 
-    return convert
+
+def _max_wait(value: DurationLike | None) -> float | None:
+    return None if value is None else parse_duration(value, field="max_wait")
+
+
+def _flush_after(value: DurationLike) -> float:
+    return parse_duration(value, field="flush_after")
 
 
 def _one_of(options: tuple[Any, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -99,7 +104,7 @@ class Continuous:
     on_exhausted: str | None = attrs.field(default=None)
     catch_up: str = attrs.field(default="one", validator=_one_of(CATCH_UP))
     timeout: float | None = attrs.field(
-        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+        default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
     exhausted: str = attrs.field(init=False)
@@ -143,19 +148,19 @@ class Debounce:
     kind: Kind = attrs.field(default="debounce", init=False)
     event: Any
     execute: Handler = attrs.field(validator=_callable)
-    flush_after: float = attrs.field(converter=_seconds("flush_after"))  # type: ignore[misc]
+    flush_after: float = attrs.field(converter=_flush_after)
     state: Any = None
     on_event: Handler | None = attrs.field(default=None, validator=_callable_or_none)
     max_events: int | None = attrs.field(default=None, validator=_positive_or_none)
     trailing: bool = False
     max_wait: float | None = attrs.field(
-        default=None, converter=_seconds("max_wait"), validator=_positive_or_none
+        default=None, converter=_max_wait, validator=_positive_or_none
     )
     retry: Retry | None = None
     on_error: Handler | None = attrs.field(default=None, validator=_callable_or_none)
     on_exhausted: str | None = attrs.field(default=None)
     timeout: float | None = attrs.field(
-        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+        default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
     exhausted: str = attrs.field(init=False)
@@ -201,7 +206,7 @@ class Task:
     retry: Retry | None = None
     on_exhausted: str | None = attrs.field(default=None)
     timeout: float | None = attrs.field(
-        default=None, converter=_seconds("timeout"), validator=_positive_or_none
+        default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
     exhausted: str = attrs.field(init=False)

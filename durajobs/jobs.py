@@ -79,14 +79,12 @@ class Jobs:
         self.clock: Clock = clock or SystemClock()
         self.on_record = on_record
         self.tracker = tracker
-        self._settings = {
-            "durability": durability,
-            "busy_timeout": busy_timeout,
-            "vfs": vfs,
-            "wait_timeout": wait_timeout,
-            "history_limit": history_limit,
-            "wake": wake,
-        }
+        self.durability = durability
+        self.wait_timeout = wait_timeout
+        self.busy_timeout = busy_timeout
+        self.history_limit = history_limit
+        self._wake = wake
+        self._vfs = vfs
         self.history_retention = parse_duration(history_retention, field="history_retention")
         self.key_window = parse_duration(key_window, field="key_window")
         self._owner = threading.get_ident()
@@ -95,11 +93,9 @@ class Jobs:
         self._open()
 
     def _open(self) -> None:
-        settings = self._settings
         store = Store(
-            self.path, durability=settings["durability"], busy_timeout=settings["busy_timeout"],
-            vfs=settings["vfs"],
-        )  # fmt: skip
+            self.path, durability=self.durability, busy_timeout=self.busy_timeout, vfs=self._vfs
+        )
         try:
             locks = InstanceLocks(self.path + ".lock")
         except BaseException:
@@ -108,9 +104,9 @@ class Jobs:
         hooks = self.on_record is not None or self.tracker is not None
         self.engine = Engine(
             store, locks, self.registry, clock=self.clock,
-            wait_timeout=settings["wait_timeout"], history_limit=settings["history_limit"],
+            wait_timeout=self.wait_timeout, history_limit=self.history_limit,
             on_records=self._deliver if hooks else None,
-            waker=Waker(self.path) if settings["wake"] else None,
+            waker=Waker(self.path) if self._wake else None,
         )  # fmt: skip
         self._clients: dict[tuple[str, str], Any] = {}
 

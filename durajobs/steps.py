@@ -274,9 +274,9 @@ def _record(
     return (event, attempt, ms, err, dumps(data) if data else None)
 
 
-def _final_state(inst: Instance, state: str | None) -> dict[str, Any]:
-    """History data of a purge: the final state (as stored JSON) so nothing is lost from view."""
-    return {"final_state": state, "run_count": inst.run_count, "event_count": inst.event_count}
+def _with_state(data: dict[str, Any], state: str | None) -> str:
+    """History data carrying the final state as JSON (spliced in: it is JSON text already)."""
+    return f'{dumps(data)[:-1]},"final_state":{state or "null"}}}'
 
 
 def _commit_state(ctx: _StateContext[Any]) -> tuple[str | None, BaseException | None]:
@@ -294,9 +294,8 @@ def _purge(
     inst: Instance, state: str | None, records: list[Record], event: str, attempt: int,
     reason: str | None, error: str | None = None, **flags: Any,
 ) -> Decision:  # fmt: skip
-    records.append(
-        (event, attempt, None, error, dumps({"reason": reason, **_final_state(inst, state)}))
-    )
+    data = {"reason": reason, "run_count": inst.run_count, "event_count": inst.event_count}
+    records.append((event, attempt, None, error, _with_state(data, state)))
     return Decision(None, records=records, terminated=True, **flags)
 
 
@@ -392,7 +391,12 @@ def _failure(
         decision.ran = True
         return decision
     successor = _next(
-        inst, env.now, status="failed", due_at=None, attempt=attempt + 1, last_error=text,
+        inst,
+        env.now,
+        status="failed",
+        due_at=None,
+        attempt=attempt + 1,
+        last_error=text,
         **changes,
     )
     records.append(_record("job.parked", attempt, None, error))
@@ -613,10 +617,11 @@ def _fold(
     ]  # (event, added_at, needs decoding)
     if add is not None:
         items.append((add.event, now, False))
-    for event, added_at, encoded in items:
+    for item, added_at, encoded in items:
+        event = item
         if encoded:
             try:
-                event = event_codec.decode(event, f"queued event of {inst.instance_id}")
+                event = event_codec.decode(item, f"queued event of {inst.instance_id}")
             except Exception as exc:  # an old event that no longer fits its type
                 return _fold_failed(job, inst, env, exc, records)
         if count == 0:
@@ -658,8 +663,7 @@ def _fold(
         # Nothing to flush (e.g. an empty wake-up, or a manual flush of an empty batch).
         if created:
             return Decision(None, changed=False, flush_reason="empty")
-        decision = Decision(None, records=[], consumed=consumed, flush_reason="empty")
-        return decision
+        return Decision(None, records=[], consumed=consumed, flush_reason="empty")
     if flush == "flush_after?":
         flush = "flush_after" if window is not None and window <= now else None
     if flush is None and job.max_events is not None and count >= job.max_events:
@@ -726,10 +730,9 @@ def _flush(
                 batch, state, recs, "job.terminated", attempt, ctx.terminate_reason,
                 ran=True, flushed=True, flush_reason=reason,
             )  # fmt: skip
-        recs.append(
-            _record("debounce.flushed", attempt, duration, reason=reason,
-                    event_count=batch.event_count, final_state=state)
-        )  # fmt: skip
+        ms = None if duration is None else round(duration * 1000.0, 3)
+        data = _with_state({"reason": reason, "event_count": batch.event_count}, state)
+        recs.append(("debounce.flushed", attempt, ms, None, data))
         return Decision(None, records=recs, ran=True, flushed=True, flush_reason=reason)
 
     def fail(error: BaseException, duration: float | None) -> Decision:
@@ -856,7 +859,7 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
             env.instance_id, "task", env.job_name, env.user_id, "idle", None, None, None, None,
             None, 0, 1, 0, now, None, None, 0, now,
         )  # fmt: skip
-    changes = {"event_count": inst.event_count + 1}
+    changes: dict[str, Any] = {"event_count": inst.event_count + 1}
     ctx = _task_ctx(
         inst, env, due_at=inst.due_at, event_count=inst.event_count + 1,
         execute_count=inst.run_count, first=created, attempt=inst.attempt,
@@ -882,7 +885,7 @@ def _task_execute(
     job: Task, inst: Instance, env: Env, *, attempt: int, timed_out: TimedOut | None
 ) -> Decision:
     execute_count = inst.run_count + 1 if attempt == 1 else inst.run_count
-    changes = {"run_count": execute_count}
+    changes: dict[str, Any] = {"run_count": execute_count}
     # The alarm is cleared before execute runs: execute sees no schedule unless it sets one.
     ctx = _task_ctx(
         inst, env, due_at=None, event_count=inst.event_count, execute_count=execute_count,

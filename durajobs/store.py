@@ -270,7 +270,7 @@ class Store:
 
     def _migrate(self) -> None:
         conn = self._conn
-        version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+        version: int = conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"{self.path}: schema version {version} is newer than this durajobs "
@@ -284,7 +284,7 @@ class Store:
             raise StorageError(f"{self.path}: not a durajobs database (schema version 0)")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            current: int = conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
             for target in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)
@@ -461,7 +461,8 @@ class Store:
                     )
             cur.execute(SQL_ENQUEUE, (instance_id, event, now))
             cur.execute(SQL_ENQUEUE_ALARM, (instance_id, job, user_id, now))
-            count, first = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchall()[0]
+            size: Any = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchall()[0]
+            count, first = size
         return int(count), float(first)
 
     def prune(self, history_before: float, keys_before: float) -> None:
@@ -510,9 +511,9 @@ class Store:
                 return rows
             skipped = 0
             if offset:
-                (alarmed,) = self._conn.execute(
+                alarmed: int = self._conn.execute(
                     f"SELECT count(*) FROM instances WHERE {alarmed_where}", alarmed_params
-                ).fetchall()[0]
+                ).fetchall()[0][0]  # type: ignore[assignment]
                 skipped = max(0, offset - alarmed)
             idle_where = " AND ".join([*where, "due_at IS NULL"])
             rows += [
@@ -539,7 +540,7 @@ class Store:
     def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
         """The latest ``limit`` history records of an instance (live or purged), oldest first."""
         with self._mapped("read"):
-            rows = self._conn.execute(
+            rows: list[Any] = self._conn.execute(
                 "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
                 "FROM history WHERE instance_id = ? ORDER BY id DESC LIMIT ?",
                 (instance_id, limit),
@@ -549,7 +550,7 @@ class Store:
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
         """History records with ``id > after_id`` (all instances), oldest first."""
         with self._mapped("read"):
-            rows = self._conn.execute(
+            rows: list[Any] = self._conn.execute(
                 "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
                 "FROM history WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),

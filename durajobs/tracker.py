@@ -96,7 +96,7 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     losing the batch; a misconfigured endpoint must show up as a failure instead.
     """
 
-    def redirect_request(  # noqa: PLR0917  (the signature is urllib's)
+    def redirect_request(
         self,
         req: urllib.request.Request,
         fp: IO[bytes],

@@ -12,6 +12,7 @@ database's absolute path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -46,10 +47,9 @@ class Waker:
                 sock.setblocking(False)
             except OSError:
                 return
-        try:
+        # No daemon, or its queue is full (then it is awake anyway): both are fine.
+        with contextlib.suppress(OSError):
             sock.sendto(b"", self.address)
-        except OSError:
-            pass  # no daemon, or its queue is full (then it is awake anyway)
 
     def close(self) -> None:
         """Close the socket."""
@@ -69,10 +69,8 @@ class WakeListener:
         self.address = wake_address(db_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         if isinstance(self.address, str):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)  # a stale socket file from a dead daemon
-            except FileNotFoundError:
-                pass
         sock.bind(self.address)
         sock.setblocking(False)
         self.sock = sock
@@ -95,7 +93,5 @@ class WakeListener:
         """Close and remove the socket file."""
         self.sock.close()
         if isinstance(self.address, str):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)
-            except FileNotFoundError:
-                pass
