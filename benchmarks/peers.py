@@ -199,7 +199,7 @@ def huey_end_to_end(base: Path, cfg: PeerConfig) -> dict[str, Any]:
             tasks.noop()
         enqueued = time.perf_counter()
         finished = wait_until(
-            lambda: huey.storage.result_store_size() >= n, timeout=cfg.timeout, interval=0.005
+            lambda: huey.storage.result_store_size() >= n, timeout=cfg.timeout, interval=0.02
         )
         end = time.perf_counter()
         completed = huey.storage.result_store_size()

@@ -134,8 +134,25 @@ class Codec:
 
 
 def _explain(exc: cattrs.BaseValidationError, what: str, type_name: str) -> str:
-    details = cattrs.transform_error(exc, path=what)
-    return f"{what} does not fit {type_name}: " + "; ".join(details)
+    return f"{what} does not fit {type_name}: " + "; ".join(_flatten(exc, ""))
+
+
+def _flatten(exc: BaseException, path: str) -> list[str]:
+    """One line per leaf error, each naming the field path (``items[2].name``) and the reason."""
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        lines: list[str] = []
+        for sub, note in with_notes:
+            name = getattr(note, "name", None)
+            step = f".{name}" if name is not None else f"[{getattr(note, 'index', '?')!r}]"
+            lines += _flatten(sub, f"{path}{step}" if path or name is None else str(name))
+        for sub in without:
+            lines += _flatten(sub, path)
+        return lines
+    where = f"field {path!r}" if path else "value"
+    if isinstance(exc, KeyError):
+        return [f"{where}: required field missing"]
+    return [f"{where}: {exc}"]
 
 
 def dumps(value: Any) -> str:

@@ -39,6 +39,10 @@ __all__ = ["MAX_DELAY", "Backoff", "Retry"]
 MAX_DELAY: Final = 100 * 365 * 86400.0
 """The ceiling of every backoff delay (about a century), so a delay always converts to a date."""
 
+_MIN_STEP: Final = 1e-6
+# A positive base or increment below a microsecond is meaningless, and refusing it bounds
+# cap / base and cap / increment, so no computation below the cap can overflow.
+
 BackoffKind: TypeAlias = Literal["exponential", "linear", "fixed"]
 DurationLike: TypeAlias = timedelta | str | float
 
@@ -89,9 +93,9 @@ class Backoff:
 
     Attributes:
         kind: ``"exponential"``, ``"linear"`` or ``"fixed"``.
-        base: The first delay, in seconds (the only one for ``fixed``).
+        base: The first delay, in seconds (the only one for ``fixed``): 0 or at least 1 µs.
         factor: The growth factor of ``exponential`` (>= 1).
-        increment: The growth per failure of ``linear``, in seconds.
+        increment: The growth per failure of ``linear``, in seconds: 0 or at least 1 µs.
         max: The largest delay, in seconds, or ``None`` for :data:`MAX_DELAY`.
     """
 
@@ -100,6 +104,11 @@ class Backoff:
     factor: float = attrs.field(default=2.0, validator=_validate_factor)
     increment: float = attrs.field(default=0.0, validator=_validate_duration)
     max: float | None = attrs.field(default=None, validator=_validate_max)
+
+    def __attrs_post_init__(self) -> None:
+        for name, value in (("base", self.base), ("increment", self.increment)):
+            if 0 < value < _MIN_STEP:
+                raise SchedulerError(f"backoff: {name} must be 0 or at least 1us, got {value!r}")
 
     @staticmethod
     def exponential(

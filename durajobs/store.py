@@ -266,6 +266,13 @@ class Store:
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
                 reason = f"directory {folder} does not exist"
+            elif not os.access(folder, os.W_OK) or (
+                os.path.exists(self.path) and not os.access(self.path, os.W_OK)
+            ):
+                reason = (
+                    f"read-only: the file or its directory is not writable (WAL mode writes "
+                    f"{os.path.basename(self.path)}-wal and -shm beside it) ({reason})"
+                )
         return StorageError(f"{self.path}: {doing}: {reason}")
 
     def _migrate(self) -> None:

@@ -6,7 +6,7 @@ import ast
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -138,7 +138,7 @@ def test_every_times_after_walks_the_grid(anchor: float, period: float, offset: 
     after = anchor + offset
     times = list(islice(schedule.times_after(anchor, after), 5))
     assert times[0] == schedule.next_after(anchor, after)
-    for earlier, later in zip(times, times[1:], strict=False):
+    for earlier, later in pairwise(times):
         assert later > earlier
         assert schedule.next_after(anchor, earlier) == later
 
@@ -199,7 +199,9 @@ def test_cron_rejects_bad_expressions(expr: str, reason: str) -> None:
     assert repr(expr) in str(excinfo.value)
 
 
-@pytest.mark.parametrize("tz", ["Mars/Olympus_Mons", "", "Europe", "/etc/localtime", "../UTC", "utc"])
+@pytest.mark.parametrize(
+    "tz", ["Mars/Olympus_Mons", "", "Europe", "/etc/localtime", "../UTC", "utc"]
+)
 def test_cron_rejects_bad_timezones(tz: str) -> None:
     with pytest.raises(SchedulerError, match="timezone") as excinfo:
         cron("0 9 * * *", tz=tz)
@@ -491,7 +493,9 @@ def test_cron_matches_the_brute_force_dst_rule(
 
 @settings(deadline=None, max_examples=50)
 @given(
-    expr=st.sampled_from(["*/7 * * * *", "0 9 * * mon-fri", "@hourly", "15 3 1 * *", "0 */5 * * *"]),
+    expr=st.sampled_from(
+        ["*/7 * * * *", "0 9 * * mon-fri", "@hourly", "15 3 1 * *", "0 */5 * * *"]
+    ),
     tz=st.sampled_from(["UTC", BERLIN, NEW_YORK, LORD_HOWE, "Asia/Kolkata"]),
     after=st.floats(at("2020-01-01T00:00:00+00:00"), at("2035-01-01T00:00:00+00:00")),
 )
@@ -500,7 +504,7 @@ def test_cron_times_increase(expr: str, tz: str, after: float) -> None:
     times = list(islice(schedule.times_after(0.0, after), 4))
     assert times[0] > after
     assert times[0] == schedule.next_after(0.0, after)
-    for earlier, later in zip(times, times[1:], strict=False):
+    for earlier, later in pairwise(times):
         assert later > earlier
         assert schedule.next_after(0.0, earlier) == later
         assert schedule.next_after(0.0, math.nextafter(later, -math.inf)) == later
@@ -525,6 +529,11 @@ def test_first_run(schedule: Schedule, start_immediately: bool, expected: float)
     assert first_run(schedule, START, start_immediately) == expected
 
 
+HOURLY = cron("0 * * * *")
+HALF_HOURLY_BERLIN = cron("*/30 * * * *", BERLIN)
+JAN_1 = at("2026-01-01T00:00:00+00:00")
+
+
 @pytest.mark.parametrize(
     ("schedule", "anchor", "due_at", "now", "limit", "expected"),
     [
@@ -536,15 +545,29 @@ def test_first_run(schedule: Schedule, start_immediately: bool, expected: float)
         (every("10s"), 0.0, 100.0, 155.0, 3, 4),  # stops at limit + 1
         (every("10s"), 0.0, 100.0, 1e9, 0, 1),
         (every("10s"), 5.0, 100.0, 155.0, 10, 6),  # 105, 115, ..., 155
-        (cron("0 * * * *"), 0.0, at("2026-01-01T00:00:00+00:00"), at("2026-01-01T05:30:00+00:00"), 10, 5),
-        (cron("0 * * * *"), 0.0, at("2026-01-01T00:00:00+00:00"), at("2026-01-01T05:30:00+00:00"), 2, 3),
-        (cron("0 * * * *"), 0.0, at("2026-01-01T00:00:00+00:00"), at("2027-01-01T00:00:00+00:00"), 100, 101),
+        (HOURLY, 0.0, JAN_1, JAN_1 + 5.5 * 3600, 10, 5),
+        (HOURLY, 0.0, JAN_1, JAN_1 + 5.5 * 3600, 2, 3),
+        (HOURLY, 0.0, JAN_1, JAN_1 + 365 * 86400, 100, 101),
         # 01:30, 02:00, 02:30 (first pass), 03:00, 03:30, 04:00 (+01:00): six, not eight
-        (cron("*/30 * * * *", BERLIN), 0.0, at("2026-10-25T01:10:00+02:00"), at("2026-10-25T04:00:00+01:00"), 100, 6),
+        (
+            HALF_HOURLY_BERLIN,
+            0.0,
+            at("2026-10-25T01:10:00+02:00"),
+            at("2026-10-25T04:00:00+01:00"),
+            100,
+            6,
+        ),
         # 01:30, then 03:00 for the whole gap, 03:30
-        (cron("*/30 * * * *", BERLIN), 0.0, at("2026-03-29T01:10:00+01:00"), at("2026-03-29T03:30:00+02:00"), 100, 3),
+        (
+            HALF_HOURLY_BERLIN,
+            0.0,
+            at("2026-03-29T01:10:00+01:00"),
+            at("2026-03-29T03:30:00+02:00"),
+            100,
+            3,
+        ),
     ],
-)  # fmt: skip
+)
 def test_missed_ticks(
     schedule: Schedule, anchor: float, due_at: float, now: float, limit: int, expected: int
 ) -> None:
