@@ -575,7 +575,7 @@ def write_charts(
     written: list[Path] = []
 
     # ---- lateness CDF
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     series = [
         ("huey (eta tasks, other process)", peers.get("huey_lateness", {}).get("samples")),
         ("APScheduler (date jobs, in-process)", peers.get("aps_lateness", {}).get("samples")),
@@ -597,7 +597,7 @@ def write_charts(
     ax.axvline(1, color="grey", lw=0.8, ls=":", label="durajobs target p50 < 1 ms")
     ax.axvline(5, color="grey", lw=0.8, ls="--", label="durajobs target p99 < 5 ms")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     path = charts_dir / "lateness.png"
     fig.savefig(path, dpi=110)
