@@ -196,6 +196,13 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _relative_to_repo(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
 def machine_description(bench_dir: Path = OUT_DIR) -> dict[str, str]:
     """What the numbers were measured on: hardware, OS, file system, library versions."""
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +223,7 @@ def machine_description(bench_dir: Path = OUT_DIR) -> dict[str, str]:
         "cores": f"{os.cpu_count()} online, {usable} usable by this process",
         "memory": f"{mem:.1f} GiB" if mem is not None else "unknown",
         "kernel": f"{platform.system()} {platform.release()}",
-        "bench dir": str(bench_dir),
+        "bench dir": _relative_to_repo(bench_dir),
         "bench dir file system": fs_type(bench_dir),
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "apsw / its SQLite": f"{apsw_version} / {apsw_sqlite}",

@@ -668,6 +668,14 @@ def write_charts(
 # =========================================================================== main
 
 
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository root when it is inside it (stable in RESULTS.md)."""
+    try:
+        return str(path.resolve().relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
 def _timed(label: str, func: Callable[[], Any], errors: dict[str, str], log: list[str]) -> Any:
     started = time.perf_counter()
     print(f"[bench] {label} ...", file=sys.stderr, flush=True)
@@ -778,7 +786,7 @@ the machine behaved. "pending": durajobs' measurement is not written yet.
     if errors:
         notes.append("Errors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     charts_rel = ", ".join(f"`{p.name}`" for p in charts)
-    notes.append(f"Charts: {charts_rel} in `{args.charts}`.")
+    notes.append(f"Charts: {charts_rel} in `{_display_path(args.charts)}`.")
     write_results_md(
         args.out,
         title="durajobs benchmarks",

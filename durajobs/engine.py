@@ -130,10 +130,12 @@ class Engine:
                 return None
             token = maybe
         try:
-            inst = self.store.load(instance_id)
             if job is None:
                 job = self._job_for(instance_id, job_name, kind)
-            queued = self.store.queued(instance_id) if kind == "debounce" else ()
+            if kind == "debounce":
+                inst, queued = self.store.load_with_queue(instance_id)
+            else:
+                inst, queued = self.store.load(instance_id), []
             decision = steps.step(job, inst, msg, self._env(instance_id, job_name, user_id, queued))
             if decision.raise_error is not None:
                 cause = decision.raise_error
@@ -187,7 +189,7 @@ class Engine:
         stepped: dict[str, int] = {}
         for _ in range(max_passes):
             if only is None:
-                rows = self.store.due(self.clock.time(), GROUP_MAX_STEPS)
+                rows = self.store.due(self.clock.time() + steps.RESOLUTION, GROUP_MAX_STEPS)
             else:
                 rows = [r for r in map(self.store.load, only) if r is not None]
             progressed = self._run_rows(rows, stepped, busy)
@@ -218,11 +220,14 @@ class Engine:
                         busy.append(instance_id)
                     continue
                 try:
-                    inst = self.store.load(instance_id)  # fresh, now that it is ours
-                    if inst is None or inst.due_at is None or inst.due_at > self.clock.time():
+                    # Re-read now that the claim is ours: another process may have stepped it.
+                    if candidate.kind == "debounce":
+                        inst, queued = self.store.load_with_queue(instance_id)
+                    else:
+                        inst, queued = self.store.load(instance_id), []
+                    if inst is None or not steps.is_due(inst, self.clock.time()):
                         locks.release(token)
                         continue
-                    queued = self.store.queued(instance_id) if inst.kind == "debounce" else ()
                     if self.before_step is not None:
                         self.before_step(instance_id, job.timeout)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
@@ -295,9 +300,8 @@ class Engine:
         """
         token = self.locks.acquire(instance_id, self.wait_timeout)
         try:
-            inst = self.store.load(instance_id)
+            inst, queued = self.store.load_with_queue(instance_id)
             kind = inst.kind if inst else instance_id.split(":", 1)[0]
-            queued = self.store.queued(instance_id) if kind == "debounce" else ()
             job = _HandlerFree(kind)
             env = Env(
                 instance_id, inst.job if inst else "", inst.user_id if inst else "",

@@ -14,7 +14,7 @@ purge), the history records, and what the caller should report. The engine (the 
 the instance before the step and commits the decision after it, outside any handler; a decision
 that is not committed changes nothing, so a crash anywhere means the step runs again.
 
-Rows are never mutated: a step builds the successor with ``attrs.evolve`` and bumps ``step``,
+Rows are never mutated: a step builds the successor with ``_replace`` and bumps ``step``,
 which the store uses as a fencing token. Transitions per kind:
 
 Continuous  start -> (run now | alarm at first tick); alarm/trigger -> run execute ->
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -68,20 +68,24 @@ __all__ = [
     "step",
 ]
 
+RESOLUTION = 1e-6
+"""Times have microsecond resolution at the API (datetimes): an alarm read back as a datetime
+and fed to ``FakeClock.set`` must count as due, whatever float rounding did."""
+
 CATCH_UP_ALL_LIMIT = 100
 """``catch_up="all"`` runs at most this many missed ticks one by one; more are coalesced."""
 
 
-@attrs.frozen(slots=True)
-class Instance:
-    """One committed row: everything the store keeps about an instance.
+class Instance(NamedTuple):
+    """One committed row: everything the store keeps about an instance (immutable).
 
     ``due_at`` is the pending alarm (a retry alarm included). ``scheduled_for`` is the kind's
     target time: the grid time the alarm serves (Continuous), the batch's flush time (Debounce),
     or the time the user scheduled (Task). ``reason`` says why a non-regular alarm is pending:
     ``"trigger"`` or ``"manual"`` left by the CLI for the daemon, or the flush reason a retry
     keeps. ``run_count`` counts runs (Continuous), flush attempts' runs (Debounce) or executes
-    (Task); ``attempt`` is the number of the next attempt.
+    (Task); ``attempt`` is the number of the next attempt. A NamedTuple, not an attrs class:
+    rows are built and copied on every step, and tuples are what the store reads and writes.
     """
 
     instance_id: str
@@ -180,8 +184,9 @@ class Request:
     what: str
 
 
-Message = Start | Alarm | Trigger | Add | Send | Flush | Clear | Terminate | Resume | TimedOut
-Message |= Request
+Message = (
+    Start | Alarm | Trigger | Add | Send | Flush | Clear | Terminate | Resume | TimedOut | Request
+)
 
 
 @attrs.frozen(slots=True)
@@ -218,7 +223,15 @@ class Decision:
     created: bool = False
 
 
-NOTHING = Decision(None, changed=False)
+def _nothing() -> Decision:
+    """No change: nothing to commit (a fresh value; callers may annotate it)."""
+    return Decision(None, changed=False)
+
+
+def is_due(inst: Instance, now: float) -> bool:
+    """Whether the instance's alarm is set, due at ``now``, and it is not parked."""
+    due = inst.due_at
+    return due is not None and due <= now + RESOLUTION and inst.status != "failed"
 
 
 def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
@@ -237,6 +250,8 @@ def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Deci
         return _resume(job, inst, env)
     if isinstance(msg, Request):
         return _request(inst, msg.what, env)
+    if isinstance(msg, Clear) and job.kind == "debounce":
+        return _clear(inst, env)  # handler-free: the CLI clears without the job's definition
     if isinstance(job, Continuous):
         return _continuous(job, inst, msg, env)
     if isinstance(job, Debounce):
@@ -287,7 +302,7 @@ def _commit_state(ctx: _StateContext[Any]) -> tuple[str | None, BaseException | 
 
 
 def _next(inst: Instance, now: float, **changes: Any) -> Instance:
-    return attrs.evolve(inst, step=inst.step + 1, updated_at=now, **changes)
+    return inst._replace(step=inst.step + 1, updated_at=now, **changes)
 
 
 def _purge(
@@ -301,7 +316,7 @@ def _purge(
 
 def _terminate(inst: Instance | None, reason: str | None, env: Env) -> Decision:
     if inst is None:
-        return NOTHING
+        return _nothing()
     consumed = env.queued[-1].seq if env.queued else 0
     decision = _purge(inst, inst.state, [], "job.terminated", inst.attempt, reason)
     decision.consumed = consumed
@@ -323,7 +338,7 @@ def _resume(job: Definition, inst: Instance | None, env: Env) -> Decision:
 
 def _request(inst: Instance | None, what: str, env: Env) -> Decision:
     if inst is None:
-        return NOTHING
+        return _nothing()
     successor = _next(inst, env.now, due_at=env.now, reason=what, attempt=1)
     return Decision(successor, records=[_record("job.requested", inst.attempt, what=what)])
 
@@ -362,8 +377,9 @@ def _failure(
     if retry is not None and retry.can_retry(attempt):
         due = env.now + retry.next_delay(attempt, env.rand)
         successor = _next(
-            inst, env.now, due_at=due, attempt=attempt + 1, last_error=text, **changes
-        )
+            inst, env.now, status=_status_for(job, due), due_at=due, attempt=attempt + 1,
+            last_error=text, **changes,
+        )  # fmt: skip
         return Decision(successor, records=records, error=text, retry_scheduled=True, ran=True)
     if retry is not None:
         records.append(_record("job.retry_exhausted", attempt, None, error))
@@ -421,17 +437,17 @@ def _exhausted_purge(
 def _continuous(job: Continuous, inst: Instance | None, msg: Message, env: Env) -> Decision:
     now = env.now
     if isinstance(msg, Start):
-        return NOTHING if inst is not None else _start(job, msg.state, env)
+        return _nothing() if inst is not None else _start(job, msg.state, env)
     if inst is None:
-        return NOTHING
+        return _nothing()
     if isinstance(msg, Trigger):
         return _run(job, inst, env, due=now, restart=True)
     if isinstance(msg, Alarm | TimedOut):
-        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
-            return NOTHING
+        if not is_due(inst, now) or inst.due_at is None:
+            return _nothing()
         if inst.reason == "trigger":
             return _run(job, inst, env, due=now, restart=True, timed_out=msg)
-        due = inst.scheduled_for if inst.scheduled_for is not None else inst.due_at
+        due: float = inst.scheduled_for if inst.scheduled_for is not None else inst.due_at
         anchor = inst.anchor if inst.anchor is not None else due
         if (
             inst.attempt == 1
@@ -545,21 +561,12 @@ def _debounce(job: Debounce, inst: Instance | None, msg: Message, env: Env) -> D
     if inst is None:
         if isinstance(msg, Flush):
             return Decision(None, changed=False, flush_reason="empty")
-        return NOTHING
-    if isinstance(msg, Clear):
-        queued = len(env.queued)
-        decision = _purge(
-            inst, inst.state, [], "debounce.cleared", inst.attempt, "cleared",
-        )  # fmt: skip
-        decision.consumed = env.queued[-1].seq if env.queued else 0
-        decision.event_count = inst.event_count + queued
-        decision.terminated = False
-        return decision
+        return _nothing()
     if isinstance(msg, Flush):
         return _fold(job, inst, env, None, flush="manual")
     if isinstance(msg, Alarm | TimedOut):
-        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
-            return NOTHING
+        if not is_due(inst, now):
+            return _nothing()
         if isinstance(msg, TimedOut):
             return _fold(job, inst, env, None, flush=inst.reason or "flush_after", timed_out=msg)
         reason = inst.reason
@@ -568,6 +575,20 @@ def _debounce(job: Debounce, inst: Instance | None, msg: Message, env: Env) -> D
             return _fold(job, inst, env, None, flush="flush_after?")
         return _fold(job, inst, env, None, flush=reason or "flush_after")
     raise InvalidStateError(f"{inst.instance_id}: a debounce job does not take {msg!r}")
+
+
+def _clear(inst: Instance | None, env: Env) -> Decision:
+    """Discard a Debounce batch (and its queued events) without running execute."""
+    if inst is None:
+        return _nothing()
+    queued = len(env.queued)
+    decision = _purge(
+        inst, inst.state, [], "debounce.cleared", inst.attempt, "cleared",
+    )  # fmt: skip
+    decision.consumed = env.queued[-1].seq if env.queued else 0
+    decision.event_count = inst.event_count + queued
+    decision.terminated = False
+    return decision
 
 
 def _window(job: Debounce, started_at: float, last_event_at: float) -> float:
@@ -672,7 +693,7 @@ def _fold(
         due = folded.due_at if folded.attempt > 1 and folded.due_at is not None else window
         if folded.status == "failed":
             due = None
-        successor = attrs.evolve(folded, due_at=due)
+        successor = folded._replace(due_at=due)
         return Decision(
             successor, records=records, consumed=consumed, event_count=count, created=created
         )
@@ -719,7 +740,7 @@ def _flush(
 ) -> Decision:
     """Run execute on the folded batch ``batch`` (whose step is already bumped)."""
     attempt = batch.attempt
-    base = attrs.evolve(batch, step=batch.step - 1)  # the failure path bumps it again
+    base = batch._replace(step=batch.step - 1)  # the failure path bumps it again
 
     def flushed(ctx: _StateContext[Any], recs: list[Record], duration: float | None) -> Decision:
         state, error = _commit_state(ctx)
@@ -765,12 +786,12 @@ def _task(job: Task, inst: Instance | None, msg: Message, env: Env) -> Decision:
     if isinstance(msg, Send):
         return _task_send(job, inst, msg, env)
     if inst is None:
-        return NOTHING
+        return _nothing()
     if isinstance(msg, Trigger):
         return _task_execute(job, inst, env, attempt=1, timed_out=None)
     if isinstance(msg, Alarm | TimedOut):
-        if inst.due_at is None or inst.due_at > now or inst.status == "failed":
-            return NOTHING
+        if not is_due(inst, now):
+            return _nothing()
         attempt = 1 if inst.reason == "trigger" else inst.attempt
         timed_out = msg if isinstance(msg, TimedOut) else None
         return _task_execute(job, inst, env, attempt=attempt, timed_out=timed_out)
@@ -796,22 +817,35 @@ def _task_finish(
     records: list[Record],
     *,
     attempt: int,
-    on_idle: bool = True,
+    base_due: float | None,
+    after_error: bool = False,
+    run_idle: bool = True,
     **changes: Any,
 ) -> Decision:
-    """Commit a task step whose handlers succeeded; run on_idle if it leaves no alarm."""
-    if on_idle and ctx.due_at is None and not ctx.terminated and job.on_idle is not None:
+    """Commit a task step whose handlers succeeded; run on_idle if it leaves no alarm.
+
+    ``base_due`` is the alarm as the step found it (for ``on_error``); ``after_error`` says
+    ``on_error`` already ran in this step, so a further error is not handed to it again.
+    """
+
+    def failed(error: BaseException, duration: float | None) -> Decision:
+        if after_error:
+            return Decision(None, changed=False, raise_error=error)
+        # on_idle (or the state it left) failed: on_error handles it, on_idle is not rerun.
+        return _task_error(job, inst, error, env, records, attempt, duration, changes,
+                           due_at=base_due, run_idle=False)  # fmt: skip
+
+    if run_idle and ctx.due_at is None and not ctx.terminated and job.on_idle is not None:
         started = env.timer()
         _, error = _call(job.on_idle, ctx)
         if error is not None:
-            return _task_error(job, inst, error, env, records, attempt, env.timer() - started,
-                               changes)  # fmt: skip
+            return failed(error, env.timer() - started)
         records.append(_record("task.idle", attempt, env.timer() - started))
     state, error = _commit_state(ctx)
     if error is not None:
-        return _task_error(job, inst, error, env, records, attempt, None, changes)
+        return failed(error, None)
     if ctx.terminated:
-        dead = attrs.evolve(inst, **changes)
+        dead = inst._replace(**changes)
         return _purge(dead, state, records, "job.terminated", attempt, ctx.terminate_reason,
                       ran=True)  # fmt: skip
     due = ctx.due_at
@@ -833,17 +867,27 @@ def _task_error(
     attempt: int,
     duration: float | None,
     changes: dict[str, Any],
+    *,
+    due_at: float | None,
+    run_idle: bool = True,
 ) -> Decision:
-    """An error from on_event/on_idle (no retry: these are not alarm runs): on_error or policy."""
+    """An error from on_event/on_idle (no retry: these are not alarm runs): on_error or policy.
+
+    The failed handler chain changes nothing: ``on_error`` sees the committed state (and the
+    alarm as the step found it, ``due_at``). After it, ``on_idle`` runs as after any step that
+    leaves no alarm (unless ``on_idle`` is what failed); an error after ``on_error`` is not
+    handed to it again.
+    """
     records.append(_record("job.failed", attempt, duration, error))
     if job.on_error is not None:
         ctx = _task_ctx(
-            inst, env, due_at=inst.due_at, event_count=changes.get("event_count", inst.event_count),
+            inst, env, due_at=due_at, event_count=changes.get("event_count", inst.event_count),
             execute_count=changes.get("run_count", inst.run_count), first=False, attempt=attempt,
         )  # fmt: skip
         _, handler_error = _call(job.on_error, error, ctx)
         if handler_error is None:
-            decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, on_idle=False,
+            decision = _task_finish(job, inst, ctx, env, records, attempt=attempt,
+                                    base_due=due_at, after_error=True, run_idle=run_idle,
                                     **changes)  # fmt: skip
             decision.error = _error_text(error)
             return decision
@@ -869,13 +913,16 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
     duration = env.timer() - started
     records: list[Record] = [_record("job.started", 1)] if created else []
     if error is not None:
-        decision = _task_error(job, inst, error, env, records, inst.attempt, duration, changes)
+        decision = _task_error(job, inst, error, env, records, inst.attempt, duration, changes,
+                               due_at=inst.due_at)  # fmt: skip
     else:
         records.append(_record("task.event", inst.attempt, duration))
-        decision = _task_finish(job, inst, ctx, env, records, attempt=inst.attempt, **changes)
+        decision = _task_finish(
+            job, inst, ctx, env, records, attempt=inst.attempt, base_due=inst.due_at, **changes
+        )
         if decision.instance is not None and inst.attempt > 1 and ctx.due_at == inst.due_at:
             # an event does not cancel a pending retry
-            decision.instance = attrs.evolve(decision.instance, attempt=inst.attempt,
+            decision.instance = decision.instance._replace(attempt=inst.attempt,
                                              last_error=inst.last_error)  # fmt: skip
     decision.created = created
     return decision
@@ -895,7 +942,10 @@ def _task_execute(
 
     def handled(handler_ctx: _StateContext[Any]) -> Decision:
         assert isinstance(handler_ctx, TaskContext)
-        return _task_finish(job, inst, handler_ctx, env, [], attempt=attempt, **changes)
+        return _task_finish(
+            job, inst, handler_ctx, env, [], attempt=attempt, base_due=None, after_error=True,
+            **changes,
+        )  # fmt: skip
 
     def fresh() -> TaskContext[Any]:
         return _task_ctx(
@@ -917,7 +967,7 @@ def _task_execute(
     if error is not None:
         return fail(error, duration)
     records.append(_record("job.executed", attempt, duration, execute_count=execute_count))
-    decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, **changes)
+    decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, base_due=None, **changes)
     if decision.raise_error is not None:
         # on_idle (or the state) failed after execute and on_error did not handle it
         return fail(decision.raise_error, None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -83,8 +84,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
             at REAL NOT NULL,
             PRIMARY KEY (instance_id, key)
         ) WITHOUT ROWID""",
-        "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID",
-        "INSERT INTO meta VALUES ('commits', 0)",
     ),
 ]
 
@@ -96,6 +95,11 @@ _SET_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[4:])
 
 # -- named statements -------------------------------------------------------------------------
 SQL_LOAD = f"SELECT {COLUMNS} FROM instances WHERE instance_id = ?"
+SQL_LOAD_FLAGGED = (
+    f"SELECT {COLUMNS}, EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?1) "
+    "FROM instances WHERE instance_id = ?1"
+)
+SQL_STEP = "SELECT step FROM instances WHERE instance_id = ?"
 SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT ?"
 SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT ?"
 SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
@@ -105,6 +109,15 @@ SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ?"
 SQL_PUT = (
     f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join('?' * 18)}) "
     f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
+)
+# Debounce: events queued while this step ran need a step soon, so the alarm becomes due now.
+SQL_PUT_DEBOUNCE = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join(f'?{i}' for i in range(1, 19))}) "
+    f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL}, due_at = CASE "
+    "WHEN excluded.status != 'failed' AND EXISTS "
+    "(SELECT 1 FROM inbox WHERE inbox.instance_id = excluded.instance_id) "
+    "THEN min(coalesce(excluded.due_at, ?20), ?20) ELSE excluded.due_at END "
+    "WHERE instances.step = ?19"
 )
 SQL_DELETE = "DELETE FROM instances WHERE instance_id = ? AND step = ?"
 SQL_HISTORY = (
@@ -118,12 +131,6 @@ SQL_TRIM_HISTORY = (
 SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = ? AND seq <= ?"
 SQL_DROP_INBOX = "DELETE FROM inbox WHERE instance_id = ?"
 SQL_ADD_KEY = "INSERT OR IGNORE INTO event_keys (instance_id, key, at) VALUES (?, ?, ?)"
-# After a Debounce step commits: events queued meanwhile need a step soon.
-SQL_WAKE_QUEUED = (
-    "UPDATE instances SET due_at = ?2 WHERE instance_id = ?1 AND status != 'failed' "
-    "AND (due_at IS NULL OR due_at > ?2) "
-    "AND EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?1)"
-)
 SQL_REVIVE_QUEUED = (
     f"INSERT INTO instances ({COLUMNS}) SELECT ?1, 'debounce', ?2, ?3, 'debouncing', NULL, ?4, "
     "NULL, NULL, NULL, 0, 1, 0, ?4, NULL, NULL, 0, ?4 "
@@ -138,10 +145,27 @@ SQL_ENQUEUE_ALARM = (
     "AND (instances.due_at IS NULL OR instances.due_at > excluded.due_at)"
 )
 SQL_QUEUE_SIZE = "SELECT count(*), min(added_at) FROM inbox WHERE instance_id = ?"
-SQL_COUNT_COMMIT = "UPDATE meta SET value = value + 1 WHERE name = 'commits' RETURNING value"
-SQL_COMMITS = "SELECT value FROM meta WHERE name = 'commits'"
+SQL_FIND_QUEUED = "SELECT 1 FROM inbox WHERE seq = ? AND instance_id = ? AND event = ?"
 SQL_PRUNE_HISTORY = "DELETE FROM history WHERE at < ?"
 SQL_PRUNE_KEYS = "DELETE FROM event_keys WHERE at < ?"
+# Inspection (durajobs stats/doctor/tail). Alarm counts use the due_at partial index; the
+# history window is found by bisecting ids (they grow with time), never by scanning ``at``.
+SQL_COUNT_BY_STATUS = (
+    "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
+    "ORDER BY kind, job, status"
+)
+SQL_COUNT_DUE = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= ?"
+SQL_NEXT_AFTER = "SELECT min(due_at) FROM instances WHERE due_at > ?"
+SQL_HISTORY_ID_RANGE = "SELECT min(id), max(id) FROM history"
+SQL_HISTORY_AT_ID = "SELECT at FROM history WHERE id >= ? ORDER BY id LIMIT 1"
+SQL_HISTORY_COUNTS = (
+    "SELECT count(*), count(*) FILTER (WHERE event = 'job.failed'), "
+    "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
+)
+SQL_HISTORY_RECENT = (
+    "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
+    "FROM history ORDER BY id DESC LIMIT ?"
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -227,18 +251,32 @@ class Store:
         else:
             flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         try:
-            conn = apsw.Connection(self.path, flags=flags, vfs=vfs)
+            self._connect(self.path, flags, vfs, busy_timeout)
+        except StorageError:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            if not readonly or os.path.exists(self.path + "-wal") or os.access(folder, os.W_OK):
+                raise
+            # A reader that cannot write the directory cannot create the -shm file WAL needs.
+            # With no -wal file everything is in the main file: read it as immutable.
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?immutable=1"
+            self._connect(uri, flags | apsw.SQLITE_OPEN_URI, vfs, busy_timeout)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _connect(self, name: str, flags: int, vfs: str | None, busy_timeout: float) -> None:
+        try:
+            conn = apsw.Connection(name, flags=flags, vfs=vfs)
         except apsw.Error as exc:
             raise self._error(exc, "cannot open") from None
         self._conn = conn
         try:
             conn.set_busy_timeout(int(busy_timeout * 1000))
             # One statement per execute: apsw runs later statements only when iterated.
-            if not readonly:
+            if not self.readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
                 if mode != "wal":
                     raise StorageError(f"{self.path}: cannot use WAL mode (got {mode!r})")
-            conn.execute(f"PRAGMA synchronous={durability.upper()}")
+            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
             conn.execute("PRAGMA temp_store=MEMORY")
             self._migrate()
         except StorageError:
@@ -247,8 +285,6 @@ class Store:
         except apsw.Error as exc:
             conn.close()
             raise self._error(exc, "cannot open") from None
-
-    # -- plumbing -------------------------------------------------------------------------
 
     def _error(self, exc: BaseException, doing: str) -> StorageError:
         reason = _reason(exc)
@@ -308,25 +344,30 @@ class Store:
 
     @contextmanager
     def _mapped(self, doing: str) -> Iterator[None]:
+        """Map apsw errors to StorageError (for the cold inspection paths)."""
         try:
             yield
         except apsw.Error as exc:
             raise self._error(exc, doing) from None
 
-    @contextmanager
-    def _write(self, doing: str) -> Iterator[apsw.Cursor]:
-        """The one write-transaction helper: BEGIN IMMEDIATE ... COMMIT, with a commit probe."""
+    def _transaction(
+        self, doing: str, body: Callable[[apsw.Cursor], T], probe: Callable[[], bool]
+    ) -> T:
+        """The one write-transaction helper: ``BEGIN IMMEDIATE``, ``body``, ``COMMIT``.
+
+        ``probe()`` re-reads whether the transaction's effect is in the database; it is asked
+        only when COMMIT raised yet no transaction is open any more, because apsw re-raises
+        errors (such as a failed checkpoint) that SQLite hit after the data committed.
+        """
         conn = self._conn
-        with self._mapped(doing):
-            conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = conn.cursor()
-            expected = cursor.execute(SQL_COUNT_COMMIT).fetchall()[0][0]
-            yield cursor
+            conn.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise self._error(exc, doing) from None
+        try:
+            result = body(conn.cursor())
         except BaseException as exc:
-            if not conn.get_autocommit():
-                with self._mapped("rollback"):
-                    conn.execute("ROLLBACK")
+            self._rollback()
             if isinstance(exc, apsw.Error):
                 raise self._error(exc, doing) from None
             raise
@@ -334,17 +375,23 @@ class Store:
             conn.execute("COMMIT")
         except apsw.Error as exc:
             if not conn.get_autocommit():
-                with self._mapped("rollback"):
-                    conn.execute("ROLLBACK")
+                self._rollback()
                 raise self._error(exc, doing) from None
-            # COMMIT raised but no transaction is open: it may have committed (e.g. a failed
-            # checkpoint after the commit). Re-read to find out.
             try:
-                (now_commits,) = conn.execute(SQL_COMMITS).fetchall()[0]
+                committed = probe()
             except apsw.Error:
                 raise self._error(exc, doing + " (outcome unknown)") from None
-            if now_commits != expected:
+            if not committed:
                 raise self._error(exc, doing) from None
+        return result
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if not conn.get_autocommit():
+            try:
+                conn.execute("ROLLBACK")
+            except apsw.Error as exc:
+                raise self._error(exc, "rollback") from None
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -358,30 +405,70 @@ class Store:
         Raises:
             StorageError: the file cannot be read.
         """
-        with self._mapped("read"):
+        try:
             for row in self._conn.execute(SQL_LOAD, (instance_id,)):
                 return Instance(*row)
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
         return None
 
+    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
+        """The row and its queued events (Debounce), with one query when none are queued.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
+            for row in self._conn.execute(SQL_LOAD_FLAGGED, (instance_id,)):
+                inst = Instance(*row[:-1])
+                return inst, self.queued(instance_id) if row[-1] else []
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
+        return None, []
+
     def queued(self, instance_id: str) -> list[Queued]:
-        """Events stored by ``enqueue`` and not yet folded, oldest first."""
-        with self._mapped("read"):
+        """Events stored by ``enqueue`` and not yet folded, oldest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
             return [Queued(*row) for row in self._conn.execute(SQL_QUEUED, (instance_id,))]
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
 
     def due(self, now: float, limit: int) -> list[Instance]:
-        """Instances whose alarm is at or before ``now``, earliest first."""
-        with self._mapped("read"):
+        """Instances whose alarm is at or before ``now``, earliest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
             return [Instance(*row) for row in self._conn.execute(SQL_DUE, (now, limit))]
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
 
     def next_due(self, skip: int = 0) -> list[float]:
-        """The earliest ``skip + 1`` alarm times (ascending)."""
-        with self._mapped("read"):
+        """The earliest ``skip + 1`` alarm times (ascending).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
             return [row[0] for row in self._conn.execute(SQL_NEXT_DUE, (skip + 1,))]
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
 
     def has_key(self, instance_id: str, key: str) -> bool:
-        """Whether an idempotency key was accepted for the instance (within the window)."""
-        with self._mapped("read"):
+        """Whether an idempotency key was accepted for the instance (within the window).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
             return bool(self._conn.execute(SQL_HAS_KEY, (instance_id, key)).fetchall())
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -392,60 +479,79 @@ class Store:
             StorageError: the transaction could not be committed (nothing was applied).
             DuplicateEventError: a single keyed write whose key was taken meanwhile.
         """
-        applied: list[bool] = []
-        with self._write("commit") as cur:
+
+        def body(cur: apsw.Cursor) -> list[bool]:
+            applied = []
             for write in writes:
-                if write.key is not None:
-                    cur.execute("SAVEPOINT keyed")
-                    ok = self._apply(cur, write, now, history_limit)
-                    if ok:
-                        cur.execute(SQL_ADD_KEY, (write.instance_id, write.key, now))
-                        if self._conn.changes() == 0:
-                            cur.execute("ROLLBACK TO keyed")
-                            cur.execute("RELEASE keyed")
-                            if len(writes) == 1:
-                                raise DuplicateEventError(
-                                    f"{write.instance_id}: an event with key {write.key!r} "
-                                    "was already accepted"
-                                )
-                            ok = False
-                    if ok:
-                        cur.execute("RELEASE keyed")
+                if write.key is None:
+                    applied.append(self._apply(cur, write, now, history_limit))
                 else:
-                    ok = self._apply(cur, write, now, history_limit)
-                applied.append(ok)
-        return applied
+                    applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+            return applied
+
+        def probe() -> bool:
+            first = writes[0]
+            rows = self._conn.execute(SQL_STEP, (first.instance_id,)).fetchall()
+            if first.row is not None:
+                return bool(rows) and rows[0][0] == first.row.step
+            return not rows or rows[0][0] != first.expected_step
+
+        return self._transaction("commit", body, probe)
+
+    def _apply_keyed(
+        self, cur: apsw.Cursor, write: Write, now: float, history_limit: int, writes: Any
+    ) -> bool:
+        cur.execute("SAVEPOINT keyed")
+        ok = self._apply(cur, write, now, history_limit)
+        if ok:
+            cur.execute(SQL_ADD_KEY, (write.instance_id, write.key, now))
+            if self._conn.changes() == 0:
+                cur.execute("ROLLBACK TO keyed")
+                cur.execute("RELEASE keyed")
+                if len(writes) == 1:
+                    raise DuplicateEventError(
+                        f"{write.instance_id}: an event with key {write.key!r} was already accepted"
+                    )
+                return False
+        cur.execute("RELEASE keyed")
+        return ok
 
     def _apply(self, cur: apsw.Cursor, write: Write, now: float, history_limit: int) -> bool:
         row = write.row
         instance_id = write.instance_id
+        debounce = write.kind == "debounce"
+        if debounce and write.consumed:
+            cur.execute(SQL_CONSUME, (instance_id, write.consumed))
         if row is None:
             cur.execute(SQL_DELETE, (instance_id, write.expected_step))
             if self._conn.changes() == 0 and write.expected_step != 0:
                 return False
             step = write.expected_step + 1
-        else:
-            cur.execute(SQL_PUT, (*attrs.astuple(row, recurse=False), write.expected_step))
-            if self._conn.changes() == 0:
-                return False
-            step = row.step
-        if write.records:
-            cur.executemany(
-                SQL_HISTORY,
-                [(instance_id, now, event, step, *rest) for (event, *rest) in write.records],
-            )
-            if step % 32 == 0:
-                cur.execute(SQL_TRIM_HISTORY, (instance_id, history_limit))
-        if write.kind == "debounce":
-            if write.consumed:
-                cur.execute(SQL_CONSUME, (instance_id, write.consumed))
-            if row is None:
+            if debounce:
                 if write.records and write.records[-1][0] in ("job.terminated", "debounce.cleared"):
                     cur.execute(SQL_DROP_INBOX, (instance_id,))
                 else:
                     cur.execute(SQL_REVIVE_QUEUED, (instance_id, write.job, write.user_id, now))
+        else:
+            if debounce:
+                cur.execute(SQL_PUT_DEBOUNCE, (*row, write.expected_step, now))
             else:
-                cur.execute(SQL_WAKE_QUEUED, (instance_id, now))
+                cur.execute(SQL_PUT, (*row, write.expected_step))
+            if self._conn.changes() == 0:
+                return False
+            step = row.step
+        records = write.records
+        if records:
+            if len(records) == 1:
+                event, *rest = records[0]
+                cur.execute(SQL_HISTORY, (instance_id, now, event, step, *rest))
+            else:
+                cur.executemany(
+                    SQL_HISTORY,
+                    [(instance_id, now, event, step, *rest) for (event, *rest) in records],
+                )
+            if step % 32 == 0:
+                cur.execute(SQL_TRIM_HISTORY, (instance_id, history_limit))
         return True
 
     def enqueue(
@@ -459,7 +565,9 @@ class Store:
             DuplicateEventError: the key was already accepted for this instance.
             StorageError: the event could not be stored.
         """
-        with self._write("enqueue") as cur:
+        seq = [0]
+
+        def body(cur: apsw.Cursor) -> tuple[int, float]:
             if key is not None:
                 cur.execute(SQL_ADD_KEY, (instance_id, key, now))
                 if self._conn.changes() == 0:
@@ -467,10 +575,16 @@ class Store:
                         f"{instance_id}: an event with key {key!r} was already accepted"
                     )
             cur.execute(SQL_ENQUEUE, (instance_id, event, now))
+            seq[0] = self._conn.last_insert_rowid()
             cur.execute(SQL_ENQUEUE_ALARM, (instance_id, job, user_id, now))
             size: Any = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchall()[0]
-            count, first = size
-        return int(count), float(first)
+            return int(size[0]), float(size[1])
+
+        def probe() -> bool:
+            found = self._conn.execute(SQL_FIND_QUEUED, (seq[0], instance_id, event)).fetchall()
+            return bool(found)
+
+        return self._transaction("enqueue", body, probe)
 
     def prune(self, history_before: float, keys_before: float) -> None:
         """Delete history records and idempotency keys older than the given times.
@@ -478,9 +592,12 @@ class Store:
         Raises:
             StorageError: the transaction failed.
         """
-        with self._write("prune") as cur:
+
+        def body(cur: apsw.Cursor) -> None:
             cur.execute(SQL_PRUNE_HISTORY, (history_before,))
             cur.execute(SQL_PRUNE_KEYS, (keys_before,))
+
+        self._transaction("prune", body, lambda: True)
 
     # -- inspection (CLI) -----------------------------------------------------------------
 
@@ -563,6 +680,64 @@ class Store:
                 (after_id, limit),
             ).fetchall()
         return [HistoryRow(*r) for r in rows]
+
+    def recent_history(self, limit: int) -> list[HistoryRow]:
+        """The latest ``limit`` history records of all instances, oldest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        rows = self.query(SQL_HISTORY_RECENT, (limit,))
+        return [HistoryRow(*r) for r in reversed(rows)]
+
+    def count_by_status(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, job, status, count)`` for every combination present (a full scan).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        return [(str(k), str(j), str(s), int(n)) for k, j, s, n in self.query(SQL_COUNT_BY_STATUS)]
+
+    def count_due(self, before: float) -> tuple[int, float | None]:
+        """How many alarms are at or before ``before``, and the earliest of them.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        count, earliest = self.query(SQL_COUNT_DUE, (before,))[0]
+        return int(count), earliest
+
+    def next_alarm_after(self, after: float) -> float | None:
+        """The earliest alarm strictly after ``after``, or ``None``.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        value: float | None = self.query(SQL_NEXT_AFTER, (after,))[0][0]
+        return value
+
+    def history_counts(self, since: float) -> tuple[int, int, int]:
+        """``(records, failures, steps)`` of the history written at or after ``since``.
+
+        ``failures`` counts ``job.failed`` records; ``steps`` distinct committed steps. The
+        window starts at the first id whose record is at or after ``since`` (ids grow with
+        time, up to clock skew between writers), so this reads only that window.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        low, high = self.query(SQL_HISTORY_ID_RANGE)[0]
+        if low is None:
+            return 0, 0, 0
+        while low < high:  # bisect for the first id at or after ``since``
+            middle = (low + high) // 2
+            (at,) = self.query(SQL_HISTORY_AT_ID, (middle,))[0]
+            if at < since:
+                low = middle + 1
+            else:
+                high = middle
+        records, failures, steps = self.query(SQL_HISTORY_COUNTS, (low, since))[0]
+        return int(records), int(failures), int(steps)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only inspection query (used by ``durajobs stats``/``doctor``).

@@ -37,9 +37,13 @@ class Waker:
     def __init__(self, db_path: str) -> None:
         self.address = wake_address(db_path)
         self._sock: socket.socket | None = None
+        self._missing = False
 
     def poke(self) -> None:
         """Tell a listening daemon that the earliest alarm may have changed."""
+        address = self.address
+        if self._missing and isinstance(address, str) and not os.path.exists(address):
+            return  # no daemon has bound the socket: a stat is cheaper than a failed send
         sock = self._sock
         if sock is None:
             try:
@@ -47,9 +51,12 @@ class Waker:
                 sock.setblocking(False)
             except OSError:
                 return
-        # No daemon, or its queue is full (then it is awake anyway): both are fine.
-        with contextlib.suppress(OSError):
-            sock.sendto(b"", self.address)
+        try:
+            sock.sendto(b"", address)
+            self._missing = False
+        except OSError:
+            # No daemon (or a stale socket file), or its queue is full (then it is awake).
+            self._missing = True
 
     def close(self) -> None:
         """Close the socket."""

@@ -1,0 +1,890 @@
+"""Operations on a durajobs file without the application's code: the library under the CLI.
+
+Theory of operation
+-------------------
+An operator inspects and acts on a database file with no registry of job definitions, so
+nothing here can run a handler:
+
+- *Reads* go through a read-only ``Store``: they never create, migrate or write the file, and
+  never wait for a running step (WAL readers do not block). A file that is missing, not a
+  database, not a durajobs database or corrupt raises ``StorageError`` naming the path.
+- *Actions* go through the same ``Engine`` as the library, with an empty registry, via
+  ``Engine.apply``: it claims the instance (waiting for a running step), runs a handler-free
+  step and commits it in one transaction. ``terminate``, ``clear`` and ``retry`` are complete
+  there. ``trigger`` and ``flush`` need the application's ``execute``, so they leave the work for
+  the daemon: the step sets the alarm due now with the reason (``"trigger"``/``"manual"``), and
+  the daemon is poked over the wake socket. ``retry`` (resume a parked instance) likewise makes
+  the work due now and leaves it for the daemon.
+
+Instance ids are ``"kind:job:id"`` (the user id may itself contain colons) or the three parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from . import steps
+from .clock import Clock, SystemClock
+from .engine import Engine
+from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
+from .locks import InstanceLocks
+from .steps import Instance
+from .store import SCHEMA_VERSION, HistoryRow, Store
+from .wake import Waker, wake_address
+
+__all__ = [
+    "KINDS",
+    "STATUSES",
+    "ActionResult",
+    "Admin",
+    "Check",
+    "DoctorReport",
+    "HistoryEntry",
+    "InstanceDetail",
+    "InstanceInfo",
+    "Overdue",
+    "Stats",
+    "parse_instance_id",
+]
+
+KINDS = ("continuous", "debounce", "task")
+STATUSES = ("running", "debouncing", "active", "idle", "failed")
+OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
+WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means checkpoints are being starved
+ERROR_SUMMARY_CHARS = 120
+
+
+def parse_instance_id(*parts: str) -> str:
+    """The instance id from ``"kind:job:id"`` or from its three parts ``(kind, job, id)``.
+
+    Raises:
+        ValidationError: not an instance id (wrong number of parts, unknown kind, empty part).
+    """
+    if len(parts) == 1:
+        pieces = parts[0].split(":", 2)
+    elif len(parts) == 3:
+        pieces = list(parts)
+        if ":" in pieces[0] or ":" in pieces[1]:
+            pieces = ["", "", ""]  # a kind or job name never contains ':'
+    else:
+        raise ValidationError(
+            f"expected an instance id KIND:JOB:ID or the three parts KIND JOB ID, got {parts!r}"
+        )
+    text = ":".join(parts)
+    if len(pieces) != 3 or not all(pieces):
+        raise ValidationError(
+            f"{text!r} is not an instance id: expected KIND:JOB:ID, "
+            "e.g. continuous:token_refresher:user-123"
+        )
+    if pieces[0] not in KINDS:
+        raise ValidationError(
+            f"{text!r} is not an instance id: kind {pieces[0]!r} is not one of {', '.join(KINDS)}"
+        )
+    return ":".join(pieces)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _json(text: str | None) -> Any:
+    """Decode stored JSON text; text that is not JSON is returned as it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def error_summary(text: str | None) -> str | None:
+    """The last line of a stored traceback (``"ValueError: boom"``), shortened."""
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1].strip() if lines else text.strip()
+    if len(line) > ERROR_SUMMARY_CHARS:
+        line = line[: ERROR_SUMMARY_CHARS - 1] + "…"
+    return line
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class InstanceInfo:
+    """One instance as ``durajobs ls`` shows it. Times are aware UTC datetimes."""
+
+    instance_id: str
+    kind: str
+    job: str
+    id: str
+    status: str
+    next_alarm: datetime | None
+    alarm_reason: str | None  # "trigger"/"manual" left for the daemon, or a retry's reason
+    scheduled_for: datetime | None
+    run_count: int
+    event_count: int
+    attempt: int
+    last_error: str | None  # the full traceback text
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    step: int
+
+    @classmethod
+    def from_row(cls, row: Instance) -> InstanceInfo:
+        """Build from a stored row."""
+        return cls(
+            row.instance_id, row.kind, row.job, row.user_id, row.status, _dt(row.due_at),
+            row.reason, _dt(row.scheduled_for), row.run_count, row.event_count, row.attempt,
+            row.last_error, datetime.fromtimestamp(row.created_at, UTC), _dt(row.started_at),
+            datetime.fromtimestamp(row.updated_at, UTC), row.step,
+        )  # fmt: skip
+
+    @property
+    def error_summary(self) -> str | None:
+        """The last line of ``last_error``."""
+        return error_summary(self.last_error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON fields of ``durajobs ls --json`` (``last_error`` is the summary)."""
+        return {
+            "instance_id": self.instance_id,
+            "kind": self.kind,
+            "job": self.job,
+            "id": self.id,
+            "status": self.status,
+            "next_alarm": _iso(self.next_alarm),
+            "alarm_reason": self.alarm_reason,
+            "scheduled_for": _iso(self.scheduled_for),
+            "run_count": self.run_count,
+            "event_count": self.event_count,
+            "attempt": self.attempt,
+            "last_error": self.error_summary,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "updated_at": _iso(self.updated_at),
+            "step": self.step,
+        }
+
+
+@attrs.frozen(slots=True)
+class HistoryEntry:
+    """One history record; ``data`` is decoded JSON."""
+
+    id: int
+    instance_id: str
+    at: datetime
+    event: str
+    step: int
+    attempt: int | None
+    duration_ms: float | None
+    error: str | None
+    data: Any
+
+    @classmethod
+    def from_row(cls, row: HistoryRow) -> HistoryEntry:
+        """Build from a stored history row."""
+        return cls(
+            row.id, row.instance_id, datetime.fromtimestamp(row.at, UTC), row.event, row.step,
+            row.attempt, row.duration_ms, row.error, _json(row.data),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: id, instance_id, at, event, step, attempt, duration_ms, error, data."""
+        return {
+            "id": self.id,
+            "instance_id": self.instance_id,
+            "at": _iso(self.at),
+            "event": self.event,
+            "step": self.step,
+            "attempt": self.attempt,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+            "data": self.data,
+        }
+
+
+@attrs.frozen(slots=True)
+class InstanceDetail:
+    """Everything ``durajobs show`` prints.
+
+    ``info`` is ``None`` for an instance that is gone (purged) but still has history.
+    """
+
+    instance_id: str
+    info: InstanceInfo | None
+    state: Any  # decoded JSON, or None; for a purged instance, the final state
+    queued_events: int
+    history: list[HistoryEntry]
+
+    @property
+    def status(self) -> str:
+        """The stored status, or ``"purged"``."""
+        return self.info.status if self.info is not None else "purged"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``ls`` fields plus state, traceback, queued events and history (newest last)."""
+        kind, job, user_id = self.instance_id.split(":", 2)
+        base: dict[str, Any] = (
+            self.info.to_dict()
+            if self.info is not None
+            else {"instance_id": self.instance_id, "kind": kind, "job": job, "id": user_id}
+        )
+        base["status"] = self.status
+        base["last_error_traceback"] = self.info.last_error if self.info is not None else None
+        base["state"] = self.state
+        base["queued_events"] = self.queued_events
+        base["history"] = [h.to_dict() for h in self.history]
+        return base
+
+
+@attrs.frozen(slots=True)
+class ActionResult:
+    """What an action did.
+
+    ``changed`` is whether a step committed; ``left_for_daemon`` whether the work is now due
+    and waits for a daemon (or the application's ``run_due``); ``daemon_listening`` whether a
+    daemon answered the wake-up poke.
+    """
+
+    instance_id: str
+    action: str
+    changed: bool
+    message: str
+    left_for_daemon: bool = False
+    due_at: datetime | None = None
+    daemon_listening: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields of the result."""
+        return {
+            "instance_id": self.instance_id,
+            "action": self.action,
+            "changed": self.changed,
+            "message": self.message,
+            "left_for_daemon": self.left_for_daemon,
+            "due_at": _iso(self.due_at),
+            "daemon_listening": self.daemon_listening,
+        }
+
+
+@attrs.frozen(slots=True)
+class Stats:
+    """Counts and alarm figures of a file (``durajobs stats``)."""
+
+    generated_at: datetime
+    total: int
+    counts: list[tuple[str, str, str, int]]  # (kind, job, status, count)
+    due_now: int
+    overdue: int
+    overdue_after: float
+    max_overdue_seconds: float | None
+    next_alarm: datetime | None
+    last_hour_records: int
+    last_hour_steps: int
+    last_hour_failures: int
+
+    def by(self, field: str) -> dict[str, int]:
+        """Totals by ``"kind"``, ``"job"`` or ``"status"``."""
+        index = {"kind": 0, "job": 1, "status": 2}[field]
+        totals: dict[str, int] = {}
+        for row in self.counts:
+            key = str(row[index])
+            totals[key] = totals.get(key, 0) + row[3]
+        return totals
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON fields of ``durajobs stats --json``."""
+        return {
+            "generated_at": _iso(self.generated_at),
+            "instances": self.total,
+            "by_kind": self.by("kind"),
+            "by_status": self.by("status"),
+            "by_job": [
+                {"kind": k, "job": j, "status": s, "count": n} for k, j, s, n in self.counts
+            ],
+            "due_now": self.due_now,
+            "overdue": self.overdue,
+            "overdue_after_seconds": self.overdue_after,
+            "max_overdue_seconds": self.max_overdue_seconds,
+            "next_alarm": _iso(self.next_alarm),
+            "last_hour": {
+                "records": self.last_hour_records,
+                "steps": self.last_hour_steps,
+                "failures": self.last_hour_failures,
+            },
+        }
+
+
+@attrs.frozen(slots=True)
+class Check:
+    """One line of ``durajobs doctor``; ``level``: ``"ok"``, ``"info"``, ``"warn"``, ``"fail"``."""
+
+    name: str
+    level: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: name, level, detail."""
+        return {"name": self.name, "level": self.level, "detail": self.detail}
+
+
+@attrs.frozen(slots=True)
+class Overdue:
+    """An alarm past due by more than the threshold; ``running`` if a process holds its claim."""
+
+    instance_id: str
+    due_at: datetime
+    late_seconds: float
+    running: bool | None  # None: the claims could not be read
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: instance_id, due_at, late_seconds, running."""
+        return {
+            "instance_id": self.instance_id,
+            "due_at": _iso(self.due_at),
+            "late_seconds": round(self.late_seconds, 3),
+            "running": self.running,
+        }
+
+
+@attrs.frozen(slots=True)
+class DoctorReport:
+    """The checks of ``durajobs doctor``; ``ok`` is false when any check failed."""
+
+    path: str
+    checks: list[Check]
+    overdue: list[Overdue]
+
+    @property
+    def ok(self) -> bool:
+        """No check failed."""
+        return all(c.level != "fail" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: path, ok, checks, overdue."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "checks": [c.to_dict() for c in self.checks],
+            "overdue": [o.to_dict() for o in self.overdue],
+        }
+
+
+# -- the operations -------------------------------------------------------------------------
+
+
+class Admin:
+    """Inspect and act on a durajobs database file, without the application's code.
+
+    Args:
+        path: the database file. It must exist: inspecting never creates a database.
+        clock: the clock actions and "due now" use (default the system clock).
+        wait_timeout: seconds an action waits for a running step of the instance.
+        history_limit: history records kept per instance when an action trims history.
+
+    Raises:
+        StorageError: the file is missing, unreadable, not a durajobs database, or corrupt.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        wait_timeout: float = 30.0,
+        history_limit: int = 100,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.clock: Clock = clock or SystemClock()
+        self.wait_timeout = wait_timeout
+        self.history_limit = history_limit
+        if os.path.isdir(self.path):
+            raise StorageError(f"{self.path}: is a directory, not a database file")
+        self.store = Store(self.path, readonly=True)
+        self._engine: Engine | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connections and the lock file (idempotent)."""
+        engine = self._engine
+        if engine is not None:
+            self._engine = None
+            engine.locks.close()
+            if engine.waker is not None:
+                engine.waker.close()
+            engine.store.close()
+        self.store.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def now(self) -> float:
+        """The clock's time (epoch seconds)."""
+        return self.clock.time()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def ls(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[InstanceInfo]:
+        """Instances sorted by next alarm (those without one last, by id), filtered and paged.
+
+        ``due`` keeps only instances whose alarm is due now. The default page reads the first
+        ``limit`` entries of the ``due_at`` index and counts nothing.
+
+        Raises:
+            ValidationError: ``limit`` < 1 or ``offset`` < 0.
+            StorageError: the file cannot be read.
+        """
+        if limit < 1 or offset < 0:
+            raise ValidationError(f"limit must be >= 1 and offset >= 0, got {limit}, {offset}")
+        rows = self.store.list_instances(
+            kind=kind, job=job, status=status, due_before=self.now() if due else None,
+            limit=limit, offset=offset,
+        )  # fmt: skip
+        return [InstanceInfo.from_row(r) for r in rows]
+
+    def get(self, instance_id: str) -> InstanceInfo:
+        """One live instance.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            StorageError: the file cannot be read.
+        """
+        row = self.store.load(instance_id)
+        if row is None:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        return InstanceInfo.from_row(row)
+
+    def show(self, instance_id: str, *, history: int = 20) -> InstanceDetail:
+        """Every field of an instance, its decoded state and its latest history records.
+
+        An instance that is gone (terminated, flushed, cleared) but still has history is shown
+        with status ``"purged"``; its last record carries the final state.
+
+        Raises:
+            InstanceNotFoundError: no such instance and no history of one.
+            StorageError: the file cannot be read.
+        """
+        row = self.store.load(instance_id)
+        records = [HistoryEntry.from_row(h) for h in self.store.history(instance_id, history)]
+        if row is None and not records:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        queued = len(self.store.queued(instance_id)) if instance_id.startswith("debounce:") else 0
+        if row is not None:
+            return InstanceDetail(
+                instance_id, InstanceInfo.from_row(row), _json(row.state), queued, records
+            )
+        # Gone: the purge record keeps the final state.
+        final = next(
+            (h.data["final_state"] for h in reversed(records)
+             if isinstance(h.data, dict) and "final_state" in h.data),
+            None,
+        )  # fmt: skip
+        return InstanceDetail(instance_id, None, _json(final) if isinstance(final, str) else final,
+                              queued, records)  # fmt: skip
+
+    def stats(self, *, overdue_after: float = OVERDUE_AFTER) -> Stats:
+        """Counts by kind/job/status, alarms due and overdue, and the last hour's history.
+
+        Counting by status scans the instances table; the alarm figures use the due index.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        now = self.now()
+        counts = self.store.count_by_status()
+        due_now, earliest = self.store.count_due(now)
+        overdue, _ = self.store.count_due(now - overdue_after)
+        records, failures, step_count = self.store.history_counts(now - 3600.0)
+        return Stats(
+            generated_at=datetime.fromtimestamp(now, UTC),
+            total=sum(c[3] for c in counts),
+            counts=counts,
+            due_now=due_now,
+            overdue=overdue,
+            overdue_after=overdue_after,
+            max_overdue_seconds=None if earliest is None else max(0.0, now - earliest),
+            next_alarm=_dt(self.store.next_alarm_after(now)),
+            last_hour_records=records,
+            last_hour_steps=step_count,
+            last_hour_failures=failures,
+        )
+
+    def doctor(self, *, overdue_after: float = OVERDUE_AFTER, limit: int = 100) -> DoctorReport:
+        """Check the file: integrity, schema, WAL size, alarms stuck overdue, parked instances.
+
+        An alarm overdue by more than ``overdue_after`` seconds is *running* if a process holds
+        its claim (a long handler) and *stuck* otherwise. Claims are kernel (OFD) locks that
+        die with their process, so there are no stale claims to clean up.
+
+        Raises:
+            StorageError: never for a damaged file (that is a failed check); only if the
+                connection itself breaks.
+        """
+        checks: list[Check] = []
+        try:
+            lines = self.store.integrity_check()
+            if lines == ["ok"]:
+                checks.append(Check("integrity", "ok", "PRAGMA integrity_check: ok"))
+            else:
+                shown = "; ".join(lines[:5]) + (
+                    f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
+                )
+                checks.append(Check("integrity", "fail", f"PRAGMA integrity_check: {shown}"))
+        except StorageError as exc:
+            checks.append(Check("integrity", "fail", str(exc)))
+        try:
+            version = self.store.schema_version()
+            level = "ok" if version == SCHEMA_VERSION else "fail"
+            checks.append(
+                Check(
+                    "schema", level, f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
+                )
+            )
+        except StorageError as exc:
+            checks.append(Check("schema", "fail", str(exc)))
+        wal = self.store.wal_bytes()
+        checks.append(
+            Check(
+                "wal",
+                "warn" if wal > WAL_WARN_BYTES else "ok",
+                f"WAL {_size(wal)}"
+                + (" (large: a long-running reader may be blocking checkpoints)"
+                   if wal > WAL_WARN_BYTES else ""),
+            )
+        )  # fmt: skip
+        overdue: list[Overdue] = []
+        try:
+            overdue = self._overdue(overdue_after, limit)
+        except StorageError as exc:
+            checks.append(Check("overdue", "fail", str(exc)))
+        else:
+            stuck = [o for o in overdue if o.running is not True]
+            running = len(overdue) - len(stuck)
+            if stuck:
+                worst = max(o.late_seconds for o in stuck)
+                more = "+" if len(overdue) >= limit else ""
+                checks.append(
+                    Check(
+                        "overdue", "fail",
+                        f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s with "
+                        f"no step running (worst {_duration(worst)} late): is a daemon running "
+                        "for this file?",
+                    )
+                )  # fmt: skip
+            else:
+                checks.append(
+                    Check(
+                        "overdue", "ok", f"no alarm stuck overdue by more than {overdue_after:g}s"
+                    )
+                )
+            if running:
+                checks.append(
+                    Check("running", "info", f"{running} overdue step(s) running now (claimed)")
+                )
+        try:
+            parked = sum(
+                n for _, _, status, n in self.store.count_by_status() if status == "failed"
+            )
+        except StorageError as exc:
+            checks.append(Check("parked", "fail", str(exc)))
+        else:
+            if parked:
+                checks.append(
+                    Check(
+                        "parked", "warn",
+                        f"{parked} instance(s) parked after failing: see "
+                        "`durajobs ls --status failed`, resume with `durajobs retry ID`",
+                    )
+                )  # fmt: skip
+        listening = self.daemon_listening()
+        checks.append(
+            Check(
+                "daemon", "info",
+                f"a daemon is listening on {_address(self.path)}" if listening
+                else f"no daemon is listening on {_address(self.path)}",
+            )
+        )  # fmt: skip
+        checks.append(
+            Check(
+                "claims", "ok",
+                f"claims are kernel OFD locks on {self.path}.lock, released when their process "
+                "dies: none can be stale",
+            )
+        )  # fmt: skip
+        return DoctorReport(self.path, checks, overdue)
+
+    def _overdue(self, overdue_after: float, limit: int) -> list[Overdue]:
+        now = self.now()
+        rows = self.store.due(now - overdue_after, limit)
+        if not rows:
+            return []
+        locks: InstanceLocks | None = None
+        lock_path = self.path + ".lock"
+        if self._engine is not None:
+            locks = self._engine.locks
+        elif os.path.exists(lock_path):
+            try:
+                locks = InstanceLocks(lock_path)
+            except StorageError:
+                locks = None  # cannot open it (permissions): say "unknown"
+        # No lock file at all: no process ever claimed a step, so none is running.
+        try:
+            result = []
+            for row in rows:
+                assert row.due_at is not None
+                if locks is not None:
+                    running: bool | None = locks.is_locked(row.instance_id)
+                else:
+                    running = None if os.path.exists(lock_path) else False
+                result.append(
+                    Overdue(row.instance_id, datetime.fromtimestamp(row.due_at, UTC),
+                            now - row.due_at, running)
+                )  # fmt: skip
+            return result
+        finally:
+            if locks is not None and self._engine is None:
+                locks.close()
+
+    def recent(self, limit: int = 10) -> list[HistoryEntry]:
+        """The latest ``limit`` history records of all instances, oldest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        return [HistoryEntry.from_row(h) for h in self.store.recent_history(limit)]
+
+    def follow(self, after_id: int, *, interval: float = 0.5) -> Iterator[HistoryEntry]:
+        """Yield history records with ids above ``after_id`` as they are committed, forever.
+
+        Polls the file every ``interval`` seconds (a user-facing follow, like ``tail -f``).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        while True:
+            rows = self.store.history_since(after_id)
+            for row in rows:
+                after_id = row.id
+                yield HistoryEntry.from_row(row)
+            if not rows:
+                time.sleep(interval)
+
+    def daemon_listening(self) -> bool:
+        """Whether a daemon is bound to this file's wake socket (sends it one harmless wake-up)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.sendto(b"", wake_address(self.path))
+        except BlockingIOError:
+            return True  # its queue is full: it is there (and awake)
+        except OSError:
+            return False
+        return True
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _engine_for_actions(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            # The read-only store has validated the file, so this never creates or migrates one.
+            store = Store(self.path)
+            try:
+                locks = InstanceLocks(self.path + ".lock")
+            except BaseException:
+                store.close()
+                raise
+            engine = self._engine = Engine(
+                store, locks, {}, clock=self.clock, wait_timeout=self.wait_timeout,
+                history_limit=self.history_limit, waker=Waker(self.path),
+            )  # fmt: skip
+        return engine
+
+    def _apply(self, msg: steps.Message, instance_id: str) -> steps.Decision:
+        try:
+            return self._engine_for_actions().apply(msg, instance_id)
+        except InstanceNotFoundError:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}") from None
+
+    def terminate(self, instance_id: str, reason: str | None = None) -> ActionResult:
+        """Cancel the alarm and purge the instance, recording the reason in its history.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InstanceBusyError: a running step held it past ``wait_timeout``.
+            StorageError: the file cannot be written.
+        """
+        self.get(instance_id)
+        decision = self._apply(steps.Terminate(reason), instance_id)
+        if not decision.changed:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        said = f" ({reason})" if reason else ""
+        return ActionResult(instance_id, "terminate", True, f"terminated {instance_id}{said}")
+
+    def clear(self, instance_id: str) -> ActionResult:
+        """Discard a Debounce batch (and events queued for it) without running ``execute``.
+
+        Raises:
+            InvalidStateError: not a Debounce instance.
+            InstanceNotFoundError: no such instance.
+            InstanceBusyError: a running step held it past ``wait_timeout``.
+            StorageError: the file cannot be written.
+        """
+        info = self.get(instance_id)
+        if info.kind != "debounce":
+            raise InvalidStateError(
+                f"{instance_id}: clear discards a debounce batch; this is a {info.kind} "
+                "instance (use terminate)"
+            )
+        decision = self._apply(steps.Clear(), instance_id)
+        if not decision.changed:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        return ActionResult(
+            instance_id, "clear", True,
+            f"cleared {instance_id}: discarded {decision.event_count} event(s)",
+        )  # fmt: skip
+
+    def retry(self, instance_id: str) -> ActionResult:
+        """Resume a parked (``"failed"``) instance: its work is due now, for the daemon.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InvalidStateError: the instance is not parked.
+            InstanceBusyError: a running step held it past ``wait_timeout``.
+            StorageError: the file cannot be written.
+        """
+        decision = self._apply(steps.Resume(), instance_id)
+        return self._left(instance_id, "retry", decision, f"resumed {instance_id}")
+
+    def trigger(self, instance_id: str) -> ActionResult:
+        """Make a Continuous or Task instance's run due now, for the daemon (``execute`` is the
+        application's). A Continuous schedule restarts from that run, as with ``trigger()``.
+
+        Raises:
+            InvalidStateError: a Debounce instance (use flush), or a parked one (use retry).
+            InstanceNotFoundError: no such instance.
+            InstanceBusyError: a running step held it past ``wait_timeout``.
+            StorageError: the file cannot be written.
+        """
+        info = self.get(instance_id)
+        if info.kind == "debounce":
+            raise InvalidStateError(f"{instance_id}: a debounce instance is flushed, not triggered")
+        self._check_not_parked(info)
+        decision = self._apply(steps.Request("trigger"), instance_id)
+        return self._left(instance_id, "trigger", decision, f"triggered {instance_id}")
+
+    def flush(self, instance_id: str) -> ActionResult:
+        """Make a Debounce batch's flush (reason ``"manual"``) due now, for the daemon.
+
+        A batch with no events is left alone (``changed=False``).
+
+        Raises:
+            InvalidStateError: not a Debounce instance, or a parked one (use retry).
+            InstanceNotFoundError: no such instance.
+            InstanceBusyError: a running step held it past ``wait_timeout``.
+            StorageError: the file cannot be written.
+        """
+        info = self.get(instance_id)
+        if info.kind != "debounce":
+            raise InvalidStateError(
+                f"{instance_id}: flush is for debounce instances; this is a {info.kind} "
+                "instance (use trigger)"
+            )
+        self._check_not_parked(info)
+        if info.event_count == 0 and not self.store.queued(instance_id):
+            return ActionResult(instance_id, "flush", False, f"{instance_id}: nothing to flush")
+        decision = self._apply(steps.Request("manual"), instance_id)
+        return self._left(instance_id, "flush", decision, f"flush of {instance_id} requested")
+
+    def _check_not_parked(self, info: InstanceInfo) -> None:
+        # An alarm on a parked instance would never run (parked steps wait for a resume).
+        if info.status == "failed":
+            raise InvalidStateError(
+                f"{info.instance_id} is parked after failing: resume it with "
+                f"`durajobs retry {info.instance_id}`"
+            )
+
+    def _left(
+        self, instance_id: str, action: str, decision: steps.Decision, done: str
+    ) -> ActionResult:
+        if not decision.changed or decision.instance is None:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        due = _dt(decision.instance.due_at)
+        listening = self.daemon_listening()
+        where = (
+            "a daemon is listening and was woken"
+            if listening
+            else "no daemon is listening: it runs when one starts or the application calls "
+            "run_due()"
+        )
+        return ActionResult(
+            instance_id, action, True,
+            f"{done}: the work is due now and left for the daemon ({where})",
+            left_for_daemon=True, due_at=due, daemon_listening=listening,
+        )  # fmt: skip
+
+
+def _address(path: str) -> str:
+    address = wake_address(path)
+    return address if isinstance(address, str) else "@" + address[1:].decode()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _duration(seconds: float) -> str:
+    """``"3s"``, ``"4m"``, ``"2h13m"``, ``"3d4h"`` (coarse, for people)."""
+    s = int(abs(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s < 600 and s % 60 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m" if (s % 3600) // 60 else f"{s // 3600}h"
+    return f"{s // 86400}d{(s % 86400) // 3600}h" if (s % 86400) // 3600 else f"{s // 86400}d"
+
+
+def relative(when: float, now: float) -> str:
+    """``"in 4m"``, ``"3s ago"`` or ``"now"`` (within a second)."""
+    delta = when - now
+    if abs(delta) < 1.0:
+        return "now"
+    return f"in {_duration(delta)}" if delta > 0 else f"{_duration(delta)} ago"
