@@ -77,6 +77,10 @@ class _StateContext(Generic[S]):
         self.terminated = True
         self.terminate_reason = reason
 
+    def touched(self) -> bool:
+        """Whether the handler read or assigned ``state`` (so it must be re-encoded)."""
+        return self._value is not _UNSET
+
     def _what(self) -> str:
         return f"state of {self.instance_id}"
 

@@ -645,24 +645,30 @@ def _fold(
                 event = event_codec.decode(item, f"queued event of {inst.instance_id}")
             except Exception as exc:  # an old event that no longer fits its type
                 return _fold_failed(job, inst, env, exc, records)
-        if count == 0:
-            started_at = added_at
-            records.append(_record("debounce.started", 1))
         if reducer is None:
             value = event
         else:
-            raw = None if count == 0 else (inst.state if not touched else None)
-            ctx: DebounceEventContext[Any] = DebounceEventContext(
-                inst.instance_id, inst.job, inst.user_id, step_no, codec, raw,
-                event=event, event_count=count + 1,
-            )  # fmt: skip
-            if touched and count > 0:
-                ctx.state = value
-            value, error = _call(reducer, ctx)
+            args = (inst, step_no, codec, event, count, value if touched else _KEEP)
+            reduced, error = _call(reducer, _event_ctx(*args))
             if error is not None:
-                if not encoded:
+                if encoded:
+                    return _fold_failed(job, inst, env, error, records)
+                if job.on_error is None:
                     return Decision(None, changed=False, raise_error=error)
-                return _fold_failed(job, inst, env, error, records)
+                # on_error handles the reducer's error in the call: the event is dropped and
+                # what on_error leaves in ctx.state commits.
+                handler_ctx = _event_ctx(*args)
+                _, handler_error = _call(job.on_error, error, handler_ctx)
+                if handler_error is not None:
+                    return Decision(None, changed=False, raise_error=handler_error)
+                records.append(_record("job.failed", 1, None, error, handler="on_event"))
+                if handler_ctx.touched() and count > 0:
+                    value = handler_ctx.state
+                continue
+            value = reduced
+        if count == 0:
+            started_at = added_at
+            records.append(_record("debounce.started", 1))
         touched = True
         count += 1
         assert started_at is not None
@@ -702,6 +708,26 @@ def _fold(
     decision.created = created
     decision.event_count = count
     return decision
+
+
+_KEEP: Any = object()
+
+
+def _event_ctx(
+    inst: Instance, step_no: int, codec: TypeCodec, event: Any, count: int, value: Any
+) -> DebounceEventContext[Any]:
+    """The reducer's context: the batch so far (``None`` for the first event of a batch).
+
+    ``value`` is the state folded so far in this step, or ``_KEEP`` for the stored one.
+    """
+    raw = None if count == 0 else inst.state
+    ctx: DebounceEventContext[Any] = DebounceEventContext(
+        inst.instance_id, inst.job, inst.user_id, step_no, codec, raw,
+        event=event, event_count=count + 1,
+    )  # fmt: skip
+    if count > 0 and value is not _KEEP:
+        ctx.state = value
+    return ctx
 
 
 def _fold_failed(
