@@ -182,6 +182,13 @@ class InstanceInfo:
         }
 
 
+_INFO_KEYS = (
+    "instance_id", "kind", "job", "id", "status", "next_alarm", "alarm_reason", "scheduled_for",
+    "run_count", "event_count", "attempt", "last_error", "created_at", "started_at",
+    "updated_at", "step",
+)  # fmt: skip
+
+
 @attrs.frozen(slots=True)
 class HistoryEntry:
     """One history record; ``data`` is decoded JSON."""
@@ -240,11 +247,11 @@ class InstanceDetail:
     def to_dict(self) -> dict[str, Any]:
         """The ``ls`` fields plus state, traceback, queued events and history (newest last)."""
         kind, job, user_id = self.instance_id.split(":", 2)
-        base: dict[str, Any] = (
-            self.info.to_dict()
-            if self.info is not None
-            else {"instance_id": self.instance_id, "kind": kind, "job": job, "id": user_id}
-        )
+        if self.info is not None:
+            base = self.info.to_dict()
+        else:  # the same keys, empty: only the history is left
+            base = dict.fromkeys(_INFO_KEYS)
+            base.update(instance_id=self.instance_id, kind=kind, job=job, id=user_id)
         base["status"] = self.status
         base["last_error_traceback"] = self.info.last_error if self.info is not None else None
         base["state"] = self.state

@@ -291,6 +291,8 @@ def ls(
     elif as_jsonl:
         for r in rows:
             typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+    elif not rows:
+        typer.echo("no instances match" if offset == 0 else "no more instances", err=True)
     else:
         _ls_table(rows, now)
         if more:

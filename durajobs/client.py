@@ -283,7 +283,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         self._check()
         engine = self._engine
         text = engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
-        if key is not None and engine.store.has_key(instance_id, key):
+        if key is not None and engine.store.has_key(instance_id, key, engine.clock.time()):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"
             )
@@ -293,13 +293,18 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         )  # fmt: skip
         if result is None:
             # A step of this instance (a flush) is running elsewhere: queue for the next batch.
-            count, first = engine.store.enqueue(
+            count, first, last = engine.store.enqueue(
                 instance_id, self.name, user_id, text, key, engine.clock.time()
             )
             if engine.waker is not None:
                 engine.waker.poke()
-            return AddResult(instance_id, False, count, _dt(first + self.job.flush_after))
+            will_flush = steps.flush_time(self.job, first, last)
+            return AddResult(instance_id, False, count, _dt(will_flush))
         decision, before = result
+        if decision.requeued:  # the batch was full: this event opens the next one
+            return AddResult(
+                instance_id, before is None, decision.requeued, _dt(decision.next_window)
+            )
         row = decision.instance
         return AddResult(
             instance_id,
@@ -349,7 +354,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         started = inst.started_at
         if inst.event_count == 0 and queued:
             started = queued[0].added_at
-            will_flush = started + self.job.flush_after
+            will_flush = steps.flush_time(self.job, started, queued[-1].added_at)
         return DebounceStatus(
             inst.status, inst.event_count + len(queued), _dt(started), _dt(will_flush),
             inst.attempt, inst.last_error,
@@ -384,7 +389,7 @@ class TaskClient(_Client[Task], Generic[E, S]):
         self._check()
         engine = self._engine
         engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
-        if key is not None and engine.store.has_key(instance_id, key):
+        if key is not None and engine.store.has_key(instance_id, key, engine.clock.time()):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"
             )

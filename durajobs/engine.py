@@ -146,6 +146,7 @@ class Engine:
                 write = Write(
                     instance_id, kind, job_name, user_id, inst.step if inst else 0,
                     decision.instance, decision.records, decision.consumed, key,
+                    decision.requeue,
                 )  # fmt: skip
                 (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:

@@ -96,6 +96,7 @@ class Jobs:
         store = Store(
             self.path, durability=self.durability, busy_timeout=self.busy_timeout, vfs=self._vfs
         )
+        store.key_window = self.key_window
         try:
             locks = InstanceLocks(self.path + ".lock")
         except BaseException:

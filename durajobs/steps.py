@@ -221,6 +221,9 @@ class Decision:
     flush_reason: str | None = None
     event_count: int = 0
     created: bool = False
+    requeue: str | None = None  # Debounce: the added event goes to the queue (batch was full)
+    requeued: int = 0  # Debounce: events left for the next batch
+    next_window: float | None = None  # Debounce: when that next batch would flush
 
 
 def _nothing() -> Decision:
@@ -591,6 +594,12 @@ def _clear(inst: Instance | None, env: Env) -> Decision:
     return decision
 
 
+def flush_time(job: Debounce, started_at: float, last_event_at: float) -> float:
+    """When a batch flushes: ``flush_after`` after its first event, or (``trailing``) after its
+    last event, capped by ``max_wait`` from the first."""
+    return _window(job, started_at, last_event_at)
+
+
 def _window(job: Debounce, started_at: float, last_event_at: float) -> float:
     if not job.trailing:
         return started_at + job.flush_after
@@ -633,12 +642,20 @@ def _fold(
     step_no = inst.step + 1
     reducer = job.on_event
 
-    items: list[tuple[Any, float, bool]] = [
-        (q.event, q.added_at, True) for q in env.queued
-    ]  # (event, added_at, needs decoding)
+    # (event, added_at, seq): queued events (seq > 0, still encoded) first, then the added one
+    items: list[tuple[Any, float, int]] = [(q.event, q.added_at, q.seq) for q in env.queued]
     if add is not None:
-        items.append((add.event, now, False))
-    for item, added_at, encoded in items:
+        items.append((add.event, now, 0))
+    consumed = 0
+    requeue: list[tuple[Any, float, int]] = []
+    cap = job.max_events
+    for index, (item, added_at, seq) in enumerate(items):
+        if cap is not None and count >= cap:
+            # A batch never exceeds max_events: the rest waits for the next batch (the added
+            # event goes to the queue, folded by the next step like any queued event).
+            requeue = items[index:]
+            break
+        encoded = seq > 0
         event = item
         if encoded:
             try:
@@ -671,6 +688,7 @@ def _fold(
             records.append(_record("debounce.started", 1))
         touched = True
         count += 1
+        consumed = max(consumed, seq)
         assert started_at is not None
         window = _window(job, started_at, added_at)
 
@@ -682,7 +700,8 @@ def _fold(
             if add is not None:
                 return Decision(None, changed=False, raise_error=exc)
             return _fold_failed(job, inst, env, exc, records)
-    consumed = env.queued[-1].seq if env.queued else 0
+    if not requeue and env.queued:
+        consumed = env.queued[-1].seq  # including events on_error dropped
     folded = _next(inst, now, state=state, event_count=count, started_at=started_at,
                    scheduled_for=window)  # fmt: skip
 
@@ -700,13 +719,19 @@ def _fold(
         if folded.status == "failed":
             due = None
         successor = folded._replace(due_at=due)
-        return Decision(
+        decision = Decision(
             successor, records=records, consumed=consumed, event_count=count, created=created
         )
-    decision = _flush(job, folded, env, flush, records, timed_out)
-    decision.consumed = consumed
-    decision.created = created
-    decision.event_count = count
+    else:
+        decision = _flush(job, folded, env, flush, records, timed_out)
+        decision.consumed = consumed
+        decision.created = created
+        decision.event_count = count
+    if requeue:
+        decision.requeued = len(requeue)
+        decision.next_window = _window(job, requeue[0][1], requeue[-1][1])
+        if add is not None and requeue[-1][2] == 0:
+            decision.requeue = add.text
     return decision
 
 
@@ -930,6 +955,8 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
             None, 0, 1, 0, now, None, None, 0, now,
         )  # fmt: skip
     changes: dict[str, Any] = {"event_count": inst.event_count + 1}
+    if inst.status == "failed":
+        changes["attempt"] = 1  # an event resumes a parked task (its alarm counts again)
     ctx = _task_ctx(
         inst, env, due_at=inst.due_at, event_count=inst.event_count + 1,
         execute_count=inst.run_count, first=created, attempt=inst.attempt,
@@ -946,7 +973,12 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
         decision = _task_finish(
             job, inst, ctx, env, records, attempt=inst.attempt, base_due=inst.due_at, **changes
         )
-        if decision.instance is not None and inst.attempt > 1 and ctx.due_at == inst.due_at:
+        if (
+            decision.instance is not None
+            and inst.status != "failed"
+            and inst.attempt > 1
+            and ctx.due_at == inst.due_at
+        ):
             # an event does not cancel a pending retry
             decision.instance = decision.instance._replace(attempt=inst.attempt,
                                              last_error=inst.last_error)  # fmt: skip
@@ -993,7 +1025,9 @@ def _task_execute(
     if error is not None:
         return fail(error, duration)
     records.append(_record("job.executed", attempt, duration, execute_count=execute_count))
-    decision = _task_finish(job, inst, ctx, env, records, attempt=attempt, base_due=None, **changes)
+    decision = _task_finish(
+        job, inst, ctx, env, records, attempt=attempt, base_due=None, last_error=None, **changes
+    )
     if decision.raise_error is not None:
         # on_idle (or the state) failed after execute and on_error did not handle it
         return fail(decision.raise_error, None)

@@ -103,18 +103,19 @@ SQL_STEP = "SELECT step FROM instances WHERE instance_id = ?"
 SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT ?"
 SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT ?"
 SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
-SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ?"
+SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?"
 # Insert a new instance, or replace the row if it is still at the step the write was computed
 # from (the fence). Step 0 rows are placeholders that ``enqueue`` made.
 SQL_PUT = (
     f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join('?' * 18)}) "
     f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
 )
-# Debounce: events queued while this step ran need a step soon, so the alarm becomes due now.
+# Debounce: events queued while this step ran need a step soon, so the alarm becomes due now
+# (unless a retry alarm is pending: the retry folds them, after its backoff).
 SQL_PUT_DEBOUNCE = (
     f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join(f'?{i}' for i in range(1, 19))}) "
     f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL}, due_at = CASE "
-    "WHEN excluded.status != 'failed' AND EXISTS "
+    "WHEN excluded.status != 'failed' AND excluded.attempt = 1 AND EXISTS "
     "(SELECT 1 FROM inbox WHERE inbox.instance_id = excluded.instance_id) "
     "THEN min(coalesce(excluded.due_at, ?20), ?20) ELSE excluded.due_at END "
     "WHERE instances.step = ?19"
@@ -130,7 +131,11 @@ SQL_TRIM_HISTORY = (
 )
 SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = ? AND seq <= ?"
 SQL_DROP_INBOX = "DELETE FROM inbox WHERE instance_id = ?"
-SQL_ADD_KEY = "INSERT OR IGNORE INTO event_keys (instance_id, key, at) VALUES (?, ?, ?)"
+# A key older than the window may be reused: it is refreshed, not rejected.
+SQL_ADD_KEY = (
+    "INSERT INTO event_keys (instance_id, key, at) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT(instance_id, key) DO UPDATE SET at = ?3 WHERE event_keys.at < ?4"
+)
 SQL_REVIVE_QUEUED = (
     f"INSERT INTO instances ({COLUMNS}) SELECT ?1, 'debounce', ?2, ?3, 'debouncing', NULL, ?4, "
     "NULL, NULL, NULL, 0, 1, 0, ?4, NULL, NULL, 0, ?4 "
@@ -190,6 +195,7 @@ class Write:
     records: Sequence[Record] = ()
     consumed: int = 0
     key: str | None = None
+    requeue: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -243,7 +249,7 @@ class Store:
         self.path = os.fspath(path)
         self.durability = durability
         self.readonly = readonly
-        self._expected_commits: int | None = None
+        self.key_window = 86400.0  # seconds idempotency keys are remembered (set by Jobs)
         if readonly:
             if not os.path.exists(self.path):
                 raise StorageError(f"{self.path}: no such database file")
@@ -459,14 +465,15 @@ class Store:
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
-    def has_key(self, instance_id: str, key: str) -> bool:
-        """Whether an idempotency key was accepted for the instance (within the window).
+    def has_key(self, instance_id: str, key: str, now: float) -> bool:
+        """Whether an idempotency key was accepted for the instance within ``key_window``.
 
         Raises:
             StorageError: the file cannot be read.
         """
+        params = (instance_id, key, now - self.key_window)
         try:
-            return bool(self._conn.execute(SQL_HAS_KEY, (instance_id, key)).fetchall())
+            return bool(self._conn.execute(SQL_HAS_KEY, params).fetchall())
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
@@ -504,7 +511,7 @@ class Store:
         cur.execute("SAVEPOINT keyed")
         ok = self._apply(cur, write, now, history_limit)
         if ok:
-            cur.execute(SQL_ADD_KEY, (write.instance_id, write.key, now))
+            cur.execute(SQL_ADD_KEY, (write.instance_id, write.key, now, now - self.key_window))
             if self._conn.changes() == 0:
                 cur.execute("ROLLBACK TO keyed")
                 cur.execute("RELEASE keyed")
@@ -522,6 +529,8 @@ class Store:
         debounce = write.kind == "debounce"
         if debounce and write.consumed:
             cur.execute(SQL_CONSUME, (instance_id, write.consumed))
+        if write.requeue is not None:
+            cur.execute(SQL_ENQUEUE, (instance_id, write.requeue, now))
         if row is None:
             cur.execute(SQL_DELETE, (instance_id, write.expected_step))
             if self._conn.changes() == 0 and write.expected_step != 0:
@@ -556,10 +565,10 @@ class Store:
 
     def enqueue(
         self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
-    ) -> tuple[int, float]:
+    ) -> tuple[int, float, float]:
         """Store a Debounce event for an instance busy elsewhere and make it due now.
 
-        Returns the number of queued events and when the first of them was added.
+        Returns the number of queued events and when the first and the last were added.
 
         Raises:
             DuplicateEventError: the key was already accepted for this instance.
@@ -567,9 +576,9 @@ class Store:
         """
         seq = [0]
 
-        def body(cur: apsw.Cursor) -> tuple[int, float]:
+        def body(cur: apsw.Cursor) -> tuple[int, float, float]:
             if key is not None:
-                cur.execute(SQL_ADD_KEY, (instance_id, key, now))
+                cur.execute(SQL_ADD_KEY, (instance_id, key, now, now - self.key_window))
                 if self._conn.changes() == 0:
                     raise DuplicateEventError(
                         f"{instance_id}: an event with key {key!r} was already accepted"
@@ -578,7 +587,7 @@ class Store:
             seq[0] = self._conn.last_insert_rowid()
             cur.execute(SQL_ENQUEUE_ALARM, (instance_id, job, user_id, now))
             size: Any = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchall()[0]
-            return int(size[0]), float(size[1])
+            return int(size[0]), float(size[1]), now
 
         def probe() -> bool:
             found = self._conn.execute(SQL_FIND_QUEUED, (seq[0], instance_id, event)).fetchall()

@@ -145,9 +145,7 @@ def test_add_accepts_seconds_for_flush_after(make: Make) -> None:
 
 def test_instances_are_independent(make: Make) -> None:
     recorder = Recorder()
-    job = Debounce(
-        event=Click, state=Tally, execute=recorder, flush_after="5s", on_event=tally
-    )
+    job = Debounce(event=Click, state=Tally, execute=recorder, flush_after="5s", on_event=tally)
     jobs, clock = make({JOB: job})
     client = jobs.debounce(JOB)
     client.add("u1", Click("a"))
@@ -836,4 +834,195 @@ def test_events_added_while_a_retry_is_pending_join_the_kept_batch(make: Make) -
     assert jobs.run_due() == 1
     assert recorder.calls[-1]["state"] == Tally(["a", "b"], 2)
     assert recorder.calls[-1]["event_count"] == 2
+    assert client.status("u1").status == "not_found"
+
+
+# -- events queued behind a running flush (single process: a second Jobs is another claim) ----
+
+
+def test_event_added_while_a_flush_runs_goes_to_the_next_batch(make: Make, tmp_path: Path) -> None:
+    recorder = Recorder()
+    other: list[Jobs] = []
+
+    def execute(ctx: Any) -> None:
+        recorder(ctx)
+        if len(recorder.calls) == 1:
+            # Another Jobs on the file holds another claim, like another process would.
+            start = len(recorder.calls)
+            result = other[0].debounce(JOB).add("u1", Click("late"))
+            assert len(recorder.calls) == start  # add did not wait for (or run) a flush
+            assert result.created is False
+            assert result.event_count == 1
+
+    job = Debounce(event=Click, state=Tally, execute=execute, flush_after="5s", on_event=tally)
+    jobs, clock = make({JOB: job})
+    other.append(make({JOB: job}, clock=clock)[0])
+    client = jobs.debounce(JOB)
+    client.add("u1", Click("a"))
+    client.add("u1", Click("b"))
+    assert client.flush("u1") == FlushResult(True, 2, "manual")
+    assert recorder.calls[0]["state"] == Tally(["a", "b"], 2)
+    # The late event is the next batch, not lost and not part of the flushed one.
+    status = client.status("u1")
+    assert status.status == "debouncing"
+    assert status.event_count == 1
+    assert jobs.run_due() >= 0  # folds it when its wake-up is due
+    clock.advance(5)
+    jobs.run_due()
+    assert [c["state"] for c in recorder.calls] == [Tally(["a", "b"], 2), Tally(["late"], 1)]
+    assert client.status("u1").status == "not_found"
+
+
+def test_events_queued_during_a_failing_flush_do_not_cut_the_retry_backoff(make: Make) -> None:
+    recorder = Recorder()
+    other: list[Jobs] = []
+
+    def execute(ctx: Any) -> None:
+        recorder(ctx)
+        if len(recorder.calls) == 1:
+            other[0].debounce(JOB).add("u1", Click("late"))
+            raise RuntimeError("downstream is down")
+
+    job = Debounce(
+        event=Click, state=Tally, execute=execute, flush_after="5s", on_event=tally,
+        retry=Retry(max_attempts=3, delay=Backoff.fixed("1 hour")),
+    )  # fmt: skip
+    jobs, clock = make({JOB: job})
+    other.append(make({JOB: job}, clock=clock)[0])
+    client = jobs.debounce(JOB)
+    client.add("u1", Click("a"))
+    assert client.flush("u1").flushed is False
+    status = client.status("u1")
+    assert status.attempt == 2
+    assert status.will_flush_at == at(3600)  # the retry waits its backoff
+    jobs.run_due()  # a wake-up that only folds the queued event would be fine ...
+    assert len(recorder.calls) == 1  # ... but the retry must not run before its time
+    clock.set(at(3600))
+    jobs.run_due()
+    assert len(recorder.calls) == 2
+    assert recorder.calls[1]["attempt"] == 2
+    seen = [page for call in recorder.calls[1:] for page in call["state"].pages]
+    if client.status("u1").status != "not_found":
+        clock.advance(5)
+        jobs.run_due()
+        seen = [page for call in recorder.calls[1:] for page in call["state"].pages]
+    assert sorted(seen) == ["a", "late"]  # both delivered, once each
+
+
+def test_reported_retry_time_is_when_the_retry_is_due(make: Make) -> None:
+    # With jitter, retry delays are arbitrary floats; the datetime a status reports (microsecond
+    # resolution) must be an instant at which the alarm counts as due.
+    recorder = Recorder()
+    recorder.fail_next = 20
+    job = Debounce(
+        event=Click, execute=recorder, flush_after="5s",
+        retry=Retry(max_attempts=2, delay=Backoff.fixed("10s"), jitter=True),
+    )  # fmt: skip
+    jobs, clock = make({JOB: job})
+    client = jobs.debounce(JOB)
+    for i in range(20):
+        client.add(f"u{i}", Click("a"))
+        assert client.flush(f"u{i}").flushed is False
+    reported = sorted((client.status(f"u{i}").will_flush_at, f"u{i}") for i in range(20))
+    for when, user in reported:
+        assert when is not None
+        clock.set(when)
+        jobs.run_due()
+        assert client.status(user).status == "not_found", (user, when)
+
+
+def test_add_queued_behind_a_flush_reports_the_trailing_window(make: Make) -> None:
+    # will_flush_at of an add queued behind a running flush follows the same window rule as
+    # any add: with trailing=True, flush_after after *this* event, capped by max_wait.
+    other: list[Jobs] = []
+    queued: list[Any] = []
+
+    def execute(ctx: Any) -> None:
+        if not queued:
+            other_clock = other[0].clock
+            assert isinstance(other_clock, FakeClock)
+            other_clock.set(at(1))
+            queued.append(other[0].debounce(JOB).add("u1", Click("q1")))
+            other_clock.set(at(4))
+            queued.append(other[0].debounce(JOB).add("u1", Click("q2")))
+
+    job = Debounce(event=Click, execute=execute, flush_after="5s", trailing=True, max_wait="60s")
+    jobs, clock = make({JOB: job})
+    other.append(make({JOB: job}, clock=clock)[0])
+    client = jobs.debounce(JOB)
+    client.add("u1", Click("a"))
+    client.flush("u1")
+    assert queued[0].will_flush_at == at(6)
+    assert queued[1].will_flush_at == at(9)  # 4 s + 5 s, not the first queued event's window
+    assert client.status("u1").will_flush_at == at(9)
+    jobs.run_due()
+    assert client.status("u1").will_flush_at == at(9)
+
+
+def test_events_queued_behind_a_flush_never_make_a_batch_above_max_events(make: Make) -> None:
+    # max_events caps a batch: five events queued behind a running flush with max_events=3
+    # flush as 3 + 2 (or smaller batches), each event once and in order -- never as one batch
+    # of 5 (a downstream API that takes at most max_events items would reject it).
+    recorder = Recorder()
+    other: list[Jobs] = []
+
+    def execute(ctx: Any) -> None:
+        recorder(ctx)
+        if len(recorder.calls) == 1:
+            for page in ["q1", "q2", "q3", "q4", "q5"]:
+                other[0].debounce(JOB).add("u1", Click(page))
+
+    job = Debounce(
+        event=Click, state=Tally, execute=execute, flush_after="5s", on_event=tally, max_events=3
+    )
+    jobs, clock = make({JOB: job})
+    other.append(make({JOB: job}, clock=clock)[0])
+    client = jobs.debounce(JOB)
+    client.add("u1", Click("a"))
+    client.flush("u1")
+    for _ in range(5):
+        jobs.run_due()
+        clock.advance(5)
+    jobs.run_due()
+    assert client.status("u1").status == "not_found"
+    sizes = [call["event_count"] for call in recorder.calls]
+    assert max(sizes) <= 3, sizes
+    seen = [page for call in recorder.calls for page in call["state"].pages]
+    assert seen == ["a", "q1", "q2", "q3", "q4", "q5"]
+
+
+def test_reducer_error_on_a_queued_event_fails_that_step_and_loses_nothing(make: Make) -> None:
+    recorder = Recorder()
+    other: list[Jobs] = []
+
+    def reducer(ctx: Any) -> Tally:
+        if ctx.event.page == "bad":
+            raise ValueError("cannot fold 'bad'")
+        return tally(ctx)
+
+    def execute(ctx: Any) -> None:
+        recorder(ctx)
+        if len(recorder.calls) == 1:
+            for page in ["q1", "bad", "q2"]:
+                # queued: the reducer does not run here, so add cannot raise for it
+                other[0].debounce(JOB).add("u1", Click(page))
+
+    job = Debounce(event=Click, state=Tally, execute=execute, flush_after="5s", on_event=reducer)
+    jobs, clock = make({JOB: job})
+    other.append(make({JOB: job}, clock=clock)[0])
+    client = jobs.debounce(JOB)
+    client.add("u1", Click("a"))
+    assert client.flush("u1").flushed is True
+    jobs.run_due()  # the next step folds the queued events: the reducer fails on "bad"
+    status = client.status("u1")
+    assert status.status == "failed"  # that step's failure, handled by the policy (park)
+    assert status.event_count == 3  # nothing lost: all three are still there
+    assert status.last_error is not None
+    assert "cannot fold 'bad'" in status.last_error
+    failed = [r for r in history(jobs) if r.event == "job.failed"]
+    assert failed
+    assert failed[-1].error == "ValueError: cannot fold 'bad'"
+    assert len(recorder.calls) == 1
+    # clear drops the poisoned batch, queued events included
+    assert client.clear("u1") == ClearResult(True, 3)
     assert client.status("u1").status == "not_found"

@@ -314,9 +314,7 @@ def batcher(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Jobs, list[dict[
     jobs.close()
 
 
-def test_webhook_batcher(
-    batcher: tuple[Jobs, list[dict[str, Any]]], clock: FakeClock
-) -> None:
+def test_webhook_batcher(batcher: tuple[Jobs, list[dict[str, Any]]], clock: FakeClock) -> None:
     jobs, delivered = batcher
     client = jobs.debounce("webhooks")
     iid = "debounce:webhooks:shop-1"

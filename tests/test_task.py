@@ -388,7 +388,7 @@ def test_schedule_with_a_naive_datetime_is_an_error(make: Make) -> None:
 
     def on_event(event: Any, ctx: Any) -> None:
         try:
-            ctx.schedule(datetime(2026, 1, 1, 0, 5))  # noqa: DTZ001 (naive on purpose)
+            ctx.schedule(datetime(2026, 1, 1, 0, 5))  # naive on purpose
         except BaseException as exc:
             caught.append(exc)
 
