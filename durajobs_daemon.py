@@ -1,5 +1,1229 @@
-"""durajobs daemon (placeholder)."""
+"""durajobs-daemon: run the due steps of one durajobs database, sleeping until the earliest alarm.
+
+Usage: ``python durajobs_daemon.py --app myapp.jobs:jobs [--db PATH] [--workers N]`` (also
+installed as the ``durajobs-daemon`` console script). ``--help`` explains every option.
+
+Theory of operation
+-------------------
+This file holds the loop, the signals and the logging, nothing else: every step runs through
+the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a worker process.
+
+* **Processes.** The parent loads the app, opens the database, binds the wake socket, then
+  forks ``--workers`` worker processes (no threads anywhere). The parent never runs user code:
+  it reads the database (which instances are due, the earliest alarm), hands instance ids to
+  idle workers over a socketpair (one JSON object per line) and enforces timeouts. Each worker
+  reopens the database after the fork (``jobs.reopen_after_fork()``) and runs the ids it is
+  given; group commit happens inside ``run_due``.
+* **Sleeping.** The parent sleeps in ``selectors`` on the wake socket, the workers' sockets, a
+  self-pipe for signals (``signal.set_wakeup_fd``) and, on Linux, a ``CLOCK_REALTIME`` timerfd
+  armed at the earliest alarm that is not already in flight. Alarms are wall-clock epoch
+  seconds, so a wall-clock timer is the right primitive: it has nanosecond resolution (no
+  rounding of ``select`` timeouts to milliseconds), still fires on time after a suspend, and
+  wakes the loop when the clock is set (``TFD_TIMER_CANCEL_ON_SET``). Without a timerfd the
+  alarm becomes a ``select`` timeout. The timer fires ``DISPATCH_LEAD`` (2 ms) early and the
+  worker sleeps the rest, so the parent's wake-up and read cost no lateness. The other
+  timeouts (a step's deadline, the busy backoff, a pending ``STATUS=``, the watchdog ping) are
+  monotonic. With nothing to do the parent makes no wake-ups at all; the only periodic one is
+  ``WATCHDOG=1`` when systemd asks for it.
+* **Waking.** Clients poke the wake socket after commits that set an alarm; the parent then
+  re-reads. The poke is an optimisation only: the parent re-reads on start, when its timer
+  fires, after every batch and after SIGHUP, so a lost datagram loses nothing.
+* **Claims.** Steps of an instance are serialized by the engine's OFD claims, which the kernel
+  drops when a process dies. An instance that another process holds (``busy``) is retried on
+  the next wake datagram or after a backoff (50 ms doubling to 2 s). A killed worker's
+  instances are due again at once. An instance whose step just committed is not handed out
+  again for ``RECLAIM_GAP`` (25 ms), so a client waiting for its claim gets in between steps.
+* **Timeouts.** A worker tells the parent which step it starts, with the job's ``timeout``.
+  Past it, the parent SIGKILLs the worker, reaps it, forks a replacement and has the
+  replacement record the timeout (``engine.time_out``) as a failed attempt under the job's
+  retry policy (there, not in the parent, because ``on_error``/``on_record`` are user code).
+* **Stopping.** SIGTERM/SIGINT: no new steps, ``STOPPING=1``, running steps get ``--grace``
+  seconds, then exit 0 (workers still running then are killed; their steps run again later).
+  A second SIGTERM/SIGINT kills the workers and exits at once with 128 + the signal number.
+  Workers ignore SIGINT, SIGTERM and SIGHUP (Ctrl-C reaches the whole process group): the
+  parent stops them by closing their channel, or with SIGKILL.
+  SIGHUP re-reads the database at once and logs (and reports as ``STATUS=``) one status line;
+  it reloads no code and no options (restart for that) and reopens nothing: logs go to stderr.
+* **systemd.** With ``NOTIFY_SOCKET`` set: ``READY=1`` once serving, ``STATUS=`` after changes
+  (at most once a second, never on a timer while idle), ``STOPPING=1``, and ``WATCHDOG=1``
+  every ``WATCHDOG_USEC / 2``. Logs: one line per step on stderr, without timestamps (but with
+  ``<N>`` priority prefixes) when stderr is the journal (``JOURNAL_STREAM``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import importlib
+import json
+import logging
+import math
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NoReturn
+
+import attrs
+
+from durajobs import Jobs, SystemClock
+from durajobs.errors import DurajobsError, StorageError
+from durajobs.jobs import PRUNE_EVERY
+from durajobs.steps import Instance
+from durajobs.wake import WakeListener, wake_address
+
+__all__ = ["main"]
+
+log = logging.getLogger("durajobs.daemon")
+
+BATCH_MAX = 32  # instance ids per dispatch: small, so a slow step delays few others
+BATCH_BYTES = 32 * 1024
+BUSY_BACKOFF = (0.05, 2.0)  # an instance claimed by another process: first delay, cap
+STUCK_BACKOFF = (1.0, 60.0)  # due, ran, changed nothing (should not happen): first, cap
+ERROR_BACKOFF = (0.5, 30.0)  # the database failed: first delay, cap
+STATUS_EVERY = 1.0  # seconds between two STATUS= updates
+# An alarm is handed to a worker this long before it is due; the worker sleeps the rest. The
+# parent's wake-up, its read and the hand-over then cost no lateness (about 0.6 ms otherwise).
+DISPATCH_LEAD = 0.002
+# After a step of an instance commits, the same instance is not handed out again for this
+# long, even if it is due at once (a handler slower than its schedule): a client waiting for
+# the instance's claim retries every 20 ms at most, so this lets it in between two steps.
+RECLAIM_GAP = 0.025
+WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
+ERROR_TEXT_MAX = 500
+# A failed step's log level: a retry is a warning, a run given up (or parked) an error.
+OUTCOME_LEVEL = {"retry": logging.WARNING}
+JOB_LOG_LEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                 "error": logging.ERROR, "off": logging.CRITICAL + 1}  # fmt: skip
+EXIT_USAGE = 2
+
+# -- command line ------------------------------------------------------------------------------
 
 
-def main() -> None:
-    raise SystemExit("not yet")
+class AppError(Exception):
+    """``--app``/``--db`` cannot be used; the message is the one line shown to the user."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (``--help`` documents each option)."""
+    parser = argparse.ArgumentParser(
+        prog="durajobs-daemon",
+        description=(
+            "Run the due steps of a durajobs database: sleep until the earliest alarm, wake at "
+            "once when a client sets an earlier one, run steps in worker processes, speak "
+            "systemd's notify protocol."
+        ),
+        epilog=(
+            "Signals: SIGTERM/SIGINT stop taking steps and wait up to --grace seconds for "
+            "running ones, then exit 0 (a second signal kills the workers and exits with 128 + "
+            "the signal number); SIGHUP re-reads the database now and logs a status line (it "
+            "reloads no code). Environment: DURAJOBS_DB, NOTIFY_SOCKET, WATCHDOG_USEC, "
+            "JOURNAL_STREAM."
+        ),
+    )
+    parser.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:ATTRIBUTE",
+        help=(
+            "the durajobs.Jobs to serve, e.g. myapp.jobs:jobs (the module is imported from "
+            "sys.path and the current directory; its handlers run in the workers)"
+        ),
+    )
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("DURAJOBS_DB") or None,
+        metavar="PATH",
+        help=(
+            "database file to serve instead of the app's own path (default: $DURAJOBS_DB, "
+            "else the path the app's Jobs was opened with); the daemon then opens a new Jobs "
+            "on PATH with the app's registry and settings and the system clock"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes that run steps, so a slow step delays no others (default 1)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running steps may take to finish (default 30)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="info logs one line per step; warning only failures (default info)",
+    )
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def load_app(spec: str) -> Jobs:
+    """Import ``module:attribute`` (the attribute may be dotted) and check it is a ``Jobs``.
+
+    Raises:
+        AppError: the module or attribute is missing, the import failed, or it is not a Jobs.
+    """
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise AppError(
+            f"--app must look like module:attribute (e.g. myapp.jobs:jobs), got {spec!r}"
+        )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise AppError(f"--app {spec}: no module named {exc.name!r}") from None
+        raise AppError(f"--app {spec}: importing {module_name!r} failed: {_one_line(exc)}") from exc
+    except Exception as exc:  # the app's import-time code may raise anything: report it
+        raise AppError(f"--app {spec}: importing {module_name!r} failed: {_one_line(exc)}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AppError(
+                f"--app {spec}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not isinstance(target, Jobs):
+        raise AppError(
+            f"--app {spec}: {attribute!r} is a {type(target).__name__}, not a durajobs.Jobs"
+        )
+    return target
+
+
+def open_jobs(app: Jobs, db: str | None) -> Jobs:
+    """The ``Jobs`` the daemon serves: the app's own, or a new one on ``db``.
+
+    A new ``Jobs`` keeps the app's registry, hooks and settings, and uses the system clock.
+
+    Raises:
+        AppError: the app's Jobs runs on a virtual clock.
+        StorageError: ``db`` cannot be opened.
+    """
+    if db is None or _same_file(db, app.path):
+        if not isinstance(app.clock, SystemClock):
+            raise AppError(
+                f"the app's Jobs uses {type(app.clock).__name__}; the daemon needs the system "
+                "clock (pass --db to serve its file with the system clock)"
+            )
+        return app
+    jobs = app.with_path(db, clock=SystemClock(), wake=False)
+    app.tracker = None  # now owned by the new Jobs: closing the app's must not close it
+    app.close()
+    return jobs
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+class LineHandler(logging.Handler):
+    """Writes each record to stderr in one ``write`` (lines from several processes never mix).
+
+    ``journal=True``: no timestamp (journald adds its own), a ``<N>`` syslog priority prefix.
+    """
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            if self.journal:
+                priority = self.PRIORITY.get(record.levelno, 2 if record.levelno > 40 else 6)
+                line = f"<{priority}>{text}\n"
+            else:
+                stamp = datetime.fromtimestamp(record.created).isoformat(" ", "milliseconds")
+                line = f"{stamp} {record.levelname} {text}\n"
+            os.write(2, line.encode("utf-8", "replace"))
+        except Exception:  # logging must never take the daemon down
+            self.handleError(record)
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd set up (``JOURNAL_STREAM=dev:inode``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        info = os.fstat(2)
+        return info.st_dev == int(device) and info.st_ino == int(inode)
+    except (OSError, ValueError):
+        return False
+
+
+def setup_logging(level: str) -> None:
+    """Send every logger's records (the app's too) to stderr, one line each."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(LineHandler(stderr_is_journal()))
+    root.setLevel(level.upper())
+
+
+# -- systemd -----------------------------------------------------------------------------------
+
+
+class Notifier:
+    """systemd's notify protocol over ``NOTIFY_SOCKET`` (a path, or ``@abstract``); no-op unset."""
+
+    def __init__(self, address: str | None) -> None:
+        self.enabled = bool(address)
+        self._address = ""
+        self._sock: socket.socket | None = None
+        if address:
+            self._address = "\0" + address[1:] if address.startswith("@") else address
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def send(self, *fields: str) -> None:
+        """Send ``KEY=value`` fields in one datagram; failures are logged, never raised."""
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(fields).encode(), self._address)
+        except OSError as exc:
+            log.debug("sd_notify %s failed: %s", fields, exc)
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval() -> float | None:
+    """Half of ``WATCHDOG_USEC`` in seconds, if systemd asks this process for pings."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        seconds = int(usec) / 1e6 / 2
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
+
+
+# -- the wall-clock timer ----------------------------------------------------------------------
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class WallTimer:
+    """A Linux ``CLOCK_REALTIME`` timerfd armed at an absolute epoch time.
+
+    Readable when the time is reached, and also when the wall clock is set (so the loop
+    re-reads after a clock step). ``WallTimer.create()`` returns ``None`` where timerfd is
+    missing; the loop then sleeps with a ``select`` timeout instead.
+    """
+
+    CLOCK_REALTIME = 0
+    TFD_TIMER_ABSTIME = 1
+    TFD_TIMER_CANCEL_ON_SET = 2
+
+    def __init__(self, fd: int, settime: Any) -> None:
+        self.fd = fd
+        self._settime = settime
+        self.armed_at: float | None = None
+
+    @classmethod
+    def create(cls) -> WallTimer | None:
+        """A new timer, or ``None`` if this platform has no timerfd."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            create = libc.timerfd_create
+            settime = libc.timerfd_settime
+        except (OSError, AttributeError):
+            return None
+        create.argtypes = [ctypes.c_int, ctypes.c_int]
+        settime.argtypes = [
+            ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p,
+        ]  # fmt: skip
+        fd = create(cls.CLOCK_REALTIME, os.O_CLOEXEC | os.O_NONBLOCK)
+        if fd < 0:
+            return None
+        return cls(fd, settime)
+
+    def arm(self, when: float | None) -> None:
+        """Fire at epoch time ``when`` (at once if past); ``None`` disarms."""
+        if when == self.armed_at:
+            return
+        spec = _Itimerspec()
+        flags = 0
+        if when is not None:
+            seconds = math.floor(when)
+            # Round up, plus 1 µs: time.time() read after the timer fired is then >= when.
+            nanos = math.ceil((when - seconds) * 1e9) + 1000
+            seconds, nanos = seconds + nanos // 1_000_000_000, nanos % 1_000_000_000
+            spec.it_value.tv_sec, spec.it_value.tv_nsec = max(seconds, 0), nanos
+            flags = self.TFD_TIMER_ABSTIME | self.TFD_TIMER_CANCEL_ON_SET
+        if self._settime(self.fd, flags, ctypes.byref(spec), None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+        self.armed_at = when
+
+    def clear(self) -> None:
+        """Consume a pending expiry (or clock-change notice); the timer is then disarmed."""
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ECANCELED:  # ECANCELED: the wall clock was set
+                raise
+        self.armed_at = None
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        os.close(self.fd)
+
+
+# -- what a step did, in one line --------------------------------------------------------------
+
+
+def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[list[Any]]:
+    """History records of committed steps -> ``[instance_id, outcome, attempt, ms, error]`` each.
+
+    Outcomes: ``ok``, ``retry`` (failed, a retry is scheduled), ``failed`` (failed, no retry:
+    handled or skipped), ``exhausted``, ``parked``, ``terminated``, ``skipped``.
+    """
+    steps: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for record in records:
+        steps.setdefault((record["instance_id"], record["step"]), []).append(record)
+    lines: list[list[Any]] = []
+    for (instance_id, _), group in steps.items():
+        events = {record["event"] for record in group}
+        failed = next((r for r in group if r["event"] == "job.failed"), None)
+        timed = next((r for r in group if r["duration_ms"] is not None), None)
+        main = failed or timed or group[0]
+        if failed is not None:
+            job = jobs.registry.get(instance_id.split(":", 2)[1])
+            if "job.parked" in events:
+                outcome = "parked"
+            elif "job.terminated" in events:
+                outcome = "terminated"
+            elif "job.retry_exhausted" in events:
+                outcome = "exhausted"
+            elif job is not None and job.retry is not None:
+                outcome = "retry"
+            else:
+                outcome = "failed"
+        elif "job.terminated" in events:
+            outcome = "terminated"
+        elif "job.skipped" in events:
+            outcome = "skipped"
+        else:
+            outcome = "ok"
+        error = main["error"]
+        lines.append([
+            instance_id, outcome, main["attempt"],
+            (timed or main)["duration_ms"], None if error is None else _clip(str(error)),
+        ])  # fmt: skip
+    return lines
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
+
+
+def format_step(line: Sequence[Any]) -> str:
+    """``<instance id> <outcome> attempt=<n> <duration>ms [error=...]``."""
+    instance_id, outcome, attempt, duration_ms, error = line
+    duration = "-" if duration_ms is None else f"{duration_ms:.1f}ms"
+    text = f"{instance_id} {outcome} attempt={attempt} {duration}"
+    return text if error is None else f"{text} error={json.dumps(error, ensure_ascii=False)}"
+
+
+# -- parent <-> worker messages ----------------------------------------------------------------
+
+
+class Channel:
+    """One end of a worker's socketpair: JSON objects, one per line (JSON escapes newlines)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one message (blocking; messages are small and the peer always reads).
+
+        Raises:
+            OSError: the peer is gone.
+        """
+        self.sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def receive(self, *, block: bool) -> tuple[list[dict[str, Any]], bool]:
+        """Messages available now (``block``: wait for at least one); and whether the peer lives.
+
+        Raises:
+            ValueError: a malformed message (a bug).
+        """
+        messages: list[dict[str, Any]] = []
+        while True:
+            try:
+                chunk = self.sock.recv(65536, 0 if block and not messages else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return messages, True
+            except (ConnectionResetError, BrokenPipeError):
+                return messages, False
+            if not chunk:
+                return messages, False
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\n")
+            messages.extend(json.loads(line) for line in lines)
+            if block and messages:
+                block = False
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+# -- the worker process ------------------------------------------------------------------------
+
+_ABANDONED: list[Any] = []  # the parent's engine in a worker: kept alive, never closed
+
+
+def worker_main(jobs: Jobs, channel: Channel) -> NoReturn:
+    """The body of a forked worker: reopen the database, then run what the parent sends."""
+    code = 1
+    try:
+        # Ctrl-C (or a SIGTERM sent to the whole group) is for the parent, which lets running
+        # steps finish and then closes our channel; a worker is stopped by EOF or SIGKILL.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        inherited = jobs.engine
+        try:
+            jobs.reopen_after_fork()
+        except DurajobsError as exc:
+            log.error("worker %d cannot open the database: %s", os.getpid(), exc)
+            os._exit(WORKER_START_FAILED)
+        # Closing the parent's SQLite connection here could disturb the parent's locks; keep it.
+        # Its lock-file description is shared with the parent: dropping our reference to it
+        # releases nothing, and means a dead parent's claims die with the parent.
+        _ABANDONED.append(inherited)
+        inherited.locks.close()
+        if inherited.waker is not None:
+            inherited.waker.close()
+        code = Worker(jobs, channel).serve()
+    except (BrokenPipeError, ConnectionResetError):
+        code = 0  # the parent is gone (a step that was running committed or runs again)
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+    finally:
+        os._exit(code)
+
+
+class Worker:
+    """Runs steps in a worker process and reports on them to the parent."""
+
+    def __init__(self, jobs: Jobs, channel: Channel) -> None:
+        self.jobs = jobs
+        self.channel = channel
+        self.engine = jobs.engine
+        self.engine.waker = None  # the parent hears of every step from us; no poke needed
+        self.engine.before_step = self.before_step
+        self._user_hook = self.engine.on_records
+        self.engine.on_records = self.on_records
+
+    def serve(self) -> int:
+        """Run batches until the parent closes the channel; returns the exit code."""
+        engine = self.engine
+        self.channel.send({"ready": os.getpid()})
+        while True:
+            messages, alive = self.channel.receive(block=True)
+            for message in messages:
+                busy: list[str] = []
+                committed, error = 0, None
+                try:
+                    if "run" in message:
+                        _sleep_until(message["at"])  # handed out up to DISPATCH_LEAD early
+                        committed = engine.run_due(only=message["run"], busy=busy)
+                    else:
+                        committed = self.time_out(*message["time_out"])
+                except Exception as exc:  # a StorageError, or a bug: report, keep serving
+                    error = _one_line(exc)
+                self.channel.send({"done": committed, "busy": busy, "error": error})
+                if self.jobs.tracker is not None:
+                    self.jobs.tracker.flush()  # before going idle, as the tracker asks
+            if not alive:
+                if self.jobs.tracker is not None:
+                    self.jobs.tracker.close()
+                return 0
+
+    def before_step(self, instance_id: str, timeout: float | None) -> None:
+        """Tell the parent which step starts (and its timeout), just before its handlers run.
+
+        The step number (for a job with a timeout) lets a later ``time_out`` tell whether the
+        step committed just before the kill.
+        """
+        row = self.engine.store.load(instance_id) if timeout is not None else None
+        self.channel.send(
+            {
+                "start": instance_id,
+                "timeout": timeout,
+                "step": row.step if row is not None else None,
+                "at": time.monotonic(),
+            }
+        )
+
+    def on_records(self, records: list[dict[str, Any]]) -> None:
+        """After a commit: report each step to the parent (which logs it), then the app's hook."""
+        lines = summarize(records, self.jobs)
+        chunk: list[list[Any]] = []
+        size = 0
+        for line in lines:
+            chunk.append(line)
+            size += len(line[0]) + len(line[4] or "") + 40
+            if size > BATCH_BYTES:
+                self.channel.send({"steps": chunk})
+                chunk, size = [], 0
+        if chunk:
+            self.channel.send({"steps": chunk})
+        if self._user_hook is not None:
+            self._user_hook(records)
+
+    def time_out(self, instance_id: str, seconds: float, step: int | None) -> int:
+        """Record the step the parent killed as a failed attempt, unless it committed first."""
+        row = self.engine.store.load(instance_id)
+        if row is None or (step is not None and row.step != step):
+            return 0  # the step committed just before the kill (or the instance is gone)
+        return int(self.engine.time_out(instance_id, seconds))
+
+
+# -- the parent --------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class WorkerProcess:
+    """The parent's view of one worker."""
+
+    pid: int
+    channel: Channel
+    batch: dict[str, int] | None = None  # instance id -> the step it was dispatched at
+    current: str | None = None  # the step with a deadline, if any
+    current_step: int | None = None
+    timeout: float | None = None
+    deadline: float | None = None  # monotonic
+    timing_out: bool = False  # running engine.time_out, not steps
+    ready: bool = False  # it has opened the database
+
+
+@attrs.define
+class Backoff:
+    """When to try a due instance again; ``retry_at=None``: now (the delay is kept to double)."""
+
+    retry_at: float | None  # monotonic
+    delay: float
+    why: str
+
+
+class Daemon:
+    """The parent process: the loop, the workers, the signals."""
+
+    def __init__(self, jobs: Jobs, *, workers: int, grace: float) -> None:
+        self.jobs = jobs
+        self.store = jobs.engine.store
+        self.size = workers
+        self.grace = grace
+        jobs.engine.waker = None  # our own writes (pruning) need not wake us
+        self.listener = WakeListener(jobs.path)
+        self.timer = WallTimer.create()
+        self.selector = selectors.DefaultSelector()
+        self.signal_r, self.signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.notifier = Notifier(os.environ.pop("NOTIFY_SOCKET", None))
+        self.watchdog = watchdog_interval()
+        os.environ.pop("WATCHDOG_USEC", None)  # the app's subprocesses must not inherit these
+        os.environ.pop("WATCHDOG_PID", None)
+        self.workers: list[WorkerProcess] = []
+        self.backoff: dict[str, Backoff] = {}
+        self.ignored: set[str] = set()  # due instances of jobs this app does not define
+        self.ran_at: dict[str, int] = {}  # instance id -> step a worker ran it at (stuck check)
+        self.crashes: dict[str, int] = {}
+        self.next_alarm: float | None = None  # the earliest alarm not handed out yet
+        self.recent: dict[str, float] = {}  # instance id -> when its last step committed
+        self.held_until: float | None = None  # when an instance held back by RECLAIM_GAP frees
+        self.poll_needed = True
+        self.poll_error: Backoff | None = None
+        self.stopping = False
+        self.stop_deadline = math.inf
+        self.exit_code: int | None = None
+        self.due_count = 0
+        self.steps_done = 0
+        self.last_step = "none yet"
+        self.status_dirty = False
+        self.status_sent = -math.inf
+        self.next_ping = math.inf
+        self.last_prune = -math.inf
+        self.announced = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run until stopped; returns the exit code."""
+        signal.set_wakeup_fd(self.signal_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _note_signal)  # the wake-up fd carries the signal number
+        self.selector.register(self.signal_r, selectors.EVENT_READ, self._on_signals)
+        self.selector.register(self.listener.fileno(), selectors.EVENT_READ, self._on_wake)
+        if self.timer is not None:
+            self.selector.register(self.timer.fd, selectors.EVENT_READ, self._on_timer)
+        try:
+            for _ in range(self.size):
+                self._spawn()
+            self._poll()  # what is due now is handed out while the workers open the database
+            while self.exit_code is None:
+                for key, _ in self.selector.select(self._sleep_for()):
+                    key.data(key)
+                self._tick()
+        finally:
+            self._kill_all()
+            signal.set_wakeup_fd(-1)
+            self.listener.close()
+            self.notifier.close()
+            self.jobs.close()
+        return self.exit_code
+
+    def _announce(self) -> None:
+        """Once every first worker has opened the database: ``READY=1``."""
+        self.announced = True
+        log.info(
+            "serving %s with %d worker%s (pid %d); next alarm %s",
+            self.jobs.path, self.size, "" if self.size == 1 else "s", os.getpid(),
+            _when(self.next_alarm),
+        )  # fmt: skip
+        self.notifier.send("READY=1", f"STATUS={self._status_text()}")
+        self.status_sent, self.status_dirty = time.monotonic(), False
+        if self.watchdog is not None:
+            self.notifier.send("WATCHDOG=1")
+            self.next_ping = time.monotonic() + self.watchdog
+
+    def _tick(self) -> None:
+        """Everything that is due after a wake-up: deadlines, the poll, pings."""
+        if not self.announced and not self.stopping and all(w.ready for w in self.workers):
+            self._announce()
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.deadline is not None and now >= worker.deadline:
+                self._time_out(worker)
+        if self.stopping:
+            if not self.workers:
+                self.exit_code = 0 if self.exit_code is None else self.exit_code
+                log.info("stopped")
+                return
+            if now >= self.stop_deadline:
+                running = [w.current or ",".join(w.batch or ()) for w in self.workers]
+                log.warning(
+                    "grace period of %gs over: killing %d worker(s) still running %s (those "
+                    "steps run again later)", self.grace, len(self.workers), "; ".join(running),
+                )  # fmt: skip
+                self._kill_all()
+                self.exit_code = 0
+                return
+        else:
+            if any(b.retry_at is not None and b.retry_at <= now for b in self.backoff.values()):
+                self.poll_needed = True
+            if self.poll_error is not None and (self.poll_error.retry_at or 0.0) <= now:
+                self.poll_needed = True
+            if self.timer is None and self.next_alarm is not None:
+                self.poll_needed |= time.time() >= self.next_alarm - DISPATCH_LEAD
+            if self.held_until is not None and now >= self.held_until:
+                self.poll_needed = True
+            if self.poll_needed:
+                self._poll()
+            self._maybe_prune()
+        if self.status_dirty and self.notifier.enabled and now >= self.status_sent + STATUS_EVERY:
+            self.notifier.send(f"STATUS={self._status_text()}")
+            self.status_sent, self.status_dirty = now, False
+        if now >= self.next_ping and self.watchdog is not None:
+            self.notifier.send("WATCHDOG=1")
+            self.next_ping = now + self.watchdog
+
+    def _sleep_for(self) -> float | None:
+        """Seconds until the next thing the loop must do by itself; ``None``: nothing."""
+        if self.poll_needed and not self.stopping:
+            return 0.0
+        now = time.monotonic()
+        wake_at = [w.deadline for w in self.workers if w.deadline is not None]
+        wake_at.append(self.next_ping)
+        if self.stopping:
+            wake_at.append(self.stop_deadline)
+        else:
+            wake_at.extend(b.retry_at for b in self.backoff.values() if b.retry_at is not None)
+            if self.poll_error is not None and self.poll_error.retry_at is not None:
+                wake_at.append(self.poll_error.retry_at)
+            if self.held_until is not None:
+                wake_at.append(self.held_until)
+        if self.status_dirty and self.notifier.enabled:
+            wake_at.append(self.status_sent + STATUS_EVERY)
+        first = min(wake_at, default=math.inf) - now
+        if self.timer is None and self.next_alarm is not None and not self.stopping:
+            first = min(first, self.next_alarm - DISPATCH_LEAD - time.time())
+        if math.isinf(first):
+            return None
+        return min(max(first, 0.0), 86400.0)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _spawn(self) -> WorkerProcess:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.jobs.tracker is not None:
+            self.jobs.tracker.flush()  # a buffered record must not be sent by two processes
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            parent_sock.close()
+            self._close_in_worker()
+            worker_main(self.jobs, Channel(child_sock))
+        child_sock.close()
+        worker = WorkerProcess(pid, Channel(parent_sock))
+        self.workers.append(worker)
+        self.selector.register(parent_sock, selectors.EVENT_READ, self._on_worker(worker))
+        log.debug("worker %d started", pid)
+        return worker
+
+    def _close_in_worker(self) -> None:
+        """In a new worker: drop the parent's descriptors (so EOF on a channel means death)."""
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        os.close(self.signal_r)
+        os.close(self.signal_w)
+        self.listener.sock.close()  # not listener.close(): that would unlink the parent's socket
+        if self.timer is not None:
+            self.timer.close()
+        self.notifier.close()
+        for other in self.workers:
+            other.channel.close()
+
+    def _on_worker(self, worker: WorkerProcess) -> Callable[[selectors.SelectorKey], None]:
+        def readable(_key: selectors.SelectorKey) -> None:
+            self._read_worker(worker)
+
+        return readable
+
+    def _read_worker(self, worker: WorkerProcess) -> None:
+        if worker not in self.workers:
+            return  # killed and forgotten earlier in this round of events
+        messages, alive = worker.channel.receive(block=False)
+        for message in messages:
+            if "start" in message:
+                worker.current = message["start"]
+                worker.timeout = message["timeout"]
+                worker.current_step = message["step"]
+                timeout = message["timeout"]
+                worker.deadline = None if timeout is None else message["at"] + timeout
+            elif "steps" in message:
+                for line in message["steps"]:
+                    self._log_step(line)
+                    if line[0] == worker.current:
+                        worker.deadline = None
+            elif "ready" in message:
+                worker.ready = True
+            elif "done" in message:
+                self._batch_done(worker, message)
+        if not alive:
+            self._lost(worker, timed_out=False)
+
+    def _batch_done(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        batch = worker.batch or {}
+        worker.batch, worker.current, worker.deadline = None, None, None
+        busy = set(message["busy"])
+        now = time.monotonic()
+        for instance_id in busy:
+            self._back_off(instance_id, BUSY_BACKOFF, "claimed by another process", now)
+        if message["error"] is not None:
+            log.error("worker %d: %s", worker.pid, message["error"])
+            for instance_id in batch:
+                self._back_off(instance_id, ERROR_BACKOFF, message["error"], now)
+        elif not worker.timing_out:
+            for instance_id, step in batch.items():
+                if instance_id not in busy:
+                    self.ran_at[instance_id] = step
+        worker.timing_out = False
+        self.poll_needed = True
+        self.status_dirty = True
+        if self.stopping:
+            _shut(worker)
+
+    def _time_out(self, worker: WorkerProcess) -> None:
+        instance_id, seconds, step = worker.current, worker.timeout, worker.current_step
+        log.warning(
+            "%s ran past its timeout of %gs: killing worker %d", instance_id, seconds, worker.pid
+        )
+        self._kill(worker)
+        replacement = self._lost(worker, timed_out=True)
+        if instance_id is None or seconds is None:
+            return
+        request = {"time_out": [instance_id, seconds, step]}
+        if replacement is not None:
+            # Recorded by a worker: exhausting the retries may call the app's on_error.
+            replacement.batch = {instance_id: -1}
+            replacement.timing_out = True
+            self._send(replacement, request)
+        else:  # stopping: no new worker; record it here rather than lose the attempt
+            try:
+                self.jobs.engine.time_out(instance_id, seconds)
+            except DurajobsError as exc:
+                log.error("%s: recording the timeout failed: %s", instance_id, exc)
+
+    def _kill(self, worker: WorkerProcess) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+
+    def _lost(self, worker: WorkerProcess, *, timed_out: bool) -> WorkerProcess | None:
+        """A worker died (or was killed): reap it, free its instances, maybe replace it."""
+        self._kill(worker)  # EOF on its channel with the process alive (closed fds?): end it
+        _, status = os.waitpid(worker.pid, 0)
+        # Reports it sent before dying (a step that committed just before the kill).
+        self.workers.remove(worker)
+        messages, _ = worker.channel.receive(block=False)
+        for message in messages:
+            if "steps" in message:
+                for line in message["steps"]:
+                    self._log_step(line)
+        self.selector.unregister(worker.channel.sock)
+        worker.channel.close()
+        self.poll_needed = True
+        self.status_dirty = True
+        if not worker.ready:  # it never opened the database: replacing it would only loop
+            log.error("worker %d %s before it was ready: exiting", worker.pid, _describe(status))
+            self.exit_code = 1
+            return None
+        if not timed_out and not (self.stopping and os.WIFEXITED(status)):
+            what = worker.current or ", ".join(worker.batch or ()) or "nothing"
+            log.error("worker %d %s while running %s", worker.pid, _describe(status), what)
+            if worker.current is not None:
+                crashes = self.crashes[worker.current] = self.crashes.get(worker.current, 0) + 1
+                if crashes > 1:  # the step keeps killing workers: do not loop on it
+                    self._back_off(worker.current, STUCK_BACKOFF, "its worker died", None)
+        if self.stopping:
+            return None
+        return self._spawn()
+
+    def _kill_all(self) -> None:
+        for worker in list(self.workers):
+            self._kill(worker)
+            os.waitpid(worker.pid, 0)
+            self.selector.unregister(worker.channel.sock)
+            worker.channel.close()
+            self.workers.remove(worker)
+
+    def _send(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # it died: its EOF reaches _lost, which frees the batch
+            worker.channel.send(message)
+
+    # -- reading the database ------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        """Read what is due, hand it to idle workers, and arm the timer for the next alarm."""
+        self.poll_needed = False
+        now, now_m = time.time(), time.monotonic()
+        idle = [w for w in self.workers if w.batch is None]
+        in_flight = {i for w in self.workers if w.batch is not None for i in w.batch}
+        waiting = set()
+        for instance_id, backoff in self.backoff.items():
+            if backoff.retry_at is not None and backoff.retry_at <= now_m:
+                backoff.retry_at = None  # its time has come: eligible from this poll on
+            if backoff.retry_at is not None:
+                waiting.add(instance_id)
+        skip = in_flight | waiting | self.ignored
+        limit = len(skip) + max(len(idle), 1) * BATCH_MAX + 1
+        for instance_id in [i for i, t in self.recent.items() if now_m - t >= RECLAIM_GAP]:
+            del self.recent[instance_id]
+        self.held_until = None
+        try:
+            rows = self.store.due(now + DISPATCH_LEAD, limit)
+            seen_all = len(rows) < limit
+            upcoming = self.store.next_due(len(rows)) if seen_all else []
+        except StorageError as exc:
+            delay = ERROR_BACKOFF[0] if self.poll_error is None else self.poll_error.delay * 2
+            delay = min(delay, ERROR_BACKOFF[1])
+            log.error("reading the database failed (retrying in %gs): %s", delay, exc)
+            self.poll_error = Backoff(now_m + delay, delay, str(exc))
+            return
+        self.poll_error = None
+        candidates: list[Instance] = []
+        for row in rows:
+            instance_id = row.instance_id
+            if instance_id in skip:
+                continue
+            job = self.jobs.registry.get(row.job)
+            if job is None or job.kind != row.kind:
+                log.warning("%s is due but the app defines no %s job %r", instance_id, row.kind,
+                            row.job)  # fmt: skip
+                self.ignored.add(instance_id)
+                continue
+            if self.ran_at.get(instance_id) == row.step:
+                self._back_off(instance_id, STUCK_BACKOFF, "ran but is still due", now_m)
+                continue
+            committed_at = self.recent.get(instance_id)
+            if committed_at is not None:
+                free_at = committed_at + RECLAIM_GAP
+                self.held_until = min(self.held_until or free_at, free_at)
+                continue
+            candidates.append(row)
+        if seen_all:  # forget what is no longer due
+            due_now = {row.instance_id for row in rows}
+            for table in (self.backoff, self.ran_at, self.crashes):
+                for instance_id in [i for i in table if i not in due_now]:
+                    del table[instance_id]
+            self.ignored &= due_now
+        self.due_count = len(rows) - len(self.ignored)
+        self._dispatch(candidates, idle)
+        self.next_alarm = upcoming[len(rows)] if len(upcoming) > len(rows) else None
+        if self.timer is not None:
+            self.timer.arm(None if self.next_alarm is None else self.next_alarm - DISPATCH_LEAD)
+        self.status_dirty = True
+
+    def _dispatch(self, candidates: list[Instance], idle: list[WorkerProcess]) -> None:
+        if not candidates or not idle:
+            return
+        per_worker = min(BATCH_MAX, -(-len(candidates) // len(idle)))
+        for worker in idle:
+            batch: dict[str, int] = {}
+            size, due_at = 0, 0.0
+            while candidates and len(batch) < per_worker and size < BATCH_BYTES:
+                row = candidates.pop(0)
+                batch[row.instance_id] = row.step
+                size += len(row.instance_id) + 3
+                due_at = max(due_at, row.due_at or 0.0)
+            if not batch:
+                break
+            worker.batch = batch
+            self._send(worker, {"run": list(batch), "at": due_at})
+
+    def _back_off(
+        self, instance_id: str, policy: tuple[float, float], why: str, now: float | None
+    ) -> None:
+        now = time.monotonic() if now is None else now
+        previous = self.backoff.get(instance_id)
+        if previous is None or previous.why != why:
+            delay = policy[0]
+            level = logging.DEBUG if policy is BUSY_BACKOFF else logging.WARNING
+            log.log(level, "%s: %s; trying again in %gs", instance_id, why, delay)
+        else:
+            delay = min(previous.delay * 2, policy[1])
+        self.backoff[instance_id] = Backoff(now + delay, delay, why)
+
+    def _maybe_prune(self) -> None:
+        """Prune old history and keys when awake anyway and no alarm is about to fire."""
+        now = time.monotonic()
+        if now - self.last_prune < PRUNE_EVERY:
+            return
+        if self.next_alarm is not None and self.next_alarm - time.time() < 1.0:
+            return
+        self.last_prune = now
+        wall = time.time()
+        try:
+            self.store.prune(wall - self.jobs.history_retention, wall - self.jobs.key_window)
+        except StorageError as exc:
+            log.warning("pruning history failed (next try in %gs): %s", PRUNE_EVERY, exc)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _on_wake(self, _key: selectors.SelectorKey) -> None:
+        self.listener.drain()
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for backoff in self.backoff.values():
+            if backoff.why == "claimed by another process":
+                backoff.retry_at = now  # the other process may have finished: try now
+        self.poll_needed = True
+
+    def _on_timer(self, _key: selectors.SelectorKey) -> None:
+        assert self.timer is not None
+        self.timer.clear()
+        self.poll_needed = True
+
+    def _on_signals(self, _key: selectors.SelectorKey) -> None:
+        try:
+            data = os.read(self.signal_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGHUP:
+                self.poll_needed = not self.stopping
+                if not self.stopping:
+                    self._poll()
+                log.info("SIGHUP: %s", self._status_text())
+                self.notifier.send(f"STATUS={self._status_text()}")
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self._on_stop_signal(signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            log.warning("second %s: killing %d worker(s), exiting at once with %d", name,
+                        len(self.workers), 128 + signum)  # fmt: skip
+            self._kill_all()
+            self.exit_code = 128 + signum
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.grace
+        self.notifier.send("STOPPING=1")
+        if self.timer is not None:
+            self.timer.arm(None)
+        running = [w for w in self.workers if w.batch is not None]
+        log.info("%s: stopping; waiting up to %gs for %d running batch(es)", name, self.grace,
+                 len(running))  # fmt: skip
+        for worker in self.workers:
+            if worker.batch is None:
+                _shut(worker)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _log_step(self, line: list[Any]) -> None:
+        self.recent[line[0]] = time.monotonic()
+        self.steps_done += 1
+        self.crashes.pop(line[0], None)
+        text = format_step(line)
+        self.last_step = text if len(text) < 200 else text[:199] + "…"
+        self.status_dirty = True
+        level = logging.INFO if line[4] is None else OUTCOME_LEVEL.get(line[1], logging.ERROR)
+        job = self.jobs.registry.get(line[0].split(":", 2)[1])
+        threshold = JOB_LOG_LEVEL.get(job.logging or "", logging.DEBUG) if job else logging.DEBUG
+        if level >= threshold:  # the job's own ``logging`` level, e.g. "warning" or "off"
+            log.log(level, "%s", text)
+
+    def _status_text(self) -> str:
+        busy = sum(1 for w in self.workers if w.batch is not None)
+        state = "stopping" if self.stopping else "serving"
+        return (
+            f"{state}: {busy}/{len(self.workers)} workers busy, {self.due_count} due, next alarm "
+            f"{_when(self.next_alarm)}, {self.steps_done} steps; last: {self.last_step}"
+        )
+
+
+def _sleep_until(epoch: float) -> None:
+    """Sleep until the wall clock reads ``epoch`` (a few ms at most: dispatch lead)."""
+    epoch = min(epoch, time.time() + 10 * DISPATCH_LEAD)  # bounded, even if the clock jumped
+    while (left := epoch - time.time()) > 0:
+        time.sleep(left)
+
+
+def _shut(worker: WorkerProcess) -> None:
+    """Close the parent's sending side: the worker exits when it reads EOF."""
+    with contextlib.suppress(OSError):  # already gone: its EOF reaches the loop anyway
+        worker.channel.sock.shutdown(socket.SHUT_WR)
+
+
+def _note_signal(_signum: int, _frame: Any) -> None:
+    """Python-level handler: nothing to do, ``set_wakeup_fd`` already told the loop."""
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "none"
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def _another_daemon(path: str) -> bool:
+    """Whether a live daemon already listens on the database's wake socket."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.sendto(b"", wake_address(path))
+    except OSError:
+        return False  # no socket, or a stale one from a dead daemon
+    finally:
+        probe.close()
+    return True
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``durajobs-daemon`` console script."""
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        jobs = open_jobs(load_app(args.app), args.db)
+    except (AppError, DurajobsError) as exc:
+        if args.log_level == "debug" and exc.__cause__ is not None:
+            log.debug("details", exc_info=exc.__cause__)
+        print(f"durajobs-daemon: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE if isinstance(exc, AppError) else 1) from None
+    if _another_daemon(jobs.path):
+        print(
+            f"durajobs-daemon: another daemon already serves {jobs.path} "
+            f"(its wake socket {wake_address(jobs.path)!r} answers)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    try:
+        daemon = Daemon(jobs, workers=args.workers, grace=args.grace)
+    except OSError as exc:
+        print(f"durajobs-daemon: cannot bind the wake socket: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(daemon.serve())
+
+
+if __name__ == "__main__":
+    main()

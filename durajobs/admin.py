@@ -53,7 +53,10 @@ __all__ = [
     "InstanceInfo",
     "Overdue",
     "Stats",
+    "error_summary",
     "parse_instance_id",
+    "relative",
+    "short_duration",
 ]
 
 KINDS = ("continuous", "debounce", "task")
@@ -607,9 +610,9 @@ class Admin:
                 checks.append(
                     Check(
                         "overdue", "fail",
-                        f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s with "
-                        f"no step running (worst {_duration(worst)} late): is a daemon running "
-                        "for this file?",
+                        f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s "
+                        f"with no step running (worst {short_duration(worst)} late): is a daemon "
+                        "running for this file?",
                     )
                 )  # fmt: skip
             else:
@@ -672,7 +675,8 @@ class Admin:
         try:
             result = []
             for row in rows:
-                assert row.due_at is not None
+                if row.due_at is None:  # pragma: no cover  (due() only returns alarmed rows)
+                    continue
                 if locks is not None:
                     running: bool | None = locks.is_locked(row.instance_id)
                 else:
@@ -877,7 +881,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def _duration(seconds: float) -> str:
+def short_duration(seconds: float) -> str:
     """``"3s"``, ``"4m"``, ``"2h13m"``, ``"3d4h"`` (coarse, for people)."""
     s = int(abs(seconds))
     if s < 60:
@@ -894,4 +898,4 @@ def relative(when: float, now: float) -> str:
     delta = when - now
     if abs(delta) < 1.0:
         return "now"
-    return f"in {_duration(delta)}" if delta > 0 else f"{_duration(delta)} ago"
+    return f"in {short_duration(delta)}" if delta > 0 else f"{short_duration(delta)} ago"

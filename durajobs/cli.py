@@ -438,7 +438,7 @@ def stats(
 
 
 def _stats_text(result: Stats, now: float) -> None:
-    from .admin import _duration
+    from .admin import short_duration
 
     def line(key: str, value: str) -> None:
         typer.echo(f"  {key.ljust(12)}  {value}")
@@ -455,7 +455,7 @@ def _stats_text(result: Stats, now: float) -> None:
     typer.echo("alarms:")
     line("due now", str(result.due_now))
     worst = result.max_overdue_seconds
-    late = f" (most late: {_duration(worst)})" if result.overdue and worst is not None else ""
+    late = f" (most late: {short_duration(worst)})" if result.overdue and worst is not None else ""
     line(f"overdue >{result.overdue_after:g}s", f"{result.overdue}{late}")
     line("next alarm", _when(result.next_alarm, now) if result.next_alarm else "-")
     typer.echo("last hour:")

@@ -74,6 +74,13 @@ class Jobs:
         wake: bool = True,
         vfs: str | None = None,
     ) -> None:
+        self._options: dict[str, Any] = {
+            "durability": durability, "wait_timeout": wait_timeout, "busy_timeout": busy_timeout,
+            "history_limit": history_limit, "history_retention": history_retention,
+            "key_window": key_window, "on_record": on_record, "tracker": tracker, "wake": wake,
+            "vfs": vfs, "clock": clock,
+        }  # fmt: skip
+        self._abandoned: list[Engine] = []
         self.registry = _check_registry(registry)
         self.path = os.fspath(path)
         self.clock: Clock = clock or SystemClock()
@@ -118,7 +125,22 @@ class Jobs:
         parent's SQLite locks.
         """
         self._owner = threading.get_ident()
+        # Keep the parent's objects alive: if they were garbage-collected here, closing them
+        # could release the parent's SQLite locks.
+        self._abandoned.append(self.engine)
         self._open()
+
+    def with_path(self, path: str | os.PathLike[str], **overrides: Any) -> Jobs:
+        """A new ``Jobs`` on another file with this one's registry, settings and hooks.
+
+        ``overrides`` replace constructor arguments (e.g. ``clock=``, ``wake=False``). The
+        tracker, if any, is shared: close only one of the two objects' trackers.
+
+        Raises:
+            StorageError: the file cannot be opened.
+        """
+        options = {**self._options, **overrides}
+        return Jobs(path, self.registry, **options)
 
     # -- guard ----------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@ instant its process dies, so the work of a SIGKILLed process is free for others 
 lease to expire, nothing stale to clean up. Two instance ids whose hashes collide merely share
 a claim (2**-62 odds).
 
+Fairness: a caller that waits for a claim (``acquire``) also holds a "waiting" byte at
+``offset + 2**62``; non-waiting claims (``try_acquire``, used by ``run_due`` and ``add``) yield
+while someone waits, so a process that steps an instance back to back cannot starve a client.
+
 Where OFD locks are missing (macOS), classic POSIX ``F_SETLK`` locks are used: they serialize
 processes but not two ``Jobs`` objects in one process.
 """
@@ -28,7 +32,7 @@ _SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
 _GETLK = getattr(fcntl, "F_OFD_GETLK", fcntl.F_GETLK)
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86-64/aarch64: type, whence, start, len, pid
 _WRLCK = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
-_SPAN = 1 << 62
+_SPAN = 1 << 62  # claims live in [0, 2**62); "waiting" bytes in [2**62, 2**63)
 
 
 def lock_offset(instance_id: str) -> int:
@@ -72,8 +76,21 @@ class InstanceLocks:
         return True
 
     def try_acquire(self, instance_id: str) -> int | None:
-        """Claim without waiting; returns a token for ``release`` or ``None`` if busy."""
+        """Claim without waiting; returns a token for ``release`` or ``None`` if busy.
+
+        Also ``None`` while another caller waits for this instance in ``acquire``.
+        """
         offset = lock_offset(instance_id)
+        if self._someone_waits(offset):
+            return None
+        return self._claim(offset)
+
+    def _someone_waits(self, offset: int) -> bool:
+        packed = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset + _SPAN, 1, 0)
+        result = fcntl.fcntl(self._fd, _GETLK, packed)
+        return bool(struct.unpack(_FLOCK, result)[0] != fcntl.F_UNLCK)
+
+    def _claim(self, offset: int) -> int | None:
         if offset in self._held:
             # Our own description already holds it: the kernel would say yes, but it is
             # another step of this process on the same instance (re-entrant use).
@@ -89,25 +106,34 @@ class InstanceLocks:
         Raises:
             InstanceBusyError: still busy after ``timeout``.
         """
-        token = self.try_acquire(instance_id)
+        offset = lock_offset(instance_id)
+        token = self._claim(offset)
         if token is not None:
             return token
         deadline = time.monotonic() + timeout
         delay = 0.0005
-        while True:
-            # F_OFD_SETLKW cannot time out without a signal (and signals are the caller's);
-            # poll with a short backoff instead.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InstanceBusyError(
-                    f"{instance_id}: another step of this instance is still running after "
-                    f"{timeout:g} s (wait_timeout)"
-                )
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.02)
-            token = self.try_acquire(instance_id)
-            if token is not None:
-                return token
+        # Announce that we wait (one waiter holds the byte; others just poll).
+        waiting = self._set(offset + _SPAN, fcntl.F_WRLCK)
+        try:
+            while True:
+                # F_OFD_SETLKW cannot time out without a signal (and signals are the
+                # caller's); poll with a short backoff instead.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise InstanceBusyError(
+                        f"{instance_id}: another step of this instance is still running after "
+                        f"{timeout:g} s (wait_timeout)"
+                    )
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.02)
+                token = self._claim(offset)
+                if token is not None:
+                    return token
+                if not waiting:
+                    waiting = self._set(offset + _SPAN, fcntl.F_WRLCK)
+        finally:
+            if waiting:
+                self._set(offset + _SPAN, fcntl.F_UNLCK)
 
     def release(self, token: int) -> None:
         """Drop a claim taken by ``acquire``/``try_acquire``."""

@@ -342,7 +342,8 @@ def _resume(job: Definition, inst: Instance | None, env: Env) -> Decision:
 def _request(inst: Instance | None, what: str, env: Env) -> Decision:
     if inst is None:
         return _nothing()
-    successor = _next(inst, env.now, due_at=env.now, reason=what, attempt=1)
+    status = "active" if inst.kind == "task" and inst.status != "failed" else inst.status
+    successor = _next(inst, env.now, status=status, due_at=env.now, reason=what, attempt=1)
     return Decision(successor, records=[_record("job.requested", inst.attempt, what=what)])
 
 

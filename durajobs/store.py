@@ -32,7 +32,7 @@ from .steps import Instance, Queued, Record
 
 __all__ = ["HistoryRow", "Store", "Write"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Forward migrations: MIGRATIONS[n] takes a database at user_version n to n + 1.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -85,6 +85,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (instance_id, key)
         ) WITHOUT ROWID""",
     ),
+    # 1 -> 2: find parked instances without walking the whole table (`durajobs ls --status
+    # failed`, `doctor`); tiny, since it holds only the failed rows.
+    ("CREATE INDEX instances_failed ON instances(instance_id) WHERE status = 'failed'",),
 ]
 
 COLUMNS = (

@@ -124,3 +124,22 @@ def test_sigkill_mid_handler_is_taken_over_at_once(app: App) -> None:
     assert app.entered("slow") == 2
     exits = [p for p in app.lines() if p[0] == "exit" and p[1] == "slow"]
     assert len(exits) == 1
+
+
+def test_a_waiting_client_is_not_starved_by_back_to_back_steps(app: App, tmp_path: Path) -> None:
+    """A process that re-claims an instance right after each step must let a waiter in."""
+    with mp_app.open_jobs() as jobs:
+        jobs.continuous("busy").start("x", mp_app.Count())
+    stop = tmp_path / "stop"
+    loop = app.spawn("loop", str(stop), MP_EACH="0.15")  # slower than its 100 ms schedule
+    try:
+        wait_for(lambda: app.entered("x") >= 2, what="back-to-back steps")
+        jobs = mp_app.Jobs(app.db, mp_app.REGISTRY, wait_timeout=5.0)
+        with jobs:
+            t0 = time.perf_counter()
+            assert jobs.continuous("busy").trigger("x").triggered
+            waited = time.perf_counter() - t0
+        assert waited < 2.0, waited
+    finally:
+        stop.touch()
+        assert loop.wait(timeout=60) == 0, loop.stderr.read() if loop.stderr else ""

@@ -214,3 +214,25 @@ def test_storage_error_is_an_oserror_and_a_durajobs_error(tmp_path: Path) -> Non
     with pytest.raises(OSError) as info:
         Jobs(tmp_path / "x" / "y.db", REGISTRY)
     assert isinstance(info.value, DurajobsError)
+
+
+def test_forward_migration_from_schema_1(tmp_path: Path) -> None:
+    """A file written by schema version 1 opens, migrates, and keeps its instances."""
+    from durajobs import store as store_module
+
+    path = tmp_path / "v1.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in store_module.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    with Jobs(path, REGISTRY, clock=FakeClock()) as jobs:
+        jobs.continuous("c").start("u", Counter())
+    conn = apsw.Connection(str(path))
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='index'")}
+    assert "instances_failed" in indexes
+    conn.close()
+    with Jobs(path, REGISTRY, clock=FakeClock()) as jobs:
+        assert jobs.continuous("c").get_state("u") == Counter(1)

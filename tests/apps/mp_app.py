@@ -40,6 +40,9 @@ def execute(ctx: Any) -> None:
 
 REGISTRY = {
     "c": Continuous(state=Count, schedule=every("1 hour"), execute=execute, start_immediately=True),
+    "busy": Continuous(
+        state=Count, schedule=every("100ms"), execute=execute, start_immediately=False
+    ),
     "later": Continuous(
         state=Count, schedule=every("1 hour"), execute=execute, start_immediately=False
     ),
@@ -60,3 +63,7 @@ if __name__ == "__main__":
                 jobs.continuous(args[0]).trigger(args[1])
         elif command == "run_due":
             print(jobs.run_due(), flush=True)
+        elif command == "loop":  # step back to back until the stop file appears (at most 30 s)
+            end = time.monotonic() + 30
+            while not os.path.exists(args[0]) and time.monotonic() < end:
+                jobs.run_due()

@@ -1,0 +1,753 @@
+"""The ``durajobs`` CLI, end to end, on real database files made through the real library.
+
+Each command runs through typer's ``CliRunner`` (in process) and, for the commands and error
+paths that matter to scripts, through the installed ``durajobs`` console script in a
+subprocess. ``--json`` output is parsed back and checked field by field; actions are checked by
+what a ``Jobs`` with the application's definitions sees afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+import pytest
+from typer.testing import CliRunner
+
+from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
+from durajobs.admin import Admin, parse_instance_id, relative
+from durajobs.cli import app
+from durajobs.errors import ValidationError
+from durajobs.locks import InstanceLocks
+
+SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
+
+
+# -- the sample application -----------------------------------------------------------------
+
+
+@attrs.define
+class Counter:
+    n: int = 0
+
+
+@attrs.define
+class Event:
+    value: str
+
+
+@attrs.define
+class App:
+    """The application's side: its definitions, a record of handler calls, a clock."""
+
+    db: Path
+    calls: list[tuple[str, str]] = attrs.Factory(list)
+    failing: set[str] = attrs.Factory(lambda: {"broken", "o-bad"})
+
+    def registry(self) -> dict[str, Any]:
+        def tick(ctx: Any) -> None:
+            self.calls.append(("tick", ctx.id))
+            if ctx.id in self.failing:
+                raise ValueError(f"tick failed for {ctx.id}")
+            ctx.state = Counter(ctx.state.n + 1)
+
+        def deliver(ctx: Any) -> None:
+            self.calls.append(("deliver", ctx.flush_reason))
+
+        def on_order(event: Event, ctx: Any) -> None:
+            ctx.state = Counter(0) if ctx.state is None else ctx.state
+            ctx.schedule("1 hour")
+
+        def ship(ctx: Any) -> None:
+            self.calls.append(("ship", ctx.id))
+            if ctx.id in self.failing:
+                raise RuntimeError(f"warehouse rejected {ctx.id}")
+            ctx.state = Counter(ctx.state.n + 1)
+
+        return {
+            "refresher": Continuous(state=Counter, schedule=every("30 minutes"), execute=tick),
+            "hooks": Debounce(event=Event, execute=deliver, flush_after="10 minutes"),
+            "orders": Task(state=Counter, event=Event, on_event=on_order, execute=ship),
+        }
+
+    @contextmanager
+    def jobs(self, at: float | None = None) -> Iterator[Jobs]:
+        """The application's ``Jobs`` at the real time (or ``at``): the CLI uses the real clock."""
+        with Jobs(self.db, self.registry(), clock=FakeClock(at or time.time())) as jobs:
+            yield jobs
+
+
+def populate(application: App, start: float | None = None) -> None:
+    """Three kinds, a failing Continuous (error kept, still running) and a parked Task."""
+    with application.jobs(start) as jobs:
+        refresher = jobs.continuous("refresher")
+        for user in ("user-1", "user-2", "broken"):
+            refresher.start(user, Counter())
+        hooks = jobs.debounce("hooks")
+        hooks.add("repo-1", Event("push"))
+        hooks.add("repo-1", Event("pull_request"))
+        orders = jobs.task("orders")
+        orders.send("o-1", Event("placed"))
+        orders.send("o-bad", Event("placed"))
+        orders.trigger("o-bad")  # execute raises; no retry: parked ("failed")
+        orders.send("o-idle", Event("placed"))
+        orders.trigger("o-idle")  # ran; nothing scheduled: idle
+
+
+@pytest.fixture
+def application(tmp_path: Path) -> App:
+    application = App(tmp_path / "jobs.db")
+    populate(application)
+    return application
+
+
+@pytest.fixture
+def db(application: App) -> Path:
+    return application.db
+
+
+# -- running the CLI ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+Runner = Callable[..., Run]
+
+
+def run_in_process(*args: str, env: dict[str, str] | None = None) -> Run:
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> Run:
+    assert SCRIPT is not None, "the durajobs console script is not installed"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("DURAJOBS_DB", "NO_COLOR")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=60, check=False
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(params=["in-process", "script"])
+def cli(request: pytest.FixtureRequest) -> Runner:
+    """Both ways in: typer's CliRunner, and the installed console script in a subprocess."""
+    return run_in_process if request.param == "in-process" else run_script
+
+
+def one_line_error(run: Run) -> str:
+    """The error went to stderr as exactly one line, without a traceback."""
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("durajobs: error: ")
+    return lines[0]
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def test_parse_instance_id_forms() -> None:
+    assert parse_instance_id("continuous:refresher:a:b") == "continuous:refresher:a:b"
+    assert parse_instance_id("task", "orders", "o:1") == "task:orders:o:1"
+    for bad in (
+        ("nope",),
+        ("cron:x:y",),
+        ("task::y",),
+        ("task:x:",),
+        ("a", "b"),
+        ("a:b", "c", "d"),
+    ):
+        with pytest.raises(ValidationError):
+            parse_instance_id(*bad)
+
+
+def test_relative_times() -> None:
+    assert relative(1000.0, 1000.4) == "now"
+    assert relative(1240.0, 1000.0) == "in 4m"
+    assert relative(997.0, 1000.0) == "3s ago"
+    assert relative(1000.0 + 2 * 3600 + 13 * 60, 1000.0) == "in 2h13m"
+    assert relative(1000.0 - 3 * 86400 - 4 * 3600, 1000.0) == "3d4h ago"
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+def test_version(cli: Runner) -> None:
+    run = cli("--version")
+    assert run.code == 0
+    assert run.stdout.startswith("durajobs ")
+
+
+def test_ls_lists_every_instance_sorted_by_alarm(cli: Runner, db: Path) -> None:
+    run = cli("--db", str(db), "ls", "--json")
+    assert run.code == 0, run.stderr
+    rows = run.json()
+    ids = [r["instance_id"] for r in rows]
+    assert set(ids) == {
+        "continuous:refresher:user-1", "continuous:refresher:user-2",
+        "continuous:refresher:broken", "debounce:hooks:repo-1", "task:orders:o-1",
+        "task:orders:o-bad", "task:orders:o-idle",
+    }  # fmt: skip
+    alarms = [r["next_alarm"] for r in rows]
+    timed = [a for a in alarms if a is not None]
+    assert timed == sorted(timed)
+    assert alarms[len(timed) :] == [None] * (len(alarms) - len(timed))  # idle ones last
+    by_id = {r["instance_id"]: r for r in rows}
+    hooks = by_id["debounce:hooks:repo-1"]
+    assert (hooks["kind"], hooks["job"], hooks["id"]) == ("debounce", "hooks", "repo-1")
+    assert (hooks["status"], hooks["event_count"], hooks["attempt"]) == ("debouncing", 2, 1)
+    assert (
+        by_id["continuous:refresher:broken"]["last_error"] == "ValueError: tick failed for broken"
+    )
+    assert by_id["task:orders:o-bad"]["status"] == "failed"
+    assert by_id["task:orders:o-idle"]["status"] == "idle"
+    assert set(hooks) >= {"next_alarm", "alarm_reason", "run_count", "created_at", "updated_at"}
+
+    text = cli("--db", str(db), "ls")
+    assert text.code == 0
+    header, *lines = text.stdout.splitlines()
+    assert header.split()[:4] == ["INSTANCE", "KIND", "JOB", "STATUS"]
+    assert len(lines) == 7
+    assert "\x1b[" not in text.stdout  # piped: plain text
+    assert any("ValueError: tick failed for broken" in line for line in lines)
+    assert any("(in 9m" in line or "(in 10m" in line for line in lines)  # relative time
+
+    jsonl = cli("--db", str(db), "ls", "--jsonl")
+    assert [json.loads(line)["instance_id"] for line in jsonl.stdout.splitlines()] == ids
+
+
+def test_ls_filters_and_pages(db: Path) -> None:
+    def ids(*args: str) -> list[str]:
+        run = run_in_process("--db", str(db), "ls", "--json", *args)
+        assert run.code == 0, run.stderr
+        return [r["instance_id"] for r in run.json()]
+
+    everything = ids()
+    assert ids("--kind", "debounce") == ["debounce:hooks:repo-1"]
+    assert ids("--status", "failed") == ["task:orders:o-bad"]
+    assert sorted(ids("--job", "refresher")) == sorted(i for i in everything if ":refresher:" in i)
+    assert ids("--kind", "task", "--status", "idle") == ["task:orders:o-idle"]
+    assert ids("--due") == []  # nothing due yet
+    none = run_in_process("--db", str(db), "ls", "--job", "nope")
+    assert none.code == 0
+    assert none.stdout == ""
+    assert "no instances match" in none.stderr
+    pages = [ids("--limit", "3", "--offset", str(offset)) for offset in (0, 3, 6)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for page in pages for i in page] == everything
+
+    more = run_in_process("--db", str(db), "ls", "--limit", "3")
+    assert "(more: --offset 3)" in more.stderr
+    assert len(more.stdout.splitlines()) == 4
+
+
+def test_ls_due_shows_what_is_due_now(tmp_path: Path) -> None:
+    application = App(tmp_path / "late.db")
+    populate(application, start=time.time() - 7200)  # everything scheduled is now overdue
+    run = run_in_process("--db", str(application.db), "ls", "--due", "--json")
+    due = {r["instance_id"] for r in run.json()}
+    assert "debounce:hooks:repo-1" in due
+    assert "task:orders:o-idle" not in due
+    assert "task:orders:o-bad" not in due
+
+
+def test_show_every_field_state_error_history(cli: Runner, db: Path) -> None:
+    run = cli("--db", str(db), "show", "continuous:refresher:broken", "--json")
+    assert run.code == 0, run.stderr
+    detail = run.json()
+    assert detail["instance_id"] == "continuous:refresher:broken"
+    assert (detail["kind"], detail["job"], detail["id"]) == ("continuous", "refresher", "broken")
+    assert detail["status"] == "running"
+    assert detail["state"] == {"n": 0}
+    assert detail["last_error"] == "ValueError: tick failed for broken"
+    assert "Traceback (most recent call last)" in detail["last_error_traceback"]
+    assert detail["run_count"] == 1
+    assert detail["attempt"] == 1
+    assert detail["next_alarm"] is not None
+    events = [h["event"] for h in detail["history"]]
+    assert events[0] == "job.started"
+    assert "job.failed" in events
+    assert [h["id"] for h in detail["history"]] == sorted(h["id"] for h in detail["history"])
+
+    three = cli("--db", str(db), "show", "continuous", "refresher", "broken", "--json")
+    assert three.json() == detail
+
+    text = cli("--db", str(db), "show", "debounce:hooks:repo-1")
+    assert text.code == 0
+    assert "status" in text.stdout
+    assert "debouncing" in text.stdout
+    assert '"value": "pull_request"' in text.stdout  # the state (latest event), pretty JSON
+    assert "debounce.started" in text.stdout
+
+
+def test_show_of_a_purged_instance_has_its_final_state(db: Path, application: App) -> None:
+    with application.jobs() as jobs:
+        jobs.task("orders").terminate("o-1", reason="customer cancelled")
+    live = run_in_process("--db", str(db), "show", "task:orders:o-idle", "--json").json()
+    detail = run_in_process("--db", str(db), "show", "task:orders:o-1", "--json").json()
+    assert set(detail) == set(live)  # the same stable keys, live or purged
+    assert detail["status"] == "purged"
+    assert detail["next_alarm"] is None
+    assert detail["state"] == {"n": 0}
+    assert detail["history"][-1]["event"] == "job.terminated"
+    assert detail["history"][-1]["data"]["reason"] == "customer cancelled"
+
+
+def test_stats(cli: Runner, db: Path) -> None:
+    run = cli("--db", str(db), "stats", "--json")
+    assert run.code == 0, run.stderr
+    stats = run.json()
+    assert stats["instances"] == 7
+    assert stats["by_kind"] == {"continuous": 3, "debounce": 1, "task": 3}
+    assert stats["by_status"]["failed"] == 1
+    assert {"kind": "task", "job": "orders", "status": "idle", "count": 1} in stats["by_job"]
+    assert stats["due_now"] == 0
+    assert stats["overdue"] == 0
+    assert stats["next_alarm"] is not None
+    assert stats["last_hour"]["steps"] >= 9
+    assert stats["last_hour"]["failures"] == 2  # broken's tick, o-bad's execute
+
+    text = cli("--db", str(db), "stats")
+    assert text.code == 0
+    assert "instances     7" in text.stdout
+    assert "due now" in text.stdout
+    assert "failures" in text.stdout
+
+
+def test_doctor_healthy(cli: Runner, db: Path) -> None:
+    run = cli("--db", str(db), "doctor", "--json")
+    assert run.code == 0, run.stdout
+    report = run.json()
+    assert report["ok"] is True
+    levels = {c["name"]: c["level"] for c in report["checks"]}
+    assert levels["integrity"] == "ok"
+    assert levels["schema"] == "ok"
+    assert levels["wal"] == "ok"
+    assert levels["parked"] == "warn"  # o-bad waits for `durajobs retry`
+    claims = next(c for c in report["checks"] if c["name"] == "claims")
+    assert "none can be stale" in claims["detail"]
+    text = cli("--db", str(db), "doctor")
+    assert text.code == 0
+    assert "healthy" in text.stdout
+
+
+def test_doctor_tells_stuck_from_running(tmp_path: Path) -> None:
+    application = App(tmp_path / "late.db")
+    populate(application, start=time.time() - 7200)
+    run = run_in_process("--db", str(application.db), "doctor", "--json")
+    assert run.code == 1
+    report = run.json()
+    assert not report["ok"]
+    stuck = {o["instance_id"] for o in report["overdue"] if o["running"] is False}
+    assert "debounce:hooks:repo-1" in stuck
+
+    # A step holding the claim of every overdue instance: running, not stuck.
+    locks = InstanceLocks(str(application.db) + ".lock")
+    try:
+        for instance_id in stuck:
+            assert locks.try_acquire(instance_id) is not None
+        held = run_in_process("--db", str(application.db), "doctor", "--json")
+        assert held.code == 0, held.stdout
+        assert all(o["running"] is True for o in held.json()["overdue"])
+    finally:
+        locks.close()
+
+    text = run_script("--db", str(application.db), "doctor")
+    assert text.code == 1
+    assert "FAIL" in text.stdout
+    assert "problems found" in text.stdout
+
+
+def test_tail(cli: Runner, db: Path) -> None:
+    run = cli("--db", str(db), "tail", "-n", "3")
+    assert run.code == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 3
+    records = [
+        json.loads(line)
+        for line in cli("--db", str(db), "tail", "--jsonl").stdout.split("\n")
+        if line
+    ]
+    assert len(records) == 10
+    assert [r["id"] for r in records] == sorted(r["id"] for r in records)
+    assert {"at", "instance_id", "event", "step", "attempt", "error", "data"} <= set(records[0])
+
+
+def read_until(fd: int, wanted: bytes, deadline: float, buffer: bytearray) -> bool:
+    """Read ``fd`` into ``buffer`` until ``wanted`` appears or the deadline passes."""
+    while wanted not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the pty's other end closed
+            return wanted in buffer
+        if not chunk:
+            return wanted in buffer
+        buffer += chunk
+    return True
+
+
+def test_tail_follow_prints_new_records(db: Path, application: App) -> None:
+    assert SCRIPT is not None
+    proc = subprocess.Popen(
+        [SCRIPT, "--db", str(db), "tail", "-f", "-n", "1", "--interval", "0.05"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        seen = bytearray()
+        deadline = time.monotonic() + 15
+        # The first line (the latest record) means tail has chosen where to follow from.
+        assert read_until(fd, b"\n", deadline, seen), seen
+        with application.jobs() as jobs:
+            jobs.continuous("refresher").trigger("user-2")
+        assert read_until(fd, b"continuous:refresher:user-2  job.executed", deadline, seen), seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+def test_terminate(cli: Runner, db: Path, application: App) -> None:
+    run = cli("--db", str(db), "terminate", "continuous:refresher:user-1", "--reason", "moved")
+    assert run.code == 0, run.stderr
+    assert "terminated continuous:refresher:user-1" in run.stdout
+    with application.jobs() as jobs:
+        assert jobs.continuous("refresher").status("user-1").status == "not_found"
+        assert jobs.continuous("refresher").status("user-2").status == "running"
+    history = run_in_process("--db", str(db), "show", "continuous:refresher:user-1", "--json")
+    last = history.json()["history"][-1]
+    assert last["event"] == "job.terminated"
+    assert last["data"]["reason"] == "moved"
+
+
+def test_clear(cli: Runner, db: Path, application: App) -> None:
+    run = cli("--db", str(db), "clear", "debounce:hooks:repo-1")
+    assert run.code == 0, run.stderr
+    assert "discarded 2 event(s)" in run.stdout
+    with application.jobs(time.time() + 3600) as jobs:
+        assert jobs.debounce("hooks").status("repo-1").status == "not_found"
+        jobs.run_due()
+    assert not [c for c in application.calls if c[0] == "deliver"]  # execute never ran
+
+
+def test_trigger_leaves_a_due_alarm_for_the_daemon(cli: Runner, db: Path, application: App) -> None:
+    before = time.time()
+    run = cli("--db", str(db), "trigger", "continuous:refresher:user-1")
+    assert run.code == 0, run.stderr
+    assert "left for the daemon" in run.stdout
+    row = next(
+        r for r in run_in_process("--db", str(db), "ls", "--json").json()
+        if r["instance_id"] == "continuous:refresher:user-1"
+    )  # fmt: skip
+    due = datetime.fromisoformat(row["next_alarm"]).timestamp()
+    assert before - 1 <= due <= time.time()
+    assert row["alarm_reason"] == "trigger"
+    application.calls.clear()
+    with application.jobs(time.time() + 1) as jobs:
+        assert jobs.run_due() == 1  # the daemon's part: run the due step
+        status = jobs.continuous("refresher").status("user-1")
+        assert jobs.continuous("refresher").get_state("user-1") == Counter(2)
+    assert application.calls == [("tick", "user-1")]
+    assert status.run_count == 2
+    assert status.next_run_at is not None
+    assert status.next_run_at.timestamp() > time.time() + 1000
+
+
+def test_trigger_task(db: Path, application: App) -> None:
+    run = run_in_process("--db", str(db), "trigger", "task", "orders", "o-1")
+    assert run.code == 0, run.stderr
+    application.calls.clear()
+    with application.jobs(time.time() + 1) as jobs:
+        assert jobs.run_due() == 1
+        assert jobs.task("orders").status("o-1").execute_count == 1
+    assert application.calls == [("ship", "o-1")]
+
+
+def test_flush(cli: Runner, db: Path, application: App) -> None:
+    run = cli("--db", str(db), "flush", "debounce:hooks:repo-1")
+    assert run.code == 0, run.stderr
+    assert "left for the daemon" in run.stdout
+    with application.jobs(time.time() + 1) as jobs:
+        assert jobs.run_due() == 1
+        assert jobs.debounce("hooks").status("repo-1").status == "not_found"  # flushed, purged
+    assert application.calls[-1] == ("deliver", "manual")
+
+
+def test_retry_resumes_a_parked_instance(cli: Runner, db: Path, application: App) -> None:
+    application.failing.clear()  # the operator fixed the warehouse
+    run = cli("--db", str(db), "retry", "task:orders:o-bad")
+    assert run.code == 0, run.stderr
+    assert "resumed task:orders:o-bad" in run.stdout
+    assert "left for the daemon" in run.stdout
+    with application.jobs(time.time() + 1) as jobs:
+        assert jobs.task("orders").status("o-bad").status == "active"
+        assert jobs.run_due() == 1
+        assert jobs.task("orders").get_state("o-bad") == Counter(1)
+    assert application.calls[-1] == ("ship", "o-bad")
+
+
+@pytest.mark.parametrize(
+    ("command", "instance_id", "says"),
+    [
+        ("clear", "continuous:refresher:user-1", "use terminate"),
+        ("flush", "task:orders:o-1", "use trigger"),
+        ("trigger", "debounce:hooks:repo-1", "flushed, not triggered"),
+        ("trigger", "task:orders:o-bad", "durajobs retry task:orders:o-bad"),
+        ("retry", "continuous:refresher:user-1", "not 'failed'"),
+    ],
+)
+def test_actions_refused_change_nothing(
+    db: Path, command: str, instance_id: str, says: str
+) -> None:
+    before = run_in_process("--db", str(db), "ls", "--json").json()
+    run = run_in_process("--db", str(db), command, instance_id)
+    assert run.code == 1
+    assert says in one_line_error(run)
+    assert run_in_process("--db", str(db), "ls", "--json").json() == before
+
+
+def test_unknown_id_exits_3(cli: Runner, db: Path) -> None:
+    commands = ["show", "terminate", "trigger", "flush", "clear", "retry"]
+    if cli is run_script:
+        commands = ["show", "terminate"]  # the same path in process; keep the test fast
+    for command in commands:
+        run = cli("--db", str(db), command, "task:orders:nope")
+        assert run.code == 3, command
+        assert "task:orders:nope: no such instance" in one_line_error(run)
+
+
+@pytest.mark.parametrize("bad", ["nope", "cron:x:y", "task:orders"])
+def test_malformed_id_is_a_usage_error(db: Path, bad: str) -> None:
+    run = run_in_process("--db", str(db), "show", bad)
+    assert run.code == 2
+    assert "is not an instance id" in one_line_error(run)
+
+
+def test_usage_errors_exit_2(cli: Runner, db: Path) -> None:
+    assert cli("--db", str(db), "ls", "--kind", "cron").code == 2
+    if cli is run_in_process:  # the same parser either way: once through the script is enough
+        assert cli("--db", str(db), "ls", "--limit", "0").code == 2
+        assert cli("--db", str(db), "frobnicate").code == 2
+
+
+def test_db_from_environment(db: Path) -> None:
+    run = run_script("ls", "--json", env={"DURAJOBS_DB": str(db)})
+    assert run.code == 0
+    assert len(run.json()) == 7
+
+
+# -- a terminal: confirmation and rich output -------------------------------------------------
+
+
+def run_on_pty(
+    args: list[str], answer: bytes | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run the console script with a pseudo-terminal as stdin/stdout/stderr."""
+    assert SCRIPT is not None
+    master, slave = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "DURAJOBS_DB")}
+    full_env.update({"COLUMNS": "250", "TERM": "xterm-256color", **(env or {})})
+    proc = subprocess.Popen([SCRIPT, *args], stdin=slave, stdout=slave, stderr=slave, env=full_env)
+    os.close(slave)
+    output = bytearray()
+    try:
+        deadline = time.monotonic() + 20
+        if answer is not None:
+            assert read_until(master, b"[y/N]", deadline, output), output
+            os.write(master, answer)
+        read_until(master, b"\0never", deadline, output)  # to EOF
+        return proc.wait(timeout=10), output.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_terminate_asks_on_a_tty(db: Path, application: App) -> None:
+    code, output = run_on_pty(["--db", str(db), "terminate", "task:orders:o-1"], answer=b"n\n")
+    assert code == 1
+    assert "not confirmed" in output
+    with application.jobs() as jobs:
+        assert jobs.task("orders").status("o-1").status == "active"
+    code, output = run_on_pty(["--db", str(db), "terminate", "task:orders:o-1"], answer=b"y\n")
+    assert code == 0
+    assert "terminated task:orders:o-1" in output
+    code, output = run_on_pty(["--db", str(db), "terminate", "--yes", "task:orders:o-idle"])
+    assert code == 0
+    assert "terminated task:orders:o-idle" in output
+    with application.jobs() as jobs:
+        assert jobs.task("orders").status("o-1").status == "not_found"
+        assert jobs.task("orders").status("o-idle").status == "not_found"
+
+
+def test_rich_table_on_a_tty_and_no_color(db: Path) -> None:
+    code, coloured = run_on_pty(["--db", str(db), "ls"])
+    assert code == 0
+    assert "task:orders:o-bad" in coloured
+    assert "\x1b[31m" in coloured  # the failed row is red
+    code, plain = run_on_pty(["--db", str(db), "ls"], env={"NO_COLOR": "1"})
+    assert code == 0
+    assert "task:orders:o-bad" in plain
+    assert "\x1b[31m" not in plain
+    assert "\x1b[33m" not in plain
+    code, shown = run_on_pty(["--db", str(db), "show", "task:orders:o-bad"])
+    assert code == 0
+    assert "warehouse rejected o-bad" in shown
+    assert "history" in shown
+
+
+# -- storage errors -------------------------------------------------------------------------
+
+
+def test_missing_file_is_not_created(cli: Runner, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    commands = [["ls"], ["doctor"], ["terminate", "-y", "task:a:b"]]
+    for command in commands if cli is run_in_process else commands[::2]:
+        run = cli("--db", str(missing), *command)
+        assert run.code == 4
+        assert "no such database file" in one_line_error(run)
+    assert list(tmp_path.iterdir()) == []
+    run = cli("--db", str(tmp_path / "no-dir" / "x.db"), "ls")
+    assert run.code == 4
+
+
+def test_not_a_database(cli: Runner, tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("these are not the pages you are looking for\n" * 100)
+    run = cli("--db", str(text), "ls")
+    assert run.code == 4
+    assert "not a database" in one_line_error(run)
+    if cli is run_script:
+        return  # the variants below take the same path through the script
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    run = cli("--db", str(empty), "ls")
+    assert run.code == 4
+    assert "not a durajobs database" in one_line_error(run)
+    assert empty.stat().st_size == 0  # inspecting did not turn it into one
+
+    other = tmp_path / "other.db"
+    conn = apsw.Connection(str(other))
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    run = cli("--db", str(other), "terminate", "-y", "task:a:b")
+    assert run.code == 4
+    assert "not a durajobs database" in one_line_error(run)
+
+    run = cli("--db", str(tmp_path), "ls")
+    assert run.code == 4
+    assert "is a directory" in one_line_error(run)
+
+
+def test_corrupt_database(cli: Runner, db: Path) -> None:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_schema WHERE name = 'instances'"
+    ).fetchall()[0]
+    (page_size,) = conn.execute("PRAGMA page_size").fetchall()[0]
+    conn.close()
+    assert not Path(str(db) + "-wal").exists() or Path(str(db) + "-wal").stat().st_size == 0
+    with open(db, "r+b") as f:  # overwrite the instances table's page header, mid-file
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * 64)
+    run = cli("--db", str(db), "ls")
+    assert run.code == 4
+    assert "corrupt" in one_line_error(run)
+    if cli is run_in_process:
+        assert cli("--db", str(db), "show", "task:orders:o-1").code == 4
+    doctor = cli("--db", str(db), "doctor", "--json")
+    assert doctor.code == 1
+    report = doctor.json()
+    assert not report["ok"]
+    assert {c["name"]: c["level"] for c in report["checks"]}["integrity"] == "fail"
+
+
+@contextmanager
+def read_only_directory(folder: Path) -> Iterator[str]:
+    """Make ``folder`` unwritable for this process; yields how.
+
+    chmod does not stop root, so as root the directory is made immutable (``chattr +i``,
+    which binds root too). Skips only when neither technique takes effect.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        how, undo = "chmod 555", lambda: folder.chmod(0o755)
+    else:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(
+                "running as root, where chmod does not stop writes, and chattr +i is not "
+                f"available here: {done.stderr.decode().strip()}"
+            )
+        how = "chattr +i"
+
+        def undo() -> None:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    try:
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            pass
+        else:
+            (folder / "probe").unlink()
+            pytest.skip(f"{how} did not make the directory read-only here")
+        yield how
+    finally:
+        undo()
+
+
+def test_read_only_directory(cli: Runner, application: App, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(application.db, folder / "jobs.db")  # a closed database: no -wal, no -shm
+    db = folder / "jobs.db"
+    with read_only_directory(folder):
+        listing = cli("--db", str(db), "ls", "--json")  # inspection still works
+        assert listing.code == 0, listing.stderr
+        assert len(listing.json()) == 7
+        if cli is run_in_process:
+            assert cli("--db", str(db), "show", "task:orders:o-1").code == 0
+            assert cli("--db", str(db), "stats").code == 0
+        run = cli("--db", str(db), "terminate", "-y", "task:orders:o-1")
+        assert run.code == 4
+        assert "read-only" in one_line_error(run) or "lock file" in run.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["jobs.db"]  # nothing was created
+    with Admin(db) as admin:
+        assert admin.get("task:orders:o-1").status == "active"  # and nothing changed
