@@ -133,7 +133,6 @@ SQL_TRIM_HISTORY = (
     "WHERE instance_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
 )
 SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = ? AND seq <= ?"
-SQL_DROP_INBOX = "DELETE FROM inbox WHERE instance_id = ?"
 # A key older than the window may be reused: it is refreshed, not rejected.
 SQL_ADD_KEY = (
     "INSERT INTO event_keys (instance_id, key, at) VALUES (?1, ?2, ?3) "
@@ -540,10 +539,9 @@ class Store:
                 return False
             step = write.expected_step + 1
             if debounce:
-                if write.records and write.records[-1][0] in ("job.terminated", "debounce.cleared"):
-                    cur.execute(SQL_DROP_INBOX, (instance_id,))
-                else:
-                    cur.execute(SQL_REVIVE_QUEUED, (instance_id, write.job, write.user_id, now))
+                # The step consumed the events it saw; any queued since (during a flush, a
+                # terminate or a clear) open the next batch: nothing acknowledged is dropped.
+                cur.execute(SQL_REVIVE_QUEUED, (instance_id, write.job, write.user_id, now))
         else:
             if debounce:
                 cur.execute(SQL_PUT_DEBOUNCE, (*row, write.expected_step, now))

@@ -1026,3 +1026,38 @@ def test_reducer_error_on_a_queued_event_fails_that_step_and_loses_nothing(make:
     # clear drops the poisoned batch, queued events included
     assert client.clear("u1") == ClearResult(True, 3)
     assert client.status("u1").status == "not_found"
+
+
+def test_events_queued_during_a_flush_that_exhausts_and_terminates_survive(
+    tmp_path: Path,
+) -> None:
+    """Regression: exhaustion with on_exhausted="terminate" must not drop the next batch."""
+    from durajobs import Backoff, Retry
+
+    clock = FakeClock()
+    path = tmp_path / "x.db"
+    holder: dict[str, Jobs] = {}
+
+    def execute(ctx: Any) -> None:
+        if ctx.state == "first":
+            holder["other"].debounce("d").add("k", "second")  # queued: our claim is held
+            raise RuntimeError("flush fails")
+
+    registry = {
+        "d": Debounce(
+            event=str,
+            execute=execute,
+            flush_after=10,
+            retry=Retry(max_attempts=1, delay=Backoff.fixed(1)),
+        )
+    }
+    with Jobs(path, registry, clock=clock) as jobs, Jobs(path, registry, clock=clock) as other:
+        holder["other"] = other
+        jobs.debounce("d").add("k", "first")
+        clock.advance(10)
+        jobs.run_due()  # fails, exhausted, terminated
+        status = jobs.debounce("d").status("k")
+        assert status.status == "debouncing"
+        assert status.event_count == 1
+        jobs.run_due()  # folds the queued event into a new batch
+        assert jobs.debounce("d").get_state("k") == "second"
