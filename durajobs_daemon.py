@@ -96,6 +96,7 @@ DISPATCH_LEAD = 0.002
 # the instance's claim retries every 20 ms at most, so this lets it in between two steps.
 RECLAIM_GAP = 0.025
 WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
+EARLY_DEATHS_MAX = 5  # workers killed before they were ready, in a row, before giving up
 ERROR_TEXT_MAX = 500
 # A failed step's log level: a retry is a warning, a run given up (or parked) an error.
 OUTCOME_LEVEL = {"retry": logging.WARNING}
@@ -699,6 +700,7 @@ class Daemon:
         self.ignored: set[str] = set()  # due instances of jobs this app does not define
         self.ran_at: dict[str, int] = {}  # instance id -> step a worker ran it at (stuck check)
         self.crashes: dict[str, int] = {}
+        self.early_deaths = 0  # workers that died before they were ready, in a row
         self.next_alarm: float | None = None  # the earliest alarm not handed out yet
         self.recent: dict[str, float] = {}  # instance id -> when its last step committed
         self.held_until: float | None = None  # when an instance held back by RECLAIM_GAP frees
@@ -945,10 +947,20 @@ class Daemon:
         worker.channel.close()
         self.poll_needed = True
         self.status_dirty = True
-        if not worker.ready:  # it never opened the database: replacing it would only loop
-            log.error("worker %d %s before it was ready: exiting", worker.pid, _describe(status))
-            self.exit_code = 1
-            return None
+        if not worker.ready:
+            failed_start = os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_START_FAILED
+            self.early_deaths += 1
+            if failed_start or self.early_deaths > EARLY_DEATHS_MAX:
+                # It cannot open the database (or keeps dying): replacing it would only loop.
+                log.error(
+                    "worker %d %s before it was ready: exiting", worker.pid, _describe(status)
+                )
+                self.exit_code = 1
+                return None
+            log.warning("worker %d %s before it was ready: replacing it", worker.pid,
+                        _describe(status))  # fmt: skip
+        else:
+            self.early_deaths = 0
         if not timed_out and not (self.stopping and os.WIFEXITED(status)):
             what = worker.current or ", ".join(worker.batch or ()) or "nothing"
             log.error("worker %d %s while running %s", worker.pid, _describe(status), what)
@@ -984,6 +996,7 @@ class Daemon:
         for instance_id, backoff in self.backoff.items():
             if backoff.retry_at is not None and backoff.retry_at <= now_m:
                 backoff.retry_at = None  # its time has come: eligible from this poll on
+                self.ran_at.pop(instance_id, None)  # hand it out once, as the log line said
             if backoff.retry_at is not None:
                 waiting.add(instance_id)
         skip = in_flight | waiting | self.ignored

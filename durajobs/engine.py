@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import steps
 from .codec import Codec, TypeCodec
@@ -136,7 +136,12 @@ class Engine:
                 inst, queued = self.store.load_with_queue(instance_id)
             else:
                 inst, queued = self.store.load(instance_id), []
-            decision = steps.step(job, inst, msg, self._env(instance_id, job_name, user_id, queued))
+            env = self._env(instance_id, job_name, user_id, queued)
+            base = 0
+            if inst is None and isinstance(msg, steps.CREATING):
+                base = self.store.last_step(instance_id)
+                env = env._replace(base_step=base)
+            decision = steps.step(job, inst, msg, env)
             if decision.raise_error is not None:
                 cause = decision.raise_error
                 raise ExecutionError(
@@ -144,9 +149,9 @@ class Engine:
                 ) from cause
             if decision.changed:
                 write = Write(
-                    instance_id, kind, job_name, user_id, inst.step if inst else 0,
+                    instance_id, kind, job_name, user_id, inst.step if inst else base,
                     decision.instance, decision.records, decision.consumed, key,
-                    decision.requeue,
+                    decision.requeue, inst is None,
                 )  # fmt: skip
                 (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:
@@ -189,10 +194,12 @@ class Engine:
         total = 0
         stepped: dict[str, int] = {}
         for _ in range(max_passes):
+            rows: Sequence[Instance | _Candidate]
             if only is None:
                 rows = self.store.due(self.clock.time() + steps.RESOLUTION, GROUP_MAX_STEPS)
             else:
-                rows = [r for r in map(self.store.load, only) if r is not None]
+                # The id names the kind and the job; the row is read once, after the claim.
+                rows = [_candidate(instance_id) for instance_id in only]
             progressed = self._run_rows(rows, stepped, busy)
             total += progressed
             # Loop while steps made more work due now (catch_up="all", zero-delay retries).
@@ -201,7 +208,10 @@ class Engine:
         return total
 
     def _run_rows(
-        self, rows: Sequence[Instance], stepped: dict[str, int], busy: list[str] | None
+        self,
+        rows: Sequence[Instance | _Candidate],
+        stepped: dict[str, int],
+        busy: list[str] | None,
     ) -> int:
         pending: list[tuple[int, Write, Decision]] = []
         committed = 0
@@ -356,6 +366,19 @@ class Engine:
                 )
         if records:
             hook(records)
+
+
+class _Candidate(NamedTuple):
+    """An instance to try in ``run_due(only=...)``: what claiming it needs, before any read."""
+
+    instance_id: str
+    kind: str
+    job: str
+
+
+def _candidate(instance_id: str) -> _Candidate:
+    kind, _, rest = instance_id.partition(":")
+    return _Candidate(instance_id, kind, rest.partition(":")[0])
 
 
 class _HandlerFree:

@@ -32,13 +32,25 @@ _SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
 _GETLK = getattr(fcntl, "F_OFD_GETLK", fcntl.F_GETLK)
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86-64/aarch64: type, whence, start, len, pid
 _WRLCK = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+_PACK = struct.Struct(_FLOCK).pack
+_UNPACK = struct.Struct(_FLOCK).unpack
 _SPAN = 1 << 62  # claims live in [0, 2**62); "waiting" bytes in [2**62, 2**63)
+
+
+_OFFSETS: dict[str, int] = {}  # instance id -> offset: steps come back to the same instances
+_OFFSETS_MAX = 1 << 16
 
 
 def lock_offset(instance_id: str) -> int:
     """The byte of the lock file that stands for ``instance_id``."""
-    digest = hashlib.blake2b(instance_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % _SPAN
+    offset = _OFFSETS.get(instance_id)
+    if offset is None:
+        digest = hashlib.blake2b(instance_id.encode(), digest_size=8).digest()
+        offset = int.from_bytes(digest, "little") % _SPAN
+        if len(_OFFSETS) >= _OFFSETS_MAX:
+            _OFFSETS.clear()
+        _OFFSETS[instance_id] = offset
+    return offset
 
 
 class InstanceLocks:
@@ -66,7 +78,7 @@ class InstanceLocks:
             self._held.clear()
 
     def _set(self, offset: int, kind: int) -> bool:
-        packed = struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
+        packed = _PACK(kind, os.SEEK_SET, offset, 1, 0)
         try:
             fcntl.fcntl(self._fd, _SETLK, packed)
         except OSError as exc:
@@ -86,9 +98,9 @@ class InstanceLocks:
         return self._claim(offset)
 
     def _someone_waits(self, offset: int) -> bool:
-        packed = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset + _SPAN, 1, 0)
+        packed = _PACK(fcntl.F_WRLCK, os.SEEK_SET, offset + _SPAN, 1, 0)
         result = fcntl.fcntl(self._fd, _GETLK, packed)
-        return bool(struct.unpack(_FLOCK, result)[0] != fcntl.F_UNLCK)
+        return bool(_UNPACK(result)[0] != fcntl.F_UNLCK)
 
     def _claim(self, offset: int) -> int | None:
         if offset in self._held:
@@ -147,4 +159,4 @@ class InstanceLocks:
             return True
         packed = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
         result = fcntl.fcntl(self._fd, _GETLK, packed)
-        return bool(struct.unpack(_FLOCK, result)[0] != fcntl.F_UNLCK)
+        return bool(_UNPACK(result)[0] != fcntl.F_UNLCK)

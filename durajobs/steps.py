@@ -187,11 +187,12 @@ class Request:
 Message = (
     Start | Alarm | Trigger | Add | Send | Flush | Clear | Terminate | Resume | TimedOut | Request
 )
+CREATING = (Start, Add, Send)  # the messages that can create an instance
+_ALARM_OR_TIMEOUT = (Alarm, TimedOut)  # a tuple: ``Alarm | TimedOut`` is built per call
 
 
-@attrs.frozen(slots=True)
-class Env:
-    """Everything a step needs from outside, passed in."""
+class Env(NamedTuple):
+    """Everything a step needs from outside, passed in (a NamedTuple: one is built per step)."""
 
     instance_id: str
     job_name: str
@@ -202,6 +203,7 @@ class Env:
     state_codec: TypeCodec
     event_codec: TypeCodec | None = None
     queued: Sequence[Queued] = ()
+    base_step: int = 0  # a new instance's first row: the last step number its id had
 
 
 @attrs.define(slots=True)
@@ -289,7 +291,19 @@ def _record(
 ) -> Record:
     err = error if error is None or isinstance(error, str) else _short(error)
     ms = None if duration is None else round(duration * 1000.0, 3)
-    return (event, attempt, ms, err, dumps(data) if data else None)
+    return (event, attempt, ms, err, _data(data) if data else None)
+
+
+_INF = float("inf")
+
+
+def _data(data: dict[str, Any]) -> str:
+    """``dumps(data)``, without the JSON encoder for the hot one-number records (same text)."""
+    if len(data) == 1:
+        ((key, value),) = data.items()  # keys are identifiers from this module: no escaping
+        if type(value) is int or (type(value) is float and -_INF < value < _INF):
+            return f'{{"{key}":{value!r}}}'
+    return dumps(data)
 
 
 def _with_state(data: dict[str, Any], state: str | None) -> str:
@@ -304,8 +318,19 @@ def _commit_state(ctx: _StateContext[Any]) -> tuple[str | None, BaseException | 
         return None, exc
 
 
+_SLOT = {name: index for index, name in enumerate(Instance._fields)}
+_STEP, _UPDATED_AT = _SLOT["step"], _SLOT["updated_at"]
+_make_instance = Instance._make
+
+
 def _next(inst: Instance, now: float, **changes: Any) -> Instance:
-    return inst._replace(step=inst.step + 1, updated_at=now, **changes)
+    """``inst._replace(step=inst.step + 1, updated_at=now, **changes)``, at half the cost."""
+    row = list(inst)
+    for name, value in changes.items():
+        row[_SLOT[name]] = value
+    row[_STEP] = inst.step + 1
+    row[_UPDATED_AT] = now
+    return _make_instance(row)
 
 
 def _purge(
@@ -446,7 +471,7 @@ def _continuous(job: Continuous, inst: Instance | None, msg: Message, env: Env) 
         return _nothing()
     if isinstance(msg, Trigger):
         return _run(job, inst, env, due=now, restart=True)
-    if isinstance(msg, Alarm | TimedOut):
+    if isinstance(msg, _ALARM_OR_TIMEOUT):
         if not is_due(inst, now) or inst.due_at is None:
             return _nothing()
         if inst.reason == "trigger":
@@ -471,7 +496,7 @@ def _start(job: Continuous, state: str, env: Env) -> Decision:
     now = env.now
     fresh = Instance(
         env.instance_id, "continuous", env.job_name, env.user_id, "running", state, None, None,
-        now, None, 0, 1, 0, now, None, None, 0, now,
+        now, None, 0, 1, 0, now, None, None, env.base_step, now,
     )  # fmt: skip
     if job.start_immediately:
         decision = _run(job, fresh, env, due=now, restart=False)
@@ -568,7 +593,7 @@ def _debounce(job: Debounce, inst: Instance | None, msg: Message, env: Env) -> D
         return _nothing()
     if isinstance(msg, Flush):
         return _fold(job, inst, env, None, flush="manual")
-    if isinstance(msg, Alarm | TimedOut):
+    if isinstance(msg, _ALARM_OR_TIMEOUT):
         if not is_due(inst, now):
             return _nothing()
         if isinstance(msg, TimedOut):
@@ -629,7 +654,7 @@ def _fold(
     if inst is None:
         inst = Instance(
             env.instance_id, "debounce", env.job_name, env.user_id, "debouncing", None, None,
-            None, None, None, 0, 1, 0, now, None, None, 0, now,
+            None, None, None, 0, 1, 0, now, None, None, env.base_step, now,
         )  # fmt: skip
     codec = env.state_codec
     event_codec = env.event_codec
@@ -694,7 +719,12 @@ def _fold(
         window = _window(job, started_at, added_at)
 
     state = inst.state
-    if touched:
+    kept_added = add is not None and value is add.event and value is not None
+    if touched and kept_added and reducer is None and codec is event_codec:
+        # The default reducer kept the added event as the state, untouched by user code: its
+        # text, encoded and checked by the caller, is what encoding it again would give.
+        state = add.text  # type: ignore[union-attr]
+    elif touched:
         try:
             state = None if value is None else codec.encode(value, f"state of {inst.instance_id}")
         except Exception as exc:  # the reducer's result does not fit the state type
@@ -841,7 +871,7 @@ def _task(job: Task, inst: Instance | None, msg: Message, env: Env) -> Decision:
         return _nothing()
     if isinstance(msg, Trigger):
         return _task_execute(job, inst, env, attempt=1, timed_out=None)
-    if isinstance(msg, Alarm | TimedOut):
+    if isinstance(msg, _ALARM_OR_TIMEOUT):
         if not is_due(inst, now):
             return _nothing()
         attempt = 1 if inst.reason == "trigger" else inst.attempt
@@ -953,7 +983,7 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
     if inst is None:
         inst = Instance(
             env.instance_id, "task", env.job_name, env.user_id, "idle", None, None, None, None,
-            None, 0, 1, 0, now, None, None, 0, now,
+            None, 0, 1, 0, now, None, None, env.base_step, now,
         )  # fmt: skip
     changes: dict[str, Any] = {"event_count": inst.event_count + 1}
     if inst.status == "failed":

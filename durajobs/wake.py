@@ -42,8 +42,10 @@ class Waker:
     def poke(self) -> None:
         """Tell a listening daemon that the earliest alarm may have changed."""
         address = self.address
-        if self._missing and isinstance(address, str) and not os.path.exists(address):
-            return  # no daemon has bound the socket: a stat is cheaper than a failed send
+        if self._missing and isinstance(address, str) and not os.access(address, os.F_OK):
+            # No daemon has bound the socket: a stat is cheaper than a failed send (and
+            # os.access than os.path.exists, which raises and catches FileNotFoundError).
+            return
         sock = self._sock
         if sock is None:
             try:

@@ -534,3 +534,14 @@ def test_jobs_is_bound_to_its_thread(make: Any) -> None:
     thread.start()
     thread.join()
     assert errors and "thread" in str(errors[0])
+
+
+def test_step_key_never_repeats_when_an_id_is_started_again(make: Any) -> None:
+    calls: Calls = []
+    client = make(execute=recorder(calls)).continuous("tr")
+    client.start("u", Tokens("", "rt"))
+    client.terminate("u")
+    client.start("u", Tokens("", "rt"))
+    keys = [c["step_key"] for c in calls]
+    assert len(keys) == 2
+    assert len(set(keys)) == 2, keys
