@@ -17,6 +17,7 @@ data committed), so the store re-reads a commit counter to learn what happened.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -444,8 +445,20 @@ class Store:
                 raise self._error(exc, "rollback") from None
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._conn.close()
+        """Close the connection (idempotent).
+
+        Closing checkpoints the WAL; if that fails, the data stays safe in the WAL (the next
+        open replays it), the connection is closed anyway, and the error is reported.
+
+        Raises:
+            StorageError: the final checkpoint failed.
+        """
+        try:
+            self._conn.close()
+        except apsw.Error as exc:
+            with contextlib.suppress(apsw.Error):
+                self._conn.close(True)
+            raise self._error(exc, "close") from None
 
     # -- reads ----------------------------------------------------------------------------
 
