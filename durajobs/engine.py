@@ -118,7 +118,9 @@ class Engine:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             ExecutionError: ``send``/``add``'s handler raised and nothing changed.
             DuplicateEventError: the idempotency key was taken meanwhile.
-            StorageError: the database failed; nothing was applied.
+            StorageError: the database failed and the step was not acknowledged. The live
+                database is unchanged; only if the failure hit the commit's final fsync can
+                the step still appear after a crash, so retry add/send with the same ``key``.
         """
         instance_id = instance_id_of(kind, job_name, user_id)
         locks = self.locks

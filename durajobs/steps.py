@@ -687,7 +687,7 @@ def _fold(
             try:
                 event = event_codec.decode(item, f"queued event of {inst.instance_id}")
             except Exception as exc:  # an old event that no longer fits its type
-                return _fold_failed(job, inst, env, exc, records)
+                return _fold_failed(job, inst, env, exc, records, add, flush)
         if reducer is None:
             value = event
         else:
@@ -695,7 +695,7 @@ def _fold(
             reduced, error = _call(reducer, _event_ctx(*args))
             if error is not None:
                 if encoded:
-                    return _fold_failed(job, inst, env, error, records)
+                    return _fold_failed(job, inst, env, error, records, add, flush)
                 if job.on_error is None:
                     return Decision(None, changed=False, raise_error=error)
                 # on_error handles the reducer's error in the call: the event is dropped and
@@ -730,7 +730,7 @@ def _fold(
         except Exception as exc:  # the reducer's result does not fit the state type
             if add is not None:
                 return Decision(None, changed=False, raise_error=exc)
-            return _fold_failed(job, inst, env, exc, records)
+            return _fold_failed(job, inst, env, exc, records, add, flush)
     if not requeue and env.queued:
         consumed = env.queued[-1].seq  # including events on_error dropped
     folded = _next(inst, now, state=state, event_count=count, started_at=started_at,
@@ -787,9 +787,27 @@ def _event_ctx(
 
 
 def _fold_failed(
+    job: Debounce, inst: Instance, env: Env, error: BaseException, records: list[Record],
+    add: Add | None = None, flush: str | None = None,
+) -> Decision:  # fmt: skip
+    """A reducer failed on a queued event: the step fails, the events stay queued.
+
+    An event being added in this call joins the queue behind them (it is acknowledged, so it
+    must be stored); a manual flush reports itself as failed, not as empty.
+    """
+    decision = _fold_failed_step(job, inst, env, error, records)
+    if add is not None:
+        decision.requeue = add.text
+        decision.requeued = len(env.queued) + 1
+    if flush is not None and flush != "flush_after?":
+        decision.flush_reason = flush
+        decision.event_count = inst.event_count + len(env.queued)
+    return decision
+
+
+def _fold_failed_step(
     job: Debounce, inst: Instance, env: Env, error: BaseException, records: list[Record]
 ) -> Decision:
-    """A reducer failed on a queued event: the step fails, the events stay queued."""
 
     def handled(ctx: _StateContext[Any]) -> Decision:
         # on_error dealt with it: drop the queued events it could not fold.
@@ -985,9 +1003,8 @@ def _task_send(job: Task, inst: Instance | None, msg: Send, env: Env) -> Decisio
             env.instance_id, "task", env.job_name, env.user_id, "idle", None, None, None, None,
             None, 0, 1, 0, now, None, None, env.base_step, now,
         )  # fmt: skip
+    # A parked task is resumed by an event: _task_finish writes attempt 1 and a live status.
     changes: dict[str, Any] = {"event_count": inst.event_count + 1}
-    if inst.status == "failed":
-        changes["attempt"] = 1  # an event resumes a parked task (its alarm counts again)
     ctx = _task_ctx(
         inst, env, due_at=inst.due_at, event_count=inst.event_count + 1,
         execute_count=inst.run_count, first=created, attempt=inst.attempt,

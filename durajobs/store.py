@@ -553,7 +553,9 @@ class Store:
         """Apply the writes in one transaction; returns, per write, whether its fence held.
 
         Raises:
-            StorageError: the transaction could not be committed (nothing was applied).
+            StorageError: the transaction could not be committed: the live database is
+                unchanged (if the final fsync failed, its frames may still be replayed after a
+                crash: the caller was not acknowledged either way).
             DuplicateEventError: a single keyed write whose key was taken meanwhile.
         """
 
