@@ -140,9 +140,7 @@ def test_schedule_is_anchored_to_due_times_not_completion(make: Any, clock: Fake
         clock.set(T0 + timedelta(minutes=30 * k, seconds=7))  # each run 7 s late
         assert jobs.run_due() == 1
         assert client.status("u").next_run_at == T0 + timedelta(minutes=30 * (k + 1))
-    assert [c["scheduled_for"] for c in calls] == [
-        T0 + timedelta(minutes=30 * k) for k in range(5)
-    ]
+    assert [c["scheduled_for"] for c in calls] == [T0 + timedelta(minutes=30 * k) for k in range(5)]
 
 
 def test_catch_up_one_coalesces_missed_runs(make: Any, clock: FakeClock) -> None:
@@ -253,7 +251,8 @@ def test_failure_inside_start_and_trigger_does_not_raise(make: Any, clock: FakeC
     jobs = make(execute=recorder(calls, fail=lambda ctx: ctx.attempt < 3), retry=retry)
     client = jobs.continuous("tr")
     result = client.start("u", Tokens("", "rt"))
-    assert result.created and result.retry_scheduled
+    assert result.created
+    assert result.retry_scheduled
     status = client.status("u")
     assert status.attempt == 2
     assert status.run_count == 1
@@ -292,7 +291,8 @@ def test_exhausted_with_retry_terminates_by_default(make: Any, clock: FakeClock)
     events = [h.event for h in jobs.engine.store.history("continuous:tr:u")]
     assert events[-3:] == ["job.failed", "job.retry_exhausted", "job.terminated"]
     final = jobs.engine.store.history("continuous:tr:u")[-1]
-    assert final.error is not None and "boom" in final.error
+    assert final.error is not None
+    assert "boom" in final.error
     assert '"final_state":{"access_token":""' in (final.data or "")
 
 
@@ -311,7 +311,8 @@ def test_exhausted_park_keeps_state_and_retry_resumes(make: Any, clock: FakeCloc
     status = client.status("u")
     assert status.status == "failed"
     assert status.next_run_at is None
-    assert status.last_error is not None and "boom 1.2" in status.last_error
+    assert status.last_error is not None
+    assert "boom 1.2" in status.last_error
     assert client.get_state("u") == Tokens("", "rt")
     clock.advance("1 hour")
     assert jobs.run_due() == 0  # parked: no alarm
@@ -334,7 +335,8 @@ def test_no_retry_skips_the_run_and_keeps_the_schedule(make: Any, clock: FakeClo
     assert status.status == "running"
     assert status.attempt == 1
     assert status.next_run_at == T0 + timedelta(hours=1)
-    assert status.last_error is not None and "boom 2.1" in status.last_error
+    assert status.last_error is not None
+    assert "boom 2.1" in status.last_error
     clock.advance("30 minutes")
     jobs.run_due()
     assert client.status("u").run_count == 3
@@ -459,7 +461,8 @@ def test_handler_assigning_a_wrong_state_fails_the_step_and_changes_nothing(
     clock.advance("30 minutes")
     jobs.run_due()
     status = client.status("u")
-    assert status.last_error is not None and "ValidationError" in status.last_error
+    assert status.last_error is not None
+    assert "ValidationError" in status.last_error
     assert client.get_state("u") == Tokens("good", "rt")
 
 
@@ -533,7 +536,8 @@ def test_jobs_is_bound_to_its_thread(make: Any) -> None:
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert errors and "thread" in str(errors[0])
+    assert errors
+    assert "thread" in str(errors[0])
 
 
 def test_step_key_never_repeats_when_an_id_is_started_again(make: Any) -> None:
