@@ -87,9 +87,9 @@ def test_corrupt_database(tmp_path: Path) -> None:
         for offset in range(4096, size, 4096):  # every page but the header page
             f.seek(offset)
             f.write(b"\xde\xad\xbe\xef" * 256)
-    with pytest.raises(StorageError, match=r"corrupt\.db.*(corrupt|malformed|not a database)"):
-        with Jobs(path, REGISTRY, clock=FakeClock()) as jobs:
-            jobs.continuous("c").status("user-7")
+    pattern = r"corrupt\.db.*(corrupt|malformed|not a database)"
+    with pytest.raises(StorageError, match=pattern), Jobs(path, REGISTRY, clock=FakeClock()) as j:
+        j.continuous("c").status("user-7")
 
 
 def _read_only_script(path: Path) -> str:
