@@ -11,7 +11,17 @@ import time
 
 import attrs
 
-from durajobs import Continuous, Debounce, Jobs, Task, every
+from durajobs import (
+    Continuous,
+    ContinuousContext,
+    Debounce,
+    DebounceContext,
+    DebounceEventContext,
+    Jobs,
+    Task,
+    TaskContext,
+    every,
+)
 
 
 @attrs.define
@@ -21,7 +31,7 @@ class Tokens:
     refreshed: int = 0
 
 
-def refresh(ctx):  # type: ignore[no-untyped-def]
+def refresh(ctx: ContinuousContext[Tokens]) -> None:
     tokens = ctx.state
     ctx.state = attrs.evolve(
         tokens, access_token=f"at-{ctx.run_count}", refreshed=tokens.refreshed + 1
@@ -37,11 +47,11 @@ class Webhook:
     body: str
 
 
-def collect(ctx):  # type: ignore[no-untyped-def]
+def collect(ctx: DebounceEventContext[list[str]]) -> list[str]:
     return [*(ctx.state or []), ctx.event.body]
 
 
-def process_batch(ctx):  # type: ignore[no-untyped-def]
+def process_batch(ctx: DebounceContext[list[str]]) -> None:
     print(
         f"  [debounce] {ctx.instance_id}: flushed {ctx.event_count} webhooks "
         f"({ctx.flush_reason}): {ctx.state}"
@@ -65,7 +75,7 @@ class Paid:
     order_id: str
 
 
-def on_order_event(event, ctx):  # type: ignore[no-untyped-def]
+def on_order_event(event: Placed | Paid, ctx: TaskContext[Order]) -> None:
     if isinstance(event, Placed):
         ctx.state = Order(event.order_id)
         ctx.schedule("2 seconds")
@@ -76,12 +86,12 @@ def on_order_event(event, ctx):  # type: ignore[no-untyped-def]
         print(f"  [task] {ctx.instance_id}: paid, reminder cancelled")
 
 
-def remind(ctx):  # type: ignore[no-untyped-def]
+def remind(ctx: TaskContext[Order]) -> None:
     ctx.state = attrs.evolve(ctx.state, reminders=ctx.state.reminders + 1)
     print(f"  [task] {ctx.instance_id}: no payment yet -> reminder sent")
 
 
-def order_idle(ctx):  # type: ignore[no-untyped-def]
+def order_idle(ctx: TaskContext[Order]) -> None:
     if ctx.state is not None and ctx.state.paid:
         print(f"  [task] {ctx.instance_id}: idle and paid -> done")
         ctx.terminate("completed")
