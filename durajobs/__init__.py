@@ -5,24 +5,10 @@ See the README for a tour; ``Jobs`` is the entry point.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import errors
-from .client import (
-    AddResult,
-    ClearResult,
-    ContinuousStatus,
-    DebounceStatus,
-    FlushResult,
-    ResumeResult,
-    SendResult,
-    StartResult,
-    TaskStatus,
-    TaskTriggerResult,
-    TerminateResult,
-    TriggerResult,
-)
-from .clock import FakeClock, SystemClock
-from .contexts import ContinuousContext, DebounceContext, DebounceEventContext, TaskContext
-from .definitions import Continuous, Debounce, Task
 from .errors import (
     DuplicateEventError,
     DurajobsError,
@@ -35,10 +21,71 @@ from .errors import (
     StorageError,
     ValidationError,
 )
-from .jobs import Jobs
-from .retry import Backoff, Retry
-from .schedules import cron, every
-from .tracker import Tracker
+
+if TYPE_CHECKING:
+    from .client import (
+        AddResult,
+        ClearResult,
+        ContinuousStatus,
+        DebounceStatus,
+        FlushResult,
+        ResumeResult,
+        SendResult,
+        StartResult,
+        TaskStatus,
+        TaskTriggerResult,
+        TerminateResult,
+        TriggerResult,
+    )
+    from .clock import FakeClock, SystemClock
+    from .contexts import ContinuousContext, DebounceContext, DebounceEventContext, TaskContext
+    from .definitions import Continuous, Debounce, Task
+    from .jobs import Jobs
+    from .retry import Backoff, Retry
+    from .schedules import cron, every
+    from .tracker import Tracker
+
+# Everything else loads on first use (PEP 562): ``durajobs ls`` should not pay for cattrs,
+# croniter and the step machinery it never touches.
+_LAZY = {
+    "AddResult": "client",
+    "Backoff": "retry",
+    "ClearResult": "client",
+    "Continuous": "definitions",
+    "ContinuousContext": "contexts",
+    "ContinuousStatus": "client",
+    "Debounce": "definitions",
+    "DebounceContext": "contexts",
+    "DebounceEventContext": "contexts",
+    "DebounceStatus": "client",
+    "FakeClock": "clock",
+    "FlushResult": "client",
+    "Jobs": "jobs",
+    "ResumeResult": "client",
+    "Retry": "retry",
+    "SendResult": "client",
+    "StartResult": "client",
+    "SystemClock": "clock",
+    "Task": "definitions",
+    "TaskContext": "contexts",
+    "TaskStatus": "client",
+    "TaskTriggerResult": "client",
+    "TerminateResult": "client",
+    "Tracker": "tracker",
+    "TriggerResult": "client",
+    "cron": "schedules",
+    "every": "schedules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durajobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -28,18 +28,20 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import steps
 from .clock import Clock, SystemClock
-from .engine import Engine
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .locks import InstanceLocks
-from .steps import Instance
+from .rows import Instance
 from .store import SCHEMA_VERSION, HistoryRow, Store
 from .wake import Waker, wake_address
+
+if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light
+    from . import steps
+    from .engine import Engine
 
 __all__ = [
     "KINDS",
@@ -738,6 +740,8 @@ class Admin:
             except BaseException:
                 store.close()
                 raise
+            from .engine import Engine
+
             engine = self._engine = Engine(
                 store, locks, {}, clock=self.clock, wait_timeout=self.wait_timeout,
                 history_limit=self.history_limit, waker=Waker(self.path),
@@ -759,7 +763,7 @@ class Admin:
             StorageError: the file cannot be written.
         """
         self.get(instance_id)
-        decision = self._apply(steps.Terminate(reason), instance_id)
+        decision = self._apply(_steps().Terminate(reason), instance_id)
         if not decision.changed:
             raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
         said = f" ({reason})" if reason else ""
@@ -780,7 +784,7 @@ class Admin:
                 f"{instance_id}: clear discards a debounce batch; this is a {info.kind} "
                 "instance (use terminate)"
             )
-        decision = self._apply(steps.Clear(), instance_id)
+        decision = self._apply(_steps().Clear(), instance_id)
         if not decision.changed:
             raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
         return ActionResult(
@@ -797,7 +801,7 @@ class Admin:
             InstanceBusyError: a running step held it past ``wait_timeout``.
             StorageError: the file cannot be written.
         """
-        decision = self._apply(steps.Resume(), instance_id)
+        decision = self._apply(_steps().Resume(), instance_id)
         return self._left(instance_id, "retry", decision, f"resumed {instance_id}")
 
     def trigger(self, instance_id: str) -> ActionResult:
@@ -814,7 +818,7 @@ class Admin:
         if info.kind == "debounce":
             raise InvalidStateError(f"{instance_id}: a debounce instance is flushed, not triggered")
         self._check_not_parked(info)
-        decision = self._apply(steps.Request("trigger"), instance_id)
+        decision = self._apply(_steps().Request("trigger"), instance_id)
         return self._left(instance_id, "trigger", decision, f"triggered {instance_id}")
 
     def flush(self, instance_id: str) -> ActionResult:
@@ -837,7 +841,7 @@ class Admin:
         self._check_not_parked(info)
         if info.event_count == 0 and not self.store.queued(instance_id):
             return ActionResult(instance_id, "flush", False, f"{instance_id}: nothing to flush")
-        decision = self._apply(steps.Request("manual"), instance_id)
+        decision = self._apply(_steps().Request("manual"), instance_id)
         return self._left(instance_id, "flush", decision, f"flush of {instance_id} requested")
 
     def _check_not_parked(self, info: InstanceInfo) -> None:
@@ -899,3 +903,10 @@ def relative(when: float, now: float) -> str:
     if abs(delta) < 1.0:
         return "now"
     return f"in {short_duration(delta)}" if delta > 0 else f"{short_duration(delta)} ago"
+
+
+def _steps() -> Any:
+    """The step module, imported on first use (actions only)."""
+    from . import steps
+
+    return steps

@@ -44,6 +44,7 @@ from .contexts import (
 )
 from .definitions import Continuous, Debounce, Definition, Task
 from .errors import InstanceNotFoundError, InvalidStateError
+from .rows import Instance, Queued, Record
 from .schedules import missed_ticks
 
 __all__ = [
@@ -74,51 +75,6 @@ and fed to ``FakeClock.set`` must count as due, whatever float rounding did."""
 
 CATCH_UP_ALL_LIMIT = 100
 """``catch_up="all"`` runs at most this many missed ticks one by one; more are coalesced."""
-
-
-class Instance(NamedTuple):
-    """One committed row: everything the store keeps about an instance (immutable).
-
-    ``due_at`` is the pending alarm (a retry alarm included). ``scheduled_for`` is the kind's
-    target time: the grid time the alarm serves (Continuous), the batch's flush time (Debounce),
-    or the time the user scheduled (Task). ``reason`` says why a non-regular alarm is pending:
-    ``"trigger"`` or ``"manual"`` left by the CLI for the daemon, or the flush reason a retry
-    keeps. ``run_count`` counts runs (Continuous), flush attempts' runs (Debounce) or executes
-    (Task); ``attempt`` is the number of the next attempt. A NamedTuple, not an attrs class:
-    rows are built and copied on every step, and tuples are what the store reads and writes.
-    """
-
-    instance_id: str
-    kind: str
-    job: str
-    user_id: str
-    status: str
-    state: str | None
-    due_at: float | None
-    scheduled_for: float | None
-    anchor: float | None
-    reason: str | None
-    run_count: int
-    attempt: int
-    event_count: int
-    created_at: float
-    started_at: float | None
-    last_error: str | None
-    step: int
-    updated_at: float
-
-
-Record = tuple[str, int, float | None, str | None, str | None]
-"""A history record: (event, attempt, duration_ms, error, data as JSON text or None)."""
-
-
-@attrs.frozen(slots=True)
-class Queued:
-    """An event stored while the instance was busy (Debounce only); folded by the next step."""
-
-    seq: int
-    event: str
-    added_at: float
 
 
 # -- messages -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import apsw
 import attrs
 
 from .errors import DuplicateEventError, StorageError
-from .steps import Instance, Queued, Record
+from .rows import Instance, Queued, Record
 
 __all__ = ["HistoryRow", "Store", "Write"]
 

@@ -17,6 +17,7 @@ PURE = [
     "codec",
     "contexts",
     "steps",
+    "rows",
     "errors",
 ]
 FORBIDDEN = {"apsw", "os", "time", "socket", "signal", "fcntl", "threading", "subprocess",
@@ -44,6 +45,20 @@ def test_pure_modules_import_no_io(module: str) -> None:
     assert not names & FORBIDDEN, f"{module} imports {sorted(names & FORBIDDEN)}"
     shell = {n.removeprefix("durajobs.") for n in names if n.startswith("durajobs.")} & SHELL
     assert not shell, f"{module} imports the shell: {sorted(shell)}"
+
+
+def test_reading_a_database_does_not_import_the_step_machinery() -> None:
+    """``durajobs ls`` starts fast: the CLI's read path imports no cattrs, croniter or steps."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, durajobs.cli; "
+        "print(sorted(m for m in ('cattrs', 'croniter', 'durajobs.steps', 'durajobs.engine') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_sql_lives_only_in_the_store() -> None:
