@@ -331,7 +331,8 @@ class Notifier:
         if self._sock is None:
             return
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._address)
+            # Never block: a supervisor that stops reading must not stop the steps.
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             log.debug("sd_notify %s failed: %s", fields, exc)
 

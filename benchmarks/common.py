@@ -314,6 +314,39 @@ def rss_mb(pid: int, *, include_children: bool = False) -> float:
     return total_kb / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size in MiB of ``pid`` and its descendants (/proc/PID/smaps_rollup).
+
+    Pages shared between processes (a forked worker shares the parent's interpreter and
+    imported modules) are split among them, so the sum over a process tree is what the tree
+    costs the machine; the sum of RSS counts shared pages once per process.
+    """
+    total_kb = 0
+    for proc in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{proc}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
 # --------------------------------------------------------------------------- subprocesses
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
@@ -342,16 +375,31 @@ def _kill_leftovers() -> None:
 
 @contextlib.contextmanager
 def managed_process(
-    args: Sequence[str], *, grace: float = 5.0, stdout_pipe: bool = True
+    args: Sequence[str],
+    *,
+    grace: float = 5.0,
+    stdout_pipe: bool = True,
+    env: dict[str, str] | None = None,
+    stderr_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``args`` in a new session (own process group); kill that group when done."""
-    proc = subprocess.Popen(
-        list(args),
-        stdout=subprocess.PIPE if stdout_pipe else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    """Start ``args`` in a new session (own process group); kill that group when done.
+
+    ``stderr_path``: write stderr to that file instead of a pipe (for long-running processes
+    that log: nobody drains the pipe, and a full pipe would block them).
+    """
+    stderr_file = open(stderr_path, "ab") if stderr_path is not None else None  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            list(args),
+            stdout=subprocess.PIPE if stdout_pipe else subprocess.DEVNULL,
+            stderr=stderr_file if stderr_file is not None else subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    finally:
+        if stderr_file is not None:
+            stderr_file.close()  # the child has its own copy
     _LIVE[proc.pid] = proc
     try:
         yield proc
