@@ -28,62 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import attrs
+import dj_app  # the scale file's jobs (shared with the daemon benchmarks)
+from dj_app import Hook, Order, Tokens
 
-from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
+from durajobs import FakeClock, Jobs
 from durajobs.admin import Admin
 from durajobs.store import COLUMNS
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 SAMPLE_USERS = 50
-
-
-@attrs.define
-class Tokens:
-    access_token: str
-    refresh_token: str
-    expires_at: float = 0.0
-
-
-@attrs.define
-class Hook:
-    repo: str
-    action: str
-
-
-@attrs.define
-class Order:
-    order_id: str
-    step: str = "new"
-    amount_cents: int = 0
-
-
-def refresh(ctx: Any) -> None:
-    ctx.state = attrs.evolve(
-        ctx.state, access_token=f"at_{ctx.id}_{ctx.run_count:08d}", expires_at=1.8e9
-    )
-
-
-def deliver(ctx: Any) -> None:
-    pass
-
-
-def on_order(event: Order, ctx: Any) -> None:
-    ctx.state = event
-    ctx.schedule("30 minutes")
-
-
-def ship(ctx: Any) -> None:
-    ctx.state = attrs.evolve(ctx.state, step="shipped")
+SCALE_JOBS = ("token_refresher", "webhooks", "orders")
 
 
 def build_sample(path: Path, start: float) -> None:
     """A few dozen instances of each kind, made by the library."""
-    registry = {
-        "token_refresher": Continuous(state=Tokens, schedule=every("30 minutes"), execute=refresh),
-        "webhooks": Debounce(event=Hook, execute=deliver, flush_after="5 minutes"),
-        "orders": Task(state=Order, event=Order, on_event=on_order, execute=ship),
-    }
+    registry = {name: job for name, job in dj_app.registry().items() if name in SCALE_JOBS}
     clock = FakeClock(start)
     with Jobs(path, registry, clock=clock, durability="normal") as jobs:
         for i in range(SAMPLE_USERS):

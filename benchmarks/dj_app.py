@@ -20,8 +20,8 @@ Jobs:
               ``debounce.add`` throughput;
   ``orders2`` Task with a no-op ``on_event`` (schedules nothing): ``task.send`` throughput;
   plus the three jobs the scale file is made of (``token_refresher``, ``webhooks``,
-  ``orders``), defined as in ``bench_ls`` (copied, not imported: the daemon's memory is
-  measured, and ``bench_ls`` imports the CLI).
+  ``orders``), which ``bench_ls`` builds its million-instance file from (defined here, not
+  there: the daemon's memory is measured, and ``bench_ls`` imports the CLI).
 """
 
 from __future__ import annotations
