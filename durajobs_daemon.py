@@ -645,11 +645,9 @@ class Worker:
             self._user_hook(records)
 
     def time_out(self, instance_id: str, seconds: float, step: int | None) -> int:
-        """Record the step the parent killed as a failed attempt, unless it committed first."""
-        row = self.engine.store.load(instance_id)
-        if row is None or (step is not None and row.step != step):
-            return 0  # the step committed just before the kill (or the instance is gone)
-        return int(self.engine.time_out(instance_id, seconds))
+        """Record the step the parent killed as a failed attempt, unless it committed first
+        (the engine checks the step under the instance's claim)."""
+        return int(self.engine.time_out(instance_id, seconds, step))
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -925,7 +923,7 @@ class Daemon:
             self._send(replacement, request)
         else:  # stopping: no new worker; record it here rather than lose the attempt
             try:
-                self.jobs.engine.time_out(instance_id, seconds)
+                self.jobs.engine.time_out(instance_id, seconds, step)
             except DurajobsError as exc:
                 log.error("%s: recording the timeout failed: %s", instance_id, exc)
 

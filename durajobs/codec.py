@@ -100,9 +100,18 @@ class Codec:
             check_types = (tp,)
         else:
             check_types = None  # generic aliases like dict[str, int]: checked by round-trip
-        unstructure = conv.get_unstructure_hook(tp)
-        structure = conv.get_structure_hook(tp)
         type_name = _describe(tp)
+        try:
+            unstructure = conv.get_unstructure_hook(tp)
+            structure = conv.get_structure_hook(tp)
+            structure(None, tp)  # probe: an unsupported type fails here, whatever the value
+        except cattrs.errors.StructureHandlerNotFoundError:
+            raise TypeError(
+                f"durajobs cannot store {type_name}: use an attrs class, a union of attrs "
+                "classes, or a JSON type (dict, list, str, int, float, bool)"
+            ) from None
+        except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError):
+            pass  # a complaint about the probe value None: the type itself is supported
         strict_check = check_types is not None and tp not in (float,)
 
         def encode(value: Any, what: str) -> str:

@@ -38,6 +38,7 @@ StepHook = Callable[[str, float | None], None]
 
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
+SLOW_STEP = 0.002  # a job whose step took longer commits what is pending before its handlers
 
 
 def instance_id_of(kind: str, job: str, user_id: str) -> str:
@@ -71,8 +72,14 @@ class Engine:
         self.waker = waker
         self.before_step: StepHook | None = None  # the daemon's timeout watch
         self._rng = rng or random.Random()
+        self._slow_jobs: set[str] = set()  # jobs whose steps took > SLOW_STEP: not grouped
         self._codec = Codec()
         self._codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] = {}
+        for name in registry:  # an unsupported state or event type fails here, not mid-step
+            try:
+                self.codecs(name)
+            except TypeError as exc:
+                raise TypeError(f"job {name!r}: {exc}") from None
 
     # -- codecs ---------------------------------------------------------------------------
 
@@ -195,10 +202,13 @@ class Engine:
         """
         total = 0
         stepped: dict[str, int] = {}
+        # What is due when the call starts: a handler slower than its schedule must not keep
+        # one call running pass after pass.
+        cutoff = self.clock.time() + steps.RESOLUTION
         for _ in range(max_passes):
             rows: Sequence[Instance | _Candidate]
             if only is None:
-                rows = self.store.due(self.clock.time() + steps.RESOLUTION, GROUP_MAX_STEPS)
+                rows = self.store.due(cutoff, GROUP_MAX_STEPS)
             else:
                 # The id names the kind and the job; the row is read once, after the claim.
                 rows = [_candidate(instance_id) for instance_id in only]
@@ -219,12 +229,14 @@ class Engine:
         committed = 0
         group_started = time.perf_counter()
         locks = self.locks
+        slow = self._slow_jobs
         try:
             for candidate in rows:
                 instance_id = candidate.instance_id
                 if stepped.get(instance_id, 0) > steps.CATCH_UP_ALL_LIMIT:
                     continue
-                job = self.registry.get(candidate.job)
+                job_name = candidate.job
+                job = self.registry.get(job_name)
                 if job is None or job.kind != candidate.kind:
                     continue  # not this process's job: leave it for one that knows it
                 token = locks.try_acquire(instance_id)
@@ -241,10 +253,20 @@ class Engine:
                     if inst is None or not steps.is_due(inst, self.clock.time()):
                         locks.release(token)
                         continue
+                    if pending and (job_name in slow or self._someone_waits_for(pending)):
+                        # Commit finished steps before a handler that may take a while (its
+                        # job was slow before), or when a caller waits for one of them: their
+                        # claims must not wait for another instance's handler.
+                        committed += self._commit_group(pending)
+                        pending = []
+                        group_started = time.perf_counter()
                     if self.before_step is not None:
                         self.before_step(instance_id, job.timeout)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
+                    started = time.perf_counter()
                     decision = steps.step(job, inst, steps.Alarm(), env)
+                    if time.perf_counter() - started > SLOW_STEP:
+                        slow.add(job_name)
                 except BaseException:
                     locks.release(token)
                     raise
@@ -271,6 +293,11 @@ class Engine:
                 locks.release(token)
         return committed
 
+    def _someone_waits_for(self, pending: list[tuple[int, Write, Decision]]) -> bool:
+        locks = self.locks
+        # One fcntl call answers "does anybody wait for anything?"; only then look closer.
+        return locks.anyone_waiting() and any(locks.waited_for(t) for t, _, _ in pending)
+
     def _commit_group(self, pending: list[tuple[int, Write, Decision]]) -> int:
         if not pending:
             return 0
@@ -285,19 +312,21 @@ class Engine:
         self._after(done)
         return len(done)
 
-    def time_out(self, instance_id: str, seconds: float) -> bool:
+    def time_out(self, instance_id: str, seconds: float, step: int | None = None) -> bool:
         """Record that the due step of ``instance_id`` was stopped after ``seconds``.
 
         The daemon calls this after killing a worker whose handler ran past the job's
         ``timeout``: the step counts as a failed attempt (retry / exhaustion rules apply).
-        Returns whether a failure was committed (``False`` if the instance is gone, not due, or
-        another process already holds it).
+        ``step`` is the row's step when the stopped step began: if the instance is no longer
+        at it, nothing is recorded (checked under the claim). Returns whether a failure was
+        committed (``False`` if the instance is gone, not due, moved on, or held elsewhere).
 
         Raises:
             StorageError: the database failed.
         """
         kind, job_name, user_id = instance_id.split(":", 2)
-        result = self.run(kind, job_name, user_id, steps.TimedOut(seconds), wait=False)
+        message = steps.TimedOut(seconds, step)
+        result = self.run(kind, job_name, user_id, message, wait=False)
         return result is not None and result[0].changed
 
     def apply(self, msg: Message, instance_id: str) -> Decision:
@@ -340,8 +369,11 @@ class Engine:
     def _after(self, done: Sequence[tuple[Write, Decision]]) -> None:
         if not done:
             return
-        if self.waker is not None and any(w.row is not None and w.row.due_at is not None
-                                          for w, _ in done):  # fmt: skip
+        if self.waker is not None and any(
+            (w.row is not None and w.row.due_at is not None)
+            or (w.row is None and w.kind == "debounce")  # may have revived queued events
+            for w, _ in done
+        ):
             self.waker.poke()
         hook = self.on_records
         if hook is None:

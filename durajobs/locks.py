@@ -97,10 +97,24 @@ class InstanceLocks:
             return None
         return self._claim(offset)
 
-    def _someone_waits(self, offset: int) -> bool:
-        packed = _PACK(fcntl.F_WRLCK, os.SEEK_SET, offset + _SPAN, 1, 0)
-        result = fcntl.fcntl(self._fd, _GETLK, packed)
+    def anyone_waiting(self) -> bool:
+        """Whether any other caller waits for any instance's claim (one system call)."""
+        return self._probe(_SPAN, 0)  # len 0: from the first "waiting" byte to the end
+
+    def waited_for(self, token: int) -> bool:
+        """Whether another caller waits for the claim ``token`` stands for."""
+        return self._someone_waits(token)
+
+    def _probe(self, start: int, length: int) -> bool:
+        packed = _PACK(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        try:
+            result = fcntl.fcntl(self._fd, _GETLK, packed)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: lock test failed: {exc.strerror}") from None
         return bool(_UNPACK(result)[0] != fcntl.F_UNLCK)
+
+    def _someone_waits(self, offset: int) -> bool:
+        return self._probe(offset + _SPAN, 1)
 
     def _claim(self, offset: int) -> int | None:
         if offset in self._held:
@@ -157,6 +171,4 @@ class InstanceLocks:
         offset = lock_offset(instance_id)
         if offset in self._held:
             return True
-        packed = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-        result = fcntl.fcntl(self._fd, _GETLK, packed)
-        return bool(_UNPACK(result)[0] != fcntl.F_UNLCK)
+        return self._probe(offset, 1)

@@ -128,9 +128,14 @@ class Resume:
 
 @attrs.frozen(slots=True)
 class TimedOut:
-    """The daemon stopped the due step after ``timeout`` seconds: a failed attempt."""
+    """The daemon stopped the due step after ``timeout`` seconds: a failed attempt.
+
+    ``step`` is the row's step when that step began: if the instance has moved on since (the
+    step committed just before the kill, or another process stepped it), nothing is recorded.
+    """
 
     seconds: float
+    step: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -187,6 +192,11 @@ class Decision:
 def _nothing() -> Decision:
     """No change: nothing to commit (a fresh value; callers may annotate it)."""
     return Decision(None, changed=False)
+
+
+def _stale(msg: Message, inst: Instance) -> bool:
+    """A timeout reported for a step the instance is no longer at."""
+    return isinstance(msg, TimedOut) and msg.step is not None and msg.step != inst.step
 
 
 def is_due(inst: Instance, now: float) -> bool:
@@ -374,10 +384,14 @@ def _failure(
         _, handler_error = _call(job.on_error, error, ctx)
         if handler_error is None:
             decision = handled(ctx)
-            decision.error = text
-            decision.ran = True
-            decision.records[:0] = records
-            return decision
+            if decision.raise_error is None:
+                decision.error = text
+                decision.ran = True
+                decision.records[:0] = records
+                return decision
+            # What on_error left does not commit (a state that does not fit, on_idle raising
+            # after it): the run stays exhausted and the policy below applies.
+            handler_error = decision.raise_error
         records.append(
             _record("job.failed", attempt, env.timer() - started, handler_error, handler="on_error")
         )
@@ -428,7 +442,7 @@ def _continuous(job: Continuous, inst: Instance | None, msg: Message, env: Env) 
     if isinstance(msg, Trigger):
         return _run(job, inst, env, due=now, restart=True)
     if isinstance(msg, _ALARM_OR_TIMEOUT):
-        if not is_due(inst, now) or inst.due_at is None:
+        if _stale(msg, inst) or not is_due(inst, now) or inst.due_at is None:
             return _nothing()
         if inst.reason == "trigger":
             return _run(job, inst, env, due=now, restart=True, timed_out=msg)
@@ -495,9 +509,13 @@ def _run(
             inst.state, run_count=run_count, attempt=attempt, scheduled_for=due,
         )  # fmt: skip
 
-    def after_success(ctx: _StateContext[Any], records: list[Record]) -> Decision:
+    def after_success(
+        ctx: _StateContext[Any], records: list[Record], after_error: bool = False
+    ) -> Decision:
         state, error = _commit_state(ctx)
         if error is not None:
+            if after_error:  # on_error's state: _failure applies the policy
+                return Decision(None, changed=False, raise_error=error)
             return _fail(error, records, None)
         if ctx.terminated:
             return _purge(
@@ -521,8 +539,8 @@ def _run(
 
         return _failure(
             job, inst, error, env, records=records, attempt=attempt, duration=duration,
-            handled=lambda ctx: after_success(ctx, []), fresh_ctx=context, on_skip=skip,
-            run_count=run_count, scheduled_for=due, anchor=anchor,
+            handled=lambda ctx: after_success(ctx, [], after_error=True), fresh_ctx=context,
+            on_skip=skip, run_count=run_count, scheduled_for=due, anchor=anchor, reason=None,
         )  # fmt: skip
 
     if isinstance(timed_out, TimedOut):
@@ -550,7 +568,7 @@ def _debounce(job: Debounce, inst: Instance | None, msg: Message, env: Env) -> D
     if isinstance(msg, Flush):
         return _fold(job, inst, env, None, flush="manual")
     if isinstance(msg, _ALARM_OR_TIMEOUT):
-        if not is_due(inst, now):
+        if _stale(msg, inst) or not is_due(inst, now):
             return _nothing()
         if isinstance(msg, TimedOut):
             return _fold(job, inst, env, None, flush=inst.reason or "flush_after", timed_out=msg)
@@ -703,6 +721,8 @@ def _fold(
         flush = "max_events"
     if flush is None or (folded.status == "failed" and flush != "manual"):
         due = folded.due_at if folded.attempt > 1 and folded.due_at is not None else window
+        if folded.reason == "manual" and folded.due_at is not None and due is not None:
+            due = min(due, folded.due_at)  # a flush the CLI requested stays due now
         if folded.status == "failed":
             due = None
         successor = folded._replace(due_at=due)
@@ -767,13 +787,16 @@ def _fold_failed_step(
 
     def handled(ctx: _StateContext[Any]) -> Decision:
         # on_error dealt with it: drop the queued events it could not fold.
-        state, _ = _commit_state(ctx)
+        state, state_error = _commit_state(ctx)
+        if state_error is not None:  # on_error's state does not fit: the policy applies
+            return Decision(None, changed=False, raise_error=state_error)
         successor = _next(inst, env.now, state=state, due_at=inst.scheduled_for)
         return Decision(successor, consumed=env.queued[-1].seq if env.queued else 0)
 
+    this_step = inst._replace(step=inst.step + 1)  # so on_error's ctx.step_key is this step's
     return _failure(
         job, inst, error, env, records=records, attempt=inst.attempt, duration=None,
-        handled=handled, fresh_ctx=lambda: _debounce_ctx(job, inst, env, "flush_after"),
+        handled=handled, fresh_ctx=lambda: _debounce_ctx(job, this_step, env, "flush_after"),
     )  # fmt: skip
 
 
@@ -798,9 +821,14 @@ def _flush(
     attempt = batch.attempt
     base = batch._replace(step=batch.step - 1)  # the failure path bumps it again
 
-    def flushed(ctx: _StateContext[Any], recs: list[Record], duration: float | None) -> Decision:
+    def flushed(
+        ctx: _StateContext[Any], recs: list[Record], duration: float | None,
+        after_error: bool = False,
+    ) -> Decision:  # fmt: skip
         state, error = _commit_state(ctx)
         if error is not None:
+            if after_error:  # on_error's state: _failure applies the policy
+                return Decision(None, changed=False, raise_error=error)
             return fail(error, None)
         if ctx.terminated:
             return _purge(
@@ -815,7 +843,7 @@ def _flush(
     def fail(error: BaseException, duration: float | None) -> Decision:
         decision = _failure(
             job, base, error, env, records=records, attempt=attempt, duration=duration,
-            handled=lambda ctx: flushed(ctx, [], None),
+            handled=lambda ctx: flushed(ctx, [], None, after_error=True),
             fresh_ctx=lambda: _debounce_ctx(job, batch, env, reason),
             state=batch.state, event_count=batch.event_count, started_at=batch.started_at,
             scheduled_for=batch.scheduled_for, reason=reason,
@@ -846,7 +874,7 @@ def _task(job: Task, inst: Instance | None, msg: Message, env: Env) -> Decision:
     if isinstance(msg, Trigger):
         return _task_execute(job, inst, env, attempt=1, timed_out=None)
     if isinstance(msg, _ALARM_OR_TIMEOUT):
-        if not is_due(inst, now):
+        if _stale(msg, inst) or not is_due(inst, now):
             return _nothing()
         attempt = 1 if inst.reason == "trigger" else inst.attempt
         timed_out = msg if isinstance(msg, TimedOut) else None
@@ -1016,9 +1044,10 @@ def _task_execute(
         )  # fmt: skip
 
     def fail(error: BaseException, duration: float | None) -> Decision:
+        # reason=None: a retry is a retry, even of a run the CLI requested ("trigger")
         return _failure(
             job, inst, error, env, records=records, attempt=attempt, duration=duration,
-            handled=handled, fresh_ctx=fresh, **changes,
+            handled=handled, fresh_ctx=fresh, reason=None, **changes,
         )  # fmt: skip
 
     if timed_out is not None:
