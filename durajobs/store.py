@@ -603,25 +603,36 @@ class Store:
         row = write.row
         instance_id = write.instance_id
         debounce = write.kind == "debounce"
-        if debounce and write.consumed:
-            cur.execute(SQL_CONSUME, (instance_id, write.consumed))
-        if write.requeue is not None:
-            cur.execute(SQL_ENQUEUE, (instance_id, write.requeue, now))
+        queue_changes = debounce and (write.consumed or write.requeue is not None)
         if row is None:
             cur.execute(SQL_DELETE, (instance_id, write.expected_step))
             if self._conn.changes() == 0 and not write.new:
-                return False
+                return False  # fenced out: nothing of this write is applied
             step = write.expected_step + 1
+            if queue_changes:
+                self._queue_changes(cur, write, now)
             if debounce:
                 # The step consumed the events it saw; any queued since (during a flush, a
                 # terminate or a clear) open the next batch: nothing acknowledged is dropped.
                 # The new batch goes on from this step's number: step keys never repeat.
                 cur.execute(SQL_REVIVE_QUEUED, (instance_id, write.job, write.user_id, now, step))
+        elif queue_changes:
+            # The upsert decides from the queue whether the alarm is due now, so the queue
+            # changes go first, undone if the fence then fails.
+            cur.execute("SAVEPOINT queue")
+            self._queue_changes(cur, write, now)
+            cur.execute(SQL_PUT_DEBOUNCE, (*row, write.expected_step, now))
+            fenced_out = self._conn.changes() == 0
+            if fenced_out:
+                cur.execute("ROLLBACK TO queue")
+            cur.execute("RELEASE queue")
+            if fenced_out:
+                return False
+            step = row.step
         else:
-            if debounce:
-                cur.execute(SQL_PUT_DEBOUNCE, (*row, write.expected_step, now))
-            else:
-                cur.execute(SQL_PUT, (*row, write.expected_step))
+            cur.execute(SQL_PUT_DEBOUNCE if debounce else SQL_PUT, (
+                *row, write.expected_step, *((now,) if debounce else ()),
+            ))  # fmt: skip
             if self._conn.changes() == 0:
                 return False
             step = row.step
@@ -638,6 +649,13 @@ class Store:
             if step % 32 == 0:
                 cur.execute(SQL_TRIM_HISTORY, (instance_id, history_limit))
         return True
+
+    @staticmethod
+    def _queue_changes(cur: apsw.Cursor, write: Write, now: float) -> None:
+        if write.consumed:
+            cur.execute(SQL_CONSUME, (write.instance_id, write.consumed))
+        if write.requeue is not None:
+            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
 
     def enqueue(
         self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float

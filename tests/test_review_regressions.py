@@ -195,3 +195,24 @@ def test_an_unsupported_state_type_fails_when_jobs_is_made(path: Path) -> None:
     job = Continuous(state=Plain, schedule=every("1h"), execute=lambda ctx: None)
     with pytest.raises(TypeError, match=r"job 'c'.*cannot store Plain"):
         Jobs(path, {"c": job})
+
+
+def test_a_fenced_out_write_leaves_the_queue_alone(path: Path) -> None:
+    """The store's contract: a write whose fence fails changes nothing, queued events included."""
+    from durajobs.store import Store, Write
+
+    store = Store(path)
+    try:
+        store.enqueue("debounce:d:u", "d", "u", "1", None, 100.0)
+        store.enqueue("debounce:d:u", "d", "u", "2", None, 100.0)
+        row = store.load("debounce:d:u")
+        assert row is not None
+        stale = Write(
+            "debounce:d:u", "debounce", "d", "u", row.step + 7, row._replace(step=row.step + 8),
+            [("x", 1, None, None, None)], consumed=10**9, requeue="3",
+        )  # fmt: skip
+        assert store.commit([stale], 101.0, 100) == [False]
+        assert [q.event for q in store.queued("debounce:d:u")] == ["1", "2"]
+        assert store.history("debounce:d:u") == []
+    finally:
+        store.close()
