@@ -167,8 +167,3 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
 def dumps(value: Any) -> str:
     """Compact JSON for internal records (history data)."""
     return _dumps(value)
-
-
-def loads(text: str) -> Any:
-    """Parse JSON text."""
-    return _loads(text)

@@ -176,7 +176,6 @@ class Decision:
     records: list[Record] = attrs.Factory(list)
     consumed: int = 0  # queued events folded up to this seq (Debounce)
     raise_error: BaseException | None = None  # send/add: on_event raised, nothing changes
-    ran: bool = False
     error: str | None = None  # the failure of this step, if any
     retry_scheduled: bool = False
     terminated: bool = False
@@ -375,7 +374,7 @@ def _failure(
             inst, env.now, status=_status_for(job, due), due_at=due, attempt=attempt + 1,
             last_error=text, **changes,
         )  # fmt: skip
-        return Decision(successor, records=records, error=text, retry_scheduled=True, ran=True)
+        return Decision(successor, records=records, error=text, retry_scheduled=True)
     if retry is not None:
         records.append(_record("job.retry_exhausted", attempt, None, error))
     if job.on_error is not None:
@@ -386,7 +385,6 @@ def _failure(
             decision = handled(ctx)
             if decision.raise_error is None:
                 decision.error = text
-                decision.ran = True
                 decision.records[:0] = records
                 return decision
             # What on_error left does not commit (a state that does not fit, on_idle raising
@@ -403,7 +401,6 @@ def _failure(
         decision = on_skip()
         decision.records[:0] = records
         decision.error = text
-        decision.ran = True
         return decision
     successor = _next(
         inst,
@@ -415,7 +412,7 @@ def _failure(
         **changes,
     )
     records.append(_record("job.parked", attempt, None, error))
-    return Decision(successor, records=records, error=text, ran=True)
+    return Decision(successor, records=records, error=text)
 
 
 def _exhausted_purge(
@@ -426,7 +423,6 @@ def _exhausted_purge(
         error=_short(error),
     )  # fmt: skip
     decision.error = text
-    decision.ran = True
     return decision
 
 
@@ -518,15 +514,13 @@ def _run(
                 return Decision(None, changed=False, raise_error=error)
             return _fail(error, records, None)
         if ctx.terminated:
-            return _purge(
-                inst, state, records, "job.terminated", attempt, ctx.terminate_reason, ran=True
-            )
+            return _purge(inst, state, records, "job.terminated", attempt, ctx.terminate_reason)
         nxt = _next_due(job, anchor, due, now)
         successor = _next(
             inst, now, status="running", state=state, due_at=nxt, scheduled_for=nxt,
             anchor=anchor, reason=None, run_count=run_count, attempt=1, last_error=None,
         )  # fmt: skip
-        return Decision(successor, records=records, ran=True)
+        return Decision(successor, records=records)
 
     def _fail(error: BaseException, records: list[Record], duration: float | None) -> Decision:
         def skip() -> Decision:
@@ -597,10 +591,6 @@ def _clear(inst: Instance | None, env: Env) -> Decision:
 def flush_time(job: Debounce, started_at: float, last_event_at: float) -> float:
     """When a batch flushes: ``flush_after`` after its first event, or (``trailing``) after its
     last event, capped by ``max_wait`` from the first."""
-    return _window(job, started_at, last_event_at)
-
-
-def _window(job: Debounce, started_at: float, last_event_at: float) -> float:
     if not job.trailing:
         return started_at + job.flush_after
     due = last_event_at + job.flush_after
@@ -690,7 +680,7 @@ def _fold(
         count += 1
         consumed = max(consumed, seq)
         assert started_at is not None
-        window = _window(job, started_at, added_at)
+        window = flush_time(job, started_at, added_at)
 
     state = inst.state
     kept_added = add is not None and value is add.event and value is not None
@@ -736,7 +726,7 @@ def _fold(
         decision.event_count = count
     if requeue:
         decision.requeued = len(requeue)
-        decision.next_window = _window(job, requeue[0][1], requeue[-1][1])
+        decision.next_window = flush_time(job, requeue[0][1], requeue[-1][1])
         if add is not None and requeue[-1][2] == 0:
             decision.requeue = add.text
     return decision
@@ -833,12 +823,12 @@ def _flush(
         if ctx.terminated:
             return _purge(
                 batch, state, recs, "job.terminated", attempt, ctx.terminate_reason,
-                ran=True, flushed=True, flush_reason=reason,
+                flushed=True, flush_reason=reason,
             )  # fmt: skip
         ms = None if duration is None else round(duration * 1000.0, 3)
         data = _with_state({"reason": reason, "event_count": batch.event_count}, state)
         recs.append(("debounce.flushed", attempt, ms, None, data))
-        return Decision(None, records=recs, ran=True, flushed=True, flush_reason=reason)
+        return Decision(None, records=recs, flushed=True, flush_reason=reason)
 
     def fail(error: BaseException, duration: float | None) -> Decision:
         decision = _failure(
@@ -930,8 +920,7 @@ def _task_finish(
         return failed(error, None)
     if ctx.terminated:
         dead = inst._replace(**changes)
-        return _purge(dead, state, records, "job.terminated", attempt, ctx.terminate_reason,
-                      ran=True)  # fmt: skip
+        return _purge(dead, state, records, "job.terminated", attempt, ctx.terminate_reason)
     due = ctx.due_at
     if due is not None and due != inst.due_at:
         records.append(_record("task.scheduled", attempt, scheduled_at=due))
@@ -939,7 +928,7 @@ def _task_finish(
         inst, env.now, state=state, due_at=due, scheduled_for=due,
         status="active" if due is not None else "idle", attempt=1, reason=None, **changes,
     )  # fmt: skip
-    return Decision(successor, records=records, ran=True)
+    return Decision(successor, records=records)
 
 
 def _task_error(

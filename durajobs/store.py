@@ -112,7 +112,6 @@ SQL_STEP = "SELECT step FROM instances WHERE instance_id = ?"
 SQL_LAST_STEP_EXPR = (
     "SELECT coalesce((SELECT step FROM history WHERE instance_id = ?1 ORDER BY id DESC LIMIT 1), 0)"
 )
-SQL_LAST_STEP = SQL_LAST_STEP_EXPR
 SQL_FIND_RECORD = (
     "SELECT 1 FROM history WHERE instance_id = ?1 AND step = ?2 AND event = ?3 "
     "ORDER BY id DESC LIMIT 1"
@@ -125,7 +124,7 @@ SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY d
 SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
 SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?"
 # Insert a new instance, or replace the row if it is still at the step the write was computed
-# from (the fence). Step 0 rows are placeholders that ``enqueue`` made.
+# from (the fence). A row with no events may be a placeholder that ``enqueue`` made.
 SQL_PUT = (
     f"INSERT INTO instances ({COLUMNS}) VALUES ({', '.join('?' * 18)}) "
     f"ON CONFLICT(instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
@@ -497,7 +496,7 @@ class Store:
             StorageError: the file cannot be read.
         """
         try:
-            last: Any = self._conn.execute(SQL_LAST_STEP, (instance_id,)).fetchall()[0][0]
+            last: Any = self._conn.execute(SQL_LAST_STEP_EXPR, (instance_id,)).fetchall()[0][0]
             return int(last)
         except apsw.Error as exc:
             raise self._error(exc, "read") from None

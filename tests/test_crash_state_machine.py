@@ -81,6 +81,7 @@ def _one_group_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """``run_due`` also closes a group commit after 20 ms of handler time; the model commits
     each pass as one group, so keep CPU load from splitting them at random."""
     monkeypatch.setattr(engine, "GROUP_MAX_SECONDS", 3600.0)
+    monkeypatch.setattr(engine, "SLOW_STEP", 3600.0)
 
 
 class CrashVFS(FaultVFS):

@@ -500,9 +500,11 @@ def harness() -> Iterator[Harness]:
 
 @pytest.fixture(autouse=True)
 def _one_group_per_run_due(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run_due`` also closes a group commit after 20 ms of handler time: under CPU load the
+    """``run_due`` also closes a group commit after 20 ms of handler time (or before a job that
+    was slow): under CPU load the
     run_due scenario would split into two transactions, at random. The sweep wants one."""
     monkeypatch.setattr(engine, "GROUP_MAX_SECONDS", 3600.0)
+    monkeypatch.setattr(engine, "SLOW_STEP", 3600.0)
 
 
 @pytest.fixture(autouse=True)
