@@ -38,7 +38,7 @@ StepHook = Callable[[str, float | None], None]
 
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
-SLOW_STEP = 0.002  # a job whose step took longer commits what is pending before its handlers
+SLOW_STEP = 0.005  # a job whose steps take longer commits what is pending before its handlers
 
 
 def instance_id_of(kind: str, job: str, user_id: str) -> str:
@@ -72,7 +72,9 @@ class Engine:
         self.waker = waker
         self.before_step: StepHook | None = None  # the daemon's timeout watch
         self._rng = rng or random.Random()
-        self._slow_jobs: set[str] = set()  # jobs whose steps took > SLOW_STEP: not grouped
+        # job -> moving average of its step time: a job above SLOW_STEP is not grouped with
+        # others (one blip, a GC pause, fades after a few fast steps)
+        self._step_seconds: dict[str, float] = {}
         self._codec = Codec()
         self._codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] = {}
         for name in registry:  # an unsupported state or event type fails here, not mid-step
@@ -229,7 +231,7 @@ class Engine:
         committed = 0
         group_started = time.perf_counter()
         locks = self.locks
-        slow = self._slow_jobs
+        step_seconds = self._step_seconds
         try:
             for candidate in rows:
                 instance_id = candidate.instance_id
@@ -253,7 +255,8 @@ class Engine:
                     if inst is None or not steps.is_due(inst, self.clock.time()):
                         locks.release(token)
                         continue
-                    if pending and (job_name in slow or self._someone_waits_for(pending)):
+                    slow = step_seconds.get(job_name, 0.0) > SLOW_STEP
+                    if pending and (slow or self._someone_waits_for(pending)):
                         # Commit finished steps before a handler that may take a while (its
                         # job was slow before), or when a caller waits for one of them: their
                         # claims must not wait for another instance's handler.
@@ -265,8 +268,8 @@ class Engine:
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
                     decision = steps.step(job, inst, steps.Alarm(), env)
-                    if time.perf_counter() - started > SLOW_STEP:
-                        slow.add(job_name)
+                    took = time.perf_counter() - started
+                    step_seconds[job_name] = 0.8 * step_seconds.get(job_name, took) + 0.2 * took
                 except BaseException:
                     locks.release(token)
                     raise
