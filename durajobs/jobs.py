@@ -51,7 +51,9 @@ class Jobs:
 
     Raises:
         StorageError: the file cannot be opened or is not a durajobs database.
-        JobNotFoundError: never; but ``ValueError``/``TypeError`` for a malformed registry.
+        ValueError: a job name is empty or contains ":".
+        TypeError: the registry is not a mapping of definitions, or a state or event type
+            cannot be stored (the message names the job).
 
     ``Jobs`` is not shared between threads (like a SQLite connection): create one per thread.
     Steps of one instance are still serialized across all of them.

@@ -71,7 +71,8 @@ class WakeListener:
     """The daemon's end: bind the wake socket and drain it when readable.
 
     Raises:
-        OSError: the socket cannot be bound (e.g. another daemon owns it).
+        OSError: the socket cannot be bound (a stale socket file is replaced; the daemon
+            checks that no other daemon serves the file before it binds).
     """
 
     def __init__(self, db_path: str) -> None:
