@@ -251,9 +251,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    text = " ".join(text.split())
-    return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
+    return _clip(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
 # -- logging -----------------------------------------------------------------------------------
@@ -612,18 +610,17 @@ class Worker:
                     self.jobs.tracker.close()
                 return 0
 
-    def before_step(self, instance_id: str, timeout: float | None) -> None:
+    def before_step(self, instance_id: str, timeout: float | None, step: int) -> None:
         """Tell the parent which step starts (and its timeout), just before its handlers run.
 
         The step number (for a job with a timeout) lets a later ``time_out`` tell whether the
         step committed just before the kill.
         """
-        row = self.engine.store.load(instance_id) if timeout is not None else None
         self.channel.send(
             {
                 "start": instance_id,
                 "timeout": timeout,
-                "step": row.step if row is not None else None,
+                "step": step if timeout is not None else None,
                 "at": time.monotonic(),
             }
         )

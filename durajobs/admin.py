@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .clock import Clock, SystemClock
+from .durations import to_datetime as _dt
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .locks import InstanceLocks
 from .rows import Instance
@@ -95,10 +96,6 @@ def parse_instance_id(*parts: str) -> str:
             f"{text!r} is not an instance id: kind {pieces[0]!r} is not one of {', '.join(KINDS)}"
         )
     return ":".join(pieces)
-
-
-def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 def _iso(value: datetime | None) -> str | None:

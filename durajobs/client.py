@@ -6,13 +6,14 @@ Results are frozen attrs values; times are aware UTC datetimes or ``None``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
 
 from . import steps
 from .definitions import Continuous, Debounce, Definition, Task
+from .durations import to_datetime as _dt
 from .engine import Engine, instance_id_of
 from .errors import DuplicateEventError, InstanceNotFoundError
 from .steps import Instance
@@ -37,10 +38,6 @@ __all__ = [
 
 S = TypeVar("S")
 E = TypeVar("E")
-
-
-def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 @attrs.frozen
@@ -283,6 +280,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         self._check()
         engine = self._engine
         text = engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
+        # Checked again inside the commit; asking first spares the handler a duplicate.
         if key is not None and engine.store.has_key(instance_id, key, engine.clock.time()):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"
@@ -346,10 +344,10 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         Raises:
             StorageError: the database cannot be read.
         """
-        inst = self._load(user_id)
+        self._check()
+        inst, queued = self._engine.store.load_with_queue(self._id(user_id))
         if inst is None:
             return DebounceStatus("not_found")
-        queued = self._engine.store.queued(inst.instance_id)
         will_flush = inst.due_at if inst.attempt > 1 else inst.scheduled_for
         started = inst.started_at
         if inst.event_count == 0 and queued:
@@ -389,6 +387,7 @@ class TaskClient(_Client[Task], Generic[E, S]):
         self._check()
         engine = self._engine
         engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
+        # Checked again inside the commit; asking first spares the handler a duplicate.
         if key is not None and engine.store.has_key(instance_id, key, engine.clock.time()):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"

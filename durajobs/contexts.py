@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from .codec import TypeCodec
-from .durations import resolve_when
+from .durations import resolve_when, to_datetime
 
 __all__ = [
     "ContinuousContext",
@@ -24,10 +24,6 @@ __all__ = [
 
 S = TypeVar("S")
 _UNSET: Any = object()
-
-
-def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 class _StateContext(Generic[S]):
@@ -213,7 +209,7 @@ class TaskContext(_StateContext[S]):
     @property
     def scheduled_at(self) -> datetime | None:
         """The pending alarm as it stands now, or ``None``."""
-        return _dt(self.due_at)
+        return to_datetime(self.due_at)
 
     @property
     def created_at(self) -> datetime:

@@ -34,7 +34,7 @@ from .wake import Waker
 __all__ = ["Engine", "RecordHook"]
 
 RecordHook = Callable[[list[dict[str, Any]]], None]
-StepHook = Callable[[str, float | None], None]
+StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, step)
 
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
@@ -208,13 +208,9 @@ class Engine:
         # one call running pass after pass.
         cutoff = self.clock.time() + steps.RESOLUTION
         for _ in range(max_passes):
-            rows: Sequence[Instance | _Candidate]
-            if only is None:
-                rows = self.store.due(cutoff, GROUP_MAX_STEPS)
-            else:
-                # The id names the kind and the job; the row is read once, after the claim.
-                rows = [_candidate(instance_id) for instance_id in only]
-            progressed = self._run_rows(rows, stepped, busy)
+            # The id names the kind and the job; the row is read once, after the claim.
+            ids = self.store.due_ids(cutoff, GROUP_MAX_STEPS) if only is None else only
+            progressed = self._run_rows([_candidate(i) for i in ids], stepped, busy)
             total += progressed
             # Loop while steps made more work due now (catch_up="all", zero-delay retries).
             if only is not None or not progressed:
@@ -223,7 +219,7 @@ class Engine:
 
     def _run_rows(
         self,
-        rows: Sequence[Instance | _Candidate],
+        rows: Sequence[_Candidate],
         stepped: dict[str, int],
         busy: list[str] | None,
     ) -> int:
@@ -264,7 +260,7 @@ class Engine:
                         pending = []
                         group_started = time.perf_counter()
                     if self.before_step is not None:
-                        self.before_step(instance_id, job.timeout)
+                        self.before_step(instance_id, job.timeout, inst.step)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
                     decision = steps.step(job, inst, steps.Alarm(), env)
@@ -406,7 +402,7 @@ class Engine:
 
 
 class _Candidate(NamedTuple):
-    """An instance to try in ``run_due(only=...)``: what claiming it needs, before any read."""
+    """An instance to try in ``run_due``: what claiming it needs, before any read."""
 
     instance_id: str
     kind: str

@@ -88,12 +88,6 @@ class Jobs:
         self.clock: Clock = clock or SystemClock()
         self.on_record = on_record
         self.tracker = tracker
-        self.durability = durability
-        self.wait_timeout = wait_timeout
-        self.busy_timeout = busy_timeout
-        self.history_limit = history_limit
-        self._wake = wake
-        self._vfs = vfs
         self.history_retention = parse_duration(history_retention, field="history_retention")
         self.key_window = parse_duration(key_window, field="key_window")
         self._owner = threading.get_ident()
@@ -102,9 +96,11 @@ class Jobs:
         self._open()
 
     def _open(self) -> None:
+        options = self._options  # the constructor's arguments (also for with_path)
         store = Store(
-            self.path, durability=self.durability, busy_timeout=self.busy_timeout, vfs=self._vfs
-        )
+            self.path, durability=options["durability"], busy_timeout=options["busy_timeout"],
+            vfs=options["vfs"],
+        )  # fmt: skip
         store.key_window = self.key_window
         try:
             locks = InstanceLocks(self.path + ".lock")
@@ -114,9 +110,9 @@ class Jobs:
         hooks = self.on_record is not None or self.tracker is not None
         self.engine = Engine(
             store, locks, self.registry, clock=self.clock,
-            wait_timeout=self.wait_timeout, history_limit=self.history_limit,
+            wait_timeout=options["wait_timeout"], history_limit=options["history_limit"],
             on_records=self._deliver if hooks else None,
-            waker=Waker(self.path) if self._wake else None,
+            waker=Waker(self.path) if options["wake"] else None,
         )  # fmt: skip
         self._clients: dict[tuple[str, str], Any] = {}
 

@@ -120,6 +120,9 @@ SQL_FIND_RECORD = (
 # a plain ``LIMIT ?`` and so re-prepares the statement at every execution (~14 us here); an
 # expression keeps the prepared plan. These two run on every poll of run_due and the daemon.
 SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT ?+0"
+# Only the key: an index-only scan of instances_due (it stores the primary key); the row is read
+# after the claim anyway.
+SQL_DUE_IDS = "SELECT instance_id FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT ?+0"
 SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT ?+0"
 SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
 SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?"
@@ -520,6 +523,17 @@ class Store:
         """
         try:
             return [Instance(*row) for row in self._conn.execute(SQL_DUE, (now, limit))]
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
+
+    def due_ids(self, now: float, limit: int) -> list[str]:
+        """Ids of the instances whose alarm is at or before ``now``, earliest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
+            return [row[0] for row in self._conn.execute(SQL_DUE_IDS, (now, limit))]
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
