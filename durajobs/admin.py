@@ -35,9 +35,9 @@ import attrs
 from .clock import Clock, SystemClock
 from .durations import to_datetime as _dt
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
-from .locks import InstanceLocks
 from .rows import Instance
-from .store import SCHEMA_VERSION, HistoryRow, Store
+from .stores.ofd_claims import InstanceLocks
+from .stores.sqlite import SCHEMA_VERSION, HistoryRow, Store
 from .wake import Waker, wake_address
 
 if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light

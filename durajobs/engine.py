@@ -26,9 +26,9 @@ from . import steps
 from .codec import Codec, TypeCodec
 from .definitions import Debounce, Definition
 from .errors import ExecutionError, InvalidStateError, JobNotFoundError
-from .locks import InstanceLocks
 from .steps import Decision, Env, Instance, Message
-from .store import Store, Write
+from .stores.ofd_claims import InstanceLocks
+from .stores.sqlite import Store, Write
 from .wake import Waker
 
 __all__ = ["Engine", "RecordHook"]

@@ -18,8 +18,8 @@ from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration
 from .engine import Engine
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
-from .locks import InstanceLocks
-from .store import Store
+from .stores.ofd_claims import InstanceLocks
+from .stores.sqlite import Store
 from .tracker import Tracker
 from .wake import Waker
 

@@ -31,7 +31,7 @@ from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
 from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
-from durajobs.locks import InstanceLocks
+from durajobs.stores.ofd_claims import InstanceLocks
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 

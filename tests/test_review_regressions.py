@@ -199,7 +199,7 @@ def test_an_unsupported_state_type_fails_when_jobs_is_made(path: Path) -> None:
 
 def test_a_fenced_out_write_leaves_the_queue_alone(path: Path) -> None:
     """The store's contract: a write whose fence fails changes nothing, queued events included."""
-    from durajobs.store import Store, Write
+    from durajobs.stores.sqlite import Store, Write
 
     store = Store(path)
     try:

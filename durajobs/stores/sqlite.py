@@ -29,8 +29,8 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import apsw
 import attrs
 
-from .errors import DuplicateEventError, StorageError
-from .rows import Instance, Queued, Record
+from durajobs.errors import DuplicateEventError, StorageError
+from durajobs.rows import Instance, Queued, Record
 
 __all__ = ["HistoryRow", "Store", "Write"]
 

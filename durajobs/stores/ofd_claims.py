@@ -24,7 +24,7 @@ import os
 import struct
 import time
 
-from .errors import InstanceBusyError, StorageError
+from durajobs.errors import InstanceBusyError, StorageError
 
 __all__ = ["InstanceLocks"]
 
