@@ -9,7 +9,7 @@ Pure: imports no I/O modules.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from .codec import TypeCodec
@@ -116,7 +116,7 @@ class ContinuousContext(_StateContext[S]):
     @property
     def scheduled_for(self) -> datetime:
         """The due time this run serves (a retry serves its run's due time)."""
-        return datetime.fromtimestamp(self._scheduled_for, UTC)
+        return to_datetime(self._scheduled_for)
 
 
 class DebounceEventContext(_StateContext[S]):
@@ -159,7 +159,7 @@ class DebounceContext(_StateContext[S]):
     @property
     def started_at(self) -> datetime:
         """When the batch's first event arrived."""
-        return datetime.fromtimestamp(self._started_at, UTC)
+        return to_datetime(self._started_at)
 
 
 class TaskContext(_StateContext[S]):
@@ -198,9 +198,10 @@ class TaskContext(_StateContext[S]):
         Raises:
             TypeError: ``when`` is a bare number (ambiguous).
             SchedulerError: the duration string is invalid or the datetime is naive.
+            ValidationError: the time lies past 9999-12-31T23:59:59Z (``timedelta.max``).
         """
         self.due_at = resolve_when(when, self._now, field="schedule")
-        return datetime.fromtimestamp(self.due_at, UTC)
+        return to_datetime(self.due_at)
 
     def cancel_schedule(self) -> None:
         """Remove the alarm, if any."""
@@ -214,4 +215,4 @@ class TaskContext(_StateContext[S]):
     @property
     def created_at(self) -> datetime:
         """When the instance received its first event."""
-        return datetime.fromtimestamp(self._created_at, UTC)
+        return to_datetime(self._created_at)

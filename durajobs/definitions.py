@@ -7,13 +7,14 @@ duration, cron string or policy raises at definition time (``SchedulerError`` /
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
 import attrs
 
-from .durations import parse_duration
+from .durations import parse_period
 from .retry import Retry
 from .schedules import Cron, Every
 
@@ -29,15 +30,15 @@ LOG_LEVELS = (None, "debug", "info", "warning", "error", "off")
 
 
 def _timeout(value: DurationLike | None) -> float | None:
-    return None if value is None else parse_duration(value, field="timeout")
+    return None if value is None else parse_period(value, field="timeout")
 
 
 def _max_wait(value: DurationLike | None) -> float | None:
-    return None if value is None else parse_duration(value, field="max_wait")
+    return None if value is None else parse_period(value, field="max_wait")
 
 
 def _flush_after(value: DurationLike) -> float:
-    return parse_duration(value, field="flush_after")
+    return parse_period(value, field="flush_after")
 
 
 def _one_of(options: tuple[Any, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -48,14 +49,36 @@ def _one_of(options: tuple[Any, ...]) -> Callable[[Any, attrs.Attribute[Any], An
     return check
 
 
+def _is_async(handler: Any) -> bool:
+    """Whether calling ``handler`` gives a coroutine or an async generator, not a result.
+
+    Sees through ``functools.partial`` and bound methods (``inspect`` unwraps them) and looks
+    at the ``__call__`` of callable objects.
+    """
+    for candidate in (handler, getattr(handler, "__call__", None)):  # noqa: B004 - the method itself
+        if candidate is not None and (
+            inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate)
+        ):
+            return True
+    return False
+
+
 def _callable_or_none(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name} must be a function taking a context, got {value!r}")
+    if value is not None:
+        _callable(_instance, attribute, value)
 
 
 def _callable(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not callable(value):
         raise TypeError(f"{attribute.name} must be a function taking a context, got {value!r}")
+    # A coroutine function returns an un-awaited coroutine: the step would report success
+    # while the body never ran. Steps run synchronously, so refuse it up front.
+    if _is_async(value):
+        name = getattr(value, "__qualname__", None) or repr(value)
+        raise TypeError(
+            f"{attribute.name}: handler {name} is async; durajobs runs handlers synchronously "
+            "(use a plain def, e.g. one that calls asyncio.run(...) itself)"
+        )
 
 
 def _positive_or_none(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -91,7 +114,7 @@ class Continuous:
     Raises:
         SchedulerError: a duration is invalid.
         ValueError: a policy name is not one of the allowed values.
-        TypeError: a handler is not callable.
+        TypeError: a handler is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="continuous", init=False)
@@ -142,7 +165,7 @@ class Debounce:
     Raises:
         SchedulerError: a duration is invalid.
         ValueError: a policy name or count is not allowed.
-        TypeError: a handler is not callable.
+        TypeError: a handler is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="debounce", init=False)
@@ -193,7 +216,7 @@ class Task:
 
     Raises:
         ValueError: a policy name is not allowed.
-        TypeError: a handler is not callable.
+        TypeError: a handler is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="task", init=False)

@@ -26,15 +26,29 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Final, overload
 
-from durajobs.errors import SchedulerError
+from durajobs.errors import SchedulerError, ValidationError
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_PERIOD",
     "format_duration",
     "from_datetime",
     "parse_duration",
+    "parse_period",
     "resolve_when",
     "to_datetime",
 ]
+
+LATEST: Final = 253402300799.0
+"""The latest time durajobs stores or reports: 9999-12-31T23:59:59Z (``datetime`` ends there)."""
+EARLIEST: Final = -62135596800.0
+"""The earliest time a ``datetime`` holds: 0001-01-01T00:00:00Z."""
+MAX_PERIOD: Final = 1000 * 365.25 * 86400.0
+"""The longest period or window a definition accepts (1000 years): any longer one would put
+alarms past :data:`LATEST`, which no ``datetime`` can show."""
+_MAX_UTC: Final = datetime.max.replace(tzinfo=UTC)
+_MIN_UTC: Final = datetime.min.replace(tzinfo=UTC)
 
 _AMBIGUOUS_NUMBER: Final = (
     "ambiguous: pass a timedelta, a duration string like '30s', or an aware datetime"
@@ -156,6 +170,31 @@ def parse_duration(
     return seconds
 
 
+def parse_period(value: timedelta | str | int | float, *, field: str) -> float:
+    """Parse a definition's period or window (``every``, ``flush_after``, ``max_wait``, ...).
+
+    Like :func:`parse_duration` with numbers allowed, and at most :data:`MAX_PERIOD`.
+
+    Args:
+        value: A timedelta, a duration string or a number of seconds.
+        field: The name of the field, used in error messages.
+
+    Returns:
+        The duration in seconds: a finite ``float``, ``0 <= seconds <= MAX_PERIOD``.
+
+    Raises:
+        SchedulerError: The value is not a duration, or is negative or longer than 1000 years.
+        TypeError: ``value`` is of an unsupported type.
+    """
+    seconds = parse_duration(value, field=field)
+    if seconds > MAX_PERIOD:
+        raise SchedulerError(
+            f"{field}: duration {_show(value)} is too long: at most 1000 years (alarms must "
+            "fall before the year 10000)"
+        )
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """Write a duration compactly, in a form :func:`parse_duration` reads back exactly.
 
@@ -202,16 +241,25 @@ def resolve_when(when: timedelta | str | datetime, now: float, *, field: str = "
 
     Raises:
         SchedulerError: ``when`` is a naive datetime, or a bad or negative duration.
+        ValidationError: the time lies past :data:`LATEST` (9999-12-31T23:59:59Z), e.g.
+            ``timedelta.max``; the message names ``field`` and the value.
         TypeError: ``when`` is a bare number (ambiguous) or of an unsupported type.
     """
     if isinstance(when, datetime):
-        return from_datetime(when, field=field)
-    if isinstance(when, bool) or not isinstance(when, timedelta | str | int | float):
+        at = from_datetime(when, field=field)
+    elif isinstance(when, bool) or not isinstance(when, timedelta | str | int | float):
         raise TypeError(
             f"{field}: expected a timedelta, a duration string like '30s' or an aware "
             f"datetime, got {type(when).__name__} {_show(when)}"
         )
-    return now + parse_duration(when, field=field, allow_number=False)
+    else:
+        at = now + parse_duration(when, field=field, allow_number=False)
+    if not at <= LATEST:
+        raise ValidationError(
+            f"{field}: {_show(when)} puts the alarm past 9999-12-31T23:59:59Z, the latest time "
+            "durajobs can store"
+        )
+    return at
 
 
 @overload
@@ -223,6 +271,10 @@ def to_datetime(ts: float | None) -> datetime | None: ...
 def to_datetime(ts: float | None) -> datetime | None:
     """Convert epoch seconds to an aware UTC datetime (microsecond resolution).
 
+    Times outside the range a :class:`~datetime.datetime` holds (only an odd stored row can
+    have one: durajobs refuses to set such alarms) are clamped to ``datetime.min`` /
+    ``datetime.max`` in UTC, so that reading a row never fails on its times.
+
     Args:
         ts: Epoch seconds, or ``None``.
 
@@ -230,11 +282,14 @@ def to_datetime(ts: float | None) -> datetime | None:
         The aware UTC datetime, or ``None`` when ``ts`` is ``None``.
 
     Raises:
-        OverflowError: ``ts`` lies outside the range :class:`~datetime.datetime` supports.
-        ValueError: ``ts`` is NaN, or outside the supported range on this platform.
+        ValueError: ``ts`` is NaN.
     """
     if ts is None:
         return None
+    if ts > LATEST:
+        return _MAX_UTC
+    if ts < EARLIEST:
+        return _MIN_UTC
     return datetime.fromtimestamp(ts, tz=UTC)
 
 

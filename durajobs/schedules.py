@@ -7,6 +7,14 @@ A schedule is a frozen value that answers one question without reading a clock:
 (all times are float epoch seconds). The engine stores the anchor and the due time and asks
 again after every run, so scheduling is anchored to due times, not to completion times.
 
+A schedule can run out: ``next_after`` returns ``None`` when there is no schedule time after
+``after`` — a cron whose year field has passed, or a grid point past
+:data:`~durajobs.durations.LATEST` (9999-12-31T23:59:59Z, where ``datetime`` ends). The step
+then ends the instance (it is not an error). Schedules that can never fire again are refused
+when they are made (``every`` periods above 1000 years, cron expressions that name no time at
+all), and :func:`check_fires_after` refuses, given the ``Jobs`` clock's now, a cron whose times
+are all past (this module reads no clock).
+
 ``Every(period)``
     The grid ``anchor + k * period`` for every integer ``k`` (negative ones included). The
     answer is computed arithmetically (the hot path) and then corrected by stepping ``k``, so
@@ -56,13 +64,14 @@ from zoneinfo import ZoneInfo
 import attrs
 from croniter import CroniterBadDateError, croniter
 
-from durajobs.durations import parse_duration, to_datetime
+from durajobs.durations import LATEST, MAX_PERIOD, parse_period
 from durajobs.errors import SchedulerError
 
 __all__ = [
     "Cron",
     "Every",
     "Schedule",
+    "check_fires_after",
     "cron",
     "every",
     "first_run",
@@ -89,6 +98,11 @@ def _validate_period(instance: object, attribute: attrs.Attribute[float], value:
         or value < _MIN_PERIOD
     ):
         raise SchedulerError(f"every: the period must be at least 1ms, got {value!r}")
+    if value > MAX_PERIOD:
+        raise SchedulerError(
+            f"every: the period must be at most 1000 years (alarms must fall before the year "
+            f"10000), got {value!r} seconds"
+        )
 
 
 def _first_index_after(anchor: float, period: float, after: float) -> int:
@@ -108,12 +122,15 @@ class Every:
     """Run on the grid ``anchor + k * period``; build it with :func:`every`.
 
     Attributes:
-        period: The distance between runs, in seconds (at least 1 ms).
+        period: The distance between runs, in seconds (at least 1 ms, at most 1000 years).
+
+    Raises:
+        SchedulerError: The period is out of range (checked on construction).
     """
 
     period: float = attrs.field(validator=_validate_period)
 
-    def next_after(self, anchor: float, after: float) -> float:
+    def next_after(self, anchor: float, after: float) -> float | None:
         """Return the first grid point strictly greater than ``after``.
 
         Args:
@@ -122,9 +139,12 @@ class Every:
                 itself or an earlier grid point).
 
         Returns:
-            The smallest ``anchor + k * period`` (integer ``k``) that is ``> after``.
+            The smallest ``anchor + k * period`` (integer ``k``) that is ``> after``, or
+            ``None`` when that lies past :data:`~durajobs.durations.LATEST` (the schedule has
+            run out).
         """
-        return anchor + _first_index_after(anchor, self.period, after) * self.period
+        nxt = anchor + _first_index_after(anchor, self.period, after) * self.period
+        return nxt if nxt <= LATEST else None
 
     def times_after(self, anchor: float, after: float) -> Iterator[float]:
         """Yield the grid points strictly greater than ``after``, in order, without end.
@@ -134,11 +154,12 @@ class Every:
             after: Epoch seconds.
 
         Yields:
-            Successive grid points, each greater than the one before.
+            Successive grid points, each greater than the one before, up to
+            :data:`~durajobs.durations.LATEST`.
         """
         k = _first_index_after(anchor, self.period, after)
-        while True:
-            yield anchor + k * self.period
+        while (nxt := anchor + k * self.period) <= LATEST:
+            yield nxt
             k += 1
 
 
@@ -243,6 +264,7 @@ class Cron:
 
     Raises:
         SchedulerError: The expression or the timezone is invalid (checked on construction).
+            Whether its times are all past needs a clock: see :func:`check_fires_after`.
     """
 
     expr: str
@@ -255,7 +277,7 @@ class Cron:
             raise SchedulerError(f"cron: the timezone must be a string, got {self.tz!r}")
         _compile(self.expr, self.tz)
 
-    def next_after(self, anchor: float, after: float) -> float:
+    def next_after(self, anchor: float, after: float) -> float | None:
         """Return the first schedule time strictly greater than ``after``.
 
         Args:
@@ -263,13 +285,11 @@ class Cron:
             after: Epoch seconds.
 
         Returns:
-            Epoch seconds, by the DST rule in the module header.
-
-        Raises:
-            SchedulerError: The expression has no schedule time after ``after`` (only possible
-                with a year field).
+            Epoch seconds, by the DST rule in the module header; ``None`` when the expression
+            has no schedule time after ``after`` (only possible with a year field): the
+            schedule has run out.
         """
-        return next(self.times_after(anchor, after))
+        return next(self.times_after(anchor, after), None)
 
     def times_after(self, anchor: float, after: float) -> Iterator[float]:
         """Yield the schedule times strictly greater than ``after``, in order.
@@ -279,10 +299,9 @@ class Cron:
             after: Epoch seconds.
 
         Yields:
-            Successive schedule times (epoch seconds), each greater than the one before.
-
-        Raises:
-            SchedulerError: The expression has no further schedule time.
+            Successive schedule times (epoch seconds), each greater than the one before; the
+            iterator ends when the expression has no further time (a year field) or the next
+            time lies past :data:`~durajobs.durations.LATEST`.
         """
         zone, template = _compile(self.expr, self.tz)
         walls = copy.copy(template)  # croniter objects are stateful; the template is shared
@@ -292,11 +311,11 @@ class Cron:
         while True:
             try:
                 wall = walls.get_next(datetime)
-            except CroniterBadDateError as exc:
-                raise SchedulerError(
-                    f"cron {self.expr!r}: no schedule time after {to_datetime(last)}"
-                ) from exc
+            except (CroniterBadDateError, OverflowError, ValueError):
+                return  # no further time: the schedule has run out
             instant, gap_end = _wall_to_instant(zone, wall)
+            if instant > LATEST:
+                return
             if gap_end is not None:
                 walls.set_current(gap_end)  # the rest of the gap maps to the same instant
             if instant > last:
@@ -325,10 +344,11 @@ def every(d: timedelta | str | float) -> Every:
         runs sit on the grid start + k·d.
 
     Raises:
-        SchedulerError: ``d`` is not a valid duration, or is below 1 ms (zero included).
+        SchedulerError: ``d`` is not a valid duration, or is below 1 ms (zero included) or
+            above 1000 years.
         TypeError: ``d`` is of an unsupported type.
     """
-    return Every(parse_duration(d, field="every"))
+    return Every(parse_period(d, field="every"))
 
 
 def cron(expr: str, tz: str | ZoneInfo = "UTC") -> Cron:
@@ -350,7 +370,26 @@ def cron(expr: str, tz: str | ZoneInfo = "UTC") -> Cron:
     return Cron(expr, tz)
 
 
-def first_run(schedule: Schedule, start: float, start_immediately: bool) -> float:
+def check_fires_after(schedule: Schedule, now: float, *, job: str) -> None:
+    """Refuse a schedule that has no time after ``now`` (a cron whose year field has passed).
+
+    Called when ``Jobs()`` is made, with its clock's now, so that such a definition is refused
+    up front instead of ending each instance at its first run.
+
+    Args:
+        schedule: The job's schedule.
+        now: The current time (epoch seconds).
+        job: The job's name, for the message.
+
+    Raises:
+        SchedulerError: The schedule never fires after ``now``.
+    """
+    if schedule.next_after(now, now) is None:
+        what = f"cron {schedule.expr!r}" if isinstance(schedule, Cron) else repr(schedule)
+        raise SchedulerError(f"job {job!r}: {what} never fires again (its last time has passed)")
+
+
+def first_run(schedule: Schedule, start: float, start_immediately: bool) -> float | None:
     """Return the due time of a Continuous instance's first run.
 
     Args:
@@ -360,7 +399,7 @@ def first_run(schedule: Schedule, start: float, start_immediately: bool) -> floa
 
     Returns:
         ``start`` when ``start_immediately``, else the first schedule time after ``start``
-        (``start + period`` for ``every``).
+        (``start + period`` for ``every``), or ``None`` when the schedule has run out.
     """
     if start_immediately:
         return start

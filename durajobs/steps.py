@@ -43,7 +43,7 @@ from .contexts import (
     _StateContext,
 )
 from .definitions import Continuous, Debounce, Definition, Task
-from .errors import InstanceNotFoundError, InvalidStateError
+from .errors import InstanceNotFoundError, InvalidStateError, SchedulerError
 from .rows import Instance, Queued, Record
 from .schedules import missed_ticks
 
@@ -444,15 +444,15 @@ def _continuous(job: Continuous, inst: Instance | None, msg: Message, env: Env) 
             return _run(job, inst, env, due=now, restart=True, timed_out=msg)
         due: float = inst.scheduled_for if inst.scheduled_for is not None else inst.due_at
         anchor = inst.anchor if inst.anchor is not None else due
-        if (
-            inst.attempt == 1
-            and job.catch_up == "skip"
-            and job.schedule.next_after(anchor, due) <= now
-        ):
-            nxt = job.schedule.next_after(anchor, now)
-            successor = _next(inst, now, due_at=nxt, scheduled_for=nxt)
-            records = [_record("job.skipped", 1, scheduled_for=due)]
-            return Decision(successor, records=records)
+        if inst.attempt == 1 and job.catch_up == "skip":
+            following = job.schedule.next_after(anchor, due)
+            if following is not None and following <= now:
+                nxt = job.schedule.next_after(anchor, now)
+                if nxt is None:  # the schedule ran out: end the instance (recorded)
+                    return _purge(inst, inst.state, [], "job.terminated", 1, SCHEDULE_ENDED)
+                successor = _next(inst, now, due_at=nxt, scheduled_for=nxt)
+                records = [_record("job.skipped", 1, scheduled_for=due)]
+                return Decision(successor, records=records)
         return _run(job, inst, env, due=due, restart=False, timed_out=msg)
     raise InvalidStateError(f"{inst.instance_id}: a continuous job does not take {msg!r}")
 
@@ -469,13 +469,20 @@ def _start(job: Continuous, state: str, env: Env) -> Decision:
         decision.records.insert(0, _record("job.started", 1))
     else:
         first = job.schedule.next_after(now, now)
+        if first is None:
+            raise SchedulerError(f"{env.instance_id}: the schedule has no time after now")
         successor = _next(fresh, now, due_at=first, scheduled_for=first)
         decision = Decision(successor, records=[_record("job.started", 1)])
     decision.created = True
     return decision
 
 
-def _next_due(job: Continuous, anchor: float, due: float, now: float) -> float:
+SCHEDULE_ENDED = "schedule ended"
+"""The reason recorded when a Continuous instance ends because its schedule has no next time."""
+
+
+def _next_due(job: Continuous, anchor: float, due: float, now: float) -> float | None:
+    """The next due time after the run due at ``due``; ``None`` when the schedule ran out."""
     schedule = job.schedule
     if job.catch_up == "all":
         missed = missed_ticks(schedule, anchor, due, now, CATCH_UP_ALL_LIMIT)
@@ -516,6 +523,8 @@ def _run(
         if ctx.terminated:
             return _purge(inst, state, records, "job.terminated", attempt, ctx.terminate_reason)
         nxt = _next_due(job, anchor, due, now)
+        if nxt is None:  # the schedule ran out: end the instance (recorded)
+            return _purge(inst, state, records, "job.terminated", attempt, SCHEDULE_ENDED)
         successor = _next(
             inst, now, status="running", state=state, due_at=nxt, scheduled_for=nxt,
             anchor=anchor, reason=None, run_count=run_count, attempt=1, last_error=None,
@@ -525,6 +534,8 @@ def _run(
     def _fail(error: BaseException, records: list[Record], duration: float | None) -> Decision:
         def skip() -> Decision:
             nxt = _next_due(job, anchor, due, now)
+            if nxt is None:  # the schedule ran out: end the instance (recorded)
+                return _purge(inst, inst.state, [], "job.terminated", attempt, SCHEDULE_ENDED)
             successor = _next(
                 inst, now, due_at=nxt, scheduled_for=nxt, anchor=anchor, reason=None,
                 run_count=run_count, attempt=1, last_error=_error_text(error),

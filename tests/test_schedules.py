@@ -260,13 +260,15 @@ def test_cron_does_not_skip_a_time_just_after_a_fractional_after(below: float) -
     assert cron("0 9 * * 1").next_after(0.0, after) == t
 
 
-def test_cron_without_a_further_time_is_a_scheduler_error() -> None:
+def test_cron_without_a_further_time_has_no_next_time() -> None:
+    # A schedule that runs out answers None (the step ends the instance); it must not raise at
+    # run time, where an error would fail the step of every instance of the job.
     schedule = cron("0 0 1 1 * 0 2030")  # croniter's optional year field
     assert schedule.next_after(0.0, at("2029-06-01T00:00:00+00:00")) == at(
         "2030-01-01T00:00:00+00:00"
     )
-    with pytest.raises(SchedulerError, match="no schedule time"):
-        schedule.next_after(0.0, at("2030-06-01T00:00:00+00:00"))
+    assert schedule.next_after(0.0, at("2030-06-01T00:00:00+00:00")) is None
+    assert list(schedule.times_after(0.0, at("2030-06-01T00:00:00+00:00"))) == []
 
 
 # --- DST ----------------------------------------------------------------------------------
