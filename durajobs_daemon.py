@@ -12,7 +12,7 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   forks ``--workers`` worker processes (no threads anywhere). The parent never runs user code:
   it reads the database (which instances are due, the earliest alarm), hands instance ids to
   idle workers over a socketpair (one JSON object per line) and enforces timeouts. Each worker
-  reopens the database after the fork (``jobs.reopen_after_fork()``) and runs the ids it is
+  opens its own connection after the fork (``Jobs`` never uses a parent's) and runs the ids it is
   given; group commit happens inside ``run_due``.
 * **Sleeping.** The parent sleeps in ``selectors`` on the wake socket, the workers' sockets, a
   self-pipe for signals (``signal.set_wakeup_fd``) and, on Linux, a ``CLOCK_REALTIME`` timerfd
@@ -540,8 +540,6 @@ class Channel:
 
 # -- the worker process ------------------------------------------------------------------------
 
-_ABANDONED: list[Any] = []  # the parent's engine in a worker: kept alive, never closed
-
 
 def worker_main(jobs: Jobs, channel: Channel) -> NoReturn:
     """The body of a forked worker: reopen the database, then run what the parent sends."""
@@ -551,19 +549,13 @@ def worker_main(jobs: Jobs, channel: Channel) -> NoReturn:
         # steps finish and then closes our channel; a worker is stopped by EOF or SIGKILL.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        inherited = jobs.engine
+        # Jobs dropped the parent's connection and claim handle at the fork (never closing
+        # the connection, closing our copy of the claim descriptor); open our own now.
         try:
-            jobs.reopen_after_fork()
+            jobs.engine  # noqa: B018 -- opens this process's connection
         except DurajobsError as exc:
             log.error("worker %d cannot open the database: %s", os.getpid(), exc)
             os._exit(WORKER_START_FAILED)
-        # Closing the parent's SQLite connection here could disturb the parent's locks; keep it.
-        # Its lock-file description is shared with the parent: dropping our reference to it
-        # releases nothing, and means a dead parent's claims die with the parent.
-        _ABANDONED.append(inherited)
-        inherited.locks.close()
-        if inherited.waker is not None:
-            inherited.waker.close()
         code = Worker(jobs, channel).serve()
     except (BrokenPipeError, ConnectionResetError):
         code = 0  # the parent is gone (a step that was running committed or runs again)

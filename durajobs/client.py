@@ -6,6 +6,7 @@ Results are frozen attrs values; times are aware UTC datetimes or ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -15,7 +16,7 @@ from . import steps
 from .definitions import Continuous, Debounce, Definition, Task
 from .durations import to_datetime as _dt
 from .engine import Engine, instance_id_of
-from .errors import DuplicateEventError, InstanceNotFoundError
+from .errors import DuplicateEventError, InstanceNotFoundError, ValidationError
 from .steps import Instance
 
 __all__ = [
@@ -137,39 +138,81 @@ class TaskStatus:
 D = TypeVar("D", bound=Definition)
 
 
+def _check_text(text: str, instance_id: str, what: str) -> None:
+    """Ids, keys and reasons are stored as text: refuse what no store can hold.
+
+    Raises:
+        ValidationError: ``text`` holds a lone surrogate or a NUL character.
+    """
+    if "\x00" in text:
+        raise ValidationError(f"{steps.safe_text(instance_id)}: {what} contains a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                f"{steps.safe_text(instance_id)}: {what} is not valid text ({exc.reason} at "
+                f"position {exc.start}: {steps.safe_text(text[exc.start : exc.end])!s})"
+            ) from None
+
+
+def _check_key(key: str | None, instance_id: str) -> None:
+    """
+    Raises:
+        TypeError: ``key`` is not a str or None.
+        ValidationError: ``key`` is empty or not valid text.
+    """
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise TypeError(f"{instance_id}: key must be a str or None, got {key!r}")
+    if not key:
+        raise ValidationError(f"{instance_id}: key must not be empty")
+    _check_text(key, instance_id, "key")
+
+
 class _Client(Generic[D]):
     kind: str
 
-    def __init__(self, engine: Engine, name: str, job: D, check: Any) -> None:
-        self._engine = engine
+    def __init__(self, engine: Callable[[], Engine], name: str, job: D) -> None:
+        # ``Jobs.engine``: the calling thread's engine (checks that Jobs is open)
+        self._engine_of = engine
         self.name = name
         self.job = job
-        self._check = check  # Jobs' guard: open, and used from its own thread
+
+    @property
+    def _engine(self) -> Engine:
+        return self._engine_of()
 
     def _id(self, user_id: str) -> str:
         if not isinstance(user_id, str) or not user_id:
             raise TypeError(f"an instance id must be a non-empty str, got {user_id!r}")
-        return instance_id_of(self.kind, self.name, user_id)
+        instance_id = instance_id_of(self.kind, self.name, user_id)
+        _check_text(user_id, instance_id, "id")
+        return instance_id
 
     def _load(self, user_id: str) -> Instance | None:
-        self._check()
         return self._engine.store.load(self._id(user_id))
 
     def _step(self, user_id: str, msg: steps.Message, **kw: Any) -> steps.Decision:
-        self._check()
         self._id(user_id)
         result = self._engine.run(self.kind, self.name, user_id, msg, job=self.job, **kw)
         assert result is not None
         return result[0]
 
     def _state(self, user_id: str, state_type: Any) -> Any:
-        inst = self._load(user_id)
+        engine = self._engine
+        inst = engine.store.load(self._id(user_id))
         if inst is None or inst.state is None:
             return None
-        codec = self._engine.codecs(self.name)[0]
+        codec = engine.codecs(self.name)[0]
         return codec.decode(inst.state, f"state of {inst.instance_id}")
 
     def _terminate(self, user_id: str, reason: str | None) -> TerminateResult:
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise TypeError(f"reason must be a str or None, got {reason!r}")
+            _check_text(reason, self._id(user_id), "reason")
         decision = self._step(user_id, steps.Terminate(reason))
         return TerminateResult(decision.changed, reason if decision.changed else None)
 
@@ -207,7 +250,6 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
             StorageError: the database failed.
         """
         instance_id = self._id(user_id)
-        self._check()
         text = self._engine.codecs(self.name)[0].encode(state, f"initial state of {instance_id}")
         decision = self._step(user_id, steps.Start(text))
         if not decision.changed:
@@ -277,7 +319,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
             StorageError: the database failed.
         """
         instance_id = self._id(user_id)
-        self._check()
+        _check_key(key, instance_id)
         engine = self._engine
         text = engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
         # Checked again inside the commit; asking first spares the handler a duplicate.
@@ -344,7 +386,6 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         Raises:
             StorageError: the database cannot be read.
         """
-        self._check()
         inst, queued = self._engine.store.load_with_queue(self._id(user_id))
         if inst is None:
             return DebounceStatus("not_found")
@@ -384,7 +425,7 @@ class TaskClient(_Client[Task], Generic[E, S]):
             StorageError: the database failed.
         """
         instance_id = self._id(user_id)
-        self._check()
+        _check_key(key, instance_id)
         engine = self._engine
         engine.codecs(self.name)[1].encode(event, f"event for {instance_id}")  # type: ignore[union-attr]
         # Checked again inside the commit; asking first spares the handler a duplicate.

@@ -16,6 +16,7 @@ until it has; a crash before that commit loses only handler runs, which run agai
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,8 @@ from typing import Any, NamedTuple
 from . import steps
 from .codec import Codec, TypeCodec
 from .definitions import Debounce, Definition
-from .errors import ExecutionError, InvalidStateError, JobNotFoundError
+from .errors import ExecutionError, InvalidStateError, JobNotFoundError, ValidationError
+from .rows import RejectedWrite
 from .steps import Decision, Env, Instance, Message
 from .stores.ofd_claims import InstanceLocks
 from .stores.sqlite import Store, Write
@@ -33,12 +35,37 @@ from .wake import Waker
 
 __all__ = ["Engine", "RecordHook"]
 
+log = logging.getLogger("durajobs")
+
 RecordHook = Callable[[list[dict[str, Any]]], None]
 StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, step)
 
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
 SLOW_STEP = 0.005  # a job whose steps take longer commits what is pending before its handlers
+
+
+def check_types(
+    registry: Mapping[str, Definition],
+) -> dict[str, tuple[TypeCodec, TypeCodec | None]]:
+    """(state codec, event codec) of every job: an unstorable type fails here, not mid-step.
+
+    Raises:
+        TypeError: a state or event type cannot be stored (the message names the job).
+    """
+    codec = Codec()
+    codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] = {}
+    for name, job in registry.items():
+        try:
+            if isinstance(job, Debounce):
+                codecs[name] = (codec.for_type(job.state_type), codec.for_type(job.event))
+            elif job.kind == "task":
+                codecs[name] = (codec.for_type(job.state), codec.for_type(job.event))
+            else:
+                codecs[name] = (codec.for_type(job.state), None)
+        except TypeError as exc:
+            raise TypeError(f"job {name!r}: {exc}") from None
+    return codecs
 
 
 def instance_id_of(kind: str, job: str, user_id: str) -> str:
@@ -61,6 +88,7 @@ class Engine:
         on_records: RecordHook | None = None,
         waker: Waker | None = None,
         rng: random.Random | None = None,
+        codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] | None = None,
     ) -> None:
         self.store = store
         self.locks = locks
@@ -71,33 +99,30 @@ class Engine:
         self.on_records = on_records
         self.waker = waker
         self.before_step: StepHook | None = None  # the daemon's timeout watch
+        self._committed = 0  # steps run_due committed in this call
+        self._group_started = 0.0
         self._rng = rng or random.Random()
         # job -> moving average of its step time: a job above SLOW_STEP is not grouped with
         # others (one blip, a GC pause, fades after a few fast steps)
         self._step_seconds: dict[str, float] = {}
-        self._codec = Codec()
-        self._codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] = {}
-        for name in registry:  # an unsupported state or event type fails here, not mid-step
-            try:
-                self.codecs(name)
-            except TypeError as exc:
-                raise TypeError(f"job {name!r}: {exc}") from None
+        self._codecs = check_types(registry) if codecs is None else codecs
+        # "kind:job:" of every registered job: due reads skip instances of jobs this registry
+        # cannot run, so they never crowd out the ones it can.
+        self.prefixes = tuple(f"{job.kind}:{name}:" for name, job in registry.items())
+        # Steps ``run_due`` finished whose commit is pending (their claims are held), and the
+        # instances whose handlers run right now: a handler's own client calls must neither
+        # wait for those claims (held by this very engine) nor step its own instance.
+        self._pending: list[_Pending] = []
+        self._running: list[str] = []
+        # Instances whose step could not even be recorded as a failure: skipped by run_due in
+        # this engine (logged once); a restart tries them again.
+        self._poisoned: set[str] = set()
 
     # -- codecs ---------------------------------------------------------------------------
 
     def codecs(self, job_name: str) -> tuple[TypeCodec, TypeCodec | None]:
         """(state codec, event codec) of a registered job."""
-        pair = self._codecs.get(job_name)
-        if pair is None:
-            job = self.registry[job_name]
-            if isinstance(job, Debounce):
-                pair = (self._codec.for_type(job.state_type), self._codec.for_type(job.event))
-            elif job.kind == "task":
-                pair = (self._codec.for_type(job.state), self._codec.for_type(job.event))
-            else:
-                pair = (self._codec.for_type(job.state), None)
-            self._codecs[job_name] = pair
-        return pair
+        return self._codecs[job_name]
 
     def _env(self, inst_id: str, job_name: str, user_id: str, queued: Sequence[Any]) -> Env:
         state_codec, event_codec = self.codecs(job_name)
@@ -132,6 +157,8 @@ class Engine:
                 the step still appear after a crash, so retry add/send with the same ``key``.
         """
         instance_id = instance_id_of(kind, job_name, user_id)
+        if self._running or self._pending:
+            self._reentered(instance_id)
         locks = self.locks
         if wait:
             token = locks.acquire(instance_id, self.wait_timeout)
@@ -152,11 +179,15 @@ class Engine:
             if inst is None and isinstance(msg, steps.CREATING):
                 base = self.store.last_step(instance_id)
                 env = env._replace(base_step=base)
-            decision = steps.step(job, inst, msg, env)
+            self._running.append(instance_id)
+            try:
+                decision = steps.step(job, inst, msg, env)
+            finally:
+                self._running.pop()
             if decision.raise_error is not None:
                 cause = decision.raise_error
                 raise ExecutionError(
-                    f"{instance_id}: handler raised {type(cause).__name__}: {cause}", cause
+                    f"{instance_id}: handler raised {steps.safe_text(_describe(cause))}", cause
                 ) from cause
             if decision.changed:
                 write = Write(
@@ -164,7 +195,19 @@ class Engine:
                     decision.instance, decision.records, decision.consumed, key,
                     decision.requeue, inst is None,
                 )  # fmt: skip
-                (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                try:
+                    (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                except RejectedWrite as rejected:
+                    if inst is None or isinstance(msg, steps.CREATING):
+                        # The caller's own values cannot be stored: refuse the call whole.
+                        raise ValidationError(
+                            f"{instance_id}: cannot be stored: "
+                            f"{steps.safe_text(_describe(rejected.cause))}"
+                        ) from None
+                    # A handler left something the store refuses: the instance's failure.
+                    decision = self._rejected(job, inst, rejected.cause, env)
+                    write = _write_for(inst, decision)
+                    (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:
                     raise InvalidStateError(
                         f"{instance_id}: the instance changed under a step that held its claim "
@@ -175,6 +218,23 @@ class Engine:
         if decision.changed:
             self._after([(write, decision)])
         return decision, inst
+
+    def _reentered(self, instance_id: str) -> None:
+        """A client call made from inside a handler (fan-out): never wait for ourselves.
+
+        Raises:
+            InvalidStateError: the call is on the instance whose handler is running.
+        """
+        if instance_id in self._running:
+            raise InvalidStateError(
+                f"{instance_id}: a handler called the client on its own instance; a step "
+                "cannot wait for itself (change ctx.state, or use ctx.schedule()/"
+                "ctx.terminate() instead)"
+            )
+        if self._pending:
+            # Steps this engine finished earlier in the same run_due hold their claims until
+            # the group commits: commit them now, so the call can claim any of them.
+            self._commit_pending()
 
     def _job_for(self, instance_id: str, job_name: str, kind: str) -> Definition:
         job = self.registry.get(job_name)
@@ -209,7 +269,9 @@ class Engine:
         cutoff = self.clock.time() + steps.RESOLUTION
         for _ in range(max_passes):
             # The id names the kind and the job; the row is read once, after the claim.
-            ids = self.store.due_ids(cutoff, GROUP_MAX_STEPS) if only is None else only
+            ids = (
+                self.store.due_ids(cutoff, GROUP_MAX_STEPS, self.prefixes) if only is None else only
+            )
             progressed = self._run_rows([_candidate(i) for i in ids], stepped, busy)
             total += progressed
             # Loop while steps made more work due now (catch_up="all", zero-delay retries).
@@ -223,11 +285,13 @@ class Engine:
         stepped: dict[str, int],
         busy: list[str] | None,
     ) -> int:
-        pending: list[tuple[int, Write, Decision]] = []
-        committed = 0
-        group_started = time.perf_counter()
+        # ``self._pending``: finished steps awaiting the group commit, claims held. A handler's
+        # client call may commit them early (``_reentered``), so the list lives on the engine.
+        self._committed = 0
+        self._group_started = time.perf_counter()
         locks = self.locks
         step_seconds = self._step_seconds
+        poisoned = self._poisoned
         try:
             for candidate in rows:
                 instance_id = candidate.instance_id
@@ -235,7 +299,7 @@ class Engine:
                     continue
                 job_name = candidate.job
                 job = self.registry.get(job_name)
-                if job is None or job.kind != candidate.kind:
+                if job is None or job.kind != candidate.kind or instance_id in poisoned:
                     continue  # not this process's job: leave it for one that knows it
                 token = locks.try_acquire(instance_id)
                 if token is None:
@@ -252,18 +316,22 @@ class Engine:
                         locks.release(token)
                         continue
                     slow = step_seconds.get(job_name, 0.0) > SLOW_STEP
-                    if pending and (slow or self._someone_waits_for(pending)):
+                    if self._pending and (slow or self._someone_waits_for(self._pending)):
                         # Commit finished steps before a handler that may take a while (its
                         # job was slow before), or when a caller waits for one of them: their
                         # claims must not wait for another instance's handler.
-                        committed += self._commit_group(pending)
-                        pending = []
-                        group_started = time.perf_counter()
+                        self._commit_pending()
                     if self.before_step is not None:
                         self.before_step(instance_id, job.timeout, inst.step)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
-                    decision = steps.step(job, inst, steps.Alarm(), env)
+                    self._running.append(instance_id)
+                    try:
+                        decision = steps.step(job, inst, steps.Alarm(), env)
+                    except Exception as exc:  # never let one instance stop the others
+                        decision = self._rejected(job, inst, exc, env)
+                    finally:
+                        self._running.pop()
                     took = time.perf_counter() - started
                     step_seconds[job_name] = 0.8 * step_seconds.get(job_name, took) + 0.2 * took
                 except BaseException:
@@ -277,39 +345,86 @@ class Engine:
                     instance_id, inst.kind, inst.job, inst.user_id, inst.step,
                     decision.instance, decision.records, decision.consumed,
                 )  # fmt: skip
-                pending.append((token, write, decision))
+                self._pending.append(_Pending(token, write, decision, inst, job, env))
                 if (
-                    len(pending) >= GROUP_MAX_STEPS
-                    or time.perf_counter() - group_started > GROUP_MAX_SECONDS
+                    len(self._pending) >= GROUP_MAX_STEPS
+                    or time.perf_counter() - self._group_started > GROUP_MAX_SECONDS
                 ):
-                    committed += self._commit_group(pending)
-                    pending = []
-                    group_started = time.perf_counter()
-            committed += self._commit_group(pending)
-            pending = []
+                    self._commit_pending()
+            self._commit_pending()
         finally:
-            for token, _, _ in pending:
-                locks.release(token)
-        return committed
+            pending, self._pending = self._pending, []
+            for item in pending:
+                locks.release(item.token)
+        return self._committed
 
-    def _someone_waits_for(self, pending: list[tuple[int, Write, Decision]]) -> bool:
+    def _someone_waits_for(self, pending: list[_Pending]) -> bool:
         locks = self.locks
         # One fcntl call answers "does anybody wait for anything?"; only then look closer.
-        return locks.anyone_waiting() and any(locks.waited_for(t) for t, _, _ in pending)
+        return locks.anyone_waiting() and any(locks.waited_for(p.token) for p in pending)
 
-    def _commit_group(self, pending: list[tuple[int, Write, Decision]]) -> int:
+    def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        self._committed += self._commit_group(pending)
+        self._group_started = time.perf_counter()
+
+    def _commit_group(self, pending: list[_Pending]) -> int:
+        """Commit the pending steps in one transaction; release their claims.
+
+        A write the store refuses for its content (``RejectedWrite``) is replaced by that
+        instance's failure and the group is committed again: only a failure of the database
+        itself (``StorageError``) fails the group.
+        """
         if not pending:
             return 0
         try:
-            applied = self.store.commit(
-                [w for _, w, _ in pending], self.clock.time(), self.history_limit
-            )
+            while True:
+                try:
+                    applied = self.store.commit(
+                        [p.write for p in pending], self.clock.time(), self.history_limit
+                    )
+                    break
+                except RejectedWrite as rejected:
+                    bad = pending[rejected.index]
+                    first = bad.decision.records[0][3] if bad.decision.records else None
+                    if first == _LAST_RESORT:
+                        # Even the last resort was refused: leave the instance alone here.
+                        self._poison(bad.write.instance_id, rejected.cause)
+                        self.locks.release(bad.token)
+                        del pending[rejected.index]
+                        continue
+                    if first is not None and first.startswith(_FINISHING):
+                        decision = steps.park_last_resort(bad.inst, bad.env)
+                    else:
+                        decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
+                    pending[rejected.index] = bad._replace(
+                        write=_write_for(bad.inst, decision), decision=decision
+                    )
         finally:
-            for token, _, _ in pending:
-                self.locks.release(token)
-        done = [(w, d) for (_, w, d), ok in zip(pending, applied, strict=True) if ok]
+            for item in pending:
+                self.locks.release(item.token)
+        done = [(p.write, p.decision) for p, ok in zip(pending, applied, strict=True) if ok]
         self._after(done)
         return len(done)
+
+    def _rejected(self, job: Any, inst: Instance, cause: BaseException, env: Env) -> Decision:
+        """The decision that records ``inst``'s step as failed because durajobs could not
+        finish or store it; the last resort if even that cannot be built."""
+        log.error(
+            "durajobs: %s: could not finish this step (recorded as its failure): %s",
+            inst.instance_id, steps.safe_text(_describe(cause)),
+        )  # fmt: skip
+        try:
+            return steps.finishing_failure(job, inst, cause, env)
+        except Exception:  # even the failure could not be built: park with a fixed text
+            return steps.park_last_resort(inst, env)
+
+    def _poison(self, instance_id: str, cause: BaseException) -> None:
+        self._poisoned.add(instance_id)
+        log.error(
+            "durajobs: %s: its step cannot be stored, not even as a failure (%s); this process "
+            "skips it until restarted", instance_id, steps.safe_text(_describe(cause)),
+        )  # fmt: skip
 
     def time_out(self, instance_id: str, seconds: float, step: int | None = None) -> bool:
         """Record that the due step of ``instance_id`` was stopped after ``seconds``.
@@ -339,6 +454,8 @@ class Engine:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
         """
+        if self._running or self._pending:
+            self._reentered(instance_id)
         token = self.locks.acquire(instance_id, self.wait_timeout)
         try:
             inst, queued = self.store.load_with_queue(instance_id)
@@ -399,6 +516,37 @@ class Engine:
                 )
         if records:
             hook(records)
+
+
+_FINISHING = "durajobs could not finish this step"
+_LAST_RESORT = "durajobs could not finish or record this step; see the daemon's log"
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _write_for(inst: Instance, decision: Decision) -> Write:
+    """The write of a failure decision on an existing instance."""
+    return Write(
+        inst.instance_id, inst.kind, inst.job, inst.user_id, inst.step,
+        decision.instance, decision.records, decision.consumed,
+    )  # fmt: skip
+
+
+class _Pending(NamedTuple):
+    """A finished step of ``run_due`` whose commit is pending; its claim is held."""
+
+    token: int
+    write: Write
+    decision: Decision
+    inst: Instance
+    job: Any
+    env: Env
 
 
 class _Candidate(NamedTuple):

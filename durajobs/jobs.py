@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -16,8 +18,8 @@ from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
 from .clock import Clock, SystemClock
 from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration
-from .engine import Engine
-from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
+from .engine import Engine, check_types
+from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
 from .stores.ofd_claims import InstanceLocks
 from .stores.sqlite import Store
 from .tracker import Tracker
@@ -38,11 +40,12 @@ class Jobs:
         registry: job name -> ``Continuous`` / ``Debounce`` / ``Task`` definition.
         clock: a ``FakeClock`` for virtual time; default the system clock.
         durability: ``"full"`` (default; a returned call survives power loss) or ``"normal"``.
-        wait_timeout: seconds a call waits for another step of the same instance.
-        busy_timeout: seconds to wait for SQLite's write lock.
-        history_limit: history records kept per instance.
-        history_retention: how long history of any instance is kept (duration or seconds).
-        key_window: how long idempotency keys are remembered (duration or seconds).
+        wait_timeout: how long a call waits for another step of the same instance (a
+            duration: seconds, ``"10s"``, a ``timedelta``).
+        busy_timeout: how long to wait for the database's write lock (a duration).
+        history_limit: history records kept per instance (at least 1).
+        history_retention: how long history of any instance is kept (a duration).
+        key_window: how long idempotency keys are remembered (a duration).
         on_record: called after each commit with each history record (a dict); never fails a
             step.
         tracker: a ``Tracker`` that ships the same records over HTTP in batches.
@@ -51,12 +54,17 @@ class Jobs:
 
     Raises:
         StorageError: the file cannot be opened or is not a durajobs database.
-        ValueError: a job name is empty or contains ":".
-        TypeError: the registry is not a mapping of definitions, or a state or event type
-            cannot be stored (the message names the job).
+        ValueError: a job name is empty or contains ":", or an option is out of range.
+        TypeError: the registry is not a mapping of definitions, a state or event type cannot
+            be stored (the message names the job), or an option has the wrong type.
+        SchedulerError: a duration option cannot be parsed.
 
-    ``Jobs`` is not shared between threads (like a SQLite connection): create one per thread.
-    Steps of one instance are still serialized across all of them.
+    A ``Jobs`` may be shared by any number of threads: each thread gets its own connection
+    and claim handle, opened on its first call (the library starts no thread). One created
+    before ``fork()`` works in the child without any call: the child never uses the parent's
+    connection, claim handle or wake socket (it opens its own on first use). Steps of one
+    instance stay serialized across threads, processes and daemons. Checks happen before
+    anything is opened: a ``Jobs()`` that raises leaves no file behind.
     """
 
     def __init__(
@@ -66,8 +74,8 @@ class Jobs:
         *,
         clock: Clock | None = None,
         durability: str = "full",
-        wait_timeout: float = 30.0,
-        busy_timeout: float = 5.0,
+        wait_timeout: timedelta | str | float = 30.0,
+        busy_timeout: timedelta | str | float = 5.0,
         history_limit: int = 100,
         history_retention: timedelta | str | float = "30 days",
         key_window: timedelta | str | float = "1 day",
@@ -82,51 +90,103 @@ class Jobs:
             "key_window": key_window, "on_record": on_record, "tracker": tracker, "wake": wake,
             "vfs": vfs, "clock": clock,
         }  # fmt: skip
-        self._abandoned: list[Engine] = []
+        self._closed = True  # until opened
         self.registry = _check_registry(registry)
+        self._codecs = check_types(self.registry)  # an unstorable type fails before any I/O
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
         self.path = os.fspath(path)
+        if clock is not None and not callable(getattr(clock, "time", None)):
+            raise TypeError(f"clock must have a time() method (e.g. FakeClock), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        self.wait_timeout = parse_duration(wait_timeout, field="wait_timeout")
+        self.busy_timeout = parse_duration(busy_timeout, field="busy_timeout")
+        if isinstance(history_limit, bool) or not isinstance(history_limit, int):
+            raise TypeError(f"history_limit must be an int, got {history_limit!r}")
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, got {history_limit}")
+        if on_record is not None and not callable(on_record):
+            raise TypeError(f"on_record must be callable, got {on_record!r}")
         self.on_record = on_record
         self.tracker = tracker
         self.history_retention = parse_duration(history_retention, field="history_retention")
         self.key_window = parse_duration(key_window, field="key_window")
-        self._owner = threading.get_ident()
-        self._closed = False
         self._last_prune = float("-inf")
-        self._open()
+        # One engine (connection + claim handle + wake socket) per thread, opened on first use;
+        # all of them are listed for close(). ``_handles_lock`` guards the list, never a step.
+        self._local = threading.local()
+        self._handles: list[Engine] = []
+        self._handles_lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Any] = {}
+        existed = {p for p in _created_files(self.path) if os.path.lexists(p)}
+        self._closed = False
+        try:
+            self._local.engine = self._open_engine()  # the file is checked at construction
+        except BaseException:
+            self._closed = True
+            for leftover in _created_files(self.path):
+                if leftover not in existed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
+            raise
+        _LIVE.add(self)
 
-    def _open(self) -> None:
+    def _open_engine(self) -> Engine:
         options = self._options  # the constructor's arguments (also for with_path)
         store = Store(
-            self.path, durability=options["durability"], busy_timeout=options["busy_timeout"],
+            self.path, durability=options["durability"], busy_timeout=self.busy_timeout,
             vfs=options["vfs"],
         )  # fmt: skip
         store.key_window = self.key_window
         try:
-            locks = InstanceLocks(self.path + ".lock")
+            locks = InstanceLocks(lock_path(self.path))
         except BaseException:
             store.close()
             raise
         hooks = self.on_record is not None or self.tracker is not None
-        self.engine = Engine(
-            store, locks, self.registry, clock=self.clock,
-            wait_timeout=options["wait_timeout"], history_limit=options["history_limit"],
+        engine = Engine(
+            store, locks, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
+            history_limit=options["history_limit"],
             on_records=self._deliver if hooks else None,
-            waker=Waker(self.path) if options["wake"] else None,
+            waker=Waker(self.path) if options["wake"] else None, codecs=self._codecs,
         )  # fmt: skip
-        self._clients: dict[tuple[str, str], Any] = {}
+        with self._handles_lock:
+            self._handles.append(engine)
+        return engine
 
-    def reopen_after_fork(self) -> None:
-        """In a forked child: drop the parent's connection, lock file and socket, open anew.
+    @property
+    def engine(self) -> Engine:
+        """The calling thread's engine (opened on its first call in this thread or process).
 
-        The parent's objects are abandoned, not closed: closing them here could release the
-        parent's SQLite locks.
+        Raises:
+            InvalidStateError: this ``Jobs`` is closed.
+            StorageError: the database cannot be opened.
         """
-        self._owner = threading.get_ident()
-        # Keep the parent's objects alive: if they were garbage-collected here, closing them
-        # could release the parent's SQLite locks.
-        self._abandoned.append(self.engine)
-        self._open()
+        engine: Engine | None = getattr(self._local, "engine", None)
+        if engine is None or self._closed:
+            if self._closed:
+                raise InvalidStateError(f"{self.path}: this Jobs is closed")
+            engine = self._local.engine = self._open_engine()
+        return engine
+
+    def _forked(self) -> None:
+        """In a child process right after ``fork()``: forget the parent's handles.
+
+        The parent's connections are abandoned, never closed here (closing a SQLite
+        connection could checkpoint or remove the parent's WAL), and the child's copies of the
+        claim descriptors are closed at once: they share the parent's locks, and a copy kept
+        open would keep a dead parent's claims alive. The child opens its own on first use.
+        """
+        self._handles_lock = threading.Lock()  # another thread may have held it at the fork
+        handles, self._handles = self._handles, []
+        self._local = threading.local()
+        for engine in handles:
+            engine.locks.close()  # an OFD lock lives on while any copy of its descriptor does
+            if engine.waker is not None:
+                engine.waker.abandon()
+            _ABANDONED.append(engine)
 
     def with_path(self, path: str | os.PathLike[str], **overrides: Any) -> Jobs:
         """A new ``Jobs`` on another file with this one's registry, settings and hooks.
@@ -140,16 +200,8 @@ class Jobs:
         options = {**self._options, **overrides}
         return Jobs(path, self.registry, **options)
 
-    # -- guard ----------------------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._closed:
-            raise InvalidStateError(f"{self.path}: this Jobs is closed")
-        if threading.get_ident() != self._owner:
-            raise InvalidStateError(
-                "a Jobs object belongs to the thread that made it; create one Jobs per thread "
-                "(steps of an instance stay serialized across them)"
-            )
+    def _engine_for_call(self) -> Engine:
+        return self.engine
 
     # -- clients --------------------------------------------------------------------------
 
@@ -162,7 +214,7 @@ class Jobs:
                 raise JobNotFoundError(
                     f"no {kind} job named {name!r} is registered (registered: {known or 'none'})"
                 )
-            client = self._clients[(kind, name)] = cls(self.engine, name, job, self._check)
+            client = self._clients[(kind, name)] = cls(self._engine_for_call, name, job)
         return client
 
     def continuous(self, name: str) -> ContinuousClient[Any]:
@@ -200,19 +252,18 @@ class Jobs:
         Raises:
             StorageError: a commit failed (those steps stay due and run again).
         """
-        self._check()
         count = self.engine.run_due()
         self._maintain()
         return count
 
     def next_alarm(self) -> datetime | None:
-        """The earliest pending alarm of any instance, or ``None``.
+        """The earliest pending alarm of an instance this registry can run, or ``None``.
 
         Raises:
             StorageError: the database cannot be read.
         """
-        self._check()
-        due = self.engine.store.next_due()
+        engine = self.engine
+        due = engine.store.next_due(0, engine.prefixes)
         return datetime.fromtimestamp(due[0], UTC) if due else None
 
     def retry(self, instance_id: str) -> ResumeResult:
@@ -223,7 +274,6 @@ class Jobs:
             InvalidStateError: it is not parked.
             StorageError: the database failed.
         """
-        self._check()
         try:
             decision = self.engine.apply(steps.Resume(), instance_id)
         except InstanceNotFoundError:
@@ -254,17 +304,32 @@ class Jobs:
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush the tracker and close the database (idempotent)."""
+        """Flush the tracker and close every thread's connection (idempotent).
+
+        Call it when no other thread is in a call on this ``Jobs``.
+
+        Raises:
+            StorageError: a final checkpoint failed (the data is safe in the WAL).
+        """
         if self._closed:
             return
         self._closed = True
+        _LIVE.discard(self)
         if self.tracker is not None:
             self.tracker.close()
-        engine = self.engine
-        engine.locks.close()
-        if engine.waker is not None:
-            engine.waker.close()
-        engine.store.close()
+        with self._handles_lock:
+            handles, self._handles = self._handles, []
+        failure: StorageError | None = None
+        for engine in handles:
+            engine.locks.close()
+            if engine.waker is not None:
+                engine.waker.close()
+            try:
+                engine.store.close()
+            except StorageError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Jobs:
         return self
@@ -279,6 +344,29 @@ class Jobs:
 
     def __repr__(self) -> str:
         return f"Jobs({self.path!r}, {sorted(self.registry)!r})"
+
+
+def lock_path(db_path: str) -> str:
+    """The claim file of a database: beside its real path, so that a symlink or another
+    spelling of the path (``a/../db``) shares the claims of the file it names."""
+    return os.path.realpath(db_path) + ".lock"
+
+
+def _created_files(db_path: str) -> list[str]:
+    """What opening a database may create (removed again when ``Jobs()`` fails)."""
+    return [db_path, db_path + "-wal", db_path + "-shm", db_path + "-journal", lock_path(db_path)]
+
+
+_LIVE: weakref.WeakSet[Jobs] = weakref.WeakSet()  # for the fork hook
+_ABANDONED: list[Engine] = []  # parents' engines in a forked child: kept alive, never closed
+
+
+def _after_fork_in_child() -> None:
+    for jobs in list(_LIVE):
+        jobs._forked()  # the module's own hook
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_registry(registry: Mapping[str, Definition]) -> dict[str, Definition]:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import attrs
 
-__all__ = ["Instance", "Queued", "Record"]
+__all__ = ["Instance", "Queued", "Record", "RejectedWrite"]
 
 
 class Instance(NamedTuple):
@@ -56,3 +56,17 @@ class Queued:
     seq: int
     event: str
     added_at: float
+
+
+class RejectedWrite(Exception):  # noqa: N818 -- a signal between store and engine, not an error
+    """A store refused one write of a commit for its content (text it cannot store, a value out
+    of range), not for a failure of the database: the whole transaction was rolled back.
+
+    The engine records that step as its instance's failure and commits the others again, so
+    one bad instance never stops the rest of a group.
+    """
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(f"write {index} refused: {type(cause).__name__}")
+        self.index = index
+        self.cause = cause

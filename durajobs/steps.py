@@ -66,6 +66,9 @@ __all__ = [
     "Terminate",
     "TimedOut",
     "Trigger",
+    "finishing_failure",
+    "park_last_resort",
+    "safe_text",
     "step",
 ]
 
@@ -149,6 +152,7 @@ Message = (
     Start | Alarm | Trigger | Add | Send | Flush | Clear | Terminate | Resume | TimedOut | Request
 )
 CREATING = (Start, Add, Send)  # the messages that can create an instance
+_HANDLER_FREE = (Terminate, Resume, Request, Clear)  # operators' actions: no user code runs
 _ALARM_OR_TIMEOUT = (Alarm, TimedOut)  # a tuple: ``Alarm | TimedOut`` is built per call
 
 
@@ -207,6 +211,11 @@ def is_due(inst: Instance, now: float) -> bool:
 def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
     """Run one step of one instance: call its handlers and decide its successor.
 
+    Whatever goes wrong inside durajobs while finishing the step of an existing instance
+    (encoding, formatting an error, computing the next schedule time, building a record) is
+    that instance's failure (``finishing_failure``), never an exception that could stop the
+    steps of other instances grouped with it.
+
     Raises:
         InstanceNotFoundError: ``Resume`` of an instance that does not exist.
         InvalidStateError: ``Resume`` of an instance that is not parked, or a message the kind
@@ -214,6 +223,52 @@ def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Deci
         ValidationError: a handler left a state that does not fit its type is *not* raised:
             it counts as that handler's failure.
     """
+    try:
+        return _step(job, inst, msg, env)
+    except (InstanceNotFoundError, InvalidStateError):
+        raise  # refusals of the message itself: nothing was run
+    except Exception as exc:  # durajobs failed to finish this instance's step: see above
+        if inst is None or isinstance(msg, _HANDLER_FREE):
+            raise  # a new instance (the caller learns it at once) or an operator's action
+        return finishing_failure(job, inst, exc, env)
+
+
+def finishing_failure(job: Definition, inst: Instance, error: BaseException, env: Env) -> Decision:
+    """The step of ``inst`` could not be finished by durajobs itself (not a handler's error).
+
+    The step's own changes are dropped (its handlers may have run: they run again, as after a
+    crash); the attempt counts as failed and is recorded with a safe text. The job's retry
+    rules give a retry alarm; when attempts are used up the instance is parked (status
+    ``"failed"``, state kept, ``durajobs retry`` resumes it) -- never ``on_error`` or a purge,
+    since the failure is not the user's and may repeat in that code. Queued events stay queued.
+    """
+    text = safe_text(f"durajobs could not finish this step: {_short(error)}")
+    attempt = inst.attempt
+    records: list[Record] = [("job.failed", attempt, None, text, None)]
+    retry = getattr(job, "retry", None)
+    if retry is not None and retry.can_retry(attempt):
+        due = env.now + retry.next_delay(attempt, env.rand)
+        successor = _next(
+            inst, env.now, status=_status_for(job, due) if inst.status != "failed" else "failed",
+            due_at=due, attempt=attempt + 1, last_error=text,
+        )  # fmt: skip
+        return Decision(successor, records=records, error=text, retry_scheduled=True)
+    successor = _next(
+        inst, env.now, status="failed", due_at=None, attempt=attempt + 1, last_error=text
+    )
+    records.append(("job.parked", attempt, None, text, None))
+    return Decision(successor, records=records, error=text)
+
+
+def park_last_resort(inst: Instance, env: Env) -> Decision:
+    """Park ``inst`` with a fixed text: what the engine commits when even recording a failure
+    of this instance could not be done (no user data, nothing computed)."""
+    text = "durajobs could not finish or record this step; see the daemon's log"
+    successor = _next(inst, env.now, status="failed", due_at=None, last_error=text)
+    return Decision(successor, records=[("job.parked", inst.attempt, None, text, None)], error=text)
+
+
+def _step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
     if isinstance(msg, Terminate):
         return _terminate(inst, msg.reason, env)
     if isinstance(msg, Resume):
@@ -239,12 +294,32 @@ def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None
         return None, exc
 
 
+def safe_text(text: str) -> str:
+    """Text every store accepts: lone surrogates (file names from ``os.listdir``) escaped as
+    ``\\udcxx``, NUL characters as ``\\x00``. For error texts: user data (state, events) is
+    the codec's business."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text
+
+
 def _error_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
+    try:
+        return safe_text("".join(traceback.format_exception(exc)).rstrip())
+    except Exception:  # a broken exception object: its summary must still be recorded
+        return _short(exc)
 
 
 def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises (built without its arguments)
+        text = f"<{type(exc).__name__} object: str() failed>"
+    return safe_text(f"{type(exc).__name__}: {text}")
 
 
 def _record(
@@ -521,7 +596,8 @@ def _run(
                 return Decision(None, changed=False, raise_error=error)
             return _fail(error, records, None)
         if ctx.terminated:
-            return _purge(inst, state, records, "job.terminated", attempt, ctx.terminate_reason)
+            ran = inst._replace(run_count=run_count)  # the record counts this run too
+            return _purge(ran, state, records, "job.terminated", attempt, ctx.terminate_reason)
         nxt = _next_due(job, anchor, due, now)
         if nxt is None:  # the schedule ran out: end the instance (recorded)
             return _purge(inst, state, records, "job.terminated", attempt, SCHEDULE_ENDED)

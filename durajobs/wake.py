@@ -20,6 +20,7 @@ import socket
 __all__ = ["WakeListener", "Waker", "wake_address"]
 
 _MAX_PATH = 100
+_ABANDONED: list[socket.socket] = []
 
 
 def wake_address(db_path: str) -> str | bytes:
@@ -64,6 +65,12 @@ class Waker:
         """Close the socket."""
         if self._sock is not None:
             self._sock.close()
+            self._sock = None
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's socket without using it (kept alive)."""
+        if self._sock is not None:
+            _ABANDONED.append(self._sock)
             self._sock = None
 
 

@@ -24,13 +24,13 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import apsw
-import attrs
 
 from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.rows import Instance, Queued, Record
+from durajobs.rows import Instance, Queued, RejectedWrite
+from durajobs.stores.base import HistoryRow, Write  # store-neutral; re-exported here
 
 __all__ = ["HistoryRow", "Store", "Write"]
 
@@ -197,48 +197,39 @@ SQL_HISTORY_RECENT = (
     "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
     "FROM history ORDER BY id DESC LIMIT ?"
 )
+# Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
+# reads only its own rows from an index: no OFFSET, no count). Filters are joined with AND.
+SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT ?"
+# A job's instances in (kind, instance_id) order read the instances_job index in order; it is
+# the instance_id order too, since an instance id starts with its kind and no kind is a prefix
+# of another.
+SQL_PAGE_BY_JOB = (
+    f"SELECT {COLUMNS} FROM instances INDEXED BY instances_job WHERE {{where}} "
+    "ORDER BY kind, instance_id LIMIT ?"
+)
+SQL_PAGE_BY_ALARM = (
+    f"SELECT {COLUMNS} FROM instances INDEXED BY instances_due WHERE {{where}} "
+    "ORDER BY due_at, instance_id LIMIT ?"
+)
+# A constant, not a parameter: SQLite uses the instances_failed partial index only for a query
+# whose WHERE names its literal.
+SQL_PAGE_FAILED = "status = 'failed'"
+SQL_DATA_VERSION = "PRAGMA data_version"
+SQL_HISTORY_BUCKETS = (
+    "SELECT CAST((at - ?2) / ?3 AS INTEGER) AS bucket, count(DISTINCT instance_id || ':' || step), "
+    "count(*) FILTER (WHERE event = 'job.failed') FROM history "
+    "WHERE id >= ?1 AND at >= ?2 AND at < ?4 GROUP BY bucket"
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Write(NamedTuple):
-    """One step's decision, ready to commit.
-
-    ``row`` is the successor (``None`` purges); ``expected_step`` the step it was computed from
-    (0 for a new instance). ``consumed`` deletes queued events up to that seq; ``key`` remembers
-    an idempotency key; ``kind``/``job``/``user_id`` identify the instance for history and for
-    reviving a purged Debounce instance whose events were queued during its flush. A
-    NamedTuple (immutable, like the attrs class it was): one is built per step, at a quarter
-    of a frozen attrs class's cost.
-    """
-
-    instance_id: str
-    kind: str
-    job: str
-    user_id: str
-    expected_step: int
-    row: Instance | None
-    records: Sequence[Record] = ()
-    consumed: int = 0
-    key: str | None = None
-    requeue: str | None = None
-    new: bool = False  # no row existed when the step began (``expected_step`` is its base)
-
-
-@attrs.frozen(slots=True)
-class HistoryRow:
-    """One history record as stored."""
-
-    id: int
-    instance_id: str
-    at: float
-    event: str
-    step: int
-    attempt: int | None
-    duration_ms: float | None
-    error: str | None
-    data: str | None
+# Errors that a write's values cause while binding (apsw encodes str as UTF-8 and ints as
+# 64-bit), as opposed to failures of the database: they reject that write, not the group.
+_CONTENT_ERRORS = (
+    UnicodeError, OverflowError, TypeError, apsw.TooBigError, apsw.MismatchError, apsw.RangeError,
+)
 
 
 def _reason(exc: BaseException) -> str:
@@ -278,6 +269,7 @@ class Store:
         self.durability = durability
         self.readonly = readonly
         self.key_window = 86400.0  # seconds idempotency keys are remembered (set by Jobs)
+        self._filtered_sql: dict[tuple[str, int], str] = {}
         if readonly:
             if not os.path.exists(self.path):
                 raise StorageError(f"{self.path}: no such database file")
@@ -307,6 +299,9 @@ class Store:
             self._busy_timeout = busy_timeout
             self._busy_since = 0.0
             conn.set_busy_handler(self._busy)
+            # Refuse another application's file (or a newer schema) before changing anything
+            # in it: switching to WAL mode would be permanent.
+            self._check_schema()
             # One statement per execute: apsw runs later statements only when iterated.
             if not self.readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
@@ -364,7 +359,7 @@ class Store:
                 )
         return StorageError(f"{self.path}: {doing}: {reason}")
 
-    def _migrate(self) -> None:
+    def _check_schema(self) -> int:
         conn = self._conn
         version: int = conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
         if version > SCHEMA_VERSION:
@@ -372,10 +367,15 @@ class Store:
                 f"{self.path}: schema version {version} is newer than this durajobs "
                 f"understands ({SCHEMA_VERSION}); upgrade durajobs"
             )
-        if version == SCHEMA_VERSION:
-            return
         if version == 0 and self._has_foreign_tables():
             raise StorageError(f"{self.path}: not a durajobs database (it has other tables)")
+        return version
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        version = self._check_schema()
+        if version == SCHEMA_VERSION:
+            return
         if self.readonly:
             raise StorageError(f"{self.path}: not a durajobs database (schema version 0)")
         conn.execute("BEGIN IMMEDIATE")
@@ -515,38 +515,68 @@ class Store:
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
-    def due(self, now: float, limit: int) -> list[Instance]:
+    def due(
+        self, now: float, limit: int, prefixes: Sequence[str] | None = None
+    ) -> list[Instance]:
         """Instances whose alarm is at or before ``now``, earliest first.
 
+        ``prefixes`` keeps only instance ids starting with one of them (``"kind:job:"``: the
+        jobs a registry can run), so that instances of unknown jobs never crowd them out.
+
         Raises:
             StorageError: the file cannot be read.
         """
+        sql, params = self._for_jobs(SQL_DUE, prefixes, (now, limit))
         try:
-            return [Instance(*row) for row in self._conn.execute(SQL_DUE, (now, limit))]
+            return [Instance(*row) for row in self._conn.execute(sql, params)]
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
-    def due_ids(self, now: float, limit: int) -> list[str]:
+    def due_ids(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[str]:
         """Ids of the instances whose alarm is at or before ``now``, earliest first.
 
+        ``prefixes``: as for ``due``.
+
         Raises:
             StorageError: the file cannot be read.
         """
+        sql, params = self._for_jobs(SQL_DUE_IDS, prefixes, (now, limit))
         try:
-            return [row[0] for row in self._conn.execute(SQL_DUE_IDS, (now, limit))]
+            return [row[0] for row in self._conn.execute(sql, params)]
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
-    def next_due(self, skip: int = 0) -> list[float]:
+    def next_due(self, skip: int = 0, prefixes: Sequence[str] | None = None) -> list[float]:
         """The earliest ``skip + 1`` alarm times (ascending).
 
+        ``prefixes``: as for ``due``.
+
         Raises:
             StorageError: the file cannot be read.
         """
+        sql, params = self._for_jobs(SQL_NEXT_DUE, prefixes, (skip + 1,))
         try:
-            return [row[0] for row in self._conn.execute(SQL_NEXT_DUE, (skip + 1,))]
+            return [row[0] for row in self._conn.execute(sql, params)]
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
+
+    def _for_jobs(
+        self, sql: str, prefixes: Sequence[str] | None, params: tuple[Any, ...]
+    ) -> tuple[str, tuple[Any, ...]]:
+        """``sql`` restricted to instance ids with one of ``prefixes`` (an index-only test: the
+        due_at index holds the id), with its parameters; cached per statement and count."""
+        if prefixes is None:
+            return sql, params
+        key = (sql, len(prefixes))
+        filtered = self._filtered_sql.get(key)
+        if filtered is None:
+            test = " OR ".join(["substr(instance_id, 1, ?) = ?"] * len(prefixes)) or "0"
+            head, _, tail = sql.partition(" ORDER BY ")
+            where = "WHERE" if " WHERE " not in head else "AND"
+            filtered = self._filtered_sql[key] = f"{head} {where} ({test}) ORDER BY {tail}"
+        # The filter's parameters go before ORDER BY's: the statements' LIMIT is the last one.
+        flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
+        return filtered, (*params[:-1], *flat, params[-1])
 
     def has_key(self, instance_id: str, key: str, now: float) -> bool:
         """Whether an idempotency key was accepted for the instance within ``key_window``.
@@ -570,15 +600,22 @@ class Store:
                 unchanged (if the final fsync failed, its frames may still be replayed after a
                 crash: the caller was not acknowledged either way).
             DuplicateEventError: a single keyed write whose key was taken meanwhile.
+            RejectedWrite: one write's content cannot be stored (e.g. text that is not valid
+                UTF-8, an integer out of range); nothing of the transaction is applied.
         """
 
         def body(cur: apsw.Cursor) -> list[bool]:
             applied = []
-            for write in writes:
-                if write.key is None:
-                    applied.append(self._apply(cur, write, now, history_limit))
-                else:
-                    applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+            for index, write in enumerate(writes):
+                try:
+                    if write.key is None:
+                        applied.append(self._apply(cur, write, now, history_limit))
+                    else:
+                        applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+                except _CONTENT_ERRORS as exc:
+                    # This write's content (not the database) is at fault: roll back, let the
+                    # engine record it as that instance's failure and commit the others.
+                    raise RejectedWrite(index, exc) from None
             return applied
 
         def probe() -> bool:
@@ -855,18 +892,137 @@ class Store:
         Raises:
             StorageError: the file cannot be read.
         """
-        low, high = self.query(SQL_HISTORY_ID_RANGE)[0]
+        low = self._first_history_id(since)
         if low is None:
             return 0, 0, 0
-        while low < high:  # bisect for the first id at or after ``since``
+        records, failures, steps = self.query(SQL_HISTORY_COUNTS, (low, since))[0]
+        return int(records), int(failures), int(steps)
+
+    def _first_history_id(self, since: float) -> int | None:
+        """The first history id whose record is at or after ``since`` (``None``: no history).
+
+        Ids grow with time (up to clock skew between writers): bisect them, never scan ``at``.
+        """
+        low, high = self.query(SQL_HISTORY_ID_RANGE)[0]
+        if low is None:
+            return None
+        while low < high:
             middle = (low + high) // 2
             (at,) = self.query(SQL_HISTORY_AT_ID, (middle,))[0]
             if at < since:
                 low = middle + 1
             else:
                 high = middle
-        records, failures, steps = self.query(SQL_HISTORY_COUNTS, (low, since))[0]
-        return int(records), int(failures), int(steps)
+        return int(low)
+
+    # -- inspection (dashboard) -----------------------------------------------------------
+
+    def page_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        id_prefix: str | None = None,
+        user_id_prefix: str | None = None,
+        error_contains: str | None = None,
+        order: str = "id",
+        after_id: str | None = None,
+        after_due: float | None = None,
+        limit: int = 50,
+    ) -> list[Instance]:
+        """One page of instances matching every given filter, in a stable order.
+
+        ``order="id"``: all matching instances by ``instance_id``, those after ``after_id``.
+        ``order="alarm"``: only instances with an alarm, by ``(due_at, instance_id)``, those
+        after ``(after_due, after_id)`` (both or neither). ``id_prefix`` matches the start of
+        the instance id, ``user_id_prefix`` the start of the user id (both case-sensitive);
+        ``error_contains`` is a case-insensitive (ASCII) substring of ``last_error``.
+
+        Cost: a page reads its own rows from an index when the filters are among kind, job,
+        status ``"failed"`` and ``id_prefix``; other filters (the other statuses, the user id
+        prefix, the error text) are checked row by row along that order until the page is full.
+
+        Raises:
+            ValueError: an unknown ``order``; ``after_due`` without ``after_id``; or
+                ``order="alarm"`` with ``after_id`` but no ``after_due``.
+            StorageError: the file cannot be read.
+        """
+        if order not in ("id", "alarm"):
+            raise ValueError(f"order must be 'id' or 'alarm', got {order!r}")
+        if after_due is not None and after_id is None:
+            raise ValueError("after_due needs after_id")
+        where: list[str] = []
+        params: list[Any] = []
+
+        def add(term: str, *values: Any) -> None:
+            where.append(term)
+            params.extend(values)
+
+        if kind is not None:
+            add("kind = ?", kind)
+        if job is not None:
+            add("job = ?", job)
+        if status == "failed":
+            where.append(SQL_PAGE_FAILED)
+        elif status is not None:
+            add("status = ?", status)
+        if id_prefix:  # a range of the primary key: everything that starts with the prefix
+            add("instance_id >= ? AND instance_id < ?", id_prefix, id_prefix + "\U0010ffff")
+        if user_id_prefix:
+            add("user_id >= ? AND user_id < ?", user_id_prefix, user_id_prefix + "\U0010ffff")
+        if error_contains:
+            escaped = error_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            add("last_error LIKE ? ESCAPE '\\'", f"%{escaped}%")
+        if order == "alarm":
+            where.append("due_at IS NOT NULL")
+            if after_id is not None:
+                if after_due is None:
+                    raise ValueError("order='alarm' pages after (after_due, after_id)")
+                add("(due_at, instance_id) > (?, ?)", after_due, after_id)
+            sql = SQL_PAGE_BY_ALARM
+        elif job is not None and kind is None:
+            if after_id is not None:
+                add("(kind, instance_id) > (?, ?)", after_id.split(":", 1)[0], after_id)
+            sql = SQL_PAGE_BY_JOB
+        else:
+            if after_id is not None:
+                add("instance_id > ?", after_id)
+            sql = SQL_PAGE_BY_ID
+        text = sql.format(where=" AND ".join(where) or "1")
+        return [Instance(*r) for r in self.query(text, (*params, limit))]
+
+    def change_token(self) -> int:
+        """A number that changes when the database may have changed.
+
+        Two calls on the same store object return the same number when no transaction was
+        committed in between (by any other connection or process); numbers from different
+        store objects are not comparable. It reads no table.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        return int(self.query(SQL_DATA_VERSION)[0][0])
+
+    def history_buckets(self, since: float, width: float, count: int) -> list[tuple[int, int]]:
+        """Steps and failures per time bucket: ``count`` pairs ``(steps, failures)``.
+
+        Bucket ``i`` covers history written in ``[since + i * width, since + (i + 1) * width)``;
+        ``steps`` counts distinct committed steps (instance, step number) with a record there,
+        ``failures`` the ``job.failed`` records. Reads only the window's records.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        buckets = [(0, 0)] * count
+        low = self._first_history_id(since)
+        if low is None or count <= 0:
+            return buckets
+        until = since + width * count
+        for bucket, steps, failures in self.query(SQL_HISTORY_BUCKETS, (low, since, width, until)):
+            if 0 <= bucket < count:
+                buckets[bucket] = (int(steps), int(failures))
+        return buckets
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only inspection query (used by ``durajobs stats``/``doctor``).

@@ -1,0 +1,464 @@
+"""The store interface: what the engine, the clients, the daemon and the CLI may ask of a store.
+
+Two implementations sit beside this file: ``sqlite`` (one WAL-mode file through apsw, claims as
+OFD byte-range locks in ``ofd_claims``, wake-ups over a Unix datagram socket in ``durajobs.wake``)
+and ``postgres`` (psycopg 3, claims as session-level advisory locks in ``pg_claims``, wake-ups
+through ``LISTEN``/``NOTIFY``). ``durajobs.stores.open_store`` and friends pick one by the
+location string. The protocols below are structural (``typing.Protocol``): the implementations
+do not inherit from them; ``tests/test_stores.py`` runs one suite against both.
+
+Theory of operation (the one step path, see ``durajobs.engine``)::
+
+    claims.acquire / try_acquire(instance_id)   -> the only thing that serializes steps
+    store.load / load_with_queue(instance_id)   -> read AFTER the claim, in its own statement
+    ... the pure step and the user's handlers run, outside any transaction ...
+    store.commit([Write, ...])                  -> one transaction, each write fenced on its step
+    claims.release(token)
+    waker.poke()                                -> after the commit, never inside it
+
+What every method may assume and must guarantee is in its docstring. Two rules hold for all:
+
+- every failure of the database is raised as ``StorageError`` naming the location (never a
+  password) and the server's or library's reason; nothing else leaks (no apsw or psycopg
+  exception crosses this interface);
+- a write is *fenced*: it applies only if the instance is still at ``Write.expected_step``
+  (or absent, for a new instance). A fenced-out write changes nothing at all (no row, no
+  history, no queue change, no idempotency key) and is reported ``False``.
+
+Health checks are not part of ``Store``: they differ by nature (SQLite has ``integrity_check``,
+``wal_bytes`` and a raw ``query``; PostgreSQL has a server, a clock and a connection). A store
+may offer ``health() -> list[Finding]`` (``HealthCheckable``); ``durajobs.stores.health(store)``
+gives the findings of either store (for SQLite it wraps ``integrity_check`` and ``wal_bytes``).
+``query(sql)`` stays SQLite-only (raw SQL is dialect-specific; the CLI no longer uses it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import attrs
+
+from durajobs.rows import Instance, Queued, Record
+
+__all__ = [
+    "Claims",
+    "Finding",
+    "HealthCheckable",
+    "HistoryRow",
+    "Store",
+    "WakeListener",
+    "Waker",
+    "Write",
+]
+
+
+class Write(NamedTuple):
+    """One step's decision, ready to commit.
+
+    ``row`` is the successor (``None`` purges); ``expected_step`` the step it was computed from
+    (0 for a new instance). ``consumed`` deletes queued events up to that seq; ``key`` remembers
+    an idempotency key; ``kind``/``job``/``user_id`` identify the instance for history and for
+    reviving a purged Debounce instance whose events were queued during its flush. A
+    NamedTuple (immutable, like the attrs class it was): one is built per step, at a quarter
+    of a frozen attrs class's cost.
+    """
+
+    instance_id: str
+    kind: str
+    job: str
+    user_id: str
+    expected_step: int
+    row: Instance | None
+    records: Sequence[Record] = ()
+    consumed: int = 0
+    key: str | None = None
+    requeue: str | None = None
+    new: bool = False  # no row existed when the step began (``expected_step`` is its base)
+
+
+@attrs.frozen(slots=True)
+class HistoryRow:
+    """One history record as stored."""
+
+    id: int
+    instance_id: str
+    at: float
+    event: str
+    step: int
+    attempt: int | None
+    duration_ms: float | None
+    error: str | None
+    data: str | None
+
+
+@attrs.frozen(slots=True)
+class Finding:
+    """One health finding: ``check`` names it, ``level`` is ``"ok"``, ``"warn"`` or ``"fail"``."""
+
+    check: str
+    level: str
+    detail: str
+
+
+class Store(Protocol):
+    """Where instances, queued Debounce events, idempotency keys and history live.
+
+    Not shared between threads: each thread (each ``Jobs``) opens its own. After ``fork()`` a
+    store must never use its parent's connection (PostgreSQL reopens on first use; SQLite's
+    ``Jobs.reopen_after_fork`` opens a new store).
+
+    Attributes:
+        path: the location as given, printable: never contains a password.
+        key_window: seconds an idempotency key is remembered (``Jobs`` sets it after opening).
+    """
+
+    path: str
+    key_window: float
+
+    # -- reads: no transaction, never wait for writers ---------------------------------------
+
+    def load(self, instance_id: str) -> Instance | None:
+        """The committed row of an instance, or ``None``.
+
+        Called after the claim; must be a fresh read (a statement of its own, not a snapshot
+        taken before the claim was granted).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
+        """The row and its queued events (Debounce), oldest first; ``(None, [])`` if no row.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def queued(self, instance_id: str) -> list[Queued]:
+        """Events stored by ``enqueue`` and not yet consumed, oldest (lowest seq) first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def last_step(self, instance_id: str) -> int:
+        """The step of the newest history record of ``instance_id`` (0 if none).
+
+        A new incarnation of a purged id numbers its steps on from there, so ``ctx.step_key``
+        never repeats while its history is kept.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def due(self, now: float, limit: int) -> list[Instance]:
+        """Up to ``limit`` instances whose alarm is at or before ``now``, earliest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def due_ids(self, now: float, limit: int) -> list[str]:
+        """The ids ``due`` would return (an index-only read: the row is read after the claim).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def next_due(self, skip: int = 0) -> list[float]:
+        """The earliest ``skip + 1`` alarm times, ascending (fewer if fewer alarms exist).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def has_key(self, instance_id: str, key: str, now: float) -> bool:
+        """Whether ``key`` was accepted for the instance at or after ``now - key_window``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    # -- writes: each one transaction ---------------------------------------------------------
+
+    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+        """Apply the writes in ONE transaction; returns, per write, whether its fence held.
+
+        May assume: the caller holds the claim of every written instance, and the writes of
+        one instance come in step order. Must, per write, atomically with all the others:
+
+        - ``row`` given: insert it if no row exists, else replace the row only if its step is
+          ``expected_step`` (the fence). Debounce: if events are queued after this write's own
+          queue changes and the row is neither failed nor retrying (``attempt == 1``), make
+          the alarm due at ``min(row.due_at, now)``.
+        - ``row`` is ``None``: delete the row if its step is ``expected_step`` (a missing row
+          fails the fence unless ``new``). Debounce: if events are still queued afterwards,
+          insert a fresh ``debouncing`` row due ``now`` with step ``expected_step + 1``.
+        - delete queued events with ``seq <= consumed``; queue ``requeue`` as a new event;
+        - insert ``records`` into history at ``now`` with the write's step (``row.step``, or
+          ``expected_step + 1`` for a purge); every 32nd step trim the instance's history to
+          its newest ``history_limit`` records;
+        - ``key``: remember the idempotency key at ``now``; a key already accepted within
+          ``key_window`` fails the write (nothing of it applies).
+
+        A fenced-out (or duplicate-key) write changes nothing and is ``False``; the others
+        still commit.
+
+        Raises:
+            DuplicateEventError: a single keyed write (``len(writes) == 1``) whose key was
+                taken meanwhile; nothing changed.
+            StorageError: the transaction failed and the database is unchanged, or (with
+                "outcome unknown" in the message) the commit's fate could not be learned.
+        """
+        ...
+
+    def enqueue(
+        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
+    ) -> tuple[int, float, float]:
+        """Queue a Debounce event for an instance whose step runs elsewhere (no claim held).
+
+        In one transaction: remember ``key`` (duplicate: change nothing and raise); append
+        the event; make the instance's alarm due ``now`` (create a placeholder ``debouncing``
+        row numbered from ``last_step`` if there is none; leave a failed row's alarm alone;
+        never move an earlier alarm later). Serializes with ``commit`` of the same instance
+        so that a concurrent purge either sees the event (and revives the batch) or the event
+        recreates the row.
+
+        Returns ``(queued events, first added_at, now)``.
+
+        Raises:
+            DuplicateEventError: the key was already accepted for this instance.
+            StorageError: the event could not be stored.
+        """
+        ...
+
+    def prune(self, history_before: float, keys_before: float) -> None:
+        """Delete history older than ``history_before`` and idempotency keys older than
+        ``keys_before`` (one transaction; never a live row).
+
+        Raises:
+            StorageError: the transaction failed.
+        """
+        ...
+
+    # -- inspection (CLI, dashboard) -----------------------------------------------------------
+
+    def list_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Instance]:
+        """Instances by next alarm (then by id; those without an alarm last), filtered, paged.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
+        """The latest ``limit`` records of an instance (live or purged), oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
+        """Records with ``id > after_id`` (all instances), by id.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def recent_history(self, limit: int) -> list[HistoryRow]:
+        """The latest ``limit`` records of all instances, oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def count_by_status(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, job, status, count)`` for every combination present, sorted.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def count_due(self, before: float) -> tuple[int, float | None]:
+        """How many alarms are at or before ``before``, and the earliest of them.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def next_alarm_after(self, after: float) -> float | None:
+        """The earliest alarm strictly after ``after``, or ``None``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def history_counts(self, since: float) -> tuple[int, int, int]:
+        """``(records, failures, distinct steps)`` of the history written at or after ``since``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def schema_version(self) -> int:
+        """The schema version the database is at.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the connection (idempotent).
+
+        Raises:
+            StorageError: closing failed (the data is safe either way).
+        """
+        ...
+
+
+@runtime_checkable
+class HealthCheckable(Protocol):
+    """A store that reports its own health (``durajobs doctor``, the dashboard)."""
+
+    def health(self) -> list[Finding]:
+        """Store-specific findings; never raises for a damaged database (that is a finding)."""
+        ...
+
+
+class Claims(Protocol):
+    """Per-instance claims: the one thing that serializes the steps of an instance.
+
+    A claim writes nothing, and is released by the system when its holder dies (OFD lock:
+    the kernel; advisory lock: the server, when the session ends). Tokens are opaque ints.
+    Not shared between threads. A claim already held by THIS object is never granted again
+    (re-entrant use is refused: ``try_acquire`` returns ``None``, ``acquire`` waits and
+    times out), although the underlying lock would be re-entrant.
+
+    Fairness: a caller waiting in ``acquire`` announces itself; ``try_acquire`` yields to it
+    (returns ``None``), so a process stepping an instance back to back cannot starve it.
+    """
+
+    def try_acquire(self, instance_id: str) -> int | None:
+        """Claim without waiting: a token, or ``None`` if held elsewhere or someone waits.
+
+        Raises:
+            StorageError: the claim could not be attempted.
+        """
+        ...
+
+    def acquire(self, instance_id: str, timeout: float) -> int:
+        """Claim, waiting up to ``timeout`` seconds for the holder to release it.
+
+        Raises:
+            InstanceBusyError: still held after ``timeout``.
+            StorageError: the claim could not be attempted.
+        """
+        ...
+
+    def release(self, token: int) -> None:
+        """Drop a claim (never raises; a claim lost with its connection is simply forgotten)."""
+        ...
+
+    def anyone_waiting(self) -> bool:
+        """Whether some caller may wait for a claim this process holds (cheap, may over-report).
+
+        Raises:
+            StorageError: the check failed.
+        """
+        ...
+
+    def waited_for(self, token: int) -> bool:
+        """Whether another caller waits for the claim ``token`` stands for.
+
+        Raises:
+            StorageError: the check failed.
+        """
+        ...
+
+    def is_locked(self, instance_id: str) -> bool:
+        """Whether anyone (this object included) holds the instance's claim now (doctor).
+
+        Raises:
+            StorageError: the check failed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release every claim and close (idempotent)."""
+        ...
+
+
+class Waker(Protocol):
+    """Tells sleeping daemons that the earliest alarm may have changed. Never raises."""
+
+    def poke(self) -> None:
+        """Send one wake-up (after a commit, never inside a write transaction)."""
+        ...
+
+    def close(self) -> None:
+        """Release the waker's resources."""
+        ...
+
+
+class WakeListener(Protocol):
+    """The daemon's end of the wake-ups, for a ``selectors`` loop.
+
+    A wake-up is only a hint: the daemon re-reads the earliest alarm after every drain, on
+    its own timer, and after every reconnect.
+    """
+
+    def fileno(self) -> int:
+        """The descriptor to select for reading (may change after ``drain``: re-register)."""
+        ...
+
+    def drain(self) -> int:
+        """Consume pending wake-ups; returns how many (at least 1 after a reconnect).
+
+        Raises:
+            StorageError: PostgreSQL only: the connection is lost and cannot be reopened now.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop listening."""
+        ...
+
+
+def _check_sqlite_conforms() -> None:  # pragma: no cover  (for mypy only)
+    from durajobs.stores.ofd_claims import InstanceLocks
+    from durajobs.stores.sqlite import Store as SqliteStore
+    from durajobs.wake import WakeListener as SocketListener
+    from durajobs.wake import Waker as SocketWaker
+
+    def check(
+        store: SqliteStore, claims: InstanceLocks, waker: SocketWaker, listener: SocketListener
+    ) -> tuple[Store, Claims, Waker, WakeListener]:
+        return store, claims, waker, listener
+
+    del check
