@@ -30,3 +30,41 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("DURAJOBS_HYPOTHESIS_PROFILE", "ci"))
+
+
+# -- PostgreSQL: one throwaway cluster per session (tests/pgserver.py) --------------------------
+import pytest  # noqa: E402
+from pgserver import PgServer, find_pg_bin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """A PostgreSQL cluster started for this session; skipped where PostgreSQL is missing
+    (but a failure when ``CI=true``: CI must run the PostgreSQL tests)."""
+    bindir = find_pg_bin()
+    missing = "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql)"
+    if bindir is not None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            bindir, missing = None, "psycopg is not installed (pip install 'durajobs[postgres]')"
+    if bindir is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {missing}")
+        pytest.skip(missing)
+    server = PgServer(bindir)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):  # type: ignore[no-untyped-def]
+    """A fresh empty database on the session's cluster; its URL carries a password."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)

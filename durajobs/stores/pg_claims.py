@@ -1,0 +1,249 @@
+"""Per-instance claims as PostgreSQL session-level advisory locks (the ``Claims`` protocol).
+
+A claim is ``pg_try_advisory_lock(key)`` on a connection of its own, ``key`` a signed 64-bit
+blake2b hash of the instance id. Like the OFD lock of ``ofd_claims`` it writes nothing, and the
+server drops it the moment the holding session ends (kill -9 of the process: the server sees
+the socket close within milliseconds; no lease). Two ids whose hashes collide share a claim.
+
+Fairness: a caller that waits (``acquire``) first takes a "waiting" marker, the two-int
+advisory lock ``(key >> 32, key & 0xffffffff)`` (a key space of its own: PostgreSQL keeps
+one-bigint and two-int advisory locks apart), then blocks in ``pg_advisory_lock(key)`` under
+``lock_timeout``: the server grants the lock to the queued waiter when the holder releases it,
+so a process stepping one instance back to back cannot starve it. ``try_acquire`` yields when
+it sees a marker; it tests the marker by taking and dropping it in the same statement as the
+claim attempt (one round trip, no read of ``pg_locks``).
+
+Advisory locks are re-entrant per session; a claim this object already holds is never granted
+a second time (``_held``), as the OFD claims refuse re-entrant use.
+
+If the claim connection is lost while claims are held (``pg_terminate_backend``, a server
+restart), the server has released them: the steps that believed they held them are harmless
+because every commit is fenced on the step number. The next call reconnects, forgetting them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from durajobs.errors import InstanceBusyError
+from durajobs.stores.postgres import Link, _psycopg, signed_hash
+
+__all__ = ["AdvisoryClaims", "claim_key"]
+
+_KEYS: dict[str, int] = {}
+_KEYS_MAX = 1 << 16
+WAIT_CHECK_INTERVAL = 0.001  # seconds an ``anyone_waiting`` answer of "no" is reused
+
+SQL_TRY_CLAIM = (
+    "SELECT CASE WHEN pg_try_advisory_lock(%(hi)s::int, %(lo)s::int) "
+    "THEN pg_advisory_unlock(%(hi)s::int, %(lo)s::int) AND pg_try_advisory_lock(%(key)s::bigint) "
+    "ELSE false END"
+)
+SQL_CLAIM_NOW = "SELECT pg_try_advisory_lock(%s::bigint)"
+SQL_MARK_WAITING = (
+    "SELECT set_config('lock_timeout', %s, false), pg_try_advisory_lock(%s::int, %s::int)"
+)
+SQL_WAIT_CLAIM = "SELECT pg_advisory_lock(%s::bigint)"
+SQL_UNMARK = "SELECT pg_advisory_unlock(%s::int, %s::int)"
+SQL_RELEASE = "SELECT pg_advisory_unlock(%s::bigint)"
+# Is anyone waiting for one of these claims? Take and drop each marker (a CASE: evaluated in
+# order, unlike AND).
+SQL_WAITED = (
+    "SELECT coalesce(bool_or(CASE WHEN pg_try_advisory_lock(hi, lo) "
+    "THEN NOT pg_advisory_unlock(hi, lo) ELSE true END), false) "
+    "FROM unnest(%s::int[], %s::int[]) AS t(hi, lo)"
+)
+# Read-only (doctor): pg_locks shows a bigint key as classid = high half, objid = low half.
+SQL_IS_LOCKED = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+
+
+def claim_key(instance_id: str) -> int:
+    """The advisory lock key (signed 64-bit) that stands for ``instance_id``."""
+    key = _KEYS.get(instance_id)
+    if key is None:
+        key = signed_hash(instance_id)
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[instance_id] = key
+    return key
+
+
+def _halves(key: int) -> tuple[int, int]:
+    """The two signed int4 halves of a signed int8 (the "waiting" marker's two-int key)."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    hi, lo = unsigned >> 32, unsigned & 0xFFFFFFFF
+    return (hi - (1 << 32) if hi >= 1 << 31 else hi), (lo - (1 << 32) if lo >= 1 << 31 else lo)
+
+
+class AdvisoryClaims:
+    """Exclusive per-instance claims held by this object's own server session.
+
+    Args:
+        location: the database URL (the same as the store's).
+        connect_timeout: seconds to wait for the server when (re)connecting.
+
+    Not for sharing between threads: each ``Jobs`` opens its own. The connection opens on
+    first use and is reopened after ``fork()`` (the parent's session, and its claims, stay the
+    parent's).
+
+    Raises:
+        StorageError: psycopg is missing or the URL is invalid.
+    """
+
+    def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
+        self._link = Link(location, connect_timeout=connect_timeout)
+        self._psycopg = _psycopg(self._link.where)
+        self.path = self._link.where
+        self._held: set[int] = set()
+        self._generation = 0
+        self._nobody_waits_until = 0.0
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        link = self._link
+        conn = link.connection()
+        if link.generation != self._generation:
+            self._generation = link.generation
+            self._held.clear()  # a new session holds nothing
+        return conn
+
+    def _run(self, doing: str, sql: str, params: Any) -> Any:
+        conn = self._connection()
+        try:
+            return conn.execute(sql, params).fetchone()[0]
+        except self._psycopg.Error as exc:
+            self._link.drop()
+            raise self._link.error(exc, doing) from None
+
+    # -- Claims ---------------------------------------------------------------------------
+
+    def try_acquire(self, instance_id: str) -> int | None:
+        """Claim without waiting; a token for ``release``, or ``None`` if busy.
+
+        Also ``None`` while another caller waits for this instance in ``acquire``, and for a
+        claim this object already holds.
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        key = claim_key(instance_id)
+        if key in self._held:
+            return None
+        hi, lo = _halves(key)
+        if not self._run("claim", SQL_TRY_CLAIM, {"hi": hi, "lo": lo, "key": key}):
+            return None
+        self._held.add(key)
+        return key
+
+    def acquire(self, instance_id: str, timeout: float) -> int:
+        """Claim, waiting up to ``timeout`` seconds for another step of the instance to end.
+
+        Raises:
+            InstanceBusyError: still busy after ``timeout``.
+            StorageError: the server cannot be reached.
+        """
+        key = claim_key(instance_id)
+        busy = InstanceBusyError(
+            f"{instance_id}: another step of this instance is still running after "
+            f"{timeout:g} s (wait_timeout)"
+        )
+        if key in self._held:
+            # Held by this very object (re-entrant use): nobody here will release it while
+            # we wait, but the caller's contract is to wait, then fail.
+            time.sleep(max(0.0, timeout))
+            raise busy
+        if self._run("claim", SQL_CLAIM_NOW, (key,)):
+            self._held.add(key)
+            return key
+        hi, lo = _halves(key)
+        conn = self._connection()
+        psycopg = self._psycopg
+        marked = False
+        try:
+            timeout_ms = f"{max(1, round(timeout * 1000))}ms"
+            marked = bool(conn.execute(SQL_MARK_WAITING, (timeout_ms, hi, lo)).fetchone()[1])
+            conn.execute(SQL_WAIT_CLAIM, (key,))
+        except psycopg.errors.LockNotAvailable:
+            raise busy from None
+        except psycopg.errors.DeadlockDetected:
+            raise InstanceBusyError(
+                f"{instance_id}: waiting for its claim would deadlock with another process "
+                "(claims must be taken in a fixed order)"
+            ) from None
+        except psycopg.Error as exc:
+            self._link.drop()
+            raise self._link.error(exc, "claim") from None
+        finally:
+            if marked and not conn.broken:
+                try:
+                    conn.execute(SQL_UNMARK, (hi, lo))
+                except psycopg.Error:
+                    self._link.drop()
+        self._held.add(key)
+        return key
+
+    def release(self, token: int) -> None:
+        """Drop a claim taken by ``acquire``/``try_acquire`` (never raises)."""
+        if token not in self._held:
+            return
+        self._held.discard(token)
+        link = self._link
+        if not link.is_open:
+            return  # the session is gone, and its locks with it
+        try:
+            link.connection().execute(SQL_RELEASE, (token,))
+        except self._psycopg.Error:
+            link.drop()
+
+    def anyone_waiting(self) -> bool:
+        """Whether another caller waits for any claim this object holds.
+
+        A "no" is reused for ``WAIT_CHECK_INTERVAL`` (one round trip per millisecond at most,
+        not one per step of a group commit).
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        if not self._held or time.monotonic() < self._nobody_waits_until:
+            return False
+        waiting = self._waited(list(self._held))
+        if not waiting:
+            self._nobody_waits_until = time.monotonic() + WAIT_CHECK_INTERVAL
+        return waiting
+
+    def waited_for(self, token: int) -> bool:
+        """Whether another caller waits for the claim ``token`` stands for.
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        return self._waited([token])
+
+    def _waited(self, keys: list[int]) -> bool:
+        his, los = zip(*(_halves(k) for k in keys), strict=True)
+        return bool(self._run("claim check", SQL_WAITED, (list(his), list(los))))
+
+    def is_locked(self, instance_id: str) -> bool:
+        """Whether some session (this one included) holds the instance's claim right now.
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        key = claim_key(instance_id)
+        if key in self._held:
+            return True
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        return bool(
+            self._run("claim check", SQL_IS_LOCKED, (unsigned >> 32, unsigned & 0xFFFFFFFF))
+        )
+
+    def close(self) -> None:
+        """Release every claim (by ending the session) and close (idempotent)."""
+        self._held.clear()
+        self._link.close()

@@ -1,0 +1,1110 @@
+"""The PostgreSQL store (psycopg 3): the same tables and semantics as ``sqlite``, many hosts.
+
+Theory of operation. Every durajobs process keeps, per ``Jobs``, one store connection (reads in
+autocommit, each write one explicit transaction), one claim connection (``pg_claims``: session
+advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
+claim, not by the database: the store may assume the claim is held and checks the fence
+(``... WHERE step = expected``) in the same statement that writes, so a write computed by a
+process that lost its claim (``pg_terminate_backend``, a restart, a partition) changes nothing.
+
+The only writer that holds no claim is ``enqueue`` (a Debounce event for an instance whose
+flush runs elsewhere). SQLite serializes it with the flush's commit through its single write
+lock; here both take a transaction-scoped advisory lock of the instance (a key space of its own,
+see ``_write_key``) before touching its rows, so a purge either sees the queued event (and
+revives the batch) or the event's placeholder row is made after the purge committed, numbered
+from the purge's history.
+
+Schema: versioned in ``durajobs_schema`` (one row per applied version), migrated forward inside
+a transaction holding ``pg_advisory_xact_lock`` of a constant key, so that many processes
+starting at once migrate exactly once. Times are epoch seconds in ``double precision`` (the
+REAL of the SQLite schema), counters ``bigint``, history ids and queue seqs identity columns.
+
+Errors: every psycopg error becomes ``StorageError`` naming ``postgresql host:port/database``
+and the server's reason; the password never appears (it is also scrubbed from any message). A
+lost connection is noticed by the call that hits it (which raises) and reopened by the next.
+
+Not yet (noted for later phases): group commit sends one statement per write inside the one
+transaction (``UPDATE ... FROM unnest(...)`` batching is an optimisation for later); PgBouncer
+transaction pooling is not detected; history ids come from a sequence, so ``history_since``
+may skip a record whose transaction committed after a later id was read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from durajobs.errors import DuplicateEventError, StorageError
+from durajobs.rows import Instance, Queued
+from durajobs.stores.base import Finding, HistoryRow, Write
+
+__all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "is_postgres", "signed_hash"]
+
+SCHEMA_VERSION = 2
+INSTALL_HINT = "PostgreSQL needs psycopg: pip install 'durajobs[postgres]'"
+T = TypeVar("T")
+
+
+def is_postgres(location: str | os.PathLike[str]) -> bool:
+    """Whether a location string names a PostgreSQL database (``postgresql://``/``postgres://``)."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def signed_hash(text: str, person: bytes = b"") -> int:
+    """A signed 64-bit blake2b hash (an advisory lock key)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8, person=person).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _write_key(instance_id: str) -> int:
+    # Not the claim's key: a process holds the claim on one connection while its store
+    # connection takes this lock; the same key would make it wait for itself.
+    return signed_hash(instance_id, b"durajobs-write")
+
+
+MIGRATE_KEY = signed_hash("durajobs:migrate")
+
+# Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1 (as in sqlite.py).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE instances (
+            instance_id text PRIMARY KEY,
+            kind text NOT NULL,
+            job text NOT NULL,
+            user_id text NOT NULL,
+            status text NOT NULL,
+            state text,
+            due_at double precision,
+            scheduled_for double precision,
+            anchor double precision,
+            reason text,
+            run_count bigint NOT NULL,
+            attempt bigint NOT NULL,
+            event_count bigint NOT NULL,
+            created_at double precision NOT NULL,
+            started_at double precision,
+            last_error text,
+            step bigint NOT NULL,
+            updated_at double precision NOT NULL
+        )""",
+        # INCLUDE: due_ids is an index-only scan, as on SQLite.
+        "CREATE INDEX instances_due ON instances (due_at) INCLUDE (instance_id) "
+        "WHERE due_at IS NOT NULL",
+        "CREATE INDEX instances_job ON instances (job, kind)",
+        """CREATE TABLE history (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            instance_id text NOT NULL,
+            at double precision NOT NULL,
+            event text NOT NULL,
+            step bigint NOT NULL,
+            attempt bigint,
+            duration_ms double precision,
+            error text,
+            data text
+        )""",
+        "CREATE INDEX history_instance ON history (instance_id, id)",
+        """CREATE TABLE inbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            instance_id text NOT NULL,
+            event text NOT NULL,
+            added_at double precision NOT NULL
+        )""",
+        "CREATE INDEX inbox_instance ON inbox (instance_id, seq)",
+        """CREATE TABLE event_keys (
+            instance_id text NOT NULL,
+            key text NOT NULL,
+            at double precision NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        )""",
+    ),
+    ("CREATE INDEX instances_failed ON instances (instance_id) WHERE status = 'failed'",),
+]
+
+COLUMNS = (
+    "instance_id, kind, job, user_id, status, state, due_at, scheduled_for, anchor, reason, "
+    "run_count, attempt, event_count, created_at, started_at, last_error, step, updated_at"
+)
+_NAMES = COLUMNS.split(", ")
+_SET_ALL = ", ".join(f"{c} = EXCLUDED.{c}" for c in _NAMES[4:])
+_SET_BUT_DUE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _NAMES[4:] if c != "due_at")
+_VALUES = ", ".join(["%s"] * 18)
+
+# -- named statements (same names and meaning as in sqlite.py) --------------------------------
+SQL_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS durajobs_schema (version integer PRIMARY KEY, "
+    "applied_at timestamptz NOT NULL DEFAULT now())"
+)
+SQL_SCHEMA_EXISTS = (
+    "SELECT to_regclass('durajobs_schema') IS NOT NULL, to_regclass('instances') IS NOT NULL"
+)
+SQL_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM durajobs_schema"
+SQL_SCHEMA_APPLIED = "INSERT INTO durajobs_schema (version) VALUES (%s)"
+SQL_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s::bigint)"
+SQL_XACT_LOCKS = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
+SQL_LOAD = f"SELECT {COLUMNS} FROM instances WHERE instance_id = %s"
+SQL_LOAD_FLAGGED = (
+    f"SELECT {COLUMNS}, EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = %(id)s) "
+    "FROM instances WHERE instance_id = %(id)s"
+)
+SQL_STEP = "SELECT step FROM instances WHERE instance_id = %s"
+SQL_LAST_STEP_EXPR = (
+    "SELECT coalesce((SELECT step FROM history WHERE instance_id = %(id)s "
+    "ORDER BY id DESC LIMIT 1), 0)"
+)
+SQL_FIND_RECORD = (
+    "SELECT 1 FROM history WHERE instance_id = %s AND step = %s AND event = %s "
+    "ORDER BY id DESC LIMIT 1"
+)
+SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= %s ORDER BY due_at LIMIT %s"
+SQL_DUE_IDS = "SELECT instance_id FROM instances WHERE due_at <= %s ORDER BY due_at LIMIT %s"
+SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT %s"
+SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = %s ORDER BY seq"
+SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = %s AND key = %s AND at >= %s"
+SQL_PUT = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES ({_VALUES}) "
+    f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = %s"
+)
+# Debounce: events queued (and not consumed by this write), or re-queued by it, need a step
+# soon: the alarm becomes due now unless the row is failed or a retry is pending. The queue
+# changes are applied after this statement (only if the fence held), so the test reads the
+# queue as it will be: rows with seq > consumed, or the re-queued event.
+SQL_PUT_DEBOUNCE = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES ({_VALUES}) "
+    f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_BUT_DUE}, due_at = CASE "
+    "WHEN EXCLUDED.status <> 'failed' AND EXCLUDED.attempt = 1 AND (%s OR EXISTS "
+    "(SELECT 1 FROM inbox WHERE inbox.instance_id = EXCLUDED.instance_id AND inbox.seq > %s)) "
+    "THEN LEAST(coalesce(EXCLUDED.due_at, %s), %s) ELSE EXCLUDED.due_at END "
+    "WHERE instances.step = %s"
+)
+SQL_DELETE = "DELETE FROM instances WHERE instance_id = %s AND step = %s"
+SQL_HISTORY = (
+    "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+SQL_TRIM_HISTORY = (
+    "DELETE FROM history WHERE instance_id = %(id)s AND id <= (SELECT id FROM history "
+    "WHERE instance_id = %(id)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s)"
+)
+SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = %s AND seq <= %s"
+SQL_ADD_KEY = (
+    "INSERT INTO event_keys (instance_id, key, at) VALUES (%(id)s, %(key)s, %(now)s) "
+    "ON CONFLICT (instance_id, key) DO UPDATE SET at = EXCLUDED.at "
+    "WHERE event_keys.at < %(cutoff)s"
+)
+SQL_REVIVE_QUEUED = (
+    f"INSERT INTO instances ({COLUMNS}) SELECT %(id)s, 'debounce', %(job)s, %(user)s, "
+    "'debouncing', NULL, %(now)s, NULL, NULL, NULL, 0, 1, 0, %(now)s, NULL, NULL, %(step)s, "
+    "%(now)s WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = %(id)s)"
+)
+SQL_ENQUEUE = "INSERT INTO inbox (instance_id, event, added_at) VALUES (%s, %s, %s) RETURNING seq"
+SQL_ENQUEUE_ALARM = (
+    f"INSERT INTO instances ({COLUMNS}) VALUES (%(id)s, 'debounce', %(job)s, %(user)s, "
+    "'debouncing', NULL, %(now)s, NULL, NULL, NULL, 0, 1, 0, %(now)s, NULL, NULL, "
+    f"({SQL_LAST_STEP_EXPR}), %(now)s) "
+    "ON CONFLICT (instance_id) DO UPDATE SET due_at = EXCLUDED.due_at "
+    "WHERE instances.status <> 'failed' "
+    "AND (instances.due_at IS NULL OR instances.due_at > EXCLUDED.due_at)"
+)
+SQL_QUEUE_SIZE = "SELECT count(*), min(added_at) FROM inbox WHERE instance_id = %s"
+SQL_FIND_QUEUED = "SELECT 1 FROM inbox WHERE seq = %s AND instance_id = %s AND event = %s"
+SQL_PRUNE_HISTORY = "DELETE FROM history WHERE id < %s AND at < %s"
+SQL_PRUNE_KEYS = "DELETE FROM event_keys WHERE at < %s"
+SQL_COUNT_BY_STATUS = (
+    "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
+    "ORDER BY kind, job, status"
+)
+SQL_COUNT_DUE = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= %s"
+SQL_NEXT_AFTER = "SELECT min(due_at) FROM instances WHERE due_at > %s"
+SQL_HISTORY_ID_RANGE = "SELECT (SELECT min(id) FROM history), (SELECT max(id) FROM history)"
+SQL_HISTORY_AT_ID = "SELECT at FROM history WHERE id >= %s ORDER BY id LIMIT 1"
+SQL_HISTORY_COUNTS = (
+    "SELECT count(*), count(*) FILTER (WHERE event = 'job.failed'), "
+    "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= %s AND at >= %s"
+)
+_HISTORY_COLUMNS = "id, instance_id, at, event, step, attempt, duration_ms, error, data"
+SQL_HISTORY_OF = (
+    f"SELECT {_HISTORY_COLUMNS} FROM history WHERE instance_id = %s ORDER BY id DESC LIMIT %s"
+)
+SQL_HISTORY_SINCE = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s ORDER BY id LIMIT %s"
+SQL_HISTORY_RECENT = f"SELECT {_HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT %s"
+SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
+SQL_SETTING = "SELECT current_setting(%s)"
+
+WAKE_CHANNEL = "durajobs_wake"
+CLOCK_SKEW_WARN = 1.0  # seconds between this host's clock and the server's
+
+
+def _psycopg(where: str) -> Any:
+    """Import psycopg (an optional dependency) or say what to install."""
+    try:
+        import psycopg
+    except ImportError:
+        raise StorageError(f"{where}: {INSTALL_HINT}") from None
+    return psycopg
+
+
+_ABANDONED: list[Any] = []  # a forked child's copies of its parent's connections, kept alive
+
+
+class Link:
+    """One connection to the server, reopened when lost, never shared across ``fork()``.
+
+    Args:
+        location: a libpq URL (``postgresql://`` or ``postgres://``).
+        setup: statements run once per (re)connection (session settings).
+        connect_timeout: seconds to wait for the server when connecting (unless the URL says).
+
+    Raises:
+        StorageError: the URL cannot be parsed, or psycopg is not installed.
+    """
+
+    def __init__(
+        self, location: str, setup: Sequence[str] = (), *, connect_timeout: float = 5.0
+    ) -> None:
+        self.location = location
+        psycopg = _psycopg(_redact(location))
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(location)
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"{_redact(location)}: not a valid PostgreSQL URL: {_scrub(str(exc), location)}"
+            ) from None
+        self._password = str(params.get("password") or "")
+        host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+        if host.startswith("/"):
+            host = f"socket {host}"
+        port = params.get("port") or os.environ.get("PGPORT") or "5432"
+        dbname = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or ""
+        self.where = f"postgresql {host}:{port}/{dbname}"
+        self._kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in params:
+            self._kwargs["connect_timeout"] = max(1, round(connect_timeout))
+        if "application_name" not in params:
+            self._kwargs["application_name"] = "durajobs"
+        self._setup = tuple(setup)
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self.generation = 0  # counts (re)connections: a claim or a LISTEN dies with one
+
+    def error(self, exc: BaseException, doing: str) -> StorageError:
+        """A ``StorageError`` for ``exc`` naming the server, never the password."""
+        reason = str(exc).strip() or type(exc).__name__
+        name = type(exc).__name__
+        if name not in reason and name not in ("OperationalError", "Error"):
+            reason = f"{name}: {reason}"
+        return StorageError(f"{self.where}: {doing}: {self.scrub(reason)}")
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the password (and the URL) removed."""
+        return _scrub(text, self.location, self._password)
+
+    def connection(self) -> Any:
+        """The live connection, (re)opened if it is missing, lost, or the parent's.
+
+        Raises:
+            StorageError: the server cannot be reached or refused the connection.
+        """
+        conn = self._conn
+        if conn is not None:
+            if self._pid != os.getpid():
+                _disown(conn)
+                conn = self._conn = None
+            elif conn.closed or conn.broken:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = self._conn = None
+        if conn is None:
+            conn = self._open()
+        return conn
+
+    def _open(self) -> Any:
+        psycopg = _psycopg(self.where)
+        try:
+            conn = psycopg.connect(self.location, **self._kwargs)
+        except psycopg.Error as exc:
+            raise self.error(exc, "cannot connect") from None
+        try:
+            for statement in self._setup:
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            conn.close()
+            raise self.error(exc, "cannot set up the session") from None
+        self._conn = conn
+        self._pid = os.getpid()
+        self.generation += 1
+        return conn
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a usable connection is open now (no I/O)."""
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    def drop(self) -> None:
+        """Close the connection if it is broken (so the next call reconnects)."""
+        conn = self._conn
+        if conn is not None and (conn.closed or conn.broken):
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Close (idempotent). A forked child's copy is left to its parent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._pid != os.getpid():
+            _disown(conn)
+            return
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _disown(conn: Any) -> None:
+    """Make a connection inherited through ``fork()`` harmless: closing it (even when it is
+    garbage-collected) would send the server a Terminate message on the parent's session,
+    ending it and releasing the parent's claims. Point the descriptor at /dev/null instead."""
+    with contextlib.suppress(Exception):
+        fd = conn.pgconn.socket
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+    _ABANDONED.append(conn)
+
+
+def _redact(location: str) -> str:
+    """The location without its password (for messages and ``Store.path``)."""
+    try:
+        parts = urllib.parse.urlsplit(location)
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{hostport}" if user else hostport
+    query = "&".join(
+        p for p in parts.query.split("&") if p and not p.lower().startswith("password=")
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _scrub(text: str, location: str, password: str = "") -> str:
+    if location and location in text:
+        text = text.replace(location, _redact(location))
+    if password:
+        for secret in {password, urllib.parse.quote(password, safe="")}:
+            text = text.replace(secret, "***")
+    return text
+
+
+class PostgresStore:
+    """A durajobs database on a PostgreSQL server (the ``Store`` protocol of ``base``).
+
+    Args:
+        location: a libpq URL, ``postgresql://user@host:5432/db`` (or ``postgres://``), with
+            libpq's parameters (``sslmode``...); passwords may come from ``PGPASSWORD`` or
+            ``~/.pgpass``.
+        durability: ``"full"`` (``synchronous_commit`` as the server says, normally on) or
+            ``"normal"`` (``synchronous_commit = off`` for this store's sessions: a server
+            crash may lose the latest commits, never tears one).
+        busy_timeout: seconds a statement waits for a row lock (``lock_timeout``); also the
+            connect timeout.
+        readonly: open for inspection only: never migrates; the session is read-only.
+
+    Raises:
+        StorageError: psycopg is missing, the server cannot be reached, or the database holds
+            another application's ``instances`` table or a newer durajobs schema.
+        ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        readonly: bool = False,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        self.path = _redact(location)
+        self.durability = durability
+        self.readonly = readonly
+        self.key_window = 86400.0
+        setup = [f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}"]
+        if durability == "normal":
+            setup.append("SET synchronous_commit = off")
+        if readonly:
+            setup.append("SET default_transaction_read_only = on")
+        self._link = Link(location, setup, connect_timeout=busy_timeout)
+        self._psycopg = _psycopg(self.path)
+        self._migrated_generation = -1
+        self._connection()  # connect (and migrate) now: a bad URL fails at open
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """``postgresql host:port/database`` (for messages)."""
+        return self._link.where
+
+    def _connection(self) -> Any:
+        link = self._link
+        conn = link.connection()
+        if self._migrated_generation != link.generation:
+            try:
+                self._migrate(conn)
+            except self._psycopg.Error as exc:
+                link.drop()
+                raise link.error(exc, "cannot open") from None
+            self._migrated_generation = link.generation
+        return conn
+
+    def _migrate(self, conn: Any) -> None:
+        version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.where}: schema version {version} is newer than this durajobs "
+                f"understands ({SCHEMA_VERSION}); upgrade durajobs"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise StorageError(f"{self.where}: not a durajobs database (schema version 0)")
+        with conn.transaction():
+            # Every process that starts on an old schema queues here; the first migrates,
+            # the others find the work done.
+            conn.execute(SQL_XACT_LOCK, (MIGRATE_KEY,))
+            conn.execute(SQL_SCHEMA_TABLE)
+            current = int(conn.execute(SQL_SCHEMA_VERSION).fetchone()[0])
+            if current == 0 and conn.execute(SQL_SCHEMA_EXISTS).fetchone()[1]:
+                raise StorageError(
+                    f"{self.where}: not a durajobs database (it has an 'instances' table "
+                    "that durajobs did not make)"
+                )
+            for target in range(current, SCHEMA_VERSION):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(SQL_SCHEMA_APPLIED, (target + 1,))
+
+    def _version(self, conn: Any) -> int:
+        has_schema, has_instances = conn.execute(SQL_SCHEMA_EXISTS).fetchone()
+        if not has_schema:
+            if has_instances:
+                raise StorageError(
+                    f"{self.where}: not a durajobs database (it has an 'instances' table "
+                    "that durajobs did not make)"
+                )
+            return 0
+        return int(conn.execute(SQL_SCHEMA_VERSION).fetchone()[0])
+
+    @contextlib.contextmanager
+    def _mapped(self, doing: str) -> Iterator[Any]:
+        """The connection, with psycopg errors mapped to ``StorageError``."""
+        conn = self._connection()
+        try:
+            yield conn
+        except self._psycopg.Error as exc:
+            self._link.drop()
+            raise self._link.error(exc, doing) from None
+
+    def _rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self._mapped("read") as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def _transaction(self, doing: str, body: Callable[[Any], T], probe: Callable[[Any], bool]) -> T:
+        """The one write-transaction helper: ``BEGIN``, ``body(cursor)``, ``COMMIT``.
+
+        ``probe(connection)`` re-reads whether the transaction's effect is in the database; it
+        is asked (on a new connection) only when the connection broke during COMMIT.
+        """
+        psycopg = self._psycopg
+        link = self._link
+        conn = self._connection()
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+        except psycopg.Error as exc:
+            link.drop()
+            raise link.error(exc, doing) from None
+        try:
+            result = body(cur)
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, psycopg.Error):
+                link.drop()
+                raise link.error(exc, doing) from None
+            raise
+        try:
+            cur.execute("COMMIT")
+        except psycopg.Error as exc:
+            if not conn.broken:
+                self._rollback(conn)
+                raise link.error(exc, doing) from None
+            # The connection died during COMMIT: the server may have committed. Ask.
+            link.drop()
+            try:
+                committed = probe(self._connection())
+            except (psycopg.Error, StorageError):
+                link.drop()
+                raise link.error(exc, doing + " (outcome unknown)") from None
+            if not committed:
+                raise link.error(exc, doing) from None
+        return result
+
+    def _rollback(self, conn: Any) -> None:
+        if conn.broken or conn.closed:
+            return
+        with contextlib.suppress(self._psycopg.Error):
+            conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._link.close()
+
+    def notify(self, channel: str = WAKE_CHANNEL) -> None:
+        """Send ``NOTIFY channel`` in a transaction of its own (after a commit, never inside).
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        with self._mapped("notify") as conn:
+            conn.execute(SQL_NOTIFY, (channel,))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def load(self, instance_id: str) -> Instance | None:
+        """The committed row of an instance, or ``None``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        rows = self._rows(SQL_LOAD, (instance_id,))
+        return Instance(*rows[0]) if rows else None
+
+    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
+        """The row and its queued events (Debounce), with one query when none are queued.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        rows = self._rows(SQL_LOAD_FLAGGED, {"id": instance_id})
+        if not rows:
+            return None, []
+        row = rows[0]
+        return Instance(*row[:-1]), self.queued(instance_id) if row[-1] else []
+
+    def last_step(self, instance_id: str) -> int:
+        """The last step number recorded for an instance id (0 if none).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return int(self._rows(SQL_LAST_STEP_EXPR, {"id": instance_id})[0][0])
+
+    def queued(self, instance_id: str) -> list[Queued]:
+        """Events stored by ``enqueue`` and not yet folded, oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return [Queued(*row) for row in self._rows(SQL_QUEUED, (instance_id,))]
+
+    def due(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[Instance]:
+        """Instances whose alarm is at or before ``now``, earliest first.
+
+        ``prefixes`` keeps only instance ids starting with one of them (``"kind:job:"``).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        sql, params = _for_jobs(SQL_DUE, prefixes, (now, limit))
+        return [Instance(*row) for row in self._rows(sql, params)]
+
+    def due_ids(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[str]:
+        """Ids of the instances whose alarm is at or before ``now``, earliest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        sql, params = _for_jobs(SQL_DUE_IDS, prefixes, (now, limit))
+        return [str(row[0]) for row in self._rows(sql, params)]
+
+    def next_due(self, skip: int = 0, prefixes: Sequence[str] | None = None) -> list[float]:
+        """The earliest ``skip + 1`` alarm times (ascending).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        sql, params = _for_jobs(SQL_NEXT_DUE, prefixes, (skip + 1,))
+        return [float(row[0]) for row in self._rows(sql, params)]
+
+    def has_key(self, instance_id: str, key: str, now: float) -> bool:
+        """Whether an idempotency key was accepted for the instance within ``key_window``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return bool(self._rows(SQL_HAS_KEY, (instance_id, key, now - self.key_window)))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+        """Apply the writes in one transaction; returns, per write, whether its fence held.
+
+        Raises:
+            StorageError: the transaction was not committed (the database is unchanged), or
+                its outcome could not be learned ("outcome unknown").
+            DuplicateEventError: a single keyed write whose key was taken meanwhile.
+        """
+        if not writes:
+            return []
+
+        def body(cur: Any) -> list[bool]:
+            # Debounce rows are also written by enqueue, which holds no claim: serialize
+            # with it per instance (sorted: two transactions never wait on each other).
+            keys = sorted({_write_key(w.instance_id) for w in writes if w.kind == "debounce"})
+            if len(keys) == 1:
+                cur.execute(SQL_XACT_LOCK, (keys[0],))
+            elif keys:
+                cur.execute(SQL_XACT_LOCKS, (keys,))
+            applied = []
+            for write in writes:
+                if write.key is None:
+                    applied.append(self._apply(cur, write, now, history_limit))
+                else:
+                    applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+            return applied
+
+        def probe(conn: Any) -> bool:
+            first = writes[0]
+            if first.records:  # step numbers never repeat for an id: its record is proof
+                step = first.row.step if first.row is not None else first.expected_step + 1
+                params = (first.instance_id, step, first.records[-1][0])
+                return bool(conn.execute(SQL_FIND_RECORD, params).fetchall())
+            rows = conn.execute(SQL_STEP, (first.instance_id,)).fetchall()
+            if first.row is not None:
+                return bool(rows) and rows[0][0] == first.row.step
+            return not rows or rows[0][0] != first.expected_step
+
+        return self._transaction("commit", body, probe)
+
+    def _apply_keyed(
+        self, cur: Any, write: Write, now: float, history_limit: int, writes: Sequence[Write]
+    ) -> bool:
+        cur.execute("SAVEPOINT keyed")
+        ok = self._apply(cur, write, now, history_limit)
+        if ok:
+            cur.execute(SQL_ADD_KEY, {
+                "id": write.instance_id, "key": write.key, "now": now,
+                "cutoff": now - self.key_window,
+            })  # fmt: skip
+            if cur.rowcount == 0:
+                cur.execute("ROLLBACK TO SAVEPOINT keyed")
+                cur.execute("RELEASE SAVEPOINT keyed")
+                if len(writes) == 1:
+                    raise DuplicateEventError(
+                        f"{write.instance_id}: an event with key {write.key!r} was already accepted"
+                    )
+                return False
+        cur.execute("RELEASE SAVEPOINT keyed")
+        return ok
+
+    def _apply(self, cur: Any, write: Write, now: float, history_limit: int) -> bool:
+        """One write; ``False`` (and nothing changed) when its fence fails."""
+        row = write.row
+        instance_id = write.instance_id
+        debounce = write.kind == "debounce"
+        if row is None:
+            cur.execute(SQL_DELETE, (instance_id, write.expected_step))
+            if cur.rowcount == 0 and not write.new:
+                return False
+            step = write.expected_step + 1
+            if debounce:
+                self._queue_changes(cur, write, now)
+                # Events queued during this step open the next batch, numbered on from here.
+                cur.execute(SQL_REVIVE_QUEUED, {
+                    "id": instance_id, "job": write.job, "user": write.user_id, "now": now,
+                    "step": step,
+                })  # fmt: skip
+        else:
+            if debounce:
+                cur.execute(SQL_PUT_DEBOUNCE, (
+                    *row, write.requeue is not None, write.consumed, now, now,
+                    write.expected_step,
+                ))  # fmt: skip
+            else:
+                cur.execute(SQL_PUT, (*row, write.expected_step))
+            if cur.rowcount == 0:
+                return False
+            if debounce:
+                self._queue_changes(cur, write, now)
+            step = row.step
+        records = write.records
+        if records:
+            if len(records) == 1:
+                event, *rest = records[0]
+                cur.execute(SQL_HISTORY, (instance_id, now, event, step, *rest))
+            else:
+                cur.executemany(
+                    SQL_HISTORY,
+                    [(instance_id, now, event, step, *rest) for (event, *rest) in records],
+                )
+            if step % 32 == 0:
+                cur.execute(SQL_TRIM_HISTORY, {"id": instance_id, "keep": history_limit})
+        return True
+
+    @staticmethod
+    def _queue_changes(cur: Any, write: Write, now: float) -> None:
+        if write.consumed:
+            cur.execute(SQL_CONSUME, (write.instance_id, write.consumed))
+        if write.requeue is not None:
+            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
+
+    def enqueue(
+        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
+    ) -> tuple[int, float, float]:
+        """Store a Debounce event for an instance busy elsewhere and make it due now.
+
+        Returns the number of queued events and when the first and the last were added.
+
+        Raises:
+            DuplicateEventError: the key was already accepted for this instance.
+            StorageError: the event could not be stored.
+        """
+        seq = [0]
+
+        def body(cur: Any) -> tuple[int, float, float]:
+            cur.execute(SQL_XACT_LOCK, (_write_key(instance_id),))
+            if key is not None:
+                cur.execute(SQL_ADD_KEY, {
+                    "id": instance_id, "key": key, "now": now, "cutoff": now - self.key_window,
+                })  # fmt: skip
+                if cur.rowcount == 0:
+                    raise DuplicateEventError(
+                        f"{instance_id}: an event with key {key!r} was already accepted"
+                    )
+            cur.execute(SQL_ENQUEUE, (instance_id, event, now))
+            seq[0] = int(cur.fetchone()[0])
+            cur.execute(SQL_ENQUEUE_ALARM, {
+                "id": instance_id, "job": job, "user": user_id, "now": now,
+            })  # fmt: skip
+            count, first = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchone()
+            return int(count), float(first), now
+
+        def probe(conn: Any) -> bool:
+            return bool(conn.execute(SQL_FIND_QUEUED, (seq[0], instance_id, event)).fetchall())
+
+        return self._transaction("enqueue", body, probe)
+
+    def prune(self, history_before: float, keys_before: float) -> None:
+        """Delete history records and idempotency keys older than the given times.
+
+        Raises:
+            StorageError: the transaction failed.
+        """
+
+        def body(cur: Any) -> None:
+            low = _first_id(cur, history_before)
+            if low is not None:
+                cur.execute(SQL_PRUNE_HISTORY, (low, history_before))
+            cur.execute(SQL_PRUNE_KEYS, (keys_before,))
+
+        self._transaction("prune", body, lambda _conn: True)
+
+    # -- inspection (CLI) -----------------------------------------------------------------
+
+    def list_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Instance]:
+        """Instances sorted by next alarm (those without one last), filtered and paginated.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        for column, value in (("kind", kind), ("job", job), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        alarmed_where = " AND ".join([*where, "due_at IS NOT NULL"])
+        alarmed_params = list(params)
+        if due_before is not None:
+            alarmed_where += " AND due_at <= %s"
+            alarmed_params.append(due_before)
+        rows = [
+            Instance(*r)
+            for r in self._rows(
+                f"SELECT {COLUMNS} FROM instances WHERE {alarmed_where} "
+                "ORDER BY due_at, instance_id LIMIT %s OFFSET %s",
+                (*alarmed_params, limit, offset),
+            )
+        ]
+        if len(rows) >= limit or due_before is not None:
+            return rows
+        skipped = 0
+        if offset:
+            alarmed = int(
+                self._rows(f"SELECT count(*) FROM instances WHERE {alarmed_where}", alarmed_params)[
+                    0
+                ][0]
+            )
+            skipped = max(0, offset - alarmed)
+        idle_where = " AND ".join([*where, "due_at IS NULL"])
+        rows += [
+            Instance(*r)
+            for r in self._rows(
+                f"SELECT {COLUMNS} FROM instances WHERE {idle_where} "
+                "ORDER BY instance_id LIMIT %s OFFSET %s",
+                (*params, limit - len(rows), skipped),
+            )
+        ]
+        return rows
+
+    def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
+        """The latest ``limit`` history records of an instance (live or purged), oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        rows = self._rows(SQL_HISTORY_OF, (instance_id, limit))
+        return [HistoryRow(*r) for r in reversed(rows)]
+
+    def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
+        """History records with ``id > after_id`` (all instances), oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return [HistoryRow(*r) for r in self._rows(SQL_HISTORY_SINCE, (after_id, limit))]
+
+    def recent_history(self, limit: int) -> list[HistoryRow]:
+        """The latest ``limit`` history records of all instances, oldest first.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return [HistoryRow(*r) for r in reversed(self._rows(SQL_HISTORY_RECENT, (limit,)))]
+
+    def count_by_status(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, job, status, count)`` for every combination present (a full scan).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return [(str(k), str(j), str(s), int(n)) for k, j, s, n in self._rows(SQL_COUNT_BY_STATUS)]
+
+    def count_due(self, before: float) -> tuple[int, float | None]:
+        """How many alarms are at or before ``before``, and the earliest of them.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        count, earliest = self._rows(SQL_COUNT_DUE, (before,))[0]
+        return int(count), earliest
+
+    def next_alarm_after(self, after: float) -> float | None:
+        """The earliest alarm strictly after ``after``, or ``None``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        value: float | None = self._rows(SQL_NEXT_AFTER, (after,))[0][0]
+        return value
+
+    def history_counts(self, since: float) -> tuple[int, int, int]:
+        """``(records, failures, steps)`` of the history written at or after ``since``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        with self._mapped("read") as conn:
+            cur = conn.cursor()
+            low = _first_id(cur, since)
+            if low is None:
+                return 0, 0, 0
+            records, failures, steps = cur.execute(SQL_HISTORY_COUNTS, (low, since)).fetchone()
+        return int(records), int(failures), int(steps)
+
+    def schema_version(self) -> int:
+        """The highest version recorded in ``durajobs_schema``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        with self._mapped("read") as conn:
+            return self._version(conn)
+
+    def setting(self, name: str) -> str:
+        """A server setting as this store's sessions see it (e.g. ``synchronous_commit``).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return str(self._rows(SQL_SETTING, (name,))[0][0])
+
+    def health(self) -> list[Finding]:
+        """Connection, schema version, durability and clock skew between host and server."""
+        findings: list[Finding] = []
+        try:
+            before = time.time()
+            version, server_time = self._rows(SQL_SERVER_INFO)[0]
+            after = time.time()
+        except StorageError as exc:
+            return [Finding("connection", "fail", str(exc))]
+        findings.append(Finding("connection", "ok", f"{self.where}: PostgreSQL {version}"))
+        try:
+            schema = self.schema_version()
+            level = "ok" if schema == SCHEMA_VERSION else "fail"
+            findings.append(
+                Finding("schema", level, f"schema version {schema} (this durajobs: "
+                        f"{SCHEMA_VERSION})")
+            )  # fmt: skip
+        except StorageError as exc:
+            findings.append(Finding("schema", "fail", str(exc)))
+        skew = float(server_time) - (before + after) / 2
+        findings.append(
+            Finding(
+                "clock",
+                "warn" if abs(skew) > CLOCK_SKEW_WARN else "ok",
+                f"this host's clock is {skew:+.3f} s off the server's (hosts must agree: NTP)",
+            )
+        )
+        return findings
+
+
+def _first_id(cur: Any, since: float) -> int | None:
+    """The first history id whose record is at or after ``since`` (``None``: no history).
+
+    Ids grow with time (up to clock skew between writers): bisect them, never scan ``at``.
+    """
+    first, last = cur.execute(SQL_HISTORY_ID_RANGE).fetchone()
+    if first is None:
+        return None
+    low, high = int(first), int(last) + 1
+    while low < high:
+        middle = (low + high) // 2
+        found = cur.execute(SQL_HISTORY_AT_ID, (middle,)).fetchone()
+        if found is not None and found[0] < since:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _for_jobs(
+    sql: str, prefixes: Sequence[str] | None, params: tuple[Any, ...]
+) -> tuple[str, tuple[Any, ...]]:
+    """``sql`` restricted to instance ids starting with one of ``prefixes``."""
+    if prefixes is None:
+        return sql, params
+    head, _, tail = sql.partition(" ORDER BY ")
+    joiner = "AND" if " WHERE " in head else "WHERE"
+    # left(): a prefix test that no LIKE wildcard in a job name can widen.
+    test = " OR ".join(["left(instance_id, %s) = %s"] * len(prefixes)) or "FALSE"
+    flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
+    return f"{head} {joiner} ({test}) ORDER BY {tail}", (*params[:-1], *flat, params[-1])
+
+
+class PgWaker:
+    """Wake-ups over ``NOTIFY`` (the ``Waker`` protocol): sent after the commit, in a
+    transaction of its own, never inside a write (a NOTIFY takes a server-wide lock at commit).
+
+    With ``store`` given, the notification goes over the store's connection (no extra session).
+    A poke never raises: a daemon that misses one re-reads on its own timer.
+
+    Raises:
+        StorageError: psycopg is missing or the URL is invalid (at construction only).
+    """
+
+    def __init__(self, location: str, store: PostgresStore | None = None) -> None:
+        self._store = store
+        self._link = None if store is not None else Link(location)
+        self._psycopg = _psycopg(_redact(location))
+
+    def poke(self) -> None:
+        """Tell listening daemons that the earliest alarm may have changed."""
+        try:
+            if self._store is not None:
+                self._store.notify(WAKE_CHANNEL)
+            elif self._link is not None:
+                self._link.connection().execute(SQL_NOTIFY, (WAKE_CHANNEL,))
+        except (StorageError, self._psycopg.Error):
+            if self._link is not None:
+                self._link.drop()
+
+    def close(self) -> None:
+        """Close the waker's own connection (a shared store's stays open)."""
+        if self._link is not None:
+            self._link.close()
+
+
+class PgListener:
+    """The daemon's end (the ``WakeListener`` protocol): ``LISTEN`` on a connection of its own.
+
+    ``fileno()`` is the connection's socket, for ``selectors``; ``drain()`` reads what arrived.
+    When the connection is lost, ``drain()`` reconnects and reports one wake-up (the caller
+    rescans: notifications sent meanwhile are lost); the socket, and so ``fileno()``, may then
+    be new: re-register it. If the server cannot be reached, ``drain()`` raises.
+
+    Raises:
+        StorageError: the server cannot be reached (at construction too).
+    """
+
+    def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
+        self._link = Link(location, (f"LISTEN {WAKE_CHANNEL}",), connect_timeout=connect_timeout)
+        self._psycopg = _psycopg(self._link.where)
+        self._link.connection()
+
+    def fileno(self) -> int:
+        """The socket to select for reading.
+
+        Raises:
+            StorageError: the connection is lost and cannot be reopened.
+        """
+        return int(self._link.connection().pgconn.socket)
+
+    def drain(self) -> int:
+        """Consume every pending notification; returns how many (1 after a reconnect).
+
+        Raises:
+            StorageError: the connection is lost and cannot be reopened now.
+        """
+        link = self._link
+        if not link.is_open:
+            link.connection()
+            return 1
+        pgconn = link.connection().pgconn
+        count = 0
+        try:
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                count += 1
+        except self._psycopg.Error:
+            link.drop()
+            link.connection()  # raises StorageError if the server is still away
+            return 1
+        if pgconn.status != 0:  # CONNECTION_OK is 0: a closed socket read as EOF
+            link.drop()
+            link.connection()
+            return 1
+        return count
+
+    def close(self) -> None:
+        """Stop listening and close the connection."""
+        self._link.close()
