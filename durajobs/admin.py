@@ -22,6 +22,7 @@ Instance ids are ``"kind:job:id"`` (the user id may itself contain colons) or th
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -48,12 +49,14 @@ __all__ = [
     "KINDS",
     "STATUSES",
     "ActionResult",
+    "ActivityBucket",
     "Admin",
     "Check",
     "DoctorReport",
     "HistoryEntry",
     "InstanceDetail",
     "InstanceInfo",
+    "InstancePage",
     "Overdue",
     "Stats",
     "error_summary",
@@ -338,6 +341,27 @@ class Stats:
                 "failures": self.last_hour_failures,
             },
         }
+
+
+@attrs.frozen(slots=True)
+class InstancePage:
+    """One page of a keyset-paginated instance list.
+
+    ``after`` is the opaque cursor of the next page (pass it back as ``after=``), or ``None``
+    when this is the last page.
+    """
+
+    instances: list[InstanceInfo]
+    after: str | None
+
+
+@attrs.frozen(slots=True)
+class ActivityBucket:
+    """Steps committed and ``job.failed`` records in ``[start, start + width)``."""
+
+    start: datetime
+    steps: int
+    failures: int
 
 
 @attrs.frozen(slots=True)
@@ -689,6 +713,109 @@ class Admin:
             if locks is not None and self._engine is None:
                 locks.close()
 
+    def instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        search: str | None = None,
+        error: str | None = None,
+        order: str = "id",
+        after: str | None = None,
+        limit: int = 50,
+    ) -> InstancePage:
+        """One page of instances, filtered, in a stable order, paged by a cursor (no counts).
+
+        ``order="id"`` lists every matching instance by id; ``order="alarm"`` only those with an
+        alarm, earliest first. ``search`` is an id prefix: of the whole instance id when it
+        starts with ``"KIND:"``, of the user id within ``kind`` and ``job`` when both are given
+        (both served by the primary key), else of the user id (checked row by row). ``error``
+        is a case-insensitive substring of the last error (checked row by row).
+
+        Raises:
+            ValidationError: an unknown kind, status or order, ``limit`` < 1, or a malformed
+                cursor.
+            StorageError: the file cannot be read.
+        """
+        if kind is not None and kind not in KINDS:
+            raise ValidationError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+        if order not in ("id", "alarm"):
+            raise ValidationError(f"order {order!r} is not 'id' or 'alarm'")
+        if limit < 1:
+            raise ValidationError(f"limit must be >= 1, got {limit}")
+        id_prefix = user_id_prefix = None
+        if search:
+            if search.split(":", 1)[0] in KINDS and ":" in search:
+                id_prefix = search
+            elif kind is not None and job is not None:
+                id_prefix = f"{kind}:{job}:{search}"
+            else:
+                user_id_prefix = search
+        after_id, after_due = _parse_cursor(after, order)
+        rows = self.store.page_instances(
+            kind=kind, job=job, status=status, id_prefix=id_prefix,
+            user_id_prefix=user_id_prefix, error_contains=error or None, order=order,
+            after_id=after_id, after_due=after_due, limit=limit + 1,
+        )  # fmt: skip
+        more, rows = len(rows) > limit, rows[:limit]
+        cursor = None
+        if more:
+            last = rows[-1]
+            cursor = last.instance_id if order == "id" else f"{last.due_at!r}/{last.instance_id}"
+        return InstancePage([InstanceInfo.from_row(r) for r in rows], cursor)
+
+    def upcoming(self, limit: int = 10) -> list[InstanceInfo]:
+        """The next ``limit`` alarms that are not yet due, earliest first.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        rows = self.store.page_instances(
+            order="alarm", after_due=self.now(), after_id="\U0010ffff", limit=limit
+        )
+        return [InstanceInfo.from_row(r) for r in rows]
+
+    def overdue(self, *, overdue_after: float = OVERDUE_AFTER, limit: int = 100) -> list[Overdue]:
+        """Alarms overdue by more than ``overdue_after`` seconds, most late first, each marked
+        running (a process holds its claim) or not.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        return self._overdue(overdue_after, limit)
+
+    def activity(self, *, width: float, count: int) -> list[ActivityBucket]:
+        """Steps and failures in the last ``count`` periods of ``width`` seconds, oldest first.
+
+        Periods are aligned to multiples of ``width`` (whole minutes, whole hours); the last
+        one is the current, partial, period.
+
+        Raises:
+            ValidationError: ``width`` <= 0 or ``count`` < 1.
+            StorageError: the file cannot be read.
+        """
+        if width <= 0 or count < 1:
+            raise ValidationError(f"width must be > 0 and count >= 1, got {width}, {count}")
+        since = (self.now() // width - (count - 1)) * width
+        buckets = self.store.history_buckets(since, width, count)
+        return [
+            ActivityBucket(datetime.fromtimestamp(since + i * width, UTC), steps, failures)
+            for i, (steps, failures) in enumerate(buckets)
+        ]
+
+    def change_token(self) -> int:
+        """A number that stays the same while nothing is committed to the database.
+
+        Compare only numbers from the same ``Admin``; it reads no table (cheap to poll).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        return self.store.change_token()
+
     def recent(self, limit: int = 10) -> list[HistoryEntry]:
         """The latest ``limit`` history records of all instances, oldest first.
 
@@ -867,6 +994,22 @@ class Admin:
             f"{done}: the work is due now and left for the daemon ({where})",
             left_for_daemon=True, due_at=due, daemon_listening=listening,
         )  # fmt: skip
+
+
+def _parse_cursor(after: str | None, order: str) -> tuple[str | None, float | None]:
+    """``(after_id, after_due)`` from a page cursor made by ``Admin.instances``."""
+    if not after:
+        return None, None
+    if order == "id":
+        return after, None
+    due, _, instance_id = after.partition("/")
+    try:
+        value = float(due)
+    except ValueError:
+        value = math.nan
+    if not instance_id or not math.isfinite(value):
+        raise ValidationError(f"{after!r} is not a page cursor")
+    return instance_id, value
 
 
 def _address(path: str) -> str:

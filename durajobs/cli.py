@@ -17,6 +17,7 @@ Commands::
     stats     counts by kind/job/status, alarms due/overdue, last hour's steps (--json)
     doctor    integrity, schema, WAL, alarms stuck overdue, claims (--json)
     tail      the latest history records; -f follows new ones like ``journalctl -f``
+    serve     the web dashboard (--host --port --read-only --password-file --insecure)
 
 An id is ``KIND:JOB:ID`` (e.g. ``continuous:token_refresher:user-123``) or the three words
 ``KIND JOB ID``.
@@ -580,6 +581,38 @@ def retry(ctx: typer.Context, instance: IdArgument) -> None:
     """Resume a parked (failed) instance; the daemon runs it."""
     with _admin(ctx) as admin:
         typer.echo(admin.retry(_instance_id(instance)).message)
+
+
+# -- the dashboard --------------------------------------------------------------------------
+
+
+@_command
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8080,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Hide the actions; refuse every POST.")
+    ] = False,
+    password_file: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="HTTP Basic users, one user:password per line."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without a password.")
+    ] = False,
+) -> None:
+    """Serve the web dashboard (needs 'durajobs[web]'); Ctrl-C or SIGTERM stops it."""
+    try:
+        from .web.serve import serve as run
+    except ImportError as exc:  # jinja2 or waitress missing
+        _fail(f"the dashboard needs: pip install 'durajobs[web]' ({exc})", EXIT_FAILED)
+    run(
+        _db(ctx), host=host, port=port, read_only=read_only, password_file=password_file,
+        insecure=insecure,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
