@@ -68,3 +68,14 @@ def pg_url(pg_server):  # type: ignore[no-untyped-def]
     url = pg_server.create_database()
     yield url
     pg_server.drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def _jobs_on_postgres(request):  # type: ignore[no-untyped-def]
+    """``DURAJOBS_TEST_STORE=postgres``: every ``Jobs`` of the test runs on PostgreSQL."""
+    if os.environ.get("DURAJOBS_TEST_STORE") != "postgres":
+        return
+    from pgserver import route_jobs_to_postgres
+
+    monkeypatch, server = (request.getfixturevalue(n) for n in ("monkeypatch", "pg_server"))
+    route_jobs_to_postgres(monkeypatch, server)

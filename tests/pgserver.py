@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["PgServer", "find_pg_bin"]
 
@@ -156,3 +157,33 @@ class PgServer:
                 return True
             time.sleep(0.002)
         return False
+
+
+def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> None:
+    """Make every ``Jobs(path, ...)`` of a test use a PostgreSQL database instead of the file.
+
+    For running the engine-level suites (``DURAJOBS_TEST_STORE=postgres pytest tests/...``)
+    against the PostgreSQL store before ``Jobs`` picks stores by location itself: each SQLite
+    path maps to a fresh database (the same path, the same database).
+    """
+    import durajobs.jobs
+    from durajobs.stores.pg_claims import AdvisoryClaims
+    from durajobs.stores.postgres import PgWaker, PostgresStore
+
+    databases: dict[str, str] = {}
+
+    def url_for(path: str) -> str:
+        path = os.path.abspath(path)
+        if path not in databases:
+            databases[path] = server.create_database("routed")
+        return databases[path]
+
+    def store(path: str, *, vfs: str | None = None, **options: Any) -> PostgresStore:
+        return PostgresStore(url_for(path), **options)
+
+    monkeypatch.setattr(durajobs.jobs, "Store", store)
+    monkeypatch.setattr(durajobs.jobs, "lock_path", lambda path: os.fspath(path) + ".lock")
+    monkeypatch.setattr(
+        durajobs.jobs, "InstanceLocks", lambda lock: AdvisoryClaims(url_for(lock[: -len(".lock")]))
+    )
+    monkeypatch.setattr(durajobs.jobs, "Waker", lambda path: PgWaker(url_for(path)))
