@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .clock import Clock, SystemClock
-from .durations import to_datetime as _dt
+from .durations import to_datetime
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .rows import Instance
 from .stores.ofd_claims import InstanceLocks
@@ -105,6 +105,25 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+_MIN_UTC = datetime.min.replace(tzinfo=UTC)
+
+
+def _dt(ts: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime, never raising on an odd row.
+
+    Times past what a ``datetime`` holds are clamped (``to_datetime``); a value that is no
+    time at all (text in a REAL column written by another program, NaN) reads as ``None``.
+    """
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or math.isnan(ts):
+        return None
+    return to_datetime(ts)
+
+
+def _at(ts: Any) -> datetime:
+    """Like :func:`_dt` for a column that always holds a time (an odd one reads as year 1)."""
+    return _dt(ts) or _MIN_UTC
+
+
 def _json(text: str | None) -> Any:
     """Decode stored JSON text; text that is not JSON is returned as it is."""
     if text is None:
@@ -156,8 +175,8 @@ class InstanceInfo:
         return cls(
             row.instance_id, row.kind, row.job, row.user_id, row.status, _dt(row.due_at),
             row.reason, _dt(row.scheduled_for), row.run_count, row.event_count, row.attempt,
-            row.last_error, datetime.fromtimestamp(row.created_at, UTC), _dt(row.started_at),
-            datetime.fromtimestamp(row.updated_at, UTC), row.step,
+            row.last_error, _at(row.created_at), _dt(row.started_at), _at(row.updated_at),
+            row.step,
         )  # fmt: skip
 
     @property
@@ -212,7 +231,7 @@ class HistoryEntry:
     def from_row(cls, row: HistoryRow) -> HistoryEntry:
         """Build from a stored history row."""
         return cls(
-            row.id, row.instance_id, datetime.fromtimestamp(row.at, UTC), row.event, row.step,
+            row.id, row.instance_id, _at(row.at), row.event, row.step,
             row.attempt, row.duration_ms, row.error, _json(row.data),
         )  # fmt: skip
 
@@ -705,8 +724,7 @@ class Admin:
                 else:
                     running = None if os.path.exists(lock_path) else False
                 result.append(
-                    Overdue(row.instance_id, datetime.fromtimestamp(row.due_at, UTC),
-                            now - row.due_at, running)
+                    Overdue(row.instance_id, _at(row.due_at), now - row.due_at, running)
                 )  # fmt: skip
             return result
         finally:
@@ -1027,6 +1045,8 @@ def _size(n: float) -> str:
 
 def short_duration(seconds: float) -> str:
     """``"3s"``, ``"4m"``, ``"2h13m"``, ``"3d4h"`` (coarse, for people)."""
+    if not math.isfinite(seconds):  # an odd stored time (infinity)
+        return "∞"
     s = int(abs(seconds))
     if s < 60:
         return f"{s}s"

@@ -134,6 +134,10 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), EXIT_FAILED)
     except DurajobsError as exc:
         _fail(str(exc), EXIT_FAILED)
+    except UnicodeError as exc:
+        # Text in the file that is not UTF-8 (written by another program): one line, no
+        # traceback. (A lone surrogate from the command line is refused in main.)
+        _fail(f"the database holds text that is not valid UTF-8: {exc}", EXIT_STORAGE)
     except BrokenPipeError:
         # The reader went away (`durajobs ls | head`): stop quietly, and keep Python from
         # complaining again when it flushes stdout at exit.
@@ -621,9 +625,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     Raises:
         SystemExit: never (the code is returned) except from ``sys.exit`` in the script shim.
     """
+    args = list(argv) if argv is not None else sys.argv[1:]
+    for position, arg in enumerate(args, 1):
+        # Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape): no id,
+        # job name, reason or database path durajobs stores or opens can hold them.
+        bad = next((i for i, char in enumerate(arg) if "\ud800" <= char <= "\udfff"), None)
+        if bad is not None:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            sys.stderr.write(
+                f"durajobs: error: argument {position} ('{shown}') is not valid UTF-8 text; "
+                "use UTF-8 (check the terminal's encoding, e.g. LANG=C.UTF-8)\n"
+            )
+            return EXIT_USAGE
     command = typer.main.get_command(app)
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name="durajobs")
+        command.main(args=args, prog_name="durajobs")
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_FAILED)

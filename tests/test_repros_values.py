@@ -237,6 +237,95 @@ def test_time_huge_schedule_at_the_end_of_time_is_accepted(
     assert jobs.task("t").status("u").scheduled_at == latest
 
 
+def _durajobs(*args: str | bytes) -> subprocess.CompletedProcess[bytes]:
+    script = Path(sys.executable).parent / "durajobs"
+    return subprocess.run([str(script), *args], capture_output=True, check=False)
+
+
+ODD_ROWS = {
+    "huge": "due_at = 1e15, scheduled_for = 1e15, anchor = 1e15, started_at = 1e15",
+    "neg": "due_at = -1e15, created_at = -1e15, updated_at = -1e15",
+    "inf": "due_at = 9e999, created_at = 9e999",
+    "nullish": "state = NULL, due_at = NULL, scheduled_for = NULL, anchor = NULL, "
+    "started_at = NULL, last_error = NULL, reason = NULL",
+    "text": "due_at = 'soon', run_count = 'many', state = '{not json'",
+}
+
+
+def test_time_huge_cli_never_crashes_on_odd_rows(tmp_path: Path) -> None:
+    """bigperiod.py / time_huge.py: rows written by an older version or another program."""
+    import apsw
+
+    db = str(tmp_path / "j.db")
+    job = Continuous(state=Count, schedule=every("1h"), execute=nothing, start_immediately=False)
+    with Jobs(db, {"c": job}) as jobs:
+        for user_id in (*ODD_ROWS, "fine"):
+            jobs.continuous("c").start(user_id, Count())
+    conn = apsw.Connection(db)
+    for user_id, change in ODD_ROWS.items():
+        conn.execute(f"UPDATE instances SET {change} WHERE user_id = ?", (user_id,))
+    conn.execute("UPDATE history SET at = 1e15 WHERE rowid = (SELECT min(rowid) FROM history)")
+    conn.close()
+    commands = [["ls"], ["ls", "--json"], ["stats"], ["stats", "--json"], ["tail"]]
+    commands += [["show", f"continuous:c:{user_id}"] for user_id in ODD_ROWS]
+    commands += [["show", f"continuous:c:{user_id}", "--json"] for user_id in ODD_ROWS]
+    for args in commands:
+        result = _durajobs("--db", db, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert b"Traceback" not in result.stderr
+    listing = _durajobs("--db", db, "ls").stdout.decode()
+    assert all(f"continuous:c:{user_id}" in listing for user_id in (*ODD_ROWS, "fine"))
+    assert "9999-12-31" in listing
+    with Jobs(db, {"c": job}) as jobs:
+        assert jobs.continuous("c").status("huge").next_run_at == datetime.max.replace(tzinfo=UTC)
+
+
+def test_time_huge_cli_reports_undecodable_text_in_one_line(tmp_path: Path) -> None:
+    import apsw
+
+    db = str(tmp_path / "j.db")
+    job = Continuous(state=Count, schedule=every("1h"), execute=nothing, start_immediately=False)
+    with Jobs(db, {"c": job}) as jobs:
+        jobs.continuous("c").start("bad", Count())
+    conn = apsw.Connection(db)
+    conn.execute(
+        "UPDATE instances SET state = CAST(X'7B2280E9227D' AS TEXT), "
+        "last_error = CAST(X'4572726F7280' AS TEXT)"
+    )
+    conn.close()
+    for args in (["ls"], ["show", "continuous:c:bad"]):
+        result = _durajobs("--db", db, *args)
+        assert b"Traceback" not in result.stderr, args
+        if result.returncode != 0:  # a store that cannot read it says so in one line
+            assert result.stderr.decode().count("\n") == 1
+            assert b"UTF-8" in result.stderr
+
+
+# -- cli_nonutf8.sh -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"terminate", b"task:t:a", b"--yes", b"--reason", b"caf\xe9"],
+        [b"show", b"task:t:caf\xe9"],
+        [b"ls", b"--job", b"\xff"],
+    ],
+)
+def test_cli_nonutf8_arguments_are_one_line_usage_errors(tmp_path: Path, args: list[bytes]) -> None:
+    db = str(tmp_path / "j.db")
+    task = Task(state=Count, event=Count, on_event=lambda e, ctx: None, execute=nothing)
+    with Jobs(db, {"t": task}) as jobs:
+        jobs.task("t").send("a", Count())
+    result = _durajobs("--db", db, *args)
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.count(b"\n") == 1
+    assert b"not valid UTF-8" in result.stderr
+    with Jobs(db, {"t": task}) as jobs:
+        assert jobs.task("t").status("a").status == "idle"  # not terminated
+
+
 def test_time_huge_odd_row_does_not_break_status_or_the_cli(
     tmp_path: Path, open_jobs: Callable[[dict[str, Any]], Jobs]
 ) -> None:

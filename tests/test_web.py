@@ -699,12 +699,12 @@ def test_mounted_in_flask_under_a_prefix(db: Path) -> None:
 
     host = flask.Flask("host")
 
-    @host.get("/")
+    @host.get("/")  # type: ignore[untyped-decorator]
     def home() -> str:
         return "the host application"
 
     dashboard = make_app(db)
-    host.wsgi_app = DispatcherMiddleware(host.wsgi_app, {"/jobs": dashboard})  # type: ignore[method-assign]
+    host.wsgi_app = DispatcherMiddleware(host.wsgi_app, {"/jobs": dashboard})
     test = host.test_client()
 
     def get(url: str) -> tuple[int, str]:
