@@ -76,7 +76,7 @@ from durajobs import Jobs, SystemClock
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.steps import Instance
-from durajobs.wake import WakeListener, wake_address
+from durajobs.wake import WakeListener
 
 __all__ = ["main"]
 
@@ -1185,18 +1185,6 @@ def _describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def _another_daemon(path: str) -> bool:
-    """Whether a live daemon already listens on the database's wake socket."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.sendto(b"", wake_address(path))
-    except OSError:
-        return False  # no socket, or a stale one from a dead daemon
-    finally:
-        probe.close()
-    return True
-
-
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -1211,12 +1199,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             log.debug("details", exc_info=exc.__cause__)
         print(f"durajobs-daemon: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE if isinstance(exc, AppError) else 1) from None
-    if _another_daemon(jobs.path):
-        print(
-            f"durajobs-daemon: another daemon already serves {jobs.path} "
-            f"(its wake socket {wake_address(jobs.path)!r} answers)",
-            file=sys.stderr,
-        )
+    # One daemon per file: a kernel lock on the claim file, held while this process lives
+    # (whatever happens to the wake socket), released by the kernel when it dies.
+    if not jobs.engine.locks.hold_daemon_lock():
+        print(f"durajobs-daemon: another daemon already serves {jobs.path}", file=sys.stderr)
         raise SystemExit(1)
     try:
         daemon = Daemon(jobs, workers=args.workers, grace=args.grace)

@@ -37,7 +37,7 @@ from .clock import Clock, SystemClock
 from .durations import to_datetime
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .rows import Instance
-from .stores.ofd_claims import InstanceLocks
+from .stores.ofd_claims import InstanceLocks, lock_path
 from .stores.sqlite import SCHEMA_VERSION, HistoryRow, Store
 from .wake import Waker, wake_address
 
@@ -705,12 +705,12 @@ class Admin:
         if not rows:
             return []
         locks: InstanceLocks | None = None
-        lock_path = self.path + ".lock"
+        lock_file = lock_path(self.path)
         if self._engine is not None:
             locks = self._engine.locks
-        elif os.path.exists(lock_path):
+        elif os.path.exists(lock_file):
             try:
-                locks = InstanceLocks(lock_path)
+                locks = InstanceLocks(lock_file)
             except StorageError:
                 locks = None  # cannot open it (permissions): say "unknown"
         # No lock file at all: no process ever claimed a step, so none is running.
@@ -722,7 +722,7 @@ class Admin:
                 if locks is not None:
                     running: bool | None = locks.is_locked(row.instance_id)
                 else:
-                    running = None if os.path.exists(lock_path) else False
+                    running = None if os.path.exists(lock_file) else False
                 result.append(
                     Overdue(row.instance_id, _at(row.due_at), now - row.due_at, running)
                 )  # fmt: skip
@@ -878,7 +878,7 @@ class Admin:
             # The read-only store has validated the file, so this never creates or migrates one.
             store = Store(self.path)
             try:
-                locks = InstanceLocks(self.path + ".lock")
+                locks = InstanceLocks(lock_path(self.path))
             except BaseException:
                 store.close()
                 raise

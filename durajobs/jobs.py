@@ -20,7 +20,7 @@ from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
-from .stores.ofd_claims import InstanceLocks
+from .stores.ofd_claims import InstanceLocks, lock_path
 from .stores.sqlite import Store
 from .tracker import Tracker
 from .wake import Waker
@@ -344,12 +344,6 @@ class Jobs:
 
     def __repr__(self) -> str:
         return f"Jobs({self.path!r}, {sorted(self.registry)!r})"
-
-
-def lock_path(db_path: str) -> str:
-    """The claim file of a database: beside its real path, so that a symlink or another
-    spelling of the path (``a/../db``) shares the claims of the file it names."""
-    return os.path.realpath(db_path) + ".lock"
 
 
 def _created_files(db_path: str) -> list[str]:

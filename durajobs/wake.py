@@ -6,8 +6,9 @@ connection, a few microseconds when nobody listens. The signal is only an optimi
 daemon re-reads the database on start-up and whenever its own timer fires, so a lost datagram
 delays nothing that was already due by more than the daemon's next natural wake-up.
 
-Paths longer than a ``sockaddr_un`` allows fall back to a Linux abstract socket named after the
-database's absolute path.
+On Linux the socket is an abstract one (no file), named after the database's real path: a
+symlink or another spelling of the path wakes the same daemon, and no file can be deleted from
+under a listening daemon. Elsewhere it is the file ``<real path>.wake``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import sys
 
 __all__ = ["WakeListener", "Waker", "wake_address"]
 
@@ -25,10 +27,10 @@ _ABANDONED: list[socket.socket] = []
 
 def wake_address(db_path: str) -> str | bytes:
     """The socket address that daemons of ``db_path`` listen on."""
-    path = os.path.abspath(db_path) + ".wake"
-    if len(path.encode()) < _MAX_PATH:
+    path = os.path.realpath(db_path) + ".wake"
+    if not sys.platform.startswith("linux") and len(path.encode()) < _MAX_PATH:
         return path
-    digest = hashlib.blake2b(path.encode(), digest_size=12).hexdigest()
+    digest = hashlib.blake2b(path.encode(errors="surrogateescape"), digest_size=12).hexdigest()
     return b"\0durajobs-" + digest.encode()
 
 

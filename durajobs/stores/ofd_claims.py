@@ -12,6 +12,16 @@ Fairness: a caller that waits for a claim (``acquire``) also holds a "waiting" b
 ``offset + 2**62``; non-waiting claims (``try_acquire``, used by ``run_due`` and ``add``) yield
 while someone waits, so a process that steps an instance back to back cannot starve a client.
 
+Identity: the lock file is ``<real path of the database>.lock``, so a symlink or another
+spelling of the path shares the claims of the file it names. A lock file that is deleted or
+replaced while in use (a tmp cleaner, an operator tidying up) is noticed at the next claim: the
+claim is taken on the file now at the path, and every process moves there as it claims. A
+process that finds the lock file missing and creates it looks for processes that still hold the
+deleted file open (``/proc/*/fd``) and claims on that file too, so a step that began before the
+deletion still excludes it. Offset 0 is reserved for the daemon's
+"one daemon per file" lock (``hold_daemon_lock``), which holds while the daemon lives, whatever
+happens to its wake socket.
+
 Where OFD locks are missing (macOS), classic POSIX ``F_SETLK`` locks are used: they serialize
 processes but not two ``Jobs`` objects in one process.
 """
@@ -26,7 +36,7 @@ import time
 
 from durajobs.errors import InstanceBusyError, StorageError
 
-__all__ = ["InstanceLocks"]
+__all__ = ["InstanceLocks", "lock_path"]
 
 _SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
 _GETLK = getattr(fcntl, "F_OFD_GETLK", fcntl.F_GETLK)
@@ -41,12 +51,20 @@ _OFFSETS: dict[str, int] = {}  # instance id -> offset: steps come back to the s
 _OFFSETS_MAX = 1 << 16
 
 
+def lock_path(db_path: str) -> str:
+    """The claim file of a database: beside its real path (symlinks resolved)."""
+    return os.path.realpath(db_path) + ".lock"
+
+
+_DAEMON_OFFSET = 0  # held by the daemon serving the file; no instance maps here
+
+
 def lock_offset(instance_id: str) -> int:
     """The byte of the lock file that stands for ``instance_id``."""
     offset = _OFFSETS.get(instance_id)
     if offset is None:
         digest = hashlib.blake2b(instance_id.encode(), digest_size=8).digest()
-        offset = int.from_bytes(digest, "little") % _SPAN
+        offset = int.from_bytes(digest, "little") % _SPAN or 1
         if len(_OFFSETS) >= _OFFSETS_MAX:
             _OFFSETS.clear()
         _OFFSETS[instance_id] = offset
@@ -64,23 +82,64 @@ class InstanceLocks:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._fd = -1
+        self._identity = (0, 0)
+        self._orphans: list[int] = []
+        self._open()
+        self._held: dict[int, int] = {}  # offset -> the descriptor it is held on
+        self._retired: list[int] = []  # descriptors of a replaced file with claims still held
+
+    def _open(self) -> None:
+        created = False
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                fd = os.open(self.path, flags, 0o666)
+                created = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            info = os.fstat(fd)
         except OSError as exc:
-            raise StorageError(f"{path}: cannot open the lock file: {exc.strerror}") from None
-        self._held: dict[int, int] = {}
+            raise StorageError(f"{self.path}: cannot open the lock file: {exc.strerror}") from None
+        self._fd = fd
+        self._identity = (info.st_dev, info.st_ino)
+        # A new lock file where others may still claim on a deleted one: claim there too.
+        self._orphans = _deleted_copies(self.path, self._identity) if created else []
+
+    def _check_file(self) -> None:
+        """Move to the file now at the path if ours was deleted or replaced."""
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # cannot tell (e.g. permissions): keep what we have
+        old = self._fd
+        self._open()
+        if old in self._held.values():
+            self._retired.append(old)  # released claims go back to the descriptor they are on
+        else:
+            os.close(old)
 
     def close(self) -> None:
         """Release every lock and close the file."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            for fd in self._orphans:
+                os.close(fd)
+            self._orphans = []
+            for fd in self._retired:
+                os.close(fd)
+            self._retired.clear()
             self._held.clear()
 
-    def _set(self, offset: int, kind: int) -> bool:
+    def _set(self, offset: int, kind: int, fd: int | None = None) -> bool:
         packed = _PACK(kind, os.SEEK_SET, offset, 1, 0)
         try:
-            fcntl.fcntl(self._fd, _SETLK, packed)
+            fcntl.fcntl(self._fd if fd is None else fd, _SETLK, packed)
         except OSError as exc:
             if exc.errno in (11, 13):  # EAGAIN / EACCES: held by someone else
                 return False
@@ -121,9 +180,15 @@ class InstanceLocks:
             # Our own description already holds it: the kernel would say yes, but it is
             # another step of this process on the same instance (re-entrant use).
             return None
+        self._check_file()
         if not self._set(offset, fcntl.F_WRLCK):
             return None
-        self._held[offset] = 1
+        for index, fd in enumerate(self._orphans):
+            if not self._set(offset, fcntl.F_WRLCK, fd):
+                for taken in [self._fd, *self._orphans[:index]]:
+                    self._set(offset, fcntl.F_UNLCK, taken)
+                return None
+        self._held[offset] = self._fd
         return offset
 
     def acquire(self, instance_id: str, timeout: float) -> int:
@@ -163,8 +228,24 @@ class InstanceLocks:
 
     def release(self, token: int) -> None:
         """Drop a claim taken by ``acquire``/``try_acquire``."""
-        if self._held.pop(token, None) is not None and self._fd >= 0:
-            self._set(token, fcntl.F_UNLCK)
+        fd = self._held.pop(token, None)
+        if fd is not None and self._fd >= 0:
+            self._set(token, fcntl.F_UNLCK, fd)
+            for orphan in self._orphans:
+                self._set(token, fcntl.F_UNLCK, orphan)
+            if fd != self._fd and fd not in self._held.values():
+                self._retired.remove(fd)
+                os.close(fd)
+
+    def hold_daemon_lock(self) -> bool:
+        """Take the file's "one daemon" lock for as long as this object is open.
+
+        Returns ``False`` if another daemon holds it (a process's lock dies with it).
+        """
+        if self._set(_DAEMON_OFFSET, fcntl.F_WRLCK):
+            self._held[_DAEMON_OFFSET] = self._fd
+            return True
+        return False
 
     def is_locked(self, instance_id: str) -> bool:
         """Whether some other file description holds the instance's claim right now."""
@@ -172,3 +253,35 @@ class InstanceLocks:
         if offset in self._held:
             return True
         return self._probe(offset, 1)
+
+
+def _deleted_copies(path: str, identity: tuple[int, int]) -> list[int]:
+    """Descriptors of deleted files once at ``path`` that other processes still hold open
+    (found through ``/proc/*/fd``, Linux; none elsewhere or when not permitted)."""
+    wanted = path + " (deleted)"
+    found: dict[tuple[int, int], int] = {}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        folder = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            link = f"{folder}/{name}"
+            try:
+                if os.readlink(link) != wanted:
+                    continue
+                fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            info = os.fstat(fd)
+            key = (info.st_dev, info.st_ino)
+            if key == identity or key in found:
+                os.close(fd)
+            else:
+                found[key] = fd
+    return list(found.values())
