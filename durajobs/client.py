@@ -389,7 +389,9 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         inst, queued = self._engine.store.load_with_queue(self._id(user_id))
         if inst is None:
             return DebounceStatus("not_found")
-        will_flush = inst.due_at if inst.attempt > 1 else inst.scheduled_for
+        # a retry's alarm, or a flush that was asked for (manual, resumed), is the alarm
+        asked = inst.attempt > 1 or inst.reason == "manual"
+        will_flush = inst.due_at if asked else inst.scheduled_for
         started = inst.started_at
         if inst.event_count == 0 and queued:
             started = queued[0].added_at

@@ -18,6 +18,7 @@ from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
 from .clock import Clock, SystemClock
 from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration
+from .schedules import check_fires_after
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
 from .stores.ofd_claims import InstanceLocks, lock_path
@@ -57,7 +58,8 @@ class Jobs:
         ValueError: a job name is empty or contains ":", or an option is out of range.
         TypeError: the registry is not a mapping of definitions, a state or event type cannot
             be stored (the message names the job), or an option has the wrong type.
-        SchedulerError: a duration option cannot be parsed.
+        SchedulerError: a duration option cannot be parsed, or a Continuous job's cron can
+            never fire again (its years are past).
 
     A ``Jobs`` may be shared by any number of threads: each thread gets its own connection
     and claim handle, opened on its first call (the library starts no thread). One created
@@ -99,6 +101,10 @@ class Jobs:
         if clock is not None and not callable(getattr(clock, "time", None)):
             raise TypeError(f"clock must have a time() method (e.g. FakeClock), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
+        now = self.clock.time()
+        for name, job in self.registry.items():
+            if isinstance(job, Continuous):  # a cron whose years are all past: refused now
+                check_fires_after(job.schedule, now, job=name)
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
         self.wait_timeout = parse_duration(wait_timeout, field="wait_timeout")

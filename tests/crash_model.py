@@ -359,6 +359,10 @@ class Sim:
                 due = folded.due_at
             else:
                 due = window
+            if folded.reason == "manual" and folded.due_at is not None:
+                # A flush that was asked for (manual, or a resumed batch that a manual flush
+                # parked) stays due now: a later add does not postpone it.
+                due = min(due, folded.due_at)
             if rest and folded.status != "failed" and folded.attempt == 1:
                 due = min(now if due is None else due, now)  # queued events: a step soon
             self.insts[iid] = attrs.evolve(folded, due_at=due)

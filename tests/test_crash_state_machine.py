@@ -589,7 +589,7 @@ def _scaled(fraction: float, minimum: int) -> int:
 
 
 CrashMachine.TestCase.settings = settings(
-    max_examples=_scaled(6, 10), stateful_step_count=50, deadline=None
+    max_examples=_scaled(10, 10), stateful_step_count=50, deadline=None
 )
 NormalDurabilityMachine.TestCase.settings = settings(
     max_examples=_scaled(1.5, 5), stateful_step_count=50, deadline=None
@@ -636,3 +636,23 @@ def test_add_is_kept_when_folding_a_queued_event_fails(tmp_path: Any) -> None:
         assert jobs.debounce("d").status("a").status == "failed"  # parked: no retry policy
         queued = [q.event for q in jobs.engine.store.queued("debounce:d:a")]
         assert queued == ["1", "2"]
+
+
+def test_a_resumed_batch_stays_due_now_after_an_add(tmp_path: Any) -> None:
+    """Found by the thorough profile: add -> the next execute fails -> a manual flush (parked)
+    -> retry -> add. The resumed batch is due at once, like the manual flush it resumes, and a
+    later add does not postpone it to the window's end (the model expected the window)."""
+    with _plain_jobs(tmp_path) as jobs:
+        jobs.debounce("d").add("a", 1)
+        CONTROLS.fail.add("debounce:d:a")
+        flushed = jobs.debounce("d").flush("a")
+        assert not flushed.flushed
+        assert jobs.debounce("d").status("a").status == "failed"
+        jobs.debounce("d").retry("a")
+        jobs.clock.advance(1)  # type: ignore[attr-defined]
+        jobs.debounce("d").add("a", 2)
+        status = jobs.debounce("d").status("a")
+        assert status.will_flush_at is not None
+        assert status.will_flush_at <= jobs.clock.now()
+        assert jobs.run_due() == 1
+        assert jobs.debounce("d").status("a").status == "not_found"  # flushed: 1 and 2

@@ -101,7 +101,15 @@ def test_cron_year_all_past_is_refused_given_now() -> None:
     check_fires_after(every("1h"), START.timestamp(), job="heartbeat")
 
 
-@pytest.mark.xfail(reason="needs Engine.__init__ to call schedules.check_fires_after (lead)")
+def test_cron_year_far_ahead_is_accepted() -> None:
+    # croniter's default search (50 years) called this "never fires".
+    schedule = cron("0 9 1 1 * 0 2099")
+    after = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert schedule.next_after(0.0, after) == datetime(2099, 1, 1, 9, tzinfo=UTC).timestamp()
+    assert schedule.next_after(0.0, datetime(2099, 6, 1, tzinfo=UTC).timestamp()) is None
+
+
+@pytest.mark.xfail(reason="needs Jobs()/Engine to call schedules.check_fires_after (lead)")
 def test_cron_year_all_past_is_refused_at_jobs(
     open_jobs: Callable[[dict[str, Any]], Jobs],
 ) -> None:
@@ -278,6 +286,21 @@ def test_time_huge_cli_never_crashes_on_odd_rows(tmp_path: Path) -> None:
     assert "9999-12-31" in listing
     with Jobs(db, {"c": job}) as jobs:
         assert jobs.continuous("c").status("huge").next_run_at == datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.xfail(reason="Jobs.next_alarm uses datetime.fromtimestamp: use to_datetime (lead)")
+def test_time_huge_next_alarm_never_raises_on_an_odd_row(tmp_path: Path) -> None:
+    import apsw
+
+    db = str(tmp_path / "j.db")
+    job = Continuous(state=Count, schedule=every("1h"), execute=nothing, start_immediately=False)
+    with Jobs(db, {"c": job}) as jobs:
+        jobs.continuous("c").start("huge", Count())
+    conn = apsw.Connection(db)
+    conn.execute("UPDATE instances SET due_at = 1e15, scheduled_for = 1e15")
+    conn.close()
+    with Jobs(db, {"c": job}) as jobs:
+        assert jobs.next_alarm() == datetime.max.replace(tzinfo=UTC)
 
 
 def test_time_huge_cli_reports_undecodable_text_in_one_line(tmp_path: Path) -> None:
