@@ -18,9 +18,9 @@ from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
 from .clock import Clock, SystemClock
 from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration
-from .schedules import check_fires_after
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
+from .schedules import check_fires_after
 from .stores.ofd_claims import InstanceLocks, lock_path
 from .stores.sqlite import Store
 from .tracker import Tracker
