@@ -88,6 +88,9 @@ _MAX_SKIPPED: Final = 10_000
 _RANDOM_ITEM: Final = re.compile(r"r(?:\(\d+-\d+\))?(?:/\d+)?", re.ASCII | re.IGNORECASE)
 # Any fixed date will do for the "does this expression ever fire" check.
 _PROBE_WALL: Final = datetime(2000, 1, 1)  # naive on purpose: croniter enumerates wall times
+# How far croniter searches for the next match. Its default (50 years) would call a year field
+# of 2099 "never fires"; croniter's years end at 2099, so 130 years from the probe covers all.
+_MAX_YEARS_BETWEEN_MATCHES: Final = 130
 
 
 def _validate_period(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -188,7 +191,10 @@ def _compile(expr: str, tz: str) -> _CompiledCron:
                 "must compute the same schedule"
             )
     try:
-        template = croniter(expr, _PROBE_WALL, ret_type=datetime)
+        template = croniter(
+            expr, _PROBE_WALL, ret_type=datetime,
+            max_years_between_matches=_MAX_YEARS_BETWEEN_MATCHES,
+        )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise SchedulerError(f"cron: invalid expression {expr!r}: {exc}") from exc
     try:

@@ -109,7 +109,6 @@ def test_cron_year_far_ahead_is_accepted() -> None:
     assert schedule.next_after(0.0, datetime(2099, 6, 1, tzinfo=UTC).timestamp()) is None
 
 
-@pytest.mark.xfail(reason="needs Jobs()/Engine to call schedules.check_fires_after (lead)")
 def test_cron_year_all_past_is_refused_at_jobs(
     open_jobs: Callable[[dict[str, Any]], Jobs],
 ) -> None:
@@ -288,7 +287,6 @@ def test_time_huge_cli_never_crashes_on_odd_rows(tmp_path: Path) -> None:
         assert jobs.continuous("c").status("huge").next_run_at == datetime.max.replace(tzinfo=UTC)
 
 
-@pytest.mark.xfail(reason="Jobs.next_alarm uses datetime.fromtimestamp: use to_datetime (lead)")
 def test_time_huge_next_alarm_never_raises_on_an_odd_row(tmp_path: Path) -> None:
     import apsw
 
