@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +17,7 @@ from . import steps
 from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
 from .clock import Clock, SystemClock
 from .definitions import Continuous, Debounce, Definition, Task
-from .durations import parse_duration
+from .durations import parse_duration, to_datetime
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
 from .schedules import check_fires_after
@@ -270,7 +270,7 @@ class Jobs:
         """
         engine = self.engine
         due = engine.store.next_due(0, engine.prefixes)
-        return datetime.fromtimestamp(due[0], UTC) if due else None
+        return to_datetime(due[0]) if due else None
 
     def retry(self, instance_id: str) -> ResumeResult:
         """Resume a parked instance by its full id (``"task:orders:o-1"``).
@@ -285,7 +285,7 @@ class Jobs:
         except InstanceNotFoundError:
             raise InstanceNotFoundError(f"{instance_id}: no such instance") from None
         row = decision.instance
-        due = None if row is None or row.due_at is None else datetime.fromtimestamp(row.due_at, UTC)
+        due = None if row is None else to_datetime(row.due_at)
         return ResumeResult(instance_id, True, due)
 
     def _maintain(self) -> None:
