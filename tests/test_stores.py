@@ -24,7 +24,7 @@ import pytest
 from durajobs import Continuous, Debounce, FakeClock, Task, every
 from durajobs.engine import Engine
 from durajobs.errors import DuplicateEventError, InstanceBusyError
-from durajobs.rows import Instance
+from durajobs.rows import Instance, RejectedWrite
 from durajobs.stores import open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import Claims, Store, Write
 
@@ -171,6 +171,15 @@ def test_group_commit_applies_each_write_on_its_own_fence(store: Store) -> None:
     )
     assert result == [True, False, True]
     assert [store.load(i).step for i in (C1, C2, "task:t:x")] == [2, 1, 1]  # type: ignore[union-attr]
+
+
+def test_a_write_the_store_cannot_hold_is_rejected_alone(store: Store) -> None:
+    too_big = row(C2, 1)._replace(run_count=2**63)
+    with pytest.raises(RejectedWrite) as caught:
+        store.commit([write(row(C1, 1), 0, new=True), write(too_big, 0, new=True)], T0, 100)
+    assert caught.value.index == 1
+    assert store.load(C1) is None  # nothing of the transaction was applied
+    assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
 
 
 # -- idempotency keys ---------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def open_store(
 def open_claims(location: str | os.PathLike[str], store: Store | None = None) -> Claims:
     """The per-instance claims of the database at ``location``.
 
-    SQLite: OFD locks on ``<path>.lock``. PostgreSQL: advisory locks on a connection of their
+    SQLite: OFD locks on ``<real path>.lock``. PostgreSQL: advisory locks on a connection of their
     own (opened on first use). ``store`` is accepted for symmetry and future use (unused).
 
     Raises:
@@ -84,9 +84,12 @@ def open_claims(location: str | os.PathLike[str], store: Store | None = None) ->
         from durajobs.stores.pg_claims import AdvisoryClaims
 
         return AdvisoryClaims(str(location))
-    from durajobs.stores.ofd_claims import InstanceLocks
+    from durajobs.stores import ofd_claims
 
-    return InstanceLocks(os.fspath(location) + ".lock")
+    path = os.fspath(location)
+    # The claim file beside the database's real path (``ofd_claims.lock_path``, where present).
+    lock_path = getattr(ofd_claims, "lock_path", lambda p: p + ".lock")
+    return ofd_claims.InstanceLocks(lock_path(path))
 
 
 def open_waker(location: str | os.PathLike[str], store: Store | None = None) -> Waker:

@@ -156,15 +156,18 @@ class Store(Protocol):
         """
         ...
 
-    def due(self, now: float, limit: int) -> list[Instance]:
+    def due(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[Instance]:
         """Up to ``limit`` instances whose alarm is at or before ``now``, earliest first.
+
+        ``prefixes`` keeps only instance ids starting with one of them (``"kind:job:"``: the
+        jobs a registry can run), so that instances of unknown jobs never crowd them out.
 
         Raises:
             StorageError: the database cannot be read.
         """
         ...
 
-    def due_ids(self, now: float, limit: int) -> list[str]:
+    def due_ids(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[str]:
         """The ids ``due`` would return (an index-only read: the row is read after the claim).
 
         Raises:
@@ -172,8 +175,10 @@ class Store(Protocol):
         """
         ...
 
-    def next_due(self, skip: int = 0) -> list[float]:
+    def next_due(self, skip: int = 0, prefixes: Sequence[str] | None = None) -> list[float]:
         """The earliest ``skip + 1`` alarm times, ascending (fewer if fewer alarms exist).
+
+        ``prefixes``: as for ``due``.
 
         Raises:
             StorageError: the database cannot be read.
@@ -216,6 +221,10 @@ class Store(Protocol):
         Raises:
             DuplicateEventError: a single keyed write (``len(writes) == 1``) whose key was
                 taken meanwhile; nothing changed.
+            RejectedWrite: write ``index`` holds a value this store cannot keep (its content,
+                not the database, is at fault: text SQLite or PostgreSQL refuses, an integer
+                past 64 bits); nothing of the transaction is applied, and the engine records
+                that instance's failure and commits the others again.
             StorageError: the transaction failed and the database is unchanged, or (with
                 "outcome unknown" in the message) the commit's fate could not be learned.
         """

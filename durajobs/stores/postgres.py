@@ -34,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.rows import Instance, Queued
+from durajobs.rows import Instance, Queued, RejectedWrite
 from durajobs.stores.base import Finding, HistoryRow, Write
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "is_postgres", "signed_hash"]
@@ -315,7 +316,7 @@ class Link:
             if self._pid != os.getpid():
                 _disown(conn)
                 conn = self._conn = None
-            elif conn.closed or conn.broken:
+            elif not _usable(conn):
                 with contextlib.suppress(Exception):
                     conn.close()
                 conn = self._conn = None
@@ -344,12 +345,12 @@ class Link:
     def is_open(self) -> bool:
         """Whether a usable connection is open now (no I/O)."""
         conn = self._conn
-        return conn is not None and not conn.closed and not conn.broken
+        return conn is not None and _usable(conn)
 
     def drop(self) -> None:
         """Close the connection if it is broken (so the next call reconnects)."""
         conn = self._conn
-        if conn is not None and (conn.closed or conn.broken):
+        if conn is not None and not _usable(conn):
             with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
@@ -364,6 +365,12 @@ class Link:
             return
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def _usable(conn: Any) -> bool:
+    # ``broken`` is set by psycopg's own calls; a failure seen through ``pgconn`` (the
+    # listener's consume_input) shows only in libpq's status (0: CONNECTION_OK).
+    return not conn.closed and not conn.broken and conn.pgconn.status == 0
 
 
 def _disown(conn: Any) -> None:
@@ -663,6 +670,9 @@ class PostgresStore:
             StorageError: the transaction was not committed (the database is unchanged), or
                 its outcome could not be learned ("outcome unknown").
             DuplicateEventError: a single keyed write whose key was taken meanwhile.
+            RejectedWrite: one write's content cannot be stored (text containing NUL, which
+                PostgreSQL's text refuses; an integer out of bigint's range); nothing of the
+                transaction is applied.
         """
         if not writes:
             return []
@@ -676,11 +686,18 @@ class PostgresStore:
             elif keys:
                 cur.execute(SQL_XACT_LOCKS, (keys,))
             applied = []
-            for write in writes:
-                if write.key is None:
-                    applied.append(self._apply(cur, write, now, history_limit))
-                else:
-                    applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+            content_errors = (self._psycopg.DataError, UnicodeError, OverflowError, TypeError)
+            for index, write in enumerate(writes):
+                try:
+                    if write.key is None:
+                        applied.append(self._apply(cur, write, now, history_limit))
+                    else:
+                        applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
+                except content_errors as exc:
+                    # This write's content (text with NUL, an integer past bigint), not the
+                    # database, is at fault: roll back; the engine records that instance's
+                    # failure and commits the others again.
+                    raise RejectedWrite(index, exc) from None
             return applied
 
         def probe(conn: Any) -> bool:
@@ -1092,16 +1109,17 @@ class PgListener:
         pgconn = link.connection().pgconn
         count = 0
         try:
-            pgconn.consume_input()
-            while pgconn.notifies() is not None:
-                count += 1
+            # A session ended by the server reads as its FATAL message, then end of file:
+            # read until the socket has nothing more (bounded: a flood is drained next time).
+            for _ in range(64):
+                pgconn.consume_input()
+                while pgconn.notifies() is not None:
+                    count += 1
+                if not select.select([pgconn.socket], [], [], 0)[0]:
+                    break
         except self._psycopg.Error:
             link.drop()
             link.connection()  # raises StorageError if the server is still away
-            return 1
-        if pgconn.status != 0:  # CONNECTION_OK is 0: a closed socket read as EOF
-            link.drop()
-            link.connection()
             return 1
         return count
 

@@ -1,0 +1,371 @@
+"""PostgreSQL-only behaviour: errors that never show the password, migrations under a lock,
+reconnects, fences after a lost claim, durability settings, fork.
+
+Against a throwaway cluster (``tests/pgserver.py``); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import textwrap
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pgserver import PgServer
+from test_stores import C1, T0, row, write
+
+from durajobs.errors import DurajobsError, StorageError
+from durajobs.rows import RejectedWrite
+from durajobs.stores import open_claims, open_listener, open_store, open_waker
+from durajobs.stores.pg_claims import AdvisoryClaims
+from durajobs.stores.postgres import SCHEMA_VERSION, PostgresStore
+
+ROOT = Path(__file__).parent.parent
+
+
+def _db(url: str) -> str:
+    return urllib.parse.urlsplit(url).path.lstrip("/")
+
+
+def _pg(url: str) -> PostgresStore:
+    store = open_store(url)
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+def _backend_pid(handle: Any) -> int:
+    return int(handle._link.connection().info.backend_pid)
+
+
+def _terminate(server: PgServer, pid: int) -> None:
+    server.admin_execute(f"SELECT pg_terminate_backend({pid})")
+    # Wait until the server has ended the session (its locks are then free).
+    assert server.wait_until(
+        lambda: not server.admin_query(f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}")
+    )
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["bad password", "unreachable port", "missing database"])
+def test_errors_name_the_server_and_never_the_password(
+    pg_server: PgServer, pg_url: str, case: str
+) -> None:
+    secret = "Zebra-Pa55word-42"
+    parts = urllib.parse.urlsplit(pg_url)
+    port = pg_server.port
+    database = _db(pg_url)
+    if case == "unreachable port":
+        import socket
+
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        secret = pg_server.password
+    elif case == "missing database":
+        database = "no_such_db"
+        secret = pg_server.password
+    url = f"{parts.scheme}://{pg_server.role}:{secret}@127.0.0.1:{port}/{database}"
+    reason = {
+        "bad password": "password authentication failed",
+        "unreachable port": "refused",
+        "missing database": "does not exist",
+    }[case]
+    messages = []
+    with pytest.raises(StorageError) as caught:
+        open_store(url)
+    messages.append(str(caught.value))
+    claims = open_claims(url)  # connects on first use
+    with pytest.raises(StorageError) as caught:
+        claims.try_acquire(C1)
+    messages.append(str(caught.value))
+    with pytest.raises(StorageError) as caught:
+        open_listener(url)
+    messages.append(str(caught.value))
+    for message in messages:
+        assert secret not in message
+        assert urllib.parse.quote(secret) not in message
+        assert f"127.0.0.1:{port}/{database}" in message
+        assert reason in message
+    assert isinstance(caught.value, DurajobsError)
+    assert isinstance(caught.value, OSError)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_the_password_is_not_in_the_store_path(pg_url: str) -> None:
+    store = _pg(pg_url)
+    assert "postgres" in store.path
+    assert "pw-" not in store.path
+    query_form = pg_url.replace("postgresql://durajobs_test:", "postgres://durajobs_test@")
+    user, _, rest = query_form.partition("@")
+    password, _, hostpart = rest.partition("@")
+    url = f"{user}@{hostpart}?password={password}"
+    other = _pg(url)  # postgres:// and a password in the query both work
+    assert password not in other.path
+    other.close()
+    store.close()
+
+
+def test_missing_psycopg_says_what_to_install(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["psycopg"] = None  # as if not installed
+        from durajobs.errors import StorageError
+        from durajobs.stores import open_store
+        store = open_store(sys.argv[1])  # SQLite needs no psycopg
+        store.close()
+        try:
+            open_store("postgresql://u:secretpw@127.0.0.1:1/db")
+        except StorageError as exc:
+            print(exc)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "j.db")],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    assert "pip install 'durajobs[postgres]'" in out.stdout
+    assert "secretpw" not in out.stdout
+
+
+def test_a_sqlite_store_does_not_import_psycopg(tmp_path: Path) -> None:
+    code = (
+        "import sys; from durajobs.stores import open_store, open_claims; "
+        "s = open_store(sys.argv[1]); open_claims(sys.argv[1]); "
+        "print('psycopg' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "j.db")],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    assert out.stdout.strip() == "False"
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+STARTER = textwrap.dedent(
+    """
+    import sys
+    from durajobs.stores import open_store
+    print("ready", flush=True)
+    sys.stdin.readline()  # everyone starts together
+    open_store(sys.argv[1]).close()
+    print("ok", flush=True)
+    """
+)
+
+
+def test_many_processes_starting_at_once_migrate_exactly_once(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, pg_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(8)
+    ]
+    for proc in procs:  # every process has imported durajobs and waits
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        assert out.strip() == b"ok"
+    applied = pg_server.admin_query("SELECT version FROM durajobs_schema ORDER BY 1", _db(pg_url))
+    assert applied == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+
+
+def test_another_applications_instances_table_is_refused(pg_server: PgServer, pg_url: str) -> None:
+    pg_server.admin_execute("CREATE TABLE instances (id integer)", _db(pg_url))
+    with pytest.raises(StorageError, match="not a durajobs database"):
+        open_store(pg_url)
+
+
+def test_a_newer_schema_is_refused(pg_server: PgServer, pg_url: str) -> None:
+    open_store(pg_url).close()
+    pg_server.admin_execute(
+        f"INSERT INTO durajobs_schema (version) VALUES ({SCHEMA_VERSION + 1})", _db(pg_url)
+    )
+    with pytest.raises(StorageError, match="newer than this durajobs"):
+        open_store(pg_url)
+
+
+def test_a_readonly_store_never_creates_the_schema(pg_server: PgServer, pg_url: str) -> None:
+    with pytest.raises(StorageError, match="not a durajobs database"):
+        open_store(pg_url, readonly=True)
+    tables = pg_server.admin_query(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", _db(pg_url)
+    )
+    assert tables == [(0,)]
+    open_store(pg_url).close()
+    reader = open_store(pg_url, readonly=True)
+    with pytest.raises(StorageError, match="read-only"):
+        reader.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    reader.close()
+
+
+# -- durability -----------------------------------------------------------------------------------
+
+
+def test_durability_normal_turns_synchronous_commit_off(pg_url: str) -> None:
+    full = _pg(pg_url)
+    normal = open_store(pg_url, durability="normal")
+    assert isinstance(normal, PostgresStore)
+    assert full.setting("synchronous_commit") == "on"
+    assert normal.setting("synchronous_commit") == "off"
+    full.close()
+    normal.close()
+
+
+# -- lost connections -----------------------------------------------------------------------------
+
+
+def test_the_store_reconnects_after_its_session_is_terminated(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    store = _pg(pg_url)
+    store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    _terminate(pg_server, _backend_pid(store))
+    with pytest.raises(StorageError) as caught:
+        store.load(C1)
+    message = str(caught.value)
+    assert f"127.0.0.1:{pg_server.port}/{_db(pg_url)}" in message
+    assert pg_server.password not in message
+    assert store.load(C1) == row(C1, 1)  # the next call reconnects
+    assert store.commit([write(row(C1, 2), 1)], T0, 100) == [True]
+    store.close()
+
+
+def test_everything_works_again_after_a_server_restart(pg_server: PgServer, pg_url: str) -> None:
+    store = _pg(pg_url)
+    claims = open_claims(pg_url)
+    listener = open_listener(pg_url)
+    token = claims.try_acquire(C1)
+    assert token is not None
+    store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    pg_server.restart()
+    with pytest.raises(StorageError):
+        store.load(C1)
+    assert store.load(C1) == row(C1, 1)
+    # The claim died with the session; the stale token is forgotten harmlessly.
+    claims.release(token)
+    assert claims.try_acquire(C1) is not None
+    # The listener reconnects on drain (reporting one wake-up so the daemon rescans).
+    assert listener.drain() >= 1
+    waker = open_waker(pg_url, store)
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener.fileno(), selectors.EVENT_READ)
+        waker.poke()
+        assert selector.select(5.0)
+    assert listener.drain() >= 1
+    listener.close()
+    claims.close()
+    store.close()
+
+
+def test_a_commit_computed_under_a_lost_claim_is_fenced_out(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    first, second = _pg(pg_url), _pg(pg_url)
+    first.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    claims_a, claims_b = AdvisoryClaims(pg_url), AdvisoryClaims(pg_url)
+    token_a = claims_a.try_acquire(C1)
+    assert token_a is not None
+    seen = first.load(C1)
+    assert seen is not None
+    # A's claim session is killed (a partition, an operator): the server frees the claim.
+    _terminate(pg_server, _backend_pid(claims_a))
+    token_b = claims_b.acquire(C1, 5.0)
+    current = second.load(C1)
+    assert current is not None
+    assert second.commit([write(row(C1, 2, state='{"by":"b"}'), current.step)], T0, 100) == [True]
+    claims_b.release(token_b)
+    # A, unaware, commits what it computed from step 1: nothing changes.
+    late = write(row(C1, 2, state='{"by":"a"}'), seen.step)
+    assert first.commit([late], T0, 100) == [False]
+    final = first.load(C1)
+    assert final is not None
+    assert final.state == '{"by":"b"}'
+    assert [h.step for h in first.history(C1)] == [1, 2]
+    claims_a.release(token_a)  # harmless
+    for handle in (claims_a, claims_b, first, second):
+        handle.close()
+
+
+def test_a_listener_whose_session_is_terminated_reconnects(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    listener = open_listener(pg_url)
+    _terminate(pg_server, _backend_pid(listener))
+    assert listener.drain() == 1  # reconnected: rescan
+    waker = open_waker(pg_url)
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener.fileno(), selectors.EVENT_READ)
+        waker.poke()
+        assert selector.select(5.0)
+    assert listener.drain() == 1
+    waker.close()
+    listener.close()
+
+
+# -- fork -----------------------------------------------------------------------------------------
+
+
+def test_a_forked_child_never_uses_its_parents_sessions(pg_url: str) -> None:
+    store = _pg(pg_url)
+    claims = AdvisoryClaims(pg_url)
+    token = claims.try_acquire(C1)
+    assert token is not None
+    store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    parent_pid = _backend_pid(store)
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (the child's exit code is the assertion)
+        code = 1
+        try:
+            ok = store.load(C1) == row(C1, 1) and _backend_pid(store) != parent_pid
+            ok = ok and claims.try_acquire(C1) is None  # the parent's claim still excludes
+            store.close()
+            claims.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's sessions survived the child (and its closing of the inherited copies).
+    assert _backend_pid(store) == parent_pid
+    assert store.load(C1) == row(C1, 1)
+    other = AdvisoryClaims(pg_url)
+    assert other.try_acquire(C1) is None
+    other.close()
+    claims.close()
+    store.close()
+
+
+def test_text_with_nul_is_a_rejected_write_not_a_storage_error(pg_url: str) -> None:
+    store = _pg(pg_url)
+    bad = row(C1, 1)._replace(last_error="boom\x00")
+    with pytest.raises(RejectedWrite) as caught:
+        store.commit([write(bad, 0, new=True)], T0, 100)
+    assert caught.value.index == 0
+    assert store.load(C1) is None
+    assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
+    store.close()
