@@ -779,3 +779,31 @@ def test_make_app_rejects_a_non_callable_hook(db: Path) -> None:
         make_app(db, authorize="admin")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         Admin(db).instances(order="sideways")
+
+
+def test_activity_charts_read_only_new_periods_and_stay_exact(tmp_path: Path) -> None:
+    db = tmp_path / "activity.db"
+    start = (time.time() // 60) * 60 - 600
+    clock = FakeClock(start)
+    with Jobs(db, registry(), clock=clock) as jobs:
+        orders = jobs.task("orders")
+        orders.send("a", Event("placed"))
+        app = make_app(db, clock=clock)
+        client = Client(app)
+
+        def totals() -> list[str]:
+            return re.findall(r"([\d,]+) steps, ([\d,]+) failures</span>", client.get("/").text)
+
+        before = totals()
+        for n in range(3):  # later steps, in later minutes
+            clock.advance(90)
+            orders.send(f"b-{n}", Event("placed"))
+        after = totals()
+        with Admin(db, clock=clock) as admin:
+            expected = [
+                sum(b.steps for b in admin.activity(width=60.0, count=60)),
+                sum(b.steps for b in admin.activity(width=3600.0, count=24)),
+            ]
+        assert [int(steps.replace(",", "")) for steps, _ in after] == expected
+        assert int(after[0][0]) > int(before[0][0])
+        app.close()

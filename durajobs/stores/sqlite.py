@@ -961,6 +961,8 @@ class Store:
 
         if kind is not None:
             add("kind = ?", kind)
+            if not id_prefix:  # an instance id starts with "KIND:": a range of the primary key
+                add("instance_id >= ? AND instance_id < ?", kind + ":", kind + ";")
         if job is not None:
             add("job = ?", job)
         if status == "failed":
