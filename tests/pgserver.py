@@ -159,12 +159,13 @@ class PgServer:
         return False
 
 
-def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> None:
+def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]:
     """Make every ``Jobs(path, ...)`` of a test use a PostgreSQL database instead of the file.
 
     For running the engine-level suites (``DURAJOBS_TEST_STORE=postgres pytest tests/...``)
     against the PostgreSQL store before ``Jobs`` picks stores by location itself: each SQLite
-    path maps to a fresh database (the same path, the same database).
+    path maps to a fresh database (the same path, the same database). Returns that mapping
+    (absolute path -> URL), filled as paths are used.
     """
     import durajobs.jobs
     from durajobs.stores.pg_claims import AdvisoryClaims
@@ -187,3 +188,4 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> None:
         durajobs.jobs, "InstanceLocks", lambda lock: AdvisoryClaims(url_for(lock[: -len(".lock")]))
     )
     monkeypatch.setattr(durajobs.jobs, "Waker", lambda path: PgWaker(url_for(path)))
+    return databases

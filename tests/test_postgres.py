@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import PgServer
+import test_crash_state_machine as csm
+from hypothesis import settings
+from hypothesis.stateful import rule, run_state_machine_as_test
+from pgserver import PgServer, route_jobs_to_postgres
 from test_stores import C1, T0, row, write
 
 from durajobs.errors import DurajobsError, StorageError
@@ -369,3 +373,85 @@ def test_text_with_nul_is_a_rejected_write_not_a_storage_error(pg_url: str) -> N
     assert store.load(C1) is None
     assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
     store.close()
+
+
+# -- the crash state machine's model-vs-store rules, on PostgreSQL ---------------------------------
+
+
+class PgCrashMachine(csm.CrashMachine):
+    """``CrashMachine`` on PostgreSQL: the same calls through two ``Jobs`` (two "processes"),
+    checked against the same model after every rule. The fault-injecting VFS and power cuts
+    are SQLite's; here the server instead ends every session between two calls
+    (``sessions_killed``): the calls that hit a dead session may raise ``StorageError`` and
+    must change nothing; the next ones reconnect and the world is exactly the acknowledged one.
+    """
+
+    server: PgServer
+    databases: dict[str, str]
+
+    def teardown(self) -> None:
+        try:
+            self._close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # SQLite-only rules are no rules here (a plain method hides the inherited rule).
+    def arm_fault(self, *args: Any) -> None:  # type: ignore[override]
+        raise AssertionError("not a rule on PostgreSQL")
+
+    arm_crash = crash_now = checkpoint_after_every_commit = arm_fault  # type: ignore[assignment]
+
+    @rule()
+    def reopen(self) -> None:
+        """A clean close and reopen: exactly the acknowledged world is there."""
+        self.pending = None
+        self._close()
+        self._open()
+        self.orphans = []
+        self.history = [self.world]
+
+    @rule()
+    def sessions_killed(self) -> None:
+        """The server ends every session of the database (a restart, an operator)."""
+        url = self.databases[os.path.abspath(self.path)]
+        name = _db(url)
+        self.server.admin_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        assert self.server.wait_until(
+            lambda: (
+                not self.server.admin_query(
+                    f"SELECT 1 FROM pg_stat_activity WHERE datname = '{name}' "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                )
+            )
+        )
+        for jobs in (self.jobs, self.jobs2):
+            assert jobs is not None
+            engine = jobs.engine
+            # The first call on each dead session fails and changes nothing...
+            for probe in (engine.store.load, engine.locks.try_acquire):
+                try:
+                    token = probe(C1)
+                except StorageError:
+                    continue
+                if isinstance(token, int):
+                    engine.locks.release(token)
+        # ...and the invariant (read through both Jobs) sees the acknowledged world.
+
+
+def test_crash_machine_rules_hold_on_postgres(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durajobs import engine
+
+    monkeypatch.setattr(engine, "GROUP_MAX_SECONDS", 3600.0)  # as csm._one_group_per_pass
+    monkeypatch.setattr(engine, "SLOW_STEP", 3600.0)
+    PgCrashMachine.server = pg_server
+    PgCrashMachine.databases = route_jobs_to_postgres(monkeypatch, pg_server)
+    examples = max(5, settings.default.max_examples // 5)  # ci: 10 programs, about 30 s
+    run_state_machine_as_test(
+        PgCrashMachine,
+        settings=settings(max_examples=examples, stateful_step_count=40, deadline=None),
+    )

@@ -29,7 +29,8 @@ Health checks are not part of ``Store``: they differ by nature (SQLite has ``int
 ``wal_bytes`` and a raw ``query``; PostgreSQL has a server, a clock and a connection). A store
 may offer ``health() -> list[Finding]`` (``HealthCheckable``); ``durajobs.stores.health(store)``
 gives the findings of either store (for SQLite it wraps ``integrity_check`` and ``wal_bytes``).
-``query(sql)`` stays SQLite-only (raw SQL is dialect-specific; the CLI no longer uses it).
+``query(sql, params)`` (a read-only raw query) exists on both stores but is not part of the
+protocol: SQL and placeholders differ by store (tests and tools use it; the CLI does not).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Write(NamedTuple):
     key: str | None = None
     requeue: str | None = None
     new: bool = False  # no row existed when the step began (``expected_step`` is its base)
+    # Debounce, bulk ``add_many`` on a busy instance: only queue ``requeue`` (with ``key``) as
+    # ``enqueue`` does, and make the alarm due now; no row is written, nothing is fenced.
+    queue_only: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -195,8 +199,13 @@ class Store(Protocol):
 
     # -- writes: each one transaction ---------------------------------------------------------
 
-    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+    def commit(
+        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
+    ) -> list[bool]:
         """Apply the writes in ONE transaction; returns, per write, whether its fence held.
+
+        ``atomic`` (bulk calls): all or nothing -- a fenced-out or duplicate-key write raises
+        ``FencedOut(index)`` and nothing of the transaction is applied.
 
         May assume: the caller holds the claim of every written instance, and the writes of
         one instance come in step order. Must, per write, atomically with all the others:
@@ -214,6 +223,8 @@ class Store(Protocol):
           its newest ``history_limit`` records;
         - ``key``: remember the idempotency key at ``now``; a key already accepted within
           ``key_window`` fails the write (nothing of it applies).
+        - ``queue_only``: append ``requeue`` to the queue (and ``key``), and set the alarm due
+          ``now`` as ``enqueue`` does (creating the placeholder row if none exists).
 
         A fenced-out (or duplicate-key) write changes nothing and is ``False``; the others
         still commit.
@@ -227,6 +238,7 @@ class Store(Protocol):
                 that instance's failure and commits the others again.
             StorageError: the transaction failed and the database is unchanged, or (with
                 "outcome unknown" in the message) the commit's fate could not be learned.
+            FencedOut: ``atomic`` and write ``index`` was fenced out or its key was taken.
         """
         ...
 

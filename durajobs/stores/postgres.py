@@ -967,6 +967,16 @@ class PostgresStore:
         with self._mapped("read") as conn:
             return self._version(conn)
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (PostgreSQL's dialect, ``%s`` placeholders); its rows.
+
+        Not part of the ``Store`` protocol (SQL differs by store); for tests and tools.
+
+        Raises:
+            StorageError: the query failed.
+        """
+        return self._rows(sql, tuple(params))
+
     def setting(self, name: str) -> str:
         """A server setting as this store's sessions see it (e.g. ``synchronous_commit``).
 
