@@ -182,6 +182,38 @@ def test_a_write_the_store_cannot_hold_is_rejected_alone(store: Store) -> None:
     assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
 
 
+def test_an_atomic_commit_is_all_or_nothing(store: Store) -> None:
+    from durajobs.rows import FencedOut
+
+    store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    with pytest.raises(FencedOut) as caught:
+        store.commit([write(row(C2, 1), 0, new=True), write(row(C1, 9), 8)], T0, 100, atomic=True)
+    assert caught.value.index == 1
+    assert store.load(C2) is None
+    task = "task:t:x"
+    store.commit([write(row(task, 1), 0, new=True, key="k")], T0, 100)
+    dup = write(row(task, 2), 1, key="k")
+    with pytest.raises(FencedOut):
+        store.commit([write(row(C2, 1), 0, new=True), dup], T0, 100, atomic=True)
+    assert store.load(C2) is None
+    assert store.commit([write(row(C2, 1), 0, new=True)], T0, 100, atomic=True) == [True]
+
+
+def test_a_queue_only_write_queues_like_enqueue(store: Store) -> None:
+    queued = Write(
+        D1, "debounce", "batch", "a", 0, None, (), requeue='"e"', key="k", queue_only=True
+    )
+    assert store.commit([queued], T0, 100) == [True]
+    placeholder = store.load(D1)
+    assert placeholder is not None
+    assert (placeholder.status, placeholder.due_at) == ("debouncing", T0)
+    assert [q.event for q in store.queued(D1)] == ['"e"']
+    assert store.has_key(D1, "k", T0)
+    with pytest.raises(DuplicateEventError):
+        store.commit([queued], T0, 100)
+    assert len(store.queued(D1)) == 1
+
+
 # -- idempotency keys ---------------------------------------------------------------------------
 
 

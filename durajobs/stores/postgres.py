@@ -663,8 +663,13 @@ class PostgresStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+    def commit(
+        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
+    ) -> list[bool]:
         """Apply the writes in one transaction; returns, per write, whether its fence held.
+
+        ``atomic``: all or nothing (bulk calls): a fenced-out write or a taken key raises
+        ``FencedOut`` and nothing is applied.
 
         Raises:
             StorageError: the transaction was not committed (the database is unchanged), or
@@ -673,6 +678,7 @@ class PostgresStore:
             RejectedWrite: one write's content cannot be stored (text containing NUL, which
                 PostgreSQL's text refuses; an integer out of bigint's range); nothing of the
                 transaction is applied.
+            FencedOut: ``atomic`` and write ``index`` was fenced out or its key was taken.
         """
         if not writes:
             return []
@@ -698,6 +704,12 @@ class PostgresStore:
                     # database, is at fault: roll back; the engine records that instance's
                     # failure and commits the others again.
                     raise RejectedWrite(index, exc) from None
+                except DuplicateEventError:
+                    if atomic:
+                        raise _fenced_out(index) from None
+                    raise
+                if atomic and not applied[-1]:
+                    raise _fenced_out(index)
             return applied
 
         def probe(conn: Any) -> bool:
@@ -736,6 +748,12 @@ class PostgresStore:
 
     def _apply(self, cur: Any, write: Write, now: float, history_limit: int) -> bool:
         """One write; ``False`` (and nothing changed) when its fence fails."""
+        if write.queue_only:  # add_many on a busy instance: queue it, as enqueue does
+            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
+            cur.execute(SQL_ENQUEUE_ALARM, {
+                "id": write.instance_id, "job": write.job, "user": write.user_id, "now": now,
+            })  # fmt: skip
+            return True
         row = write.row
         instance_id = write.instance_id
         debounce = write.kind == "debounce"
@@ -1013,6 +1031,12 @@ class PostgresStore:
             )
         )
         return findings
+
+
+def _fenced_out(index: int) -> Exception:
+    from durajobs.rows import FencedOut  # the engine's signal for all-or-nothing commits
+
+    return FencedOut(index)
 
 
 def _first_id(cur: Any, since: float) -> int | None:
