@@ -6,7 +6,7 @@ Results are frozen attrs values; times are aware UTC datetimes or ``None``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -156,6 +156,33 @@ def _check_text(text: str, instance_id: str, what: str) -> None:
             ) from None
 
 
+def _bulk_items(items: Iterable[Any], what: str) -> list[tuple[str, Any, str | None]]:
+    """``(id, value)`` or ``(id, value, key)`` items as triples, checked.
+
+    Raises:
+        TypeError: an item is not such a tuple (the message names its index).
+    """
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise TypeError(f"{what} takes an iterable of (id, value) or (id, value, key) tuples")
+    triples: list[tuple[str, Any, str | None]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise TypeError(
+                f"{what}: item {index} must be (id, value) or (id, value, key), got {item!r}"
+            )
+        triples.append((item[0], item[1], item[2] if len(item) == 3 else None))
+    return triples
+
+
+def _item_error(index: int, instance_id: str, exc: BaseException) -> BaseException:
+    """The same error, its message naming the bulk item (for errors raised before a step)."""
+    text = f"item {index} ({instance_id}): {exc}; nothing of the batch was stored"
+    try:
+        return type(exc)(text)
+    except Exception:  # an error type with another constructor: keep the original
+        return exc
+
+
 def _check_key(key: str | None, instance_id: str) -> None:
     """
     Raises:
@@ -257,6 +284,45 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         status = "not_found" if decision.instance is None else decision.instance.status
         return StartResult(instance_id, True, status, decision.retry_scheduled)
 
+    def start_many(self, items: Iterable[tuple[str, S]]) -> list[StartResult]:
+        """Start many instances in ONE transaction (one fsync): ``(id, state)`` items.
+
+        Each item is its own ``start`` (first runs with ``start_immediately`` happen here,
+        outside the transaction); the results are ``start``'s, in order. All or nothing: if
+        an item fails validation nothing is stored and the error names the item.
+
+        Raises:
+            TypeError: an item is not an ``(id, state)`` tuple.
+            ValidationError: an item's state does not fit the state type (index and id named).
+            InstanceBusyError: another step held an instance past ``wait_timeout``.
+            StorageError: the database failed; nothing was stored.
+        """
+        triples = _bulk_items(items, "start_many")
+        engine = self._engine
+        codec = engine.codecs(self.name)[0]
+        calls: list[tuple[str, steps.Message, str | None]] = []
+        for index, (user_id, state, key) in enumerate(triples):
+            try:
+                instance_id = self._id(user_id)
+                if key is not None:
+                    raise TypeError("start_many items are (id, state): no key")
+                text = codec.encode(state, f"initial state of {instance_id}")
+            except (TypeError, ValidationError) as exc:
+                raise _item_error(index, repr(user_id), exc) from None
+            calls.append((user_id, steps.Start(text), None))
+        outcomes = engine.run_many(self.kind, self.name, self.job, calls)
+        results = []
+        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
+            instance_id = instance_id_of(self.kind, self.name, user_id)
+            assert decision is not None
+            if not decision.changed:
+                status = before.status if isinstance(before, Instance) else "not_found"
+                results.append(StartResult(instance_id, False, status))
+                continue
+            status = "not_found" if decision.instance is None else decision.instance.status
+            results.append(StartResult(instance_id, True, status, decision.retry_scheduled))
+        return results
+
     def trigger(self, user_id: str) -> TriggerResult:
         """Run now and restart the schedule from now. A missing instance: ``triggered=False``.
 
@@ -341,17 +407,61 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
             will_flush = steps.flush_time(self.job, first, last)
             return AddResult(instance_id, False, count, _dt(will_flush))
         decision, before = result
-        if decision.requeued:  # the batch was full: this event opens the next one
-            return AddResult(
-                instance_id, before is None, decision.requeued, _dt(decision.next_window)
-            )
-        row = decision.instance
-        return AddResult(
-            instance_id,
-            before is None,
-            decision.event_count,
-            None if row is None else _dt(row.scheduled_for),
-        )
+        return _add_result(instance_id, decision, before)
+
+    def add_many(
+        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+    ) -> list[AddResult]:
+        """Add many events in ONE transaction (one fsync): ``(id, event)`` or
+        ``(id, event, key)`` items.
+
+        Each item is its own ``add`` (reducers, and flushes at ``max_events``, run here,
+        outside the transaction); items for one id apply in order; the results are ``add``'s,
+        in order. Never waits for a running flush: an instance busy elsewhere gets its events
+        queued for its next batch. All or nothing: if an item's reducer raises (without
+        ``on_error``), its key is a duplicate or it fails validation, nothing is stored and the
+        error names the item (its index and id).
+
+        Raises:
+            TypeError: an item is not such a tuple.
+            ValidationError: an item's event does not fit the event type.
+            DuplicateEventError: an item's key was already accepted (or repeats in the batch).
+            ExecutionError: an item's reducer raised (and there is no ``on_error``).
+            StorageError: the database failed; nothing was stored.
+        """
+        triples = _bulk_items(items, "add_many")
+        engine = self._engine
+        codec = engine.codecs(self.name)[1]
+        assert codec is not None
+        calls: list[tuple[str, steps.Message, str | None]] = []
+        for index, (user_id, event, key) in enumerate(triples):
+            try:
+                instance_id = self._id(user_id)
+                _check_key(key, instance_id)
+                text = codec.encode(event, f"event for {instance_id}")
+            except (TypeError, ValidationError) as exc:
+                raise _item_error(index, repr(user_id), exc) from None
+            calls.append((user_id, steps.Add(event, text), key))
+        outcomes = engine.run_many(self.kind, self.name, self.job, calls, queue_busy=True)
+        # Events queued behind a running flush: this call's are the last ``added`` of the queue
+        # read after the commit; each result counts the queue as of its own event.
+        added: dict[str, int] = {}
+        for (user_id, _, _), (decision, position) in zip(triples, outcomes, strict=True):
+            if decision is None:
+                added[user_id] = max(added.get(user_id, 0), int(position))  # type: ignore[arg-type]
+        queues = {u: engine.store.queued(self._id(u)) for u in added}
+        results: list[AddResult] = []
+        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
+            instance_id = instance_id_of(self.kind, self.name, user_id)
+            if decision is None:
+                queue = queues[user_id]
+                count = len(queue) - added[user_id] + int(before)  # type: ignore[arg-type]
+                first, last = queue[0].added_at, queue[max(count, 1) - 1].added_at
+                will_flush = _dt(steps.flush_time(self.job, first, last))
+                results.append(AddResult(instance_id, False, count, will_flush))
+            else:
+                results.append(_add_result(instance_id, decision, before))  # type: ignore[arg-type]
+        return results
 
     def flush(self, user_id: str) -> FlushResult:
         """Flush the batch now (reason ``"manual"``); an empty batch reports ``"empty"``.
@@ -411,6 +521,18 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         return self._state(user_id, self.job.state_type)  # type: ignore[no-any-return]
 
 
+def _add_result(instance_id: str, decision: steps.Decision, before: Instance | None) -> AddResult:
+    if decision.requeued:  # the batch was full: this event opens the next one
+        return AddResult(instance_id, before is None, decision.requeued, _dt(decision.next_window))
+    row = decision.instance
+    return AddResult(
+        instance_id,
+        before is None,
+        decision.event_count,
+        None if row is None else _dt(row.scheduled_for),
+    )
+
+
 class TaskClient(_Client[Task], Generic[E, S]):
     """Client of one Task job."""
 
@@ -440,6 +562,53 @@ class TaskClient(_Client[Task], Generic[E, S]):
         decision, before = result
         row = decision.instance
         return SendResult(instance_id, before is None, None if row is None else _dt(row.due_at))
+
+    def send_many(
+        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+    ) -> list[SendResult]:
+        """Send many events in ONE transaction (one fsync): ``(id, event)`` or
+        ``(id, event, key)`` items.
+
+        Each item is its own ``send`` (``on_event`` and ``on_idle`` run here, outside the
+        transaction); items for one id apply in order, each seeing the one before; the results
+        are ``send``'s, in order. All or nothing: if an item's ``on_event`` raises (without
+        ``on_error``), its key is a duplicate or it fails validation, nothing is stored and the
+        error names the item (its index and id).
+
+        Raises:
+            TypeError: an item is not such a tuple.
+            ValidationError: an item's event does not fit the event type.
+            DuplicateEventError: an item's key was already accepted (or repeats in the batch).
+            ExecutionError: an item's ``on_event`` raised and there is no ``on_error``.
+            InstanceBusyError: another step held an instance past ``wait_timeout``.
+            StorageError: the database failed; nothing was stored.
+        """
+        triples = _bulk_items(items, "send_many")
+        engine = self._engine
+        codec = engine.codecs(self.name)[1]
+        assert codec is not None
+        calls: list[tuple[str, steps.Message, str | None]] = []
+        for index, (user_id, event, key) in enumerate(triples):
+            try:
+                instance_id = self._id(user_id)
+                _check_key(key, instance_id)
+                codec.encode(event, f"event for {instance_id}")
+            except (TypeError, ValidationError) as exc:
+                raise _item_error(index, repr(user_id), exc) from None
+            calls.append((user_id, steps.Send(event), key))
+        outcomes = engine.run_many(self.kind, self.name, self.job, calls)
+        results = []
+        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
+            assert decision is not None
+            row = decision.instance
+            results.append(
+                SendResult(
+                    instance_id_of(self.kind, self.name, user_id),
+                    before is None,
+                    None if row is None else _dt(row.due_at),
+                )
+            )
+        return results
 
     def trigger(self, user_id: str) -> TaskTriggerResult:
         """Run ``execute`` now (clearing any pending alarm). A missing instance: not triggered.

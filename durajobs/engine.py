@@ -26,8 +26,14 @@ from typing import Any, NamedTuple
 from . import steps
 from .codec import Codec, TypeCodec
 from .definitions import Debounce, Definition
-from .errors import ExecutionError, InvalidStateError, JobNotFoundError, ValidationError
-from .rows import RejectedWrite
+from .errors import (
+    DuplicateEventError,
+    ExecutionError,
+    InvalidStateError,
+    JobNotFoundError,
+    ValidationError,
+)
+from .rows import FencedOut, RejectedWrite
 from .steps import Decision, Env, Instance, Message
 from .stores.ofd_claims import InstanceLocks
 from .stores.sqlite import Store, Write
@@ -218,6 +224,176 @@ class Engine:
         if decision.changed:
             self._after([(write, decision)])
         return decision, inst
+
+    def run_many(
+        self,
+        kind: str,
+        job_name: str,
+        job: Definition,
+        items: Sequence[tuple[str, Message, str | None]],
+        *,
+        queue_busy: bool = False,
+    ) -> list[tuple[Decision, Instance | None] | tuple[None, int]]:
+        """Run many client steps and commit them in ONE transaction (bulk calls).
+
+        ``items`` are ``(user_id, message, key)``; each is its own step with the single call's
+        semantics, applied in order (items for one id each see the one before). Claims are
+        taken in one fixed order (by claim offset) so that two bulk calls never deadlock.
+        With ``queue_busy`` (``add_many``) an instance whose step runs elsewhere is not waited
+        for: its events are queued (in order) for its next step. All or nothing: the first
+        item whose handler raises, whose key is taken, or whose values cannot be stored
+        aborts the call and nothing is stored.
+
+        Returns, per item, ``(decision, row before)``, or ``(None, position)`` for an event
+        queued behind a running step (its 1-based position among the instance's queued
+        events added by this call).
+
+        Raises:
+            ExecutionError: an item's handler raised (the message names its index and id).
+            DuplicateEventError: an item's key was already accepted (index and id named).
+            ValidationError: an item's values cannot be stored (index and id named).
+            InstanceBusyError: another step held an instance past ``wait_timeout``.
+            StorageError: the database failed; nothing of the batch was stored.
+        """
+        ids = {user_id: instance_id_of(kind, job_name, user_id) for user_id, _, _ in items}
+        for instance_id in ids.values():
+            if self._running or self._pending:
+                self._reentered(instance_id)
+        locks = self.locks
+        tokens: dict[str, int] = {}
+        queued_ids: set[str] = set()
+        try:
+            from .stores.ofd_claims import lock_offset  # the one fixed order of claims
+
+            for instance_id in sorted(set(ids.values()), key=lock_offset):
+                if queue_busy:
+                    token = locks.try_acquire(instance_id)
+                    if token is None:
+                        queued_ids.add(instance_id)
+                        continue
+                else:
+                    token = locks.acquire(instance_id, self.wait_timeout)
+                tokens[instance_id] = token
+            results, writes = self._bulk_steps(kind, job_name, job, items, ids, queued_ids)
+            if writes:
+                now = self.clock.time()
+                try:
+                    self.store.commit([w for w, _ in writes], now, self.history_limit, atomic=True)
+                except FencedOut as fenced:
+                    index = writes[fenced.index][1]
+                    user_id, _, key = items[index]
+                    if key is not None and self.store.has_key(ids[user_id], key, now):
+                        raise DuplicateEventError(
+                            f"item {index} ({ids[user_id]}): an event with key {key!r} was "
+                            "already accepted; nothing of the batch was stored"
+                        ) from None
+                    raise InvalidStateError(
+                        f"item {index} ({ids[user_id]}): the instance changed under a step "
+                        "that held its claim; nothing of the batch was stored"
+                    ) from None
+                except RejectedWrite as rejected:
+                    index = writes[rejected.index][1]
+                    raise ValidationError(
+                        f"item {index} ({ids[items[index][0]]}): cannot be stored: "
+                        f"{steps.safe_text(_describe(rejected.cause))}; nothing of the batch "
+                        "was stored"
+                    ) from None
+        finally:
+            for token in tokens.values():
+                locks.release(token)
+        done = [(w, r[0]) for (w, _), r in zip(writes, _stepped(results), strict=False)]
+        self._after([(w, d) for w, d in done if d is not None])
+        if queued_ids and self.waker is not None:
+            self.waker.poke()
+        return results
+
+    def _bulk_steps(
+        self,
+        kind: str,
+        job_name: str,
+        job: Definition,
+        items: Sequence[tuple[str, Message, str | None]],
+        ids: dict[str, str],
+        queued_ids: set[str],
+    ) -> tuple[list[tuple[Decision, Instance | None] | tuple[None, int]], list[tuple[Write, int]]]:
+        """The steps of a bulk call, under its claims: the results and the writes (each with
+        the index of its item), in item order."""
+        rows: dict[str, Instance | None] = {}
+        loaded: set[str] = set()
+        queue_counts: dict[str, int] = {}
+        results: list[tuple[Decision, Instance | None] | tuple[None, int]] = []
+        writes: list[tuple[Write, int]] = []
+        keys: set[tuple[str, str]] = set()
+        now = self.clock.time()
+        for index, (user_id, msg, key) in enumerate(items):
+            instance_id = ids[user_id]
+            if key is not None:
+                if (instance_id, key) in keys or self.store.has_key(instance_id, key, now):
+                    raise DuplicateEventError(
+                        f"item {index} ({instance_id}): an event with key {key!r} was already "
+                        "accepted; nothing of the batch was stored"
+                    )
+                keys.add((instance_id, key))
+            if instance_id in queued_ids:
+                # Busy elsewhere (add_many only): queue, in order, for its next step.
+                assert isinstance(msg, steps.Add)
+                queue_counts[instance_id] = queue_counts.get(instance_id, 0) + 1
+                write = Write(
+                    instance_id, kind, job_name, user_id, 0, None, (), 0, key, msg.text,
+                    queue_only=True,
+                )  # fmt: skip
+                writes.append((write, index))
+                results.append((None, queue_counts[instance_id]))
+                continue
+            queued: Sequence[Any] = ()
+            if instance_id not in loaded:
+                loaded.add(instance_id)
+                if kind == "debounce":
+                    rows[instance_id], queued = self.store.load_with_queue(instance_id)
+                else:
+                    rows[instance_id] = self.store.load(instance_id)
+            inst = rows[instance_id]
+            env = self._env(instance_id, job_name, user_id, queued)
+            base = 0
+            if inst is None and isinstance(msg, steps.CREATING):
+                base = self._base_step(instance_id, writes)
+                env = env._replace(base_step=base)
+            self._running.append(instance_id)
+            try:
+                decision = steps.step(job, inst, msg, env)
+            finally:
+                self._running.pop()
+            if decision.raise_error is not None:
+                cause = decision.raise_error
+                raise ExecutionError(
+                    f"item {index} ({instance_id}): handler raised "
+                    f"{steps.safe_text(_describe(cause))}; nothing of the batch was stored",
+                    cause,
+                ) from cause
+            results.append((decision, inst))
+            if not decision.changed:
+                continue
+            write = Write(
+                instance_id, kind, job_name, user_id, inst.step if inst else base,
+                decision.instance, decision.records, decision.consumed, key,
+                decision.requeue, inst is None,
+            )  # fmt: skip
+            writes.append((write, index))
+            rows[instance_id] = decision.instance
+            if decision.requeue is not None or (
+                decision.instance is None and kind == "debounce" and decision.requeued
+            ):
+                # Events wait in the queue behind this step: the rest of this id's items
+                # queue behind them (order kept), for its next step.
+                queued_ids.add(instance_id)
+        return results, writes
+
+    def _base_step(self, instance_id: str, writes: list[tuple[Write, int]]) -> int:
+        """A new instance's base step: after the last step its id had, this batch included."""
+        for write, _ in reversed(writes):
+            if write.instance_id == instance_id and not write.queue_only:
+                return write.row.step if write.row is not None else write.expected_step + 1
+        return self.store.last_step(instance_id)
 
     def _reentered(self, instance_id: str) -> None:
         """A client call made from inside a handler (fan-out): never wait for ourselves.
@@ -528,6 +704,13 @@ def _describe(exc: BaseException) -> str:
     except Exception:  # an exception whose __str__ raises
         text = "<str() failed>"
     return f"{type(exc).__name__}: {text}"
+
+
+def _stepped(
+    results: list[tuple[Decision, Instance | None] | tuple[None, int]],
+) -> list[tuple[Decision | None, Any]]:
+    """The results that produced a write, in order (what ``_after`` reports)."""
+    return [r for r in results if r[0] is None or r[0].changed]
 
 
 def _write_for(inst: Instance, decision: Decision) -> Write:

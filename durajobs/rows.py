@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import attrs
 
-__all__ = ["Instance", "Queued", "Record", "RejectedWrite"]
+__all__ = ["FencedOut", "Instance", "Queued", "Record", "RejectedWrite"]
 
 
 class Instance(NamedTuple):
@@ -70,3 +70,12 @@ class RejectedWrite(Exception):  # noqa: N818 -- a signal between store and engi
         super().__init__(f"write {index} refused: {type(cause).__name__}")
         self.index = index
         self.cause = cause
+
+
+class FencedOut(Exception):  # noqa: N818 -- a signal between store and engine, not an error
+    """An all-or-nothing commit (a bulk call) met a write whose fence failed or whose
+    idempotency key was taken: nothing of the transaction was applied."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"write {index} fenced out")
+        self.index = index

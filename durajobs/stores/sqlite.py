@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 import apsw
 
 from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.rows import Instance, Queued, RejectedWrite
+from durajobs.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.stores.base import HistoryRow, Write  # store-neutral; re-exported here
 
 __all__ = ["HistoryRow", "Store", "Write"]
@@ -592,8 +592,13 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def commit(self, writes: Sequence[Write], now: float, history_limit: int) -> list[bool]:
+    def commit(
+        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
+    ) -> list[bool]:
         """Apply the writes in one transaction; returns, per write, whether its fence held.
+
+        ``atomic``: all or nothing (bulk calls): a fenced-out write or a taken key raises
+        ``FencedOut`` and nothing is applied.
 
         Raises:
             StorageError: the transaction could not be committed: the live database is
@@ -616,6 +621,12 @@ class Store:
                     # This write's content (not the database) is at fault: roll back, let the
                     # engine record it as that instance's failure and commit the others.
                     raise RejectedWrite(index, exc) from None
+                except DuplicateEventError:
+                    if atomic:
+                        raise FencedOut(index) from None
+                    raise
+                if atomic and not applied[-1]:
+                    raise FencedOut(index)
             return applied
 
         def probe() -> bool:
@@ -650,6 +661,10 @@ class Store:
         return ok
 
     def _apply(self, cur: apsw.Cursor, write: Write, now: float, history_limit: int) -> bool:
+        if write.queue_only:
+            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
+            cur.execute(SQL_ENQUEUE_ALARM, (write.instance_id, write.job, write.user_id, now))
+            return True
         row = write.row
         instance_id = write.instance_id
         debounce = write.kind == "debounce"

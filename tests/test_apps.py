@@ -1,0 +1,417 @@
+"""Inside real applications: one Jobs shared by threads, safe across fork, asyncio, bulk calls.
+
+Handlers log "enter"/"exit" with the instance id to a file (append-only, one line each, so the
+lines of several processes interleave whole); ``assert_no_overlap`` checks that no two handlers
+of one instance were ever inside at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+import pytest
+
+from durajobs import Debounce, FakeClock, Jobs, Task
+from durajobs.aio import AsyncJobs
+from durajobs.errors import DuplicateEventError, ExecutionError, ValidationError
+
+LOG = "DURAJOBS_TEST_LOG"
+
+
+@attrs.define
+class Order:
+    events: list[int] = attrs.Factory(list)
+
+
+@attrs.define
+class Event:
+    n: int
+    pause: float = 0.0
+
+
+def _log(line: str) -> None:
+    path = os.environ.get(LOG)
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def on_event(event: Event, ctx: Any) -> None:
+    _log(f"enter {ctx.instance_id} {os.getpid()}")
+    if event.n < 0:
+        _log(f"exit {ctx.instance_id} {os.getpid()}")
+        raise ValueError(f"refused event {event.n}")
+    if event.pause:
+        time.sleep(event.pause)  # a handler doing I/O (inside: no wait on another process)
+    state = ctx.state or Order()
+    ctx.state = Order([*state.events, event.n])
+    _log(f"exit {ctx.instance_id} {os.getpid()}")
+
+
+def reducer(ctx: Any) -> list[int]:
+    if ctx.event.n < 0:
+        raise ValueError(f"refused event {ctx.event.n}")
+    return [*(ctx.state or []), ctx.event.n]
+
+
+def flush(ctx: Any) -> None:
+    _log(f"flush {ctx.instance_id} {ctx.state}")
+    gate = os.environ.get("DURAJOBS_TEST_GATE")
+    if gate:  # hold the flush until the test opens the gate (a file appears)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+REGISTRY = {
+    "orders": Task(state=Order, event=Event, on_event=on_event, execute=lambda ctx: None),
+    "batch": Debounce(event=Event, state=list[int], on_event=reducer, execute=flush,
+                      flush_after="1h", max_events=1000),
+}  # fmt: skip
+
+
+@pytest.fixture
+def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "handlers.log"
+    path.touch()
+    monkeypatch.setenv(LOG, str(path))
+    return path
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Iterator[Jobs]:
+    with Jobs(tmp_path / "jobs.db", REGISTRY) as opened:
+        yield opened
+
+
+def assert_no_overlap(log: Path) -> int:
+    """No two handlers of one instance inside at once; returns how many handlers ran."""
+    inside: dict[str, int] = {}
+    ran = 0
+    for line in log.read_text().splitlines():
+        what, instance_id, *_ = line.split()
+        if what == "enter":
+            inside[instance_id] = inside.get(instance_id, 0) + 1
+            assert inside[instance_id] == 1, f"two handlers of {instance_id} at once"
+            ran += 1
+        elif what == "exit":
+            inside[instance_id] -= 1
+    return ran
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        time.sleep(0.005)
+    return value
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+
+def test_threads_share_one_jobs(jobs: Jobs, log: Path) -> None:
+    errors: list[BaseException] = []
+    per_thread = 25
+
+    def work(thread: int) -> None:
+        try:
+            client = jobs.task("orders")
+            for i in range(per_thread):
+                client.send("shared", Event(thread * 1000 + i, pause=0.0005))
+                client.send(f"own-{thread}", Event(i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert assert_no_overlap(log) == 8 * per_thread * 2
+    shared = jobs.task("orders").get_state("shared")
+    assert shared is not None
+    assert sorted(shared.events) == sorted(
+        t * 1000 + i for t in range(8) for i in range(per_thread)
+    )
+    for thread in range(8):  # each thread's own order, applied once each, in order
+        assert jobs.task("orders").get_state(f"own-{thread}") == Order(list(range(per_thread)))
+    assert jobs.task("orders").status("shared").event_count == 8 * per_thread
+
+
+def test_close_from_the_owner_closes_every_threads_connection(tmp_path: Path) -> None:
+    jobs = Jobs(tmp_path / "jobs.db", REGISTRY)
+    threads = [threading.Thread(target=lambda: jobs.task("orders").status("x")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engines = list(jobs._handles)
+    assert len(engines) == 5  # the owner's and one per thread
+    jobs.close()
+    for engine in engines:
+        with pytest.raises(apsw.ConnectionClosedError):
+            engine.store._conn.execute("SELECT 1")
+    with pytest.raises(Exception, match="closed"):
+        jobs.task("orders").status("x")
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+def _fork(body: Callable[[], None]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except BaseException as exc:
+            sys.stderr.write(f"child failed: {type(exc).__name__}: {exc}\n")
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork in a multi-threaded pytest
+def test_parent_and_child_exclude_each_other_after_fork(jobs: Jobs, log: Path) -> None:
+    """The regression: handlers of one instance overlapped in parent and child after fork,
+    and the child got 'the instance changed under a step that held its claim'."""
+    jobs.task("orders").send("o-1", Event(0))  # the parent's connection and claim handle exist
+    pids = [_fork(lambda n=n: jobs.task("orders").send("o-1", Event(n, 0.05))) for n in (1, 2)]
+    jobs.task("orders").send("o-1", Event(3, pause=0.05))
+    assert [_exit_code(pid) for pid in pids] == [0, 0]
+    assert assert_no_overlap(log) == 4
+    state = jobs.task("orders").get_state("o-1")
+    assert state is not None
+    assert sorted(state.events) == [0, 1, 2, 3]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_child_that_never_uses_it_leaves_the_parent_intact(jobs: Jobs, tmp_path: Path) -> None:
+    token = jobs.engine.locks.try_acquire("task:orders:held")
+    assert token is not None
+    assert _exit_code(_fork(lambda: None)) == 0
+    with Jobs(tmp_path / "jobs.db", REGISTRY) as other:
+        assert other.engine.locks.try_acquire("task:orders:held") is None  # still ours
+    jobs.engine.locks.release(token)
+    assert jobs.task("orders").send("x", Event(1)).created  # the connection still works
+
+
+def _pool_send(n: int) -> int:
+    jobs = _POOL_JOBS[0]
+    jobs.task("orders").send("pooled", Event(n, pause=0.002))
+    return os.getpid()
+
+
+_POOL_JOBS: list[Jobs] = []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_multiprocessing_with_fork(jobs: Jobs, log: Path) -> None:
+    _POOL_JOBS[:] = [jobs]
+    jobs.task("orders").send("pooled", Event(-0 + 1000))
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        pids = set(pool.map(_pool_send, range(40)))
+    assert len(pids) > 1
+    assert assert_no_overlap(log) == 41
+    state = jobs.task("orders").get_state("pooled")
+    assert state is not None
+    assert sorted(state.events) == [*range(40), 1000]
+
+
+# -- asyncio ----------------------------------------------------------------------------------
+
+
+def test_asyncio_gather_and_the_loop_stays_responsive(jobs: Jobs, log: Path) -> None:
+    ajobs = AsyncJobs(jobs)
+    released = threading.Event()
+
+    def slow(event: Event, ctx: Any) -> None:  # a 1 s handler that needs the loop to go on
+        assert released.wait(5), "the event loop was blocked while the handler ran"
+        ctx.state = Order([event.n])
+
+    slow_jobs = Jobs(
+        jobs.path, {"slow": Task(state=Order, event=Event, on_event=slow, execute=lambda c: None)}
+    )
+
+    async def main() -> None:
+        results = await asyncio.gather(
+            *(ajobs.task("orders").send(f"a-{i % 5}", Event(i)) for i in range(40))
+        )
+        assert [r.instance_id for r in results] == [f"task:orders:a-{i % 5}" for i in range(40)]
+        pending = asyncio.ensure_future(AsyncJobs(slow_jobs).task("slow").send("s", Event(7)))
+        await asyncio.sleep(0.05)  # the loop runs while the handler waits in the executor
+        released.set()
+        result = await pending
+        assert result.created
+        assert await AsyncJobs(slow_jobs).task("slow").get_state("s") == Order([7])
+
+    asyncio.run(main())
+    slow_jobs.close()
+    assert assert_no_overlap(log) == 40
+    total = sum(len(jobs.task("orders").get_state(f"a-{k}").events) for k in range(5))  # type: ignore[union-attr]
+    assert total == 40
+
+
+# -- bulk calls -------------------------------------------------------------------------------
+
+
+def test_send_many_results_and_order(jobs: Jobs, log: Path) -> None:
+    items = [("a", Event(1)), ("b", Event(2)), ("a", Event(3), "k3"), ("c", Event(4))]
+    results = jobs.task("orders").send_many(items)
+    assert [(r.instance_id, r.created) for r in results] == [
+        ("task:orders:a", True), ("task:orders:b", True), ("task:orders:a", False),
+        ("task:orders:c", True),
+    ]  # fmt: skip
+    assert jobs.task("orders").get_state("a") == Order([1, 3])
+    assert jobs.task("orders").status("a").event_count == 2
+    with pytest.raises(DuplicateEventError, match="item 0"):
+        jobs.task("orders").send_many([("a", Event(5), "k3")])
+
+
+@pytest.mark.parametrize("fault", ["handler", "duplicate key", "validation", "key repeated"])
+def test_send_many_is_all_or_nothing(jobs: Jobs, fault: str) -> None:
+    jobs.task("orders").send("a", Event(0), key="taken")
+    bad: tuple[Any, ...] = {
+        "handler": ("b", Event(-1)),
+        "duplicate key": ("a", Event(9), "taken"),
+        "validation": ("b", "not an event"),
+        "key repeated": ("c", Event(9), "k1"),
+    }[fault]
+    items = [("a", Event(1)), ("c", Event(2), "k1"), bad, ("d", Event(3))]
+    error = {"handler": ExecutionError, "duplicate key": DuplicateEventError,
+             "validation": ValidationError, "key repeated": DuplicateEventError}[fault]  # fmt: skip
+    with pytest.raises(error, match="item 2"):
+        jobs.task("orders").send_many(items)
+    assert jobs.task("orders").get_state("a") == Order([0])
+    for user_id in ("b", "c", "d"):
+        assert jobs.task("orders").status(user_id).status == "not_found"
+
+
+def test_add_many_and_start_many(jobs: Jobs, tmp_path: Path) -> None:
+    results = jobs.debounce("batch").add_many([("x", Event(1)), ("x", Event(2)), ("y", Event(3))])
+    assert [r.event_count for r in results] == [1, 2, 1]
+    assert jobs.debounce("batch").get_state("x") == [1, 2]
+    with pytest.raises(ExecutionError, match=r"item 1 \(debounce:batch:x\)"):
+        jobs.debounce("batch").add_many([("x", Event(4)), ("x", Event(-4))])
+    assert jobs.debounce("batch").get_state("x") == [1, 2]
+
+
+def test_two_bulk_calls_on_overlapping_ids_do_not_deadlock(tmp_path: Path, log: Path) -> None:
+    with Jobs(tmp_path / "jobs.db", REGISTRY) as jobs:
+        ids = [f"o-{i}" for i in range(20)]
+        errors: list[BaseException] = []
+
+        def bulk(order: list[str]) -> None:
+            try:
+                for _ in range(5):
+                    jobs.task("orders").send_many([(i, Event(1, 0.0002)) for i in order])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=bulk, args=(ids,)),
+            threading.Thread(target=bulk, args=(list(reversed(ids)),)),
+            threading.Thread(target=bulk, args=(ids[5:] + ids[:5],)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "deadlock"
+        assert errors == []
+        assert assert_no_overlap(log) == 3 * 5 * 20
+        for user_id in ids:
+            assert jobs.task("orders").status(user_id).event_count == 15
+
+
+def test_add_many_during_a_running_flush_queues(
+    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("DURAJOBS_TEST_GATE", str(gate))
+    with Jobs(tmp_path / "jobs.db", REGISTRY) as jobs:
+        jobs.debounce("batch").add("x", Event(1))
+        flushing = threading.Thread(target=lambda: jobs.debounce("batch").flush("x"))
+        flushing.start()
+        wait_for(lambda: "flush" in log.read_text())
+        results = jobs.debounce("batch").add_many([("x", Event(2)), ("x", Event(3))])
+        assert [(r.created, r.event_count) for r in results] == [(False, 1), (False, 2)]
+        gate.touch()
+        flushing.join()
+        assert jobs.debounce("batch").status("x").event_count == 2  # the next batch
+        jobs.debounce("batch").flush("x")
+    flushed = [line for line in log.read_text().splitlines() if line.startswith("flush")]
+    assert flushed == ["flush debounce:batch:x [1]", "flush debounce:batch:x [2, 3]"]
+
+
+def test_bulk_call_killed_mid_way_stores_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    marker = tmp_path / "in-handler"
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_apps
+from durajobs import Jobs, Task
+def on_event(event, ctx):
+    if event.n == 50:
+        open({str(marker)!r}, "w").close()
+        time.sleep(60)  # killed here, items 0..49 stepped, nothing committed
+    ctx.state = test_apps.Order([event.n])
+jobs = Jobs({str(db)!r}, {{"orders": Task(state=test_apps.Order, event=test_apps.Event,
+            on_event=on_event, execute=lambda c: None)}})
+jobs.task("orders").send_many([(f"o-{{i}}", test_apps.Event(i)) for i in range(100)])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_for(marker.exists)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    with Jobs(db, REGISTRY) as jobs:
+        assert all(jobs.task("orders").status(f"o-{i}").status == "not_found" for i in range(100))
+        jobs.task("orders").send_many([(f"o-{i}", Event(i)) for i in range(3)])  # claims free
+        assert jobs.task("orders").get_state("o-2") == Order([2])
+
+
+def test_start_many(tmp_path: Path) -> None:
+    from durajobs import Continuous, every
+
+    calls: list[str] = []
+
+    def run(ctx: Any) -> None:
+        calls.append(ctx.id)
+
+    registry = {"c": Continuous(state=Order, schedule=every("1h"), execute=run)}
+    with Jobs(tmp_path / "jobs.db", registry, clock=FakeClock(1_800_000_000)) as jobs:
+        results = jobs.continuous("c").start_many([("a", Order()), ("b", Order()), ("a", Order())])
+        assert [(r.instance_id, r.created) for r in results] == [
+            ("continuous:c:a", True), ("continuous:c:b", True), ("continuous:c:a", False),
+        ]  # fmt: skip
+        assert calls == ["a", "b"]  # start_immediately: the first runs, in the call
+        with pytest.raises(ValidationError, match="item 1"):
+            jobs.continuous("c").start_many([("d", Order()), ("e", "no")])  # type: ignore[list-item]
+        assert jobs.continuous("c").status("d").status == "not_found"
