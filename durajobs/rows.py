@@ -58,7 +58,7 @@ class Queued:
     added_at: float
 
 
-class RejectedWrite(Exception):  # noqa: N818 -- a signal between store and engine, not an error
+class RejectedWrite(Exception):  # a signal between store and engine
     """A store refused one write of a commit for its content (text it cannot store, a value out
     of range), not for a failure of the database: the whole transaction was rolled back.
 
@@ -72,7 +72,7 @@ class RejectedWrite(Exception):  # noqa: N818 -- a signal between store and engi
         self.cause = cause
 
 
-class FencedOut(Exception):  # noqa: N818 -- a signal between store and engine, not an error
+class FencedOut(Exception):  # a signal between store and engine
     """An all-or-nothing commit (a bulk call) met a write whose fence failed or whose
     idempotency key was taken: nothing of the transaction was applied."""
 
