@@ -593,10 +593,12 @@ def retry(ctx: typer.Context, instance: IdArgument) -> None:
 @_command
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8080,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Address to bind (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="PORT", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8080,
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Hide the actions; refuse every POST.")
     ] = False,
