@@ -633,3 +633,82 @@ def test_engine_runs_every_kind_on_the_store(engine: tuple[Engine, FakeClock]) -
     eng.run_due()
     assert order.get_state("o") == Count(50)
     assert "task.scheduled" in [h.event for h in eng.store.history("task:order:o")]
+
+
+# -- dashboard reads ----------------------------------------------------------------------------
+
+
+def _page_fixture(store: Store) -> None:
+    writes = [
+        write(row("task:t:a1", 1, due_at=T0 + 3), 0, new=True),
+        write(row("task:t:a2", 1, due_at=T0 + 1), 0, new=True),
+        write(row("task:t:b1", 1), 0, new=True),
+        write(row("task:u:a1", 1, status="failed")._replace(last_error="Boom_50%"), 0, new=True),
+        write(row("continuous:t:a1", 1, due_at=T0 + 1), 0, new=True),
+        write(row("task:t:Z", 1), 0, new=True),
+        write(row("task:t:é", 1), 0, new=True),
+    ]
+    store.commit(writes, T0, 100)
+
+
+def test_keyset_pages_walk_every_instance_once_in_byte_order(store: Store) -> None:
+    _page_fixture(store)
+    page: Any = store.page_instances
+    everything = [i.instance_id for i in page(limit=100)]
+    assert everything == sorted(everything, key=lambda s: s.encode())
+    walked: list[str] = []
+    after = None
+    while chunk := page(limit=2, after_id=after):
+        walked += [i.instance_id for i in chunk]
+        after = chunk[-1].instance_id
+    assert walked == everything
+    assert [i.instance_id for i in page(kind="task", job="t")] == [
+        "task:t:Z", "task:t:a1", "task:t:a2", "task:t:b1", "task:t:é",
+    ]  # fmt: skip
+    by_job = [i.instance_id for i in page(job="t")]
+    assert by_job == [
+        "continuous:t:a1", "task:t:Z", "task:t:a1", "task:t:a2", "task:t:b1", "task:t:é",
+    ]  # fmt: skip
+    assert [i.instance_id for i in page(job="t", after_id="task:t:a1")] == [
+        "task:t:a2", "task:t:b1", "task:t:é",
+    ]  # fmt: skip
+    assert [i.instance_id for i in page(status="failed")] == ["task:u:a1"]
+    assert [i.instance_id for i in page(id_prefix="task:t:a")] == ["task:t:a1", "task:t:a2"]
+    assert [i.instance_id for i in page(user_id_prefix="a")] == [
+        "continuous:t:a1", "task:t:a1", "task:t:a2", "task:u:a1",
+    ]  # fmt: skip
+    assert [i.instance_id for i in page(error_contains="boom_5")] == ["task:u:a1"]
+    assert [i.instance_id for i in page(error_contains="0%")] == ["task:u:a1"]
+    assert page(error_contains="x%") == []
+    alarms = [(i.due_at, i.instance_id) for i in page(order="alarm")]
+    assert alarms == [(T0 + 1, "continuous:t:a1"), (T0 + 1, "task:t:a2"), (T0 + 3, "task:t:a1")]
+    rest = page(order="alarm", after_id="continuous:t:a1", after_due=T0 + 1)
+    assert [i.instance_id for i in rest] == ["task:t:a2", "task:t:a1"]
+    with pytest.raises(ValueError, match="order"):
+        page(order="nope")
+
+
+def test_the_change_token_moves_when_another_connection_writes(
+    backend: Backend, store: Store
+) -> None:
+    token = store.change_token
+    first = token()
+    store.load(C1)
+    store.due_ids(T0, 10)
+    assert token() == first
+    writer = backend.store()
+    writer.commit([write(row(C1, 1), 0, new=True)], T0, 100)
+    writer.close()
+    assert token() != first
+
+
+def test_history_buckets_count_steps_and_failures(store: Store) -> None:
+    buckets = store.history_buckets
+    assert buckets(T0, 10.0, 3) == [(0, 0)] * 3
+    failed = (("job.failed", 1, 1.0, "x", None),)
+    two = (("job.executed", 1, 1.0, None, None), ("task.scheduled", 1, None, None, None))
+    store.commit([write(row(C1, 1), 0, new=True, records=two)], T0 + 1, 100)
+    store.commit([write(row(C1, 2), 1, records=failed)], T0 + 12, 100)
+    store.commit([write(row(C2, 1), 0, new=True, records=failed)], T0 + 15, 100)
+    store.commit([write(row(C2, 2), 1)], T0 + 40, 100)
+    assert buckets(T0, 10.0, 3) == [(1, 0), (2, 2), (0, 0)]

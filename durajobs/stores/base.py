@@ -346,6 +346,53 @@ class Store(Protocol):
         """
         ...
 
+    def page_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        id_prefix: str | None = None,
+        user_id_prefix: str | None = None,
+        error_contains: str | None = None,
+        order: str = "id",
+        after_id: str | None = None,
+        after_due: float | None = None,
+        limit: int = 50,
+    ) -> list[Instance]:
+        """One keyset page of instances matching every filter (the dashboard; no OFFSET).
+
+        ``order="id"``: by ``instance_id`` (byte order), after ``after_id``; with ``job`` and
+        no ``kind``: by ``(kind, instance_id)``. ``order="alarm"``: alarmed instances only, by
+        ``(due_at, instance_id)``, after ``(after_due, after_id)``. Prefixes are
+        case-sensitive; ``error_contains`` is an ASCII-case-insensitive substring.
+
+        Raises:
+            ValueError: an unknown ``order`` or an incomplete ``after_*`` pair.
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def change_token(self) -> int:
+        """A number that changes when another connection may have changed the database.
+
+        Equal answers mean nothing was committed in between (reads no table; compare only
+        answers of one store object).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def history_buckets(self, since: float, width: float, count: int) -> list[tuple[int, int]]:
+        """``count`` pairs ``(distinct steps, job.failed records)`` of the history written in
+        ``[since + i * width, since + (i + 1) * width)``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
     def schema_version(self) -> int:
         """The schema version the database is at.
 

@@ -73,12 +73,14 @@ MIGRATE_KEY = signed_hash("durajobs:migrate")
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1 (as in sqlite.py).
 MIGRATIONS: list[tuple[str, ...]] = [
     (
+        # Identifiers collate "C" (byte order, as SQLite's BINARY): keyset pages and prefix
+        # ranges walk the indexes in the same order on both stores, whatever the server's locale.
         """CREATE TABLE instances (
-            instance_id text PRIMARY KEY,
-            kind text NOT NULL,
-            job text NOT NULL,
-            user_id text NOT NULL,
-            status text NOT NULL,
+            instance_id text COLLATE "C" PRIMARY KEY,
+            kind text COLLATE "C" NOT NULL,
+            job text COLLATE "C" NOT NULL,
+            user_id text COLLATE "C" NOT NULL,
+            status text COLLATE "C" NOT NULL,
             state text,
             due_at double precision,
             scheduled_for double precision,
@@ -99,7 +101,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX instances_job ON instances (job, kind)",
         """CREATE TABLE history (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            instance_id text NOT NULL,
+            instance_id text COLLATE "C" NOT NULL,
             at double precision NOT NULL,
             event text NOT NULL,
             step bigint NOT NULL,
@@ -111,14 +113,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX history_instance ON history (instance_id, id)",
         """CREATE TABLE inbox (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            instance_id text NOT NULL,
+            instance_id text COLLATE "C" NOT NULL,
             event text NOT NULL,
             added_at double precision NOT NULL
         )""",
         "CREATE INDEX inbox_instance ON inbox (instance_id, seq)",
         """CREATE TABLE event_keys (
-            instance_id text NOT NULL,
-            key text NOT NULL,
+            instance_id text COLLATE "C" NOT NULL,
+            key text COLLATE "C" NOT NULL,
             at double precision NOT NULL,
             PRIMARY KEY (instance_id, key)
         )""",
@@ -234,6 +236,24 @@ SQL_HISTORY_OF = (
 SQL_HISTORY_SINCE = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s ORDER BY id LIMIT %s"
 SQL_HISTORY_RECENT = f"SELECT {_HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT %s"
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+# Dashboard pages (keyset: each page starts after the last row of the previous one; no OFFSET,
+# no count). Filters are joined with AND.
+SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT %s"
+SQL_PAGE_BY_JOB = (
+    f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY kind, instance_id LIMIT %s"
+)
+SQL_PAGE_BY_ALARM = (
+    f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY due_at, instance_id LIMIT %s"
+)
+# The first transaction id not yet assigned (cluster-wide): unchanged while nobody writes, moved
+# by every writing transaction. Reads no table.
+SQL_CHANGE_TOKEN = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+SQL_HISTORY_BUCKETS = (
+    "SELECT floor((at - %(since)s) / %(width)s)::bigint AS bucket, "
+    "count(DISTINCT instance_id || ':' || step), "
+    "count(*) FILTER (WHERE event = 'job.failed') FROM history "
+    "WHERE id >= %(low)s AND at >= %(since)s AND at < %(until)s GROUP BY bucket"
+)
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
 
@@ -984,6 +1004,118 @@ class PostgresStore:
         """
         with self._mapped("read") as conn:
             return self._version(conn)
+
+    # -- inspection (dashboard) -----------------------------------------------------------
+
+    def page_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        id_prefix: str | None = None,
+        user_id_prefix: str | None = None,
+        error_contains: str | None = None,
+        order: str = "id",
+        after_id: str | None = None,
+        after_due: float | None = None,
+        limit: int = 50,
+    ) -> list[Instance]:
+        """One page of instances matching every given filter, in a stable order.
+
+        ``order="id"``: all matching instances by ``instance_id``, those after ``after_id``.
+        ``order="alarm"``: only instances with an alarm, by ``(due_at, instance_id)``, those
+        after ``(after_due, after_id)`` (both or neither). ``id_prefix`` matches the start of
+        the instance id, ``user_id_prefix`` the start of the user id (both case-sensitive);
+        ``error_contains`` is a case-insensitive (ASCII) substring of ``last_error``. Ids
+        compare byte-wise (``COLLATE "C"``), as on SQLite.
+
+        Raises:
+            ValueError: an unknown ``order``; ``after_due`` without ``after_id``; or
+                ``order="alarm"`` with ``after_id`` but no ``after_due``.
+            StorageError: the database cannot be read.
+        """
+        if order not in ("id", "alarm"):
+            raise ValueError(f"order must be 'id' or 'alarm', got {order!r}")
+        if after_due is not None and after_id is None:
+            raise ValueError("after_due needs after_id")
+        where: list[str] = []
+        params: list[Any] = []
+
+        def add(term: str, *values: Any) -> None:
+            where.append(term)
+            params.extend(values)
+
+        if kind is not None:
+            add("kind = %s", kind)
+            if not id_prefix:  # an instance id starts with "KIND:": a range of the primary key
+                add("instance_id >= %s AND instance_id < %s", kind + ":", kind + ";")
+        if job is not None:
+            add("job = %s", job)
+        if status == "failed":
+            where.append("status = 'failed'")  # the literal: the instances_failed index
+        elif status is not None:
+            add("status = %s", status)
+        if id_prefix:
+            add("instance_id >= %s AND instance_id < %s", id_prefix, id_prefix + "\U0010ffff")
+        if user_id_prefix:
+            add("user_id >= %s AND user_id < %s", user_id_prefix, user_id_prefix + "\U0010ffff")
+        if error_contains:
+            escaped = error_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            add("last_error COLLATE \"C\" ILIKE %s ESCAPE '\\'", f"%{escaped}%")
+        if order == "alarm":
+            where.append("due_at IS NOT NULL")
+            if after_id is not None:
+                if after_due is None:
+                    raise ValueError("order='alarm' pages after (after_due, after_id)")
+                add("(due_at, instance_id) > (%s, %s)", after_due, after_id)
+            sql = SQL_PAGE_BY_ALARM
+        elif job is not None and kind is None:
+            if after_id is not None:
+                add("(kind, instance_id) > (%s, %s)", after_id.split(":", 1)[0], after_id)
+            sql = SQL_PAGE_BY_JOB
+        else:
+            if after_id is not None:
+                add("instance_id > %s", after_id)
+            sql = SQL_PAGE_BY_ID
+        text = sql.format(where=" AND ".join(where) or "TRUE")
+        return [Instance(*r) for r in self._rows(text, (*params, limit))]
+
+    def change_token(self) -> int:
+        """A number that changes when the database may have changed.
+
+        Two calls return the same number when no transaction wrote in between (here: in the
+        whole cluster, so it may also move for another database's writes). Reads no table.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return int(self._rows(SQL_CHANGE_TOKEN)[0][0])
+
+    def history_buckets(self, since: float, width: float, count: int) -> list[tuple[int, int]]:
+        """Steps and failures per time bucket: ``count`` pairs ``(steps, failures)``.
+
+        Bucket ``i`` covers history written in ``[since + i * width, since + (i + 1) * width)``;
+        ``steps`` counts distinct committed steps (instance, step number) with a record there,
+        ``failures`` the ``job.failed`` records. Reads only the window's records.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        buckets = [(0, 0)] * count
+        if count <= 0:
+            return buckets
+        with self._mapped("read") as conn:
+            cur = conn.cursor()
+            low = _first_id(cur, since)
+            if low is None:
+                return buckets
+            params = {"low": low, "since": since, "width": width, "until": since + width * count}
+            rows = cur.execute(SQL_HISTORY_BUCKETS, params).fetchall()
+        for bucket, steps, failures in rows:
+            if 0 <= bucket < count:
+                buckets[bucket] = (int(steps), int(failures))
+        return buckets
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (PostgreSQL's dialect, ``%s`` placeholders); its rows.
