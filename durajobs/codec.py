@@ -248,6 +248,11 @@ class _Types:
                 raise TypeError(f"expected an object of {names}, got {type(raw).__name__}")
             tag = raw.get(_TAG)
             cls = by_name.get(tag) if isinstance(tag, str) else None
+            if tag is None:  # written untagged (a nested union before tags): by its fields
+                fits = [c for c in classes if _required(c) <= raw.keys()]
+                cls = fits[0] if len(fits) == 1 else None
+            if cls is None and tag is None:
+                raise ValueError(f"no {_TAG} tag, and the fields fit no single one of {names}")
             if cls is None:
                 raise ValueError(
                     f"the stored {_TAG} {tag!r} names no member of {names} "
@@ -257,6 +262,11 @@ class _Types:
 
         conv.register_unstructure_hook(tp, unstructure)
         conv.register_structure_hook(tp, structure)
+
+
+def _required(cls: type) -> set[str]:
+    """The names of an attrs class's fields without a default."""
+    return {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}
 
 
 # -- finding the field at fault -----------------------------------------------------------------

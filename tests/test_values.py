@@ -421,3 +421,16 @@ def test_surrogate_in_a_send_handler_state_is_reported(tmp_path: Path) -> None:
             jobs.task("t").send("u", Account())
         assert "surrogate" in str(excinfo.value)
         assert jobs.task("t").status("u").status == "not_found"
+
+
+@attrs.define
+class Holder:
+    payload: A | B
+
+
+def test_evolve_nested_union_rows_written_without_a_tag_still_read() -> None:
+    codec = Codec().for_type(Holder)
+    assert json.loads(codec.encode(Holder(B(1)), "state")) == {"payload": {"b": 1, "_type": "B"}}
+    assert codec.decode('{"payload": {"b": 2}}', "state") == Holder(B(2))
+    with pytest.raises(ValidationError, match=r"'payload'.*no _type tag"):
+        codec.decode('{"payload": {"c": 2}}', "state")
