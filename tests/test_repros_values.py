@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, cron, every
+from durajobs.admin import Admin
 from durajobs.errors import ExecutionError, SchedulerError, ValidationError
 from durajobs.schedules import check_fires_after
 
@@ -140,6 +141,11 @@ def test_cron_year_that_runs_out_ends_the_instance_and_never_poisons_run_due(
     clock.advance("1h")
     assert jobs.run_due() == 1
     assert jobs.continuous("heartbeat").status("h").run_count == 2
+    with Admin(str(jobs.path)) as admin:
+        records = [r for r in admin.recent(50) if r.instance_id == "continuous:campaign:c"]
+    assert [r.event for r in records][-2:] == ["job.executed", "job.terminated"]
+    assert records[-1].data["reason"] == "schedule ended"
+    assert records[-1].data["final_state"] == {"n": 1}  # the last run's state, kept
 
 
 def test_cron_year_trigger_and_start_after_the_last_time(
