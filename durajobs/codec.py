@@ -11,7 +11,8 @@ the field and the type. The supported types are:
 * ``list[T]``, ``tuple[T, ...]``, ``tuple[A, B]``, ``dict[str, T]`` (bare ``list``, ``tuple``
   and ``dict`` mean ``[Any]`` / ``[str, Any]``);
 * ``Optional[T]`` / ``T | None``; unions of attrs classes (stored with a ``"_type"`` tag holding
-  the class name, optionally with ``None``);
+  the class name, optionally with ``None``); unions of ``str``, ``int``, ``float`` and ``bool``
+  (JSON keeps them apart);
 * ``enum.Enum`` classes whose values are ``str`` or ``int``; ``Literal[...]`` of ``str``, ``int``,
   ``bool`` or ``None``;
 * ``datetime.datetime`` and ``datetime.date`` (stored as ISO 8601 text; an aware datetime reads
@@ -20,7 +21,7 @@ the field and the type. The supported types are:
   finite ``float``, ``bool``, ``None``).
 
 Not supported: ``set``, ``frozenset``, ``bytes``, ``dict`` with non-``str`` keys (JSON would make
-the keys strings), other classes, unions of other types.
+the keys strings), other classes, other unions (``int | list[int]``, ``Inner | int``).
 
 Encoding is checked: a value is unstructured, written as JSON, structured back and compared with
 the original, so that what a step writes is what the next step reads. Decoding is strict about
@@ -61,9 +62,11 @@ _loads = json.loads
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _NONE_TYPE: Final = type(None)
 _TAG: Final = "_type"
+_SCALARS: Final = (str, int, float, bool)
 _SUPPORTED: Final = (
     "supported: str, int, float, bool, None, attrs classes, list[T], tuple[...], dict[str, T], "
-    "Optional[T], unions of attrs classes, Enum, Literal, datetime, date, Any"
+    "Optional[T], unions of attrs classes or of str/int/float/bool, Enum, Literal, datetime, "
+    "date, Any"
 )
 
 
@@ -215,9 +218,15 @@ class _Types:
         if len(concrete) == 1:
             self.check(concrete[0], path)
             return
+        if all(m in _SCALARS for m in concrete):
+            self._register_scalar_union(tp, concrete, _NONE_TYPE in members)
+            return
         if not all(isinstance(m, type) and attrs.has(m) for m in concrete):
             raise _refuse(
-                tp, path, ": a union must be one type and None, or attrs classes (tagged)"
+                tp,
+                path,
+                ": a union must be one type and None, JSON scalars (str | int | float | bool), "
+                "or attrs classes (tagged)",
             )
         names = [m.__name__ for m in concrete]
         if len(set(names)) != len(names):
@@ -225,6 +234,23 @@ class _Types:
         for member in concrete:
             self.check(member, path)
         self._register_tagged_union(tp, concrete, _NONE_TYPE in members)
+
+    def _register_scalar_union(self, tp: Any, kinds: list[Any], optional: bool) -> None:
+        """``int | str`` and the like: JSON keeps the kind apart, so no tag is needed."""
+        names = " | ".join(k.__name__ for k in kinds)
+
+        def structure(raw: Any, _type: Any) -> Any:
+            if raw is None and optional:
+                return None
+            kind = type(raw)  # what JSON gives: bool, int, float or str
+            if kind in kinds:
+                return raw
+            if kind is int and float in kinds:
+                return float(raw)
+            raise TypeError(f"expected {names}, got {kind.__name__} {_show(raw)}")
+
+        self._conv.register_unstructure_hook(tp, _identity)
+        self._conv.register_structure_hook(tp, structure)
 
     def _register_tagged_union(self, tp: Any, classes: list[type], optional: bool) -> None:
         conv = self._conv
@@ -264,6 +290,10 @@ class _Types:
         conv.register_structure_hook(tp, structure)
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _required(cls: type) -> set[str]:
     """The names of an attrs class's fields without a default."""
     return {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}
@@ -286,6 +316,11 @@ def _problem(value: Any, tp: Any, path: str) -> str | None:
         concrete = [m for m in members if m is not _NONE_TYPE]
         if len(concrete) == 1:
             return _problem(value, concrete[0], path)
+        if all(m in _SCALARS for m in concrete):  # the member the value is, by its own type
+            kind = type(value)
+            if kind not in concrete and not (kind is int and float in concrete):
+                return f"{where}: expected {_describe(tp)}, got {kind.__name__} {_show(value)}"
+            return _problem(value, kind if kind in concrete else float, path)
         if type(value) not in concrete:
             return f"{where}: expected {_describe(tp)}, got {type(value).__name__}"
         return _problem(value, type(value), path)

@@ -81,6 +81,20 @@ LEAVES: list[Pair] = [
     ),
     (date, st.dates()),
     (Any, JSON_VALUES),
+    (int | str, st.integers() | st.text(max_size=5)),
+    (
+        float | bool | None,
+        st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    (
+        Union[str, int, float, bool],  # noqa: UP007 - the spelling is the point
+        st.one_of(
+            st.text(max_size=3),
+            st.integers(),
+            st.booleans(),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+    ),
 ]
 
 
@@ -221,7 +235,8 @@ class Plain:
         (decimal.Decimal, "Decimal"),
         (pathlib.Path, "Path"),
         (Plain, "Plain"),
-        (Union[int, str], "int | str"),  # noqa: UP007
+        (Union[int, list[int]], "int | list[int]"),  # noqa: UP007
+        (Plain | None | int, "Plain | None | int"),
         (list[set[int]], "set[int]"),
     ],
 )
