@@ -221,6 +221,34 @@ def client_calls(base: Path, seconds: float, *, ids: int = 1_000) -> dict[str, A
     return out
 
 
+def bulk_vs_single(base: Path, events: int = 2_000, *, rounds: int = 3) -> dict[str, Any]:
+    """``task.send_many`` of ``events`` events (one transaction) vs as many single ``send``
+    calls (one transaction each), FULL, on ``events`` fresh instances each; median rounds."""
+    single: list[float] = []
+    bulk: list[float] = []
+    for round_no in range(rounds):
+        db = base / f"bulk-{round_no}.db"
+        with Jobs(db, REGISTRY, durability="full") as jobs:
+            send = jobs.task("orders2").send
+            started = time.perf_counter()
+            for i in range(events):
+                send(f"s{i:05d}", Item(i))
+            single.append(events / (time.perf_counter() - started))
+            items = [(f"b{i:05d}", Item(i)) for i in range(events)]
+            started = time.perf_counter()
+            results = jobs.task("orders2").send_many(items)
+            bulk.append(events / (time.perf_counter() - started))
+            if len(results) != events:
+                raise RuntimeError(f"send_many returned {len(results)} results, not {events}")
+    return {
+        "events": events,
+        "single_per_s": statistics.median(single),
+        "bulk_per_s": statistics.median(bulk),
+        "single_rounds": single,
+        "bulk_rounds": bulk,
+    }
+
+
 # =========================================================================== end to end
 
 

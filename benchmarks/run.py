@@ -372,6 +372,25 @@ def build_rows(
                 )
             )
 
+    bulk = dj.get("bulk")
+    label = "durajobs task.send_many of 2,000 events vs 2,000 single sends, FULL"
+    if bulk is None:
+        rows.append(Result(label, None, "x", target=">= 10x", status="pending"))
+    else:
+        gain = _x(bulk["bulk_per_s"], bulk["single_per_s"])
+        rows.append(
+            Result(
+                label,
+                gain,
+                "x",
+                target=">= 10x",
+                ratio=f"{bulk['bulk_per_s']:,.0f} vs {bulk['single_per_s']:,.0f} events/s",
+                status="PASS" if gain >= 10 else "FAIL",
+                note="one transaction (one fsync) for the batch; each item is its own step "
+                f"(on_event runs per item); median of {len(bulk['bulk_rounds'])} rounds",
+            )
+        )
+
     # ---- end to end
     huey_e2e = peers.get("huey_e2e", {})
     aps_tp = peers.get("aps_throughput", {})
@@ -790,6 +809,9 @@ def measure(cfg: Config, *, no_peers: bool) -> dict[str, Any]:
         dj["run_due"] = _timed("durajobs run_due", lambda: durajobs_run_due(cfg, base), errors, log)
         dj["client_calls"] = _timed(
             "durajobs client calls", lambda: durajobs_client_calls(cfg, base), errors, log
+        )
+        dj["bulk"] = _timed(
+            "durajobs bulk calls", lambda: dj_bench.bulk_vs_single(base), errors, log
         )
     peers: dict[str, Any] = {}
     if not no_peers:

@@ -299,8 +299,7 @@ class Engine:
                         "was stored"
                     ) from None
         finally:
-            for token in tokens.values():
-                locks.release(token)
+            locks.release_many(list(tokens.values()))
         done = [(w, r[0]) for (w, _), r in zip(writes, _stepped(results), strict=False)]
         self._after([(w, d) for w, d in done if d is not None])
         if queued_ids and self.waker is not None:
@@ -318,8 +317,12 @@ class Engine:
     ) -> tuple[list[tuple[Decision, Instance | None] | tuple[None, int]], list[tuple[Write, int]]]:
         """The steps of a bulk call, under its claims: the results and the writes (each with
         the index of its item), in item order."""
-        rows: dict[str, Instance | None] = {}
-        loaded: set[str] = set()
+        # Every row (and its queue) in one read, and where new instances' steps go on from.
+        fresh = [i for i in dict.fromkeys(ids.values()) if i not in queued_ids]
+        loaded = self.store.load_many(fresh, with_queue=kind == "debounce")
+        rows: dict[str, Instance | None] = {i: loaded[i][0] for i in fresh}
+        pending_queues: dict[str, Sequence[Any]] = {i: loaded[i][1] for i in fresh}
+        last_steps = self.store.last_steps([i for i in fresh if rows[i] is None])
         queue_counts: dict[str, int] = {}
         results: list[tuple[Decision, Instance | None] | tuple[None, int]] = []
         writes: list[tuple[Write, int]] = []
@@ -345,18 +348,13 @@ class Engine:
                 writes.append((write, index))
                 results.append((None, queue_counts[instance_id]))
                 continue
-            queued: Sequence[Any] = ()
-            if instance_id not in loaded:
-                loaded.add(instance_id)
-                if kind == "debounce":
-                    rows[instance_id], queued = self.store.load_with_queue(instance_id)
-                else:
-                    rows[instance_id] = self.store.load(instance_id)
+            queued = pending_queues.pop(instance_id, ())  # the first step of an id folds them
             inst = rows[instance_id]
             env = self._env(instance_id, job_name, user_id, queued)
             base = 0
             if inst is None and isinstance(msg, steps.CREATING):
-                base = self._base_step(instance_id, writes)
+                # after the last step its id had (this batch's purges included)
+                base = last_steps.get(instance_id, 0)
                 env = env._replace(base_step=base)
             self._running.append(instance_id)
             try:
@@ -380,6 +378,9 @@ class Engine:
             )  # fmt: skip
             writes.append((write, index))
             rows[instance_id] = decision.instance
+            last_steps[instance_id] = (
+                decision.instance.step if decision.instance is not None else write.expected_step + 1
+            )
             if decision.requeue is not None or (
                 decision.instance is None and kind == "debounce" and decision.requeued
             ):
@@ -387,13 +388,6 @@ class Engine:
                 # queue behind them (order kept), for its next step.
                 queued_ids.add(instance_id)
         return results, writes
-
-    def _base_step(self, instance_id: str, writes: list[tuple[Write, int]]) -> int:
-        """A new instance's base step: after the last step its id had, this batch included."""
-        for write, _ in reversed(writes):
-            if write.instance_id == instance_id and not write.queue_only:
-                return write.row.step if write.row is not None else write.expected_step + 1
-        return self.store.last_step(instance_id)
 
     def _reentered(self, instance_id: str) -> None:
         """A client call made from inside a handler (fan-out): never wait for ourselves.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import time
 import urllib.parse
@@ -107,6 +108,18 @@ SQL_LOAD_FLAGGED = (
     "FROM instances WHERE instance_id = ?1"
 )
 SQL_STEP = "SELECT step FROM instances WHERE instance_id = ?"
+# Bulk calls read all their instances in one statement each (ids as a JSON array).
+SQL_LOAD_MANY = (
+    f"SELECT {COLUMNS} FROM instances WHERE instance_id IN (SELECT value FROM json_each(?))"
+)
+SQL_QUEUED_MANY = (
+    "SELECT instance_id, seq, event, added_at FROM inbox "
+    "WHERE instance_id IN (SELECT value FROM json_each(?)) ORDER BY instance_id, seq"
+)
+SQL_LAST_STEPS = (
+    "SELECT instance_id, max(step) FROM history "
+    "WHERE instance_id IN (SELECT value FROM json_each(?)) GROUP BY instance_id"
+)
 # A new incarnation of an instance id (after a purge) goes on from the last step number in its
 # history, so ``ctx.step_key`` ("{instance_id}#{step}") never repeats within history_retention.
 SQL_LAST_STEP_EXPR = (
@@ -228,7 +241,12 @@ T = TypeVar("T")
 # Errors that a write's values cause while binding (apsw encodes str as UTF-8 and ints as
 # 64-bit), as opposed to failures of the database: they reject that write, not the group.
 _CONTENT_ERRORS = (
-    UnicodeError, OverflowError, TypeError, apsw.TooBigError, apsw.MismatchError, apsw.RangeError,
+    UnicodeError,
+    OverflowError,
+    TypeError,
+    apsw.TooBigError,
+    apsw.MismatchError,
+    apsw.RangeError,
 )
 
 
@@ -491,6 +509,40 @@ class Store:
             raise self._error(exc, "read") from None
         return None, []
 
+    def load_many(
+        self, instance_ids: Sequence[str], *, with_queue: bool = False
+    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
+        """``load_with_queue`` (or ``load``) of many instances in one statement or two (bulk
+        calls): every id maps to its row (or ``None``) and its queued events.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        ids = json.dumps(list(instance_ids))
+        found: dict[str, tuple[Instance | None, list[Queued]]]
+        found = {instance_id: (None, []) for instance_id in instance_ids}
+        try:
+            for row in self._conn.execute(SQL_LOAD_MANY, (ids,)):
+                found[row[0]] = (Instance(*row), [])
+            if with_queue:
+                for instance_id, *queued in self._conn.execute(SQL_QUEUED_MANY, (ids,)):
+                    found[instance_id][1].append(Queued(*queued))
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
+        return found
+
+    def last_steps(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """``last_step`` of many instance ids (ids with no history are left out).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
+            rows = self._conn.execute(SQL_LAST_STEPS, (json.dumps(list(instance_ids)),))
+            return {str(i): int(step) for i, step in rows}
+        except apsw.Error as exc:
+            raise self._error(exc, "read") from None
+
     def last_step(self, instance_id: str) -> int:
         """The last step number recorded for an instance id (0 if none): a new instance with
         that id numbers its steps on from there.
@@ -515,9 +567,7 @@ class Store:
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
-    def due(
-        self, now: float, limit: int, prefixes: Sequence[str] | None = None
-    ) -> list[Instance]:
+    def due(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[Instance]:
         """Instances whose alarm is at or before ``now``, earliest first.
 
         ``prefixes`` keeps only instance ids starting with one of them (``"kind:job:"``: the
