@@ -210,10 +210,16 @@ class Engine:
                             f"{instance_id}: cannot be stored: "
                             f"{steps.safe_text(_describe(rejected.cause))}"
                         ) from None
-                    # A handler left something the store refuses: the instance's failure.
+                    # A handler left something the store refuses: the instance's failure
+                    # (and if even that is refused, the last resort).
                     decision = self._rejected(job, inst, rejected.cause, env)
                     write = _write_for(inst, decision)
-                    (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                    try:
+                        (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
+                    except RejectedWrite:
+                        decision = steps.park_last_resort(inst, env)
+                        write = _write_for(inst, decision)
+                        (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:
                     raise InvalidStateError(
                         f"{instance_id}: the instance changed under a step that held its claim "
