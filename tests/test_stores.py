@@ -342,6 +342,20 @@ def test_a_purge_revives_events_queued_during_the_flush(store: Store) -> None:
     assert store.last_step(D1) == 3
 
 
+def test_bulk_reads(store: Store) -> None:
+    store.commit([write(row(D1, 3, event_count=1), 0, new=True)], T0, 100)
+    store.enqueue(D1, "batch", "a", '"q"', None, T0)
+    purged = write(None, 0, instance_id=C2, new=True)  # leaves history at step 1
+    store.commit([write(row(C1, 1), 0, new=True), purged], T0, 100)
+    found = store.load_many([D1, C1, "task:t:none"], with_queue=True)
+    assert found[C1] == (row(C1, 1), [])
+    assert found["task:t:none"] == (None, [])
+    assert found[D1][0] == store.load(D1)
+    assert [q.event for q in found[D1][1]] == ['"q"']
+    assert store.load_many([D1])[D1][1] == []
+    assert store.last_steps([D1, C1, C2, "task:t:none"]) == {D1: 3, C1: 1, C2: 1}
+
+
 # -- alarms -------------------------------------------------------------------------------------
 
 
@@ -464,6 +478,17 @@ def test_claims_exclude_each_other_and_refuse_reentry(claims: Callable[[], Claim
     assert a.try_acquire(C1) is None
     b.release(token_b)
     assert a.try_acquire(C1) is not None
+
+
+def test_release_many_frees_exactly_those_claims(claims: Callable[[], Claims]) -> None:
+    mine, other = claims(), claims()
+    ids = [f"task:t:{i}" for i in range(20)]
+    tokens = [mine.try_acquire(i) for i in ids]
+    assert None not in tokens
+    mine.release_many([t for t in tokens[:10] if t is not None])
+    assert [other.try_acquire(i) is not None for i in ids] == [True] * 10 + [False] * 10
+    mine.release_many([t for t in tokens[10:] if t is not None])
+    assert all(other.try_acquire(i) is not None for i in ids[10:])
 
 
 def test_a_waiting_caller_is_not_starved(claims: Callable[[], Claims]) -> None:

@@ -141,6 +141,25 @@ class Store(Protocol):
         """
         ...
 
+    def load_many(
+        self, instance_ids: Sequence[str], *, with_queue: bool = False
+    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
+        """``load`` (``with_queue``: ``load_with_queue``) of many instances at once, for bulk
+        calls, read after their claims: every id maps to ``(row or None, queued events)``.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def last_steps(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """``last_step`` of many ids at once (ids without history are left out).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
     def queued(self, instance_id: str) -> list[Queued]:
         """Events stored by ``enqueue`` and not yet consumed, oldest (lowest seq) first.
 
@@ -451,6 +470,10 @@ class Claims(Protocol):
 
     def release(self, token: int) -> None:
         """Drop a claim (never raises; a claim lost with its connection is simply forgotten)."""
+        ...
+
+    def release_many(self, tokens: list[int]) -> None:
+        """Drop many claims at once (a bulk call's); never raises."""
         ...
 
     def anyone_waiting(self) -> bool:

@@ -47,6 +47,8 @@ SQL_MARK_WAITING = (
 SQL_WAIT_CLAIM = "SELECT pg_advisory_lock(%s::bigint)"
 SQL_UNMARK = "SELECT pg_advisory_unlock(%s::int, %s::int)"
 SQL_RELEASE = "SELECT pg_advisory_unlock(%s::bigint)"
+SQL_RELEASE_MANY = "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k"
+SQL_RELEASE_ALL = "SELECT pg_advisory_unlock_all()"
 # Is anyone waiting for one of these claims? Take and drop each marker (a CASE: evaluated in
 # order, unlike AND).
 SQL_WAITED = (
@@ -198,6 +200,23 @@ class AdvisoryClaims:
             return  # the session is gone, and its locks with it
         try:
             link.connection().execute(SQL_RELEASE, (token,))
+        except self._psycopg.Error:
+            link.drop()
+
+    def release_many(self, tokens: list[int]) -> None:
+        """Drop many claims (a bulk call's) in one round trip (never raises)."""
+        held = [t for t in tokens if t in self._held]
+        if not held:
+            return
+        self._held.difference_update(held)
+        link = self._link
+        if not link.is_open:
+            return
+        try:
+            if self._held:
+                link.connection().execute(SQL_RELEASE_MANY, (held,))
+            else:  # all this session holds (waiting markers are only held inside acquire)
+                link.connection().execute(SQL_RELEASE_ALL)
         except self._psycopg.Error:
             link.drop()
 

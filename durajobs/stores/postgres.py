@@ -155,6 +155,16 @@ SQL_LOAD_FLAGGED = (
     "FROM instances WHERE instance_id = %(id)s"
 )
 SQL_STEP = "SELECT step FROM instances WHERE instance_id = %s"
+# Bulk calls read all their instances in one statement each (ids as a text[] parameter).
+SQL_LOAD_MANY = f"SELECT {COLUMNS} FROM instances WHERE instance_id = ANY(%s::text[])"
+SQL_QUEUED_MANY = (
+    "SELECT instance_id, seq, event, added_at FROM inbox "
+    "WHERE instance_id = ANY(%s::text[]) ORDER BY instance_id, seq"
+)
+SQL_LAST_STEPS = (
+    "SELECT instance_id, max(step) FROM history WHERE instance_id = ANY(%s::text[]) "
+    "GROUP BY instance_id"
+)
 SQL_LAST_STEP_EXPR = (
     "SELECT coalesce((SELECT step FROM history WHERE instance_id = %(id)s "
     "ORDER BY id DESC LIMIT 1), 0)"
@@ -635,6 +645,34 @@ class PostgresStore:
             StorageError: the database cannot be read.
         """
         return int(self._rows(SQL_LAST_STEP_EXPR, {"id": instance_id})[0][0])
+
+    def load_many(
+        self, instance_ids: Sequence[str], *, with_queue: bool = False
+    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
+        """``load_with_queue`` (or ``load``) of many instances in one statement or two (bulk
+        calls): every id maps to its row (or ``None``) and its queued events.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ids = list(instance_ids)
+        found: dict[str, tuple[Instance | None, list[Queued]]]
+        found = {instance_id: (None, []) for instance_id in ids}
+        for row in self._rows(SQL_LOAD_MANY, (ids,)):
+            found[row[0]] = (Instance(*row), [])
+        if with_queue:
+            for instance_id, *queued in self._rows(SQL_QUEUED_MANY, (ids,)):
+                found[instance_id][1].append(Queued(*queued))
+        return found
+
+    def last_steps(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """``last_step`` of many instance ids (ids with no history are left out).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        rows = self._rows(SQL_LAST_STEPS, (list(instance_ids),))
+        return {str(i): int(step) for i, step in rows}
 
     def queued(self, instance_id: str) -> list[Queued]:
         """Events stored by ``enqueue`` and not yet folded, oldest first.
