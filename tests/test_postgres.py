@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,25 @@ def test_a_commit_computed_under_a_lost_claim_is_fenced_out(
     claims_a.release(token_a)  # harmless
     for handle in (claims_a, claims_b, first, second):
         handle.close()
+
+
+def test_the_store_counts_listening_daemons(pg_url: str) -> None:
+    store = _pg(pg_url)
+    assert store.listeners() == 0
+    listener = open_listener(pg_url)
+    assert store.listeners() == 1
+    listener.close()
+    assert _wait(lambda: store.listeners() == 0)
+    store.close()
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 def test_a_listener_whose_session_is_terminated_reconnects(

@@ -268,6 +268,11 @@ SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM 
 SQL_SETTING = "SELECT current_setting(%s)"
 
 WAKE_CHANNEL = "durajobs_wake"
+LISTENER_NAME = "durajobs listener"  # the application_name of a daemon's LISTEN session
+SQL_LISTENERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = %s"
+)
 CLOCK_SKEW_WARN = 1.0  # seconds between this host's clock and the server's
 
 
@@ -296,7 +301,12 @@ class Link:
     """
 
     def __init__(
-        self, location: str, setup: Sequence[str] = (), *, connect_timeout: float = 5.0
+        self,
+        location: str,
+        setup: Sequence[str] = (),
+        *,
+        connect_timeout: float = 5.0,
+        application_name: str = "durajobs",
     ) -> None:
         self.location = location
         psycopg = _psycopg(_redact(location))
@@ -317,7 +327,7 @@ class Link:
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = max(1, round(connect_timeout))
         if "application_name" not in params:
-            self._kwargs["application_name"] = "durajobs"
+            self._kwargs["application_name"] = application_name
         self._setup = tuple(setup)
         self._conn: Any = None
         self._pid = os.getpid()
@@ -1155,6 +1165,15 @@ class PostgresStore:
                 buckets[bucket] = (int(steps), int(failures))
         return buckets
 
+    def listeners(self) -> int:
+        """How many daemons listen for wake-ups on this database now (their ``LISTEN``
+        sessions; ``durajobs doctor`` and the CLI's "is a daemon running?").
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return int(self._rows(SQL_LISTENERS, (LISTENER_NAME,))[0][0])
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (PostgreSQL's dialect, ``%s`` placeholders); its rows.
 
@@ -1288,7 +1307,10 @@ class PgListener:
     """
 
     def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
-        self._link = Link(location, (f"LISTEN {WAKE_CHANNEL}",), connect_timeout=connect_timeout)
+        self._link = Link(
+            location, (f"LISTEN {WAKE_CHANNEL}",), connect_timeout=connect_timeout,
+            application_name=LISTENER_NAME,
+        )  # fmt: skip
         self._psycopg = _psycopg(self._link.where)
         self._link.connection()
 
