@@ -118,6 +118,18 @@ def test_the_password_is_not_in_the_store_path(pg_url: str) -> None:
     store.close()
 
 
+def test_display_location_hides_the_password(pg_url: str) -> None:
+    from durajobs.stores import display_location
+
+    shown = display_location(pg_url)
+    assert "pw-" not in shown
+    assert shown.startswith("postgresql://durajobs_test@127.0.0.1:")
+    assert display_location("postgres://u:p%40ss@h/db?sslmode=require&password=x") == (
+        "postgres://u@h/db?sslmode=require"
+    )
+    assert display_location("jobs.db") == "jobs.db"
+
+
 def test_missing_psycopg_says_what_to_install(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """

@@ -18,6 +18,7 @@ from typing import Any
 from durajobs.stores.base import Claims, Finding, HealthCheckable, Store, WakeListener, Waker
 
 __all__ = [
+    "display_location",
     "health",
     "is_postgres",
     "open_claims",
@@ -30,6 +31,19 @@ __all__ = [
 def is_postgres(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a PostgreSQL database (``postgresql://``/``postgres://``)."""
     return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def display_location(location: str | os.PathLike[str]) -> str:
+    """``location`` fit for messages and ``repr``: a PostgreSQL URL without its password.
+
+    Use it wherever a location is shown (``Jobs.__repr__``, error messages): a URL may carry a
+    password (``postgresql://user:secret@host/db``) that must never be printed.
+    """
+    if is_postgres(location):
+        from durajobs.stores.postgres import _redact
+
+        return _redact(str(location))
+    return os.fspath(location)
 
 
 def open_store(
