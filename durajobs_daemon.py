@@ -19,7 +19,7 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   armed at the earliest alarm that is not already in flight. Alarms are wall-clock epoch
   seconds, so a wall-clock timer is the right primitive: it has nanosecond resolution (no
   rounding of ``select`` timeouts to milliseconds), still fires on time after a suspend, and
-  wakes the loop when the clock is set (``TFD_TIMER_CANCEL_ON_SET``). Without a timerfd the
+  follows a stepped clock by itself (see ``WallTimer``). Without a timerfd the
   alarm becomes a ``select`` timeout. The timer fires ``DISPATCH_LEAD`` (2 ms) early and the
   worker sleeps the rest, so the parent's wake-up and read cost no lateness. The other
   timeouts (a step's deadline, the busy backoff, a pending ``STATUS=``, the watchdog ping) are
@@ -368,14 +368,16 @@ class _Itimerspec(ctypes.Structure):
 class WallTimer:
     """A Linux ``CLOCK_REALTIME`` timerfd armed at an absolute epoch time.
 
-    Readable when the time is reached, and also when the wall clock is set (so the loop
-    re-reads after a clock step). ``WallTimer.create()`` returns ``None`` where timerfd is
-    missing; the loop then sleeps with a ``select`` timeout instead.
+    Readable when the time is reached. An absolute ``CLOCK_REALTIME`` timer follows the wall
+    clock by itself: a step forward past the alarm fires it at once, a step back delays it to
+    the same wall time. It is not armed with ``TFD_TIMER_CANCEL_ON_SET``: some hosts set the
+    clock many times a second (time sync in VMs and sandboxes, by zero or a few microseconds),
+    and each set would wake an idle daemon for nothing. ``WallTimer.create()`` returns
+    ``None`` where timerfd is missing; the loop then sleeps with a ``select`` timeout instead.
     """
 
     CLOCK_REALTIME = 0
     TFD_TIMER_ABSTIME = 1
-    TFD_TIMER_CANCEL_ON_SET = 2
 
     def __init__(self, fd: int, settime: Any) -> None:
         self.fd = fd
@@ -414,10 +416,18 @@ class WallTimer:
             nanos = math.ceil((when - seconds) * 1e9) + 1000
             seconds, nanos = seconds + nanos // 1_000_000_000, nanos % 1_000_000_000
             spec.it_value.tv_sec, spec.it_value.tv_nsec = max(seconds, 0), nanos
-            flags = self.TFD_TIMER_ABSTIME | self.TFD_TIMER_CANCEL_ON_SET
-        if self._settime(self.fd, flags, ctypes.byref(spec), None) != 0:
+            flags = self.TFD_TIMER_ABSTIME
+        for _ in range(3):
+            if self._settime(self.fd, flags, ctypes.byref(spec), None) == 0:
+                break
             err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+            if err != errno.ECANCELED:
+                raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+            # The wall clock was set since the last read (NTP stepping it, an operator): take
+            # the notice and arm again. What is due is re-read after every wake-up anyway.
+            self.clear()
+        else:
+            raise OSError(errno.ECANCELED, "timerfd_settime: the wall clock keeps being set")
         self.armed_at = when
 
     def clear(self) -> None:
