@@ -37,9 +37,11 @@ from .clock import Clock, SystemClock
 from .durations import to_datetime
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .rows import Instance
-from .stores.ofd_claims import InstanceLocks, lock_path
-from .stores.sqlite import SCHEMA_VERSION, HistoryRow, Store
-from .wake import Waker, wake_address
+from .stores import display_location, is_postgres, open_claims, open_store, open_waker
+from .stores.base import Claims
+from .stores.ofd_claims import lock_path
+from .stores.sqlite import SCHEMA_VERSION, HistoryRow
+from .wake import wake_address
 
 if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light
     from . import steps
@@ -462,13 +464,15 @@ class Admin:
         wait_timeout: float = 30.0,
         history_limit: int = 100,
     ) -> None:
-        self.path = os.fspath(path)
+        self.location = os.fspath(path)  # may hold a password: never shown
+        self.path = display_location(self.location)
         self.clock: Clock = clock or SystemClock()
         self.wait_timeout = wait_timeout
         self.history_limit = history_limit
-        if os.path.isdir(self.path):
+        self.postgres = is_postgres(self.location)
+        if not self.postgres and os.path.isdir(self.location):
             raise StorageError(f"{self.path}: is a directory, not a database file")
-        self.store = Store(self.path, readonly=True)
+        self.store: Any = open_store(self.location, readonly=True)
         self._engine: Engine | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -704,13 +708,13 @@ class Admin:
         rows = self.store.due(now - overdue_after, limit)
         if not rows:
             return []
-        locks: InstanceLocks | None = None
-        lock_file = lock_path(self.path)
+        locks: Claims | None = None
+        lock_file = "" if self.postgres else lock_path(self.location)
         if self._engine is not None:
             locks = self._engine.locks
-        elif os.path.exists(lock_file):
+        elif self.postgres or os.path.exists(lock_file):
             try:
-                locks = InstanceLocks(lock_file)
+                locks = open_claims(self.location)
             except StorageError:
                 locks = None  # cannot open it (permissions): say "unknown"
         # No lock file at all: no process ever claimed a step, so none is running.
@@ -722,7 +726,7 @@ class Admin:
                 if locks is not None:
                     running: bool | None = locks.is_locked(row.instance_id)
                 else:
-                    running = None if os.path.exists(lock_file) else False
+                    running = None if self.postgres or os.path.exists(lock_file) else False
                 result.append(
                     Overdue(row.instance_id, _at(row.due_at), now - row.due_at, running)
                 )  # fmt: skip
@@ -832,7 +836,7 @@ class Admin:
         Raises:
             StorageError: the file cannot be read.
         """
-        return self.store.change_token()
+        return int(self.store.change_token())
 
     def recent(self, limit: int = 10) -> list[HistoryEntry]:
         """The latest ``limit`` history records of all instances, oldest first.
@@ -876,9 +880,10 @@ class Admin:
         engine = self._engine
         if engine is None:
             # The read-only store has validated the file, so this never creates or migrates one.
-            store = Store(self.path)
+            store = open_store(self.location)
             try:
-                locks = InstanceLocks(lock_path(self.path))
+                locks = open_claims(self.location, store)
+                waker = open_waker(self.location, store)
             except BaseException:
                 store.close()
                 raise
@@ -886,7 +891,7 @@ class Admin:
 
             engine = self._engine = Engine(
                 store, locks, {}, clock=self.clock, wait_timeout=self.wait_timeout,
-                history_limit=self.history_limit, waker=Waker(self.path),
+                history_limit=self.history_limit, waker=waker,
             )  # fmt: skip
         return engine
 

@@ -35,9 +35,7 @@ from .errors import (
 )
 from .rows import FencedOut, RejectedWrite
 from .steps import Decision, Env, Instance, Message
-from .stores.ofd_claims import InstanceLocks
-from .stores.sqlite import Store, Write
-from .wake import Waker
+from .stores.base import Claims, Store, Waker, Write
 
 __all__ = ["Engine", "RecordHook"]
 
@@ -85,7 +83,7 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        locks: InstanceLocks,
+        locks: Claims,
         registry: Mapping[str, Definition],
         *,
         clock: Any,
@@ -269,9 +267,7 @@ class Engine:
         tokens: dict[str, int] = {}
         queued_ids: set[str] = set()
         try:
-            from .stores.ofd_claims import lock_offset  # the one fixed order of claims
-
-            for instance_id in sorted(set(ids.values()), key=lock_offset):
+            for instance_id in sorted(set(ids.values())):  # one fixed order: no deadlock
                 if queue_busy:
                     token = locks.try_acquire(instance_id)
                     if token is None:

@@ -21,10 +21,9 @@ from .durations import parse_duration, to_datetime
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
 from .schedules import check_fires_after
-from .stores.ofd_claims import InstanceLocks, lock_path
-from .stores.sqlite import Store
+from .stores import display_location, is_postgres, open_claims, open_store, open_waker
+from .stores.ofd_claims import lock_path
 from .tracker import Tracker
-from .wake import Waker
 
 __all__ = ["Jobs"]
 
@@ -34,10 +33,13 @@ PRUNE_EVERY = 600.0  # seconds of wall time between history/key pruning passes
 
 
 class Jobs:
-    """Job definitions bound to one SQLite database file.
+    """Job definitions bound to one database: a SQLite file, or PostgreSQL.
 
     Args:
-        path: the database file (created if missing; its directory must exist).
+        path: the location: a SQLite file path (created if missing; its directory must
+            exist), or a ``postgresql://`` / ``postgres://`` URL (libpq's parameters such as
+            ``sslmode``; the password may come from the URL, ``PGPASSWORD`` or ``~/.pgpass``;
+            needs ``pip install 'durajobs[postgres]'``).
         registry: job name -> ``Continuous`` / ``Debounce`` / ``Task`` definition.
         clock: a ``FakeClock`` for virtual time; default the system clock.
         durability: ``"full"`` (default; a returned call survives power loss) or ``"normal"``.
@@ -54,7 +56,8 @@ class Jobs:
         vfs: an apsw VFS name (for fault-injection tests).
 
     Raises:
-        StorageError: the file cannot be opened or is not a durajobs database.
+        StorageError: the database cannot be opened or is not a durajobs database (the
+            message names the file, or host, port and database -- never a password).
         ValueError: a job name is empty or contains ":", or an option is out of range.
         TypeError: the registry is not a mapping of definitions, a state or event type cannot
             be stored (the message names the job), or an option has the wrong type.
@@ -97,7 +100,8 @@ class Jobs:
         self._codecs = check_types(self.registry)  # an unstorable type fails before any I/O
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
-        self.path = os.fspath(path)
+        self.location = os.fspath(path)  # may hold a password: never shown
+        self.path = display_location(self.location)  # what messages and repr show
         if clock is not None and not callable(getattr(clock, "time", None)):
             raise TypeError(f"clock must have a time() method (e.g. FakeClock), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
@@ -126,13 +130,14 @@ class Jobs:
         self._handles: list[Engine] = []
         self._handles_lock = threading.Lock()
         self._clients: dict[tuple[str, str], Any] = {}
-        existed = {p for p in _created_files(self.path) if os.path.lexists(p)}
+        files = [] if is_postgres(self.location) else _created_files(self.location)
+        existed = {p for p in files if os.path.lexists(p)}
         self._closed = False
         try:
-            self._local.engine = self._open_engine()  # the file is checked at construction
+            self._local.engine = self._open_engine()  # the database is checked at construction
         except BaseException:
             self._closed = True
-            for leftover in _created_files(self.path):
+            for leftover in files:
                 if leftover not in existed:
                     with contextlib.suppress(OSError):
                         os.unlink(leftover)
@@ -141,22 +146,22 @@ class Jobs:
 
     def _open_engine(self) -> Engine:
         options = self._options  # the constructor's arguments (also for with_path)
-        store = Store(
-            self.path, durability=options["durability"], busy_timeout=self.busy_timeout,
+        store = open_store(
+            self.location, durability=options["durability"], busy_timeout=self.busy_timeout,
             vfs=options["vfs"],
         )  # fmt: skip
         store.key_window = self.key_window
         try:
-            locks = InstanceLocks(lock_path(self.path))
+            claims = open_claims(self.location, store)
+            waker = open_waker(self.location, store) if options["wake"] else None
         except BaseException:
             store.close()
             raise
         hooks = self.on_record is not None or self.tracker is not None
         engine = Engine(
-            store, locks, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
+            store, claims, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
             history_limit=options["history_limit"],
-            on_records=self._deliver if hooks else None,
-            waker=Waker(self.path) if options["wake"] else None, codecs=self._codecs,
+            on_records=self._deliver if hooks else None, waker=waker, codecs=self._codecs,
         )  # fmt: skip
         with self._handles_lock:
             self._handles.append(engine)
@@ -189,9 +194,12 @@ class Jobs:
         handles, self._handles = self._handles, []
         self._local = threading.local()
         for engine in handles:
-            engine.locks.close()  # an OFD lock lives on while any copy of its descriptor does
-            if engine.waker is not None:
-                engine.waker.abandon()
+            # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
+            # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
+            engine.locks.close()
+            abandon = getattr(engine.waker, "abandon", None)
+            if abandon is not None:
+                abandon()
             _ABANDONED.append(engine)
 
     def with_path(self, path: str | os.PathLike[str], **overrides: Any) -> Jobs:
@@ -205,6 +213,11 @@ class Jobs:
         """
         options = {**self._options, **overrides}
         return Jobs(path, self.registry, **options)
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether this ``Jobs`` runs on PostgreSQL."""
+        return is_postgres(self.location)
 
     def _engine_for_call(self) -> Engine:
         return self.engine
