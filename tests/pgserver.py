@@ -182,10 +182,12 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]
     def store(path: str, *, vfs: str | None = None, **options: Any) -> PostgresStore:
         return PostgresStore(url_for(path), **options)
 
-    monkeypatch.setattr(durajobs.jobs, "Store", store)
-    monkeypatch.setattr(durajobs.jobs, "lock_path", lambda path: os.fspath(path) + ".lock")
+    # Jobs picks its store by location (durajobs.stores.open_*): map each path to a database.
+    monkeypatch.setattr(durajobs.jobs, "open_store", store)
     monkeypatch.setattr(
-        durajobs.jobs, "InstanceLocks", lambda lock: AdvisoryClaims(url_for(lock[: -len(".lock")]))
+        durajobs.jobs, "open_claims", lambda path, store=None: AdvisoryClaims(url_for(path))
     )
-    monkeypatch.setattr(durajobs.jobs, "Waker", lambda path: PgWaker(url_for(path)))
+    monkeypatch.setattr(
+        durajobs.jobs, "open_waker", lambda path, store=None: PgWaker(url_for(path))
+    )
     return databases
