@@ -587,3 +587,25 @@ def test_concurrent_adds_and_flushes_deliver_every_event_exactly_once(
     (queued_ever,) = store.query("SELECT pg_sequence_last_value('inbox_seq_seq')")[0]
     assert (queued_ever or 0) > 0
     store.close()
+
+
+# -- Jobs on a URL --------------------------------------------------------------------------------
+
+
+def test_jobs_on_a_postgresql_url(pg_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from test_stores import REGISTRY, Count
+
+    from durajobs import FakeClock, Jobs
+
+    clock = FakeClock(datetime.fromtimestamp(T0, UTC))
+    with Jobs(pg_url, REGISTRY, clock=clock) as jobs:
+        assert "pw-" not in repr(jobs)
+        assert "pw-" not in jobs.path
+        jobs.continuous("tick").start("a", Count())
+        clock.advance("1 minute")
+        assert jobs.run_due() == 1
+        with Jobs(pg_url, REGISTRY, clock=clock) as other:  # another process, in effect
+            assert other.continuous("tick").get_state("a") == Count(2)
+            assert other.next_alarm() == jobs.next_alarm()
