@@ -76,7 +76,7 @@ from durajobs import Jobs, SystemClock
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.steps import Instance
-from durajobs.wake import WakeListener
+from durajobs.stores import is_postgres, open_listener
 
 __all__ = ["main"]
 
@@ -230,7 +230,7 @@ def open_jobs(app: Jobs, db: str | None) -> Jobs:
         AppError: the app's Jobs runs on a virtual clock.
         StorageError: ``db`` cannot be opened.
     """
-    if db is None or _same_file(db, app.path):
+    if db is None or _same_file(db, app.location):
         if not isinstance(app.clock, SystemClock):
             raise AppError(
                 f"the app's Jobs uses {type(app.clock).__name__}; the daemon needs the system "
@@ -244,6 +244,8 @@ def open_jobs(app: Jobs, db: str | None) -> Jobs:
 
 
 def _same_file(a: str, b: str) -> bool:
+    if is_postgres(a) or is_postgres(b):
+        return a == b
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -685,7 +687,9 @@ class Daemon:
         self.size = workers
         self.grace = grace
         jobs.engine.waker = None  # our own writes (pruning) need not wake us
-        self.listener = WakeListener(jobs.path)
+        self.listener: Any = open_listener(jobs.location)
+        self.listener_fd: int | None = None  # registered with the selector
+        self.listener_retry: Backoff | None = None  # PostgreSQL: LISTEN lost, reconnecting
         self.timer = WallTimer.create()
         self.selector = selectors.DefaultSelector()
         self.signal_r, self.signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -724,7 +728,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _note_signal)  # the wake-up fd carries the signal number
         self.selector.register(self.signal_r, selectors.EVENT_READ, self._on_signals)
-        self.selector.register(self.listener.fileno(), selectors.EVENT_READ, self._on_wake)
+        self._listen()
         if self.timer is not None:
             self.selector.register(self.timer.fd, selectors.EVENT_READ, self._on_timer)
         try:
@@ -784,6 +788,11 @@ class Daemon:
                 self.poll_needed = True
             if self.poll_error is not None and (self.poll_error.retry_at or 0.0) <= now:
                 self.poll_needed = True
+            retry = self.listener_retry
+            if retry is not None and (retry.retry_at or 0.0) <= now:
+                self._relisten()
+                if self.listener_retry is not None:  # still away: poll as if woken
+                    self.poll_needed = True
             if self.timer is None and self.next_alarm is not None:
                 self.poll_needed |= time.time() >= self.next_alarm - DISPATCH_LEAD
             if self.held_until is not None and now >= self.held_until:
@@ -811,6 +820,8 @@ class Daemon:
             wake_at.extend(b.retry_at for b in self.backoff.values() if b.retry_at is not None)
             if self.poll_error is not None and self.poll_error.retry_at is not None:
                 wake_at.append(self.poll_error.retry_at)
+            if self.listener_retry is not None and self.listener_retry.retry_at is not None:
+                wake_at.append(self.listener_retry.retry_at)
             if self.held_until is not None:
                 wake_at.append(self.held_until)
         if self.status_dirty and self.notifier.enabled:
@@ -848,7 +859,13 @@ class Daemon:
         self.selector.close()
         os.close(self.signal_r)
         os.close(self.signal_w)
-        self.listener.sock.close()  # not listener.close(): that would unlink the parent's socket
+        # Not listener.close() on SQLite: that would unlink the parent's socket file; a
+        # PostgreSQL listener's close() leaves a forked copy of its session to the parent.
+        sock = getattr(self.listener, "sock", None)
+        if sock is not None:
+            sock.close()
+        else:
+            self.listener.close()
         if self.timer is not None:
             self.timer.close()
         self.notifier.close()
@@ -1003,9 +1020,9 @@ class Daemon:
             del self.recent[instance_id]
         self.held_until = None
         try:
-            rows = self.store.due(now + DISPATCH_LEAD, limit)
+            rows = self.store.due(now + DISPATCH_LEAD, limit, self.jobs.engine.prefixes)
             seen_all = len(rows) < limit
-            upcoming = self.store.next_due(len(rows)) if seen_all else []
+            upcoming = self.store.next_due(len(rows), self.jobs.engine.prefixes) if seen_all else []
         except StorageError as exc:
             delay = ERROR_BACKOFF[0] if self.poll_error is None else self.poll_error.delay * 2
             delay = min(delay, ERROR_BACKOFF[1])
@@ -1092,8 +1109,48 @@ class Daemon:
 
     # -- events --------------------------------------------------------------------------------
 
+    def _listen(self) -> None:
+        """(Re)register the wake listener's descriptor (a PostgreSQL reconnect changes it)."""
+        fd = self.listener.fileno()
+        if fd == self.listener_fd:
+            return
+        if self.listener_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener_fd)
+        self.selector.register(fd, selectors.EVENT_READ, self._on_wake)
+        self.listener_fd = fd
+
+    def _listener_lost(self, exc: BaseException) -> None:
+        """LISTEN's session is gone and the server is away: poll on a backoff meanwhile."""
+        if self.listener_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener_fd)
+            self.listener_fd = None
+        retry = self.listener_retry or Backoff(None, 0.0, "wake-ups lost")
+        if self.listener_retry is None:
+            log.warning("wake-ups lost (%s); reconnecting, and polling meanwhile", _one_line(exc))
+        retry.delay = min(max(retry.delay * 2, 0.05), 5.0)
+        retry.retry_at = time.monotonic() + retry.delay
+        self.listener_retry = retry
+        self.poll_needed = True
+
+    def _relisten(self) -> None:
+        try:
+            self.listener.drain()  # reconnects (and LISTENs) or raises
+            self._listen()
+        except (StorageError, OSError) as exc:
+            self._listener_lost(exc)
+            return
+        log.info("wake-ups back")
+        self.listener_retry = None
+        self.poll_needed = True  # a notification may have been missed: rescan
+
     def _on_wake(self, _key: selectors.SelectorKey) -> None:
-        self.listener.drain()
+        try:
+            self.listener.drain()
+            self._listen()
+        except (StorageError, OSError) as exc:
+            self._listener_lost(exc)
         if self.stopping:
             return
         now = time.monotonic()
@@ -1209,13 +1266,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             log.debug("details", exc_info=exc.__cause__)
         print(f"durajobs-daemon: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE if isinstance(exc, AppError) else 1) from None
-    # One daemon per file: a kernel lock on the claim file, held while this process lives
-    # (whatever happens to the wake socket), released by the kernel when it dies.
-    if not jobs.engine.locks.hold_daemon_lock():
+    # One daemon per SQLite file: a kernel lock on the claim file, held while this process
+    # lives (whatever happens to the wake socket), released by the kernel when it dies. On
+    # PostgreSQL any number of daemons, on any number of hosts, serve one database together.
+    if not jobs.is_postgres and not jobs.engine.locks.hold_daemon_lock():  # type: ignore[attr-defined]
         print(f"durajobs-daemon: another daemon already serves {jobs.path}", file=sys.stderr)
         raise SystemExit(1)
     try:
         daemon = Daemon(jobs, workers=args.workers, grace=args.grace)
+    except StorageError as exc:  # PostgreSQL: LISTEN's session cannot be opened
+        print(f"durajobs-daemon: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as exc:
         print(f"durajobs-daemon: cannot bind the wake socket: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
