@@ -194,6 +194,17 @@ SQL_PUT_DEBOUNCE = (
     "THEN LEAST(coalesce(EXCLUDED.due_at, %s), %s) ELSE EXCLUDED.due_at END "
     "WHERE instances.step = %s"
 )
+# The row's write and its history records in one statement (one round trip per step): the
+# records are inserted only if the upsert passed its fence (``FROM put``); the statement's
+# row count is then the number of records, 0 when fenced out.
+_RECORDS_FROM_PUT = (
+    "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
+    "SELECT %s, %s, r.event, %s, r.attempt, r.duration_ms, r.error, r.data FROM put, "
+    "unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[]) "
+    "AS r(event, attempt, duration_ms, error, data)"
+)
+SQL_PUT_RECORDED = f"WITH put AS ({SQL_PUT} RETURNING 1) {_RECORDS_FROM_PUT}"
+SQL_PUT_DEBOUNCE_RECORDED = f"WITH put AS ({SQL_PUT_DEBOUNCE} RETURNING 1) {_RECORDS_FROM_PUT}"
 SQL_DELETE = "DELETE FROM instances WHERE instance_id = %s AND step = %s"
 SQL_HISTORY = (
     "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
@@ -838,18 +849,25 @@ class PostgresStore:
                     "step": step,
                 })  # fmt: skip
         else:
+            step = row.step
+            records = write.records
+            params: tuple[Any, ...] = (*row,)
             if debounce:
-                cur.execute(SQL_PUT_DEBOUNCE, (
-                    *row, write.requeue is not None, write.consumed, now, now,
-                    write.expected_step,
-                ))  # fmt: skip
+                params += (write.requeue is not None, write.consumed, now, now)
+            params += (write.expected_step,)
+            if records:
+                columns = list(zip(*records, strict=True))
+                params += (instance_id, now, step, *(list(c) for c in columns))
+                cur.execute(SQL_PUT_DEBOUNCE_RECORDED if debounce else SQL_PUT_RECORDED, params)
             else:
-                cur.execute(SQL_PUT, (*row, write.expected_step))
+                cur.execute(SQL_PUT_DEBOUNCE if debounce else SQL_PUT, params)
             if cur.rowcount == 0:
                 return False
             if debounce:
                 self._queue_changes(cur, write, now)
-            step = row.step
+            if records and step % 32 == 0:
+                cur.execute(SQL_TRIM_HISTORY, {"id": instance_id, "keep": history_limit})
+            return True
         records = write.records
         if records:
             if len(records) == 1:
