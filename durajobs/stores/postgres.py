@@ -23,10 +23,11 @@ Errors: every psycopg error becomes ``StorageError`` naming ``postgresql host:po
 and the server's reason; the password never appears (it is also scrubbed from any message). A
 lost connection is noticed by the call that hits it (which raises) and reopened by the next.
 
-Not yet (noted for later phases): group commit sends one statement per write inside the one
-transaction (``UPDATE ... FROM unnest(...)`` batching is an optimisation for later); PgBouncer
-transaction pooling is not detected; history ids come from a sequence, so ``history_since``
-may skip a record whose transaction committed after a later id was read.
+Not yet (noted for later phases): group commit sends one statement per write (its row and
+its history records together) inside the one transaction; batching a whole group with
+``unnest(...)`` or psycopg's pipeline mode is an optimisation for later. PgBouncer transaction
+pooling is not detected. History ids come from a sequence, so ``history_since`` may skip a
+record whose transaction committed after a later id was read.
 """
 
 from __future__ import annotations
