@@ -75,6 +75,8 @@ def _jobs_on_postgres(request):  # type: ignore[no-untyped-def]
     """``DURAJOBS_TEST_STORE=postgres``: every ``Jobs`` of the test runs on PostgreSQL."""
     if os.environ.get("DURAJOBS_TEST_STORE") != "postgres":
         return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("about the SQLite store itself (files, locks, its daemon's file)")
     from pgserver import route_jobs_to_postgres
 
     monkeypatch, server = (request.getfixturevalue(n) for n in ("monkeypatch", "pg_server"))

@@ -184,6 +184,8 @@ def test_a_fault_in_each_stage_of_finishing_stays_with_its_instance(
     elif stage == "record":
         only_for_bad("_record")
     else:  # the row's write: the store refuses its content (as apsw refuses bad text)
+        if not isinstance(jobs.engine.store, sqlite_store.Store):
+            pytest.skip("the fault is injected into the SQLite store")
         original_apply = sqlite_store.Store._apply
 
         def apply(self: Any, cur: Any, write: Any, now: float, limit: int) -> bool:
@@ -196,6 +198,7 @@ def test_a_fault_in_each_stage_of_finishing_stays_with_its_instance(
     _assert_isolated(jobs, clock)
 
 
+@pytest.mark.sqlite_only
 def test_a_write_even_its_failure_cannot_store_is_skipped_not_looped(
     open_jobs: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -336,6 +339,7 @@ def _registry() -> dict[str, Any]:
     return {"t": Task(state=S, event=E, on_event=lambda e, c: None, execute=lambda c: None)}
 
 
+@pytest.mark.sqlite_only
 def test_a_symlink_or_another_spelling_shares_the_claims(tmp_path: Path) -> None:
     """repro twopaths.py (symlink, ../)."""
     real = tmp_path / "real.db"
@@ -352,6 +356,7 @@ def test_a_symlink_or_another_spelling_shares_the_claims(tmp_path: Path) -> None
     assert lock_path(str(link)) == lock_path(str(real))
 
 
+@pytest.mark.sqlite_only
 def test_a_deleted_lock_file_still_excludes_a_step_that_holds_it(tmp_path: Path) -> None:
     """repro twopaths.py (lock file deleted while a step runs)."""
     db = tmp_path / "j.db"
@@ -371,6 +376,7 @@ def test_a_deleted_lock_file_still_excludes_a_step_that_holds_it(tmp_path: Path)
             assert first.engine.locks.try_acquire("task:t:other") is not None
 
 
+@pytest.mark.sqlite_only
 def test_one_daemon_lock_per_file(tmp_path: Path) -> None:
     db = str(tmp_path / "j.db")
     Jobs(db, _registry()).close()
@@ -389,6 +395,7 @@ def test_one_daemon_lock_per_file(tmp_path: Path) -> None:
 # -- refuse without changing ----------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_a_foreign_sqlite_file_is_refused_unchanged(tmp_path: Path) -> None:
     """repro foreign_wal.py."""
     other = tmp_path / "app.sqlite"
@@ -404,6 +411,7 @@ def test_a_foreign_sqlite_file_is_refused_unchanged(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchall() == [("delete",)]
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(
     ("options", "error"),
     [
@@ -439,6 +447,7 @@ def test_wait_timeout_takes_a_duration_string(tmp_path: Path) -> None:
             other.close()
 
 
+@pytest.mark.sqlite_only
 def test_an_unstorable_type_leaves_no_file(tmp_path: Path) -> None:
     @attrs.define
     class Bad:
@@ -488,6 +497,7 @@ def _run_daemon(app: str, env: dict[str, str], until: Callable[[], bool]) -> str
     return stderr.decode(errors="replace")
 
 
+@pytest.mark.sqlite_only
 def test_daemon_poisoned_instance_does_not_stop_the_others(tmp_path: Path) -> None:
     """repro dapp/run_poison.sh: healthy instances run on, every second."""
     env = _daemon_env(tmp_path)
@@ -509,6 +519,7 @@ def test_daemon_poisoned_instance_does_not_stop_the_others(tmp_path: Path) -> No
         assert "caf\\udce9.txt" in (status.last_error or "")
 
 
+@pytest.mark.sqlite_only
 def test_daemon_fan_out_within_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """repro dapp/run_fanout.sh: a send from execute to an instance due just before it."""
     import importlib
