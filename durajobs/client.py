@@ -235,6 +235,34 @@ class _Client(Generic[D]):
         codec = engine.codecs(self.name)[0]
         return codec.decode(inst.state, f"state of {inst.instance_id}")
 
+    def _bulk_calls(
+        self,
+        triples: list[tuple[str, Any, str | None]],
+        what: str,
+        codec: Any,
+        message: Callable[[Any, str], steps.Message],
+        *,
+        keyed: bool = True,
+    ) -> list[tuple[str, steps.Message, str | None]]:
+        """Check and encode every item of a bulk call before anything runs.
+
+        Raises:
+            TypeError: an item's id or key has the wrong type (the message names the item).
+            ValidationError: an item's value does not fit its type (the item named).
+        """
+        calls: list[tuple[str, steps.Message, str | None]] = []
+        for index, (user_id, value, key) in enumerate(triples):
+            try:
+                instance_id = self._id(user_id)
+                if not keyed and key is not None:
+                    raise TypeError("items are (id, state): no key")
+                _check_key(key, instance_id)
+                text = codec.encode(value, f"{what} {instance_id}")
+            except (TypeError, ValidationError) as exc:
+                raise _item_error(index, repr(user_id), exc) from None
+            calls.append((user_id, message(value, text), key))
+        return calls
+
     def _terminate(self, user_id: str, reason: str | None) -> TerminateResult:
         if reason is not None:
             if not isinstance(reason, str):
@@ -299,17 +327,10 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         """
         triples = _bulk_items(items, "start_many")
         engine = self._engine
-        codec = engine.codecs(self.name)[0]
-        calls: list[tuple[str, steps.Message, str | None]] = []
-        for index, (user_id, state, key) in enumerate(triples):
-            try:
-                instance_id = self._id(user_id)
-                if key is not None:
-                    raise TypeError("start_many items are (id, state): no key")
-                text = codec.encode(state, f"initial state of {instance_id}")
-            except (TypeError, ValidationError) as exc:
-                raise _item_error(index, repr(user_id), exc) from None
-            calls.append((user_id, steps.Start(text), None))
+        calls = self._bulk_calls(
+            triples, "initial state of", engine.codecs(self.name)[0],
+            lambda state, text: steps.Start(text), keyed=False,
+        )  # fmt: skip
         outcomes = engine.run_many(self.kind, self.name, self.job, calls)
         results = []
         for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
@@ -431,17 +452,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         """
         triples = _bulk_items(items, "add_many")
         engine = self._engine
-        codec = engine.codecs(self.name)[1]
-        assert codec is not None
-        calls: list[tuple[str, steps.Message, str | None]] = []
-        for index, (user_id, event, key) in enumerate(triples):
-            try:
-                instance_id = self._id(user_id)
-                _check_key(key, instance_id)
-                text = codec.encode(event, f"event for {instance_id}")
-            except (TypeError, ValidationError) as exc:
-                raise _item_error(index, repr(user_id), exc) from None
-            calls.append((user_id, steps.Add(event, text), key))
+        calls = self._bulk_calls(triples, "event for", engine.codecs(self.name)[1], steps.Add)
         outcomes = engine.run_many(self.kind, self.name, self.job, calls, queue_busy=True)
         # Events queued behind a running flush: this call's are the last ``added`` of the queue
         # read after the commit; each result counts the queue as of its own event.
@@ -585,17 +596,9 @@ class TaskClient(_Client[Task], Generic[E, S]):
         """
         triples = _bulk_items(items, "send_many")
         engine = self._engine
-        codec = engine.codecs(self.name)[1]
-        assert codec is not None
-        calls: list[tuple[str, steps.Message, str | None]] = []
-        for index, (user_id, event, key) in enumerate(triples):
-            try:
-                instance_id = self._id(user_id)
-                _check_key(key, instance_id)
-                codec.encode(event, f"event for {instance_id}")
-            except (TypeError, ValidationError) as exc:
-                raise _item_error(index, repr(user_id), exc) from None
-            calls.append((user_id, steps.Send(event), key))
+        calls = self._bulk_calls(
+            triples, "event for", engine.codecs(self.name)[1], lambda event, text: steps.Send(event)
+        )
         outcomes = engine.run_many(self.kind, self.name, self.job, calls)
         results = []
         for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
