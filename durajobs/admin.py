@@ -37,7 +37,14 @@ from .clock import Clock, SystemClock
 from .durations import to_datetime
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .rows import Instance
-from .stores import display_location, is_postgres, open_claims, open_store, open_waker
+from .stores import (
+    display_location,
+    health,
+    is_postgres,
+    open_claims,
+    open_store,
+    open_waker,
+)
 from .stores.base import Claims
 from .stores.ofd_claims import lock_path
 from .stores.sqlite import SCHEMA_VERSION, HistoryRow
@@ -611,6 +618,67 @@ class Admin:
                 connection itself breaks.
         """
         checks: list[Check] = []
+        if self.postgres:
+            # The server's own findings: connection, schema, clock skew, sessions.
+            checks += [Check(f.check, f.level, f.detail) for f in health(self.store)]
+        else:
+            checks += self._file_checks()
+        overdue: list[Overdue] = []
+        try:
+            overdue = self._overdue(overdue_after, limit)
+        except StorageError as exc:
+            checks.append(Check("overdue", "fail", str(exc)))
+        else:
+            checks += self._overdue_checks(overdue, overdue_after, limit)
+        try:
+            parked = sum(
+                n for _, _, status, n in self.store.count_by_status() if status == "failed"
+            )
+        except StorageError as exc:
+            checks.append(Check("parked", "fail", str(exc)))
+        else:
+            if parked:
+                checks.append(
+                    Check(
+                        "parked", "warn",
+                        f"{parked} instance(s) parked after failing: see "
+                        "`durajobs ls --status failed`, resume with `durajobs retry ID`",
+                    )
+                )  # fmt: skip
+        if self.postgres:
+            try:
+                daemons = int(self.store.listeners())
+                checks.append(Check("daemon", "info", f"{daemons} daemon(s) listening"))
+            except StorageError as exc:
+                checks.append(Check("daemon", "fail", str(exc)))
+            checks.append(
+                Check(
+                    "claims", "ok",
+                    "claims are session advisory locks, released by the server the moment "
+                    "their session ends: none can be stale",
+                )
+            )  # fmt: skip
+        else:
+            listening = self.daemon_listening()
+            checks.append(
+                Check(
+                    "daemon", "info",
+                    f"a daemon is listening on {_address(self.location)}" if listening
+                    else f"no daemon is listening on {_address(self.location)}",
+                )
+            )  # fmt: skip
+            checks.append(
+                Check(
+                    "claims", "ok",
+                    f"claims are kernel OFD locks on {lock_path(self.location)}, released when "
+                    "their process dies: none can be stale",
+                )
+            )  # fmt: skip
+        return DoctorReport(self.path, checks, overdue)
+
+    def _file_checks(self) -> list[Check]:
+        """SQLite: integrity, schema version, WAL size."""
+        checks: list[Check] = []
         try:
             lines = self.store.integrity_check()
             if lines == ["ok"]:
@@ -642,66 +710,34 @@ class Admin:
                    if wal > WAL_WARN_BYTES else ""),
             )
         )  # fmt: skip
-        overdue: list[Overdue] = []
-        try:
-            overdue = self._overdue(overdue_after, limit)
-        except StorageError as exc:
-            checks.append(Check("overdue", "fail", str(exc)))
-        else:
-            stuck = [o for o in overdue if o.running is not True]
-            running = len(overdue) - len(stuck)
-            if stuck:
-                worst = max(o.late_seconds for o in stuck)
-                more = "+" if len(overdue) >= limit else ""
-                checks.append(
-                    Check(
-                        "overdue", "fail",
-                        f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s "
-                        f"with no step running (worst {short_duration(worst)} late): is a daemon "
-                        "running for this file?",
-                    )
-                )  # fmt: skip
-            else:
-                checks.append(
-                    Check(
-                        "overdue", "ok", f"no alarm stuck overdue by more than {overdue_after:g}s"
-                    )
+        return checks
+
+    def _overdue_checks(
+        self, overdue: list[Overdue], overdue_after: float, limit: int
+    ) -> list[Check]:
+        checks: list[Check] = []
+        stuck = [o for o in overdue if o.running is not True]
+        running = len(overdue) - len(stuck)
+        if stuck:
+            worst = max(o.late_seconds for o in stuck)
+            more = "+" if len(overdue) >= limit else ""
+            checks.append(
+                Check(
+                    "overdue", "fail",
+                    f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s "
+                    f"with no step running (worst {short_duration(worst)} late): is a daemon "
+                    "running for this file?",
                 )
-            if running:
-                checks.append(
-                    Check("running", "info", f"{running} overdue step(s) running now (claimed)")
-                )
-        try:
-            parked = sum(
-                n for _, _, status, n in self.store.count_by_status() if status == "failed"
-            )
-        except StorageError as exc:
-            checks.append(Check("parked", "fail", str(exc)))
+            )  # fmt: skip
         else:
-            if parked:
-                checks.append(
-                    Check(
-                        "parked", "warn",
-                        f"{parked} instance(s) parked after failing: see "
-                        "`durajobs ls --status failed`, resume with `durajobs retry ID`",
-                    )
-                )  # fmt: skip
-        listening = self.daemon_listening()
-        checks.append(
-            Check(
-                "daemon", "info",
-                f"a daemon is listening on {_address(self.path)}" if listening
-                else f"no daemon is listening on {_address(self.path)}",
+            checks.append(
+                Check("overdue", "ok", f"no alarm stuck overdue by more than {overdue_after:g}s")
             )
-        )  # fmt: skip
-        checks.append(
-            Check(
-                "claims", "ok",
-                f"claims are kernel OFD locks on {self.path}.lock, released when their process "
-                "dies: none can be stale",
+        if running:
+            checks.append(
+                Check("running", "info", f"{running} overdue step(s) running now (claimed)")
             )
-        )  # fmt: skip
-        return DoctorReport(self.path, checks, overdue)
+        return checks
 
     def _overdue(self, overdue_after: float, limit: int) -> list[Overdue]:
         now = self.now()
@@ -863,7 +899,13 @@ class Admin:
                 time.sleep(interval)
 
     def daemon_listening(self) -> bool:
-        """Whether a daemon is bound to this file's wake socket (sends it one harmless wake-up)."""
+        """Whether a daemon serves this database: bound to the file's wake socket (sends it one
+        harmless wake-up), or on PostgreSQL, listening for wake-ups on the server."""
+        if self.postgres:
+            try:
+                return int(self.store.listeners()) > 0
+            except StorageError:
+                return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.setblocking(False)

@@ -573,8 +573,7 @@ class Engine:
                         write=_write_for(bad.inst, decision), decision=decision
                     )
         finally:
-            for item in pending:
-                self.locks.release(item.token)
+            self.locks.release_many([item.token for item in pending])
         done = [(p.write, p.decision) for p, ok in zip(pending, applied, strict=True) if ok]
         self._after(done)
         return len(done)
