@@ -545,3 +545,30 @@ def test_daemon_fan_out_within_a_batch(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         app.fanout.close()
         app.poison.close()
+
+
+@pytest.mark.sqlite_only
+def test_the_cli_lists_every_row_when_one_holds_text_that_is_not_utf8(tmp_path: Path) -> None:
+    """Another program wrote bytes that are not UTF-8 into a row: ``ls``, ``show`` and
+    ``tail`` still show it (escaped) and the other rows."""
+    db = str(tmp_path / "j.db")
+    with Jobs(db, {"tick": ticker()}) as jobs:
+        jobs.continuous("tick").start("good", S())
+        jobs.continuous("tick").start("odd", S())
+    conn = apsw.Connection(db)
+    conn.execute(
+        "UPDATE instances SET last_error = CAST(X'4572726F72FE' AS TEXT) "
+        "WHERE instance_id = 'continuous:tick:odd'"
+    )
+    conn.execute("UPDATE history SET error = CAST(X'626164FF' AS TEXT)")
+    conn.close()
+    cli = [sys.executable, "-m", "durajobs.cli", "--db", db]
+    listed = subprocess.run([*cli, "ls"], capture_output=True, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert b"continuous:tick:good" in listed.stdout
+    assert b"continuous:tick:odd" in listed.stdout
+    shown = subprocess.run([*cli, "show", "continuous:tick:odd"], capture_output=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert b"Error\\xfe" in shown.stdout
+    tail = subprocess.run([*cli, "tail", "-n", "5"], capture_output=True, check=False)
+    assert tail.returncode == 0, tail.stderr

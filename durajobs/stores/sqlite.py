@@ -99,6 +99,18 @@ COLUMNS = (
     "instance_id, kind, job, user_id, status, state, due_at, scheduled_for, anchor, reason, "
     "run_count, attempt, event_count, created_at, started_at, last_error, step, updated_at"
 )
+# Text that is not UTF-8 (only another program can have written it) cannot be read as str: the
+# inspection reads then fetch the text columns as bytes and show them with escapes, so one odd
+# row never stops a listing (``durajobs ls``, the dashboard, the daemon's due reads).
+_TEXT_COLUMNS = ("instance_id", "kind", "job", "user_id", "status", "state", "reason",
+                 "last_error", "event", "error", "data")  # fmt: skip
+HISTORY_COLUMNS = "id, instance_id, at, event, step, attempt, duration_ms, error, data"
+_SAFE_COLUMNS = ", ".join(
+    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in COLUMNS.split(", ")
+)
+_SAFE_HISTORY = ", ".join(
+    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in HISTORY_COLUMNS.split(", ")
+)
 _SET_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[4:])
 
 # -- named statements -------------------------------------------------------------------------
@@ -207,8 +219,7 @@ SQL_HISTORY_COUNTS = (
     "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
 )
 SQL_HISTORY_RECENT = (
-    "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
-    "FROM history ORDER BY id DESC LIMIT ?"
+    f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
 )
 # Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
 # reads only its own rows from an index: no OFFSET, no count). Filters are joined with AND.
@@ -493,6 +504,10 @@ class Store:
                 return Instance(*row)
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
+        except UnicodeDecodeError:  # an odd row written by another program: shown escaped
+            with self._mapped("read"):
+                rows = self._rows(SQL_LOAD, (instance_id,))
+            return Instance(*rows[0]) if rows else None
         return None
 
     def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
@@ -578,7 +593,7 @@ class Store:
         """
         sql, params = self._for_jobs(SQL_DUE, prefixes, (now, limit))
         try:
-            return [Instance(*row) for row in self._conn.execute(sql, params)]
+            return [Instance(*row) for row in self._rows(sql, params)]
         except apsw.Error as exc:
             raise self._error(exc, "read") from None
 
@@ -856,7 +871,7 @@ class Store:
             alarmed_params = [*params] + ([due_before] if due_before is not None else [])
             rows = [
                 Instance(*r)
-                for r in self._conn.execute(
+                for r in self._rows(
                     f"SELECT {COLUMNS} FROM instances INDEXED BY instances_due "
                     f"WHERE {alarmed_where} ORDER BY due_at, instance_id LIMIT ? OFFSET ?",
                     (*alarmed_params, limit, offset),
@@ -873,7 +888,7 @@ class Store:
             idle_where = " AND ".join([*where, "due_at IS NULL"])
             rows += [
                 Instance(*r)
-                for r in self._conn.execute(
+                for r in self._rows(
                     f"SELECT {COLUMNS} FROM instances WHERE {idle_where} "
                     "ORDER BY instance_id LIMIT ? OFFSET ?",
                     (*params, limit - len(rows), skipped),
@@ -895,21 +910,21 @@ class Store:
     def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
         """The latest ``limit`` history records of an instance (live or purged), oldest first."""
         with self._mapped("read"):
-            rows: list[Any] = self._conn.execute(
-                "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
+            rows: list[Any] = self._rows(
+                f"SELECT {HISTORY_COLUMNS} "
                 "FROM history WHERE instance_id = ? ORDER BY id DESC LIMIT ?",
                 (instance_id, limit),
-            ).fetchall()
+            )
         return [HistoryRow(*r) for r in reversed(rows)]
 
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
         """History records with ``id > after_id`` (all instances), oldest first."""
         with self._mapped("read"):
-            rows: list[Any] = self._conn.execute(
-                "SELECT id, instance_id, at, event, step, attempt, duration_ms, error, data "
+            rows: list[Any] = self._rows(
+                f"SELECT {HISTORY_COLUMNS} "
                 "FROM history WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
-            ).fetchall()
+            )
         return [HistoryRow(*r) for r in rows]
 
     def recent_history(self, limit: int) -> list[HistoryRow]:
@@ -1098,7 +1113,25 @@ class Store:
             StorageError: the query failed.
         """
         with self._mapped("read"):
-            return [tuple(r) for r in self._conn.execute(sql, tuple(params))]
+            return self._rows(sql, tuple(params))
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """All rows of a read; text that is not UTF-8 comes back escaped (see _TEXT_COLUMNS).
+
+        Raises:
+            apsw.Error: the read failed (callers map it).
+        """
+        try:
+            return [tuple(r) for r in self._conn.execute(sql, params)]
+        except UnicodeDecodeError:
+            safe = sql.replace(COLUMNS, _SAFE_COLUMNS).replace(HISTORY_COLUMNS, _SAFE_HISTORY)
+            return [
+                tuple(
+                    v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+                    for v in row
+                )
+                for row in self._conn.execute(safe, params)
+            ]
 
     def schema_version(self) -> int:
         """``PRAGMA user_version``."""
