@@ -61,6 +61,7 @@ from durajobs.errors import (
     StorageError,
     ValidationError,
 )
+from durajobs.stores import display_location
 
 from .charts import bar_chart
 from .security import SECURITY_HEADERS, Authorize, same_origin
@@ -599,7 +600,9 @@ def _actions_for(detail: InstanceDetail) -> list[str]:
 def health(app: Dashboard, request: Request) -> Response:
     """What ``durajobs doctor`` reports."""
     report = app.admin().doctor()
-    return app.render(request, "health.html", "Health", report=report, location=app.location)
+    return app.render(
+        request, "health.html", "Health", report=report, location=display_location(app.location)
+    )
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -703,7 +706,8 @@ def make_app(
     on shutdown to close its connections.
 
     Args:
-        location: the database (a SQLite file path). It is opened on the first request.
+        location: the database: a SQLite file path or a ``postgresql://`` URL. It is opened
+            on the first request.
         read_only: hide the action buttons and answer 403 to every POST.
         authorize: ``authorize(environ) -> "admin" | "read_only" | None``, asked on every
             request; ``None`` (or anything else) answers 401 with a Basic challenge,
