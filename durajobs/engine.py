@@ -118,6 +118,7 @@ class Engine:
         # wait for those claims (held by this very engine) nor step its own instance.
         self._pending: list[_Pending] = []
         self._running: list[str] = []
+        self._bulk_held: dict[str, int] = {}  # claims a bulk call (run_many) holds: id -> token
         # Instances whose step could not even be recorded as a failure: skipped by run_due in
         # this engine (logged once); a restart tries them again.
         self._poisoned: set[str] = set()
@@ -161,7 +162,7 @@ class Engine:
                 the step still appear after a crash, so retry add/send with the same ``key``.
         """
         instance_id = instance_id_of(kind, job_name, user_id)
-        if self._running or self._pending:
+        if self._running or self._pending or self._bulk_held:
             self._reentered(instance_id)
         locks = self.locks
         if wait:
@@ -242,7 +243,7 @@ class Engine:
 
         ``items`` are ``(user_id, message, key)``; each is its own step with the single call's
         semantics, applied in order (items for one id each see the one before). Claims are
-        taken in one fixed order (by claim offset) so that two bulk calls never deadlock.
+        taken in one fixed order (by instance id) so that two bulk calls never deadlock.
         With ``queue_busy`` (``add_many``) an instance whose step runs elsewhere is not waited
         for: its events are queued (in order) for its next step. All or nothing: the first
         item whose handler raises, whose key is taken, or whose values cannot be stored
@@ -261,10 +262,10 @@ class Engine:
         """
         ids = {user_id: instance_id_of(kind, job_name, user_id) for user_id, _, _ in items}
         for instance_id in ids.values():
-            if self._running or self._pending:
+            if self._running or self._pending or self._bulk_held:
                 self._reentered(instance_id)
         locks = self.locks
-        tokens: dict[str, int] = {}
+        tokens = self._bulk_held = {}
         queued_ids: set[str] = set()
         try:
             for instance_id in sorted(set(ids.values())):  # one fixed order: no deadlock
@@ -301,6 +302,7 @@ class Engine:
                         "was stored"
                     ) from None
         finally:
+            self._bulk_held = {}
             locks.release_many(list(tokens.values()))
         done = [(w, r[0]) for (w, _), r in zip(writes, _stepped(results), strict=False)]
         self._after([(w, d) for w, d in done if d is not None])
@@ -397,6 +399,11 @@ class Engine:
         Raises:
             InvalidStateError: the call is on the instance whose handler is running.
         """
+        if instance_id in self._bulk_held:
+            raise InvalidStateError(
+                f"{instance_id}: a handler called the client on an instance of the bulk call "
+                "it runs in; the batch holds that instance until it commits"
+            )
         if instance_id in self._running:
             raise InvalidStateError(
                 f"{instance_id}: a handler called the client on its own instance; a step "
@@ -625,7 +632,7 @@ class Engine:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
         """
-        if self._running or self._pending:
+        if self._running or self._pending or self._bulk_held:
             self._reentered(instance_id)
         token = self.locks.acquire(instance_id, self.wait_timeout)
         try:

@@ -418,3 +418,22 @@ def test_start_many(tmp_path: Path) -> None:
         with pytest.raises(ValidationError, match="item 1"):
             jobs.continuous("c").start_many([("d", Order()), ("e", "no")])  # type: ignore[list-item]
         assert jobs.continuous("c").status("d").status == "not_found"
+
+
+def test_a_handler_calling_into_its_own_bulk_call_fails_at_once(tmp_path: Path) -> None:
+    holder: dict[str, Jobs] = {}
+
+    def on_event(event: Event, ctx: Any) -> None:
+        if ctx.id == "a":
+            holder["jobs"].task("t").status("b")  # reads are fine
+            holder["jobs"].task("t").send("b", Event(9))  # b is held by this very batch
+
+    registry = {"t": Task(state=Order, event=Event, on_event=on_event, execute=lambda c: None)}
+    with Jobs(tmp_path / "jobs.db", registry, wait_timeout=30) as jobs:
+        holder["jobs"] = jobs
+        started = time.monotonic()
+        with pytest.raises(ExecutionError, match="bulk call") as raised:
+            jobs.task("t").send_many([("a", Event(1)), ("b", Event(2))])
+        assert time.monotonic() - started < 5  # not wait_timeout
+        assert "item 0" in str(raised.value)
+        assert jobs.task("t").status("b").status == "not_found"
