@@ -18,6 +18,7 @@ Commands::
     doctor    integrity, schema, WAL, alarms stuck overdue, claims (--json)
     tail      the latest history records; -f follows new ones like ``journalctl -f``
     serve     the web dashboard (--host --port --read-only --password-file --insecure)
+    copy      copy a whole database, SOURCE to an empty DEST, any store to any store
 
 An id is ``KIND:JOB:ID`` (e.g. ``continuous:token_refresher:user-123``) or the three words
 ``KIND JOB ID``.
@@ -585,6 +586,36 @@ def retry(ctx: typer.Context, instance: IdArgument) -> None:
     """Resume a parked (failed) instance; the daemon runs it."""
     with _admin(ctx) as admin:
         typer.echo(admin.retry(_instance_id(instance)).message)
+
+
+# -- copying a database ---------------------------------------------------------------------
+
+
+@_command
+def copy(
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="A file path or a URL.")],
+    dest: Annotated[str, typer.Argument(metavar="DEST", help="A new file or an empty database.")],
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress on stderr (default: on a TTY)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows read per batch.")] = 5000,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Copy a whole database (SQLite or PostgreSQL) into an empty one; counts are checked."""
+    from .copy import Progress, copy_database
+
+    show = sys.stderr.isatty() if progress is None else progress
+    reporter = Progress() if show else None
+    try:
+        result = copy_database(source, dest, batch_size=batch_size, progress=reporter)
+    finally:
+        if reporter is not None:
+            reporter.finish()
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        typer.echo(result.summary())
 
 
 # -- the dashboard --------------------------------------------------------------------------

@@ -31,19 +31,28 @@ may offer ``health() -> list[Finding]`` (``HealthCheckable``); ``durajobs.stores
 gives the findings of either store (for SQLite it wraps ``integrity_check`` and ``wal_bytes``).
 ``query(sql, params)`` (a read-only raw query) exists on both stores but is not part of the
 protocol: SQL and placeholders differ by store (tests and tools use it; the CLI does not).
+
+Copying a database between stores (``durajobs copy``, ``durajobs.copy``): ``export`` reads one
+consistent snapshot of every table as batches of rows in the store-neutral layout of
+``TABLE_COLUMNS``; ``import_batches`` writes such batches into an empty store in one
+transaction, keeping history ids and queue seqs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
+from durajobs.errors import InvalidStateError, StorageError
 from durajobs.rows import Instance, Queued, Record
 
 __all__ = [
+    "TABLES",
+    "TABLE_COLUMNS",
     "Claims",
+    "ExportBatch",
     "Finding",
     "HealthCheckable",
     "HistoryRow",
@@ -51,6 +60,8 @@ __all__ = [
     "WakeListener",
     "Waker",
     "Write",
+    "check_import_counts",
+    "not_empty_error",
 ]
 
 
@@ -79,6 +90,61 @@ class Write(NamedTuple):
     # Debounce, bulk ``add_many`` on a busy instance: only queue ``requeue`` (with ``key``) as
     # ``enqueue`` does, and make the alarm due now; no row is written, nothing is fenced.
     queue_only: bool = False
+
+
+# The tables a copy carries and the layout of their rows (the same on every store): instances
+# as ``Instance`` tuples, then queued Debounce events, idempotency keys and history, each with
+# its own id (a queue seq, a history id) kept.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "instances": (
+        "instance_id", "kind", "job", "user_id", "status", "state", "due_at", "scheduled_for",
+        "anchor", "reason", "run_count", "attempt", "event_count", "created_at", "started_at",
+        "last_error", "step", "updated_at",
+    ),
+    "inbox": ("seq", "instance_id", "event", "added_at"),
+    "event_keys": ("instance_id", "key", "at"),
+    "history": (
+        "id", "instance_id", "at", "event", "step", "attempt", "duration_ms", "error", "data",
+    ),
+}  # fmt: skip
+TABLES = tuple(TABLE_COLUMNS)
+
+
+class ExportBatch(NamedTuple):
+    """Up to ``batch_size`` rows of one table of a snapshot (``durajobs copy``).
+
+    ``rows`` are tuples in the order of ``TABLE_COLUMNS[table]``; ``counts`` is how many rows
+    every table holds in the snapshot (the same in every batch of one export).
+    """
+
+    table: str
+    rows: list[tuple[Any, ...]]
+    counts: dict[str, int]
+
+
+def not_empty_error(where: str, counts: dict[str, int]) -> InvalidStateError:
+    """The refusal of ``import_batches`` into a store that already holds rows."""
+    held = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
+    return InvalidStateError(
+        f"{where}: the destination is not empty ({held}); copy into a new file or an empty database"
+    )
+
+
+def check_import_counts(
+    where: str, expected: dict[str, int], written: dict[str, int], stored: dict[str, int]
+) -> None:
+    """Raise unless every table holds as many rows as the snapshot had and the import wrote.
+
+    Raises:
+        StorageError: a table's counts differ (the caller rolls back).
+    """
+    for table in TABLES:
+        want = expected.get(table, 0)
+        if not want == written[table] == stored[table]:
+            raise StorageError(
+                f"{where}: import: {table}: the source snapshot has {want} rows, "
+                f"{written[table]} were read and {stored[table]} are stored; nothing was copied"
+            )
 
 
 @attrs.frozen(slots=True)
@@ -417,6 +483,44 @@ class Store(Protocol):
 
         Raises:
             StorageError: the database cannot be read.
+        """
+        ...
+
+    # -- copying a whole database (``durajobs copy``) ------------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        """How many rows each table of ``TABLES`` holds now.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def export(self, batch_size: int = 5000) -> Generator[ExportBatch]:
+        """Every row of every table of ``TABLES``, in that order, from ONE consistent snapshot
+        (SQLite: one read transaction; PostgreSQL: ``REPEATABLE READ``), in batches of at most
+        ``batch_size`` rows (each table's rows by their key). Writers are never blocked.
+
+        The snapshot stays open until the iterator is exhausted or closed (close it:
+        ``contextlib.closing``); the store must not be used for anything else meanwhile.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def import_batches(self, batches: Iterable[ExportBatch]) -> dict[str, int]:
+        """Write the rows of ``batches`` (an ``export`` of any store) into this EMPTY store, in
+        one transaction: all of them or nothing. History ids and queue seqs are kept (and the
+        store's own id counters continue after them); every other value is stored as given.
+
+        Before committing, counts each table inside the transaction and compares with the
+        batches' ``counts``; returns those counts.
+
+        Raises:
+            InvalidStateError: the store is not empty (nothing is written).
+            StorageError: the rows could not be written, or the counts differ (nothing is
+                written).
         """
         ...
 

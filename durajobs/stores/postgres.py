@@ -38,12 +38,21 @@ import os
 import select
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from durajobs.errors import DuplicateEventError, StorageError
 from durajobs.rows import Instance, Queued, RejectedWrite
-from durajobs.stores.base import Finding, HistoryRow, Write
+from durajobs.stores.base import (
+    TABLE_COLUMNS,
+    TABLES,
+    ExportBatch,
+    Finding,
+    HistoryRow,
+    Write,
+    check_import_counts,
+    not_empty_error,
+)
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "is_postgres", "signed_hash"]
 
@@ -278,6 +287,38 @@ SQL_HISTORY_BUCKETS = (
 )
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
+
+# Copying a whole database (``durajobs copy``): one snapshot, each table read in key order a
+# page at a time (keyset), written back with COPY (which keeps the identity columns' values).
+SQL_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
+                "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
+
+
+def _export_sql(table: str) -> tuple[str, str, tuple[int, ...]]:
+    names = TABLE_COLUMNS[table]
+    keys = _EXPORT_KEYS[table]
+    order = ", ".join(keys)
+    after = f"({order}) > ({', '.join(['%s'] * len(keys))})"
+    columns = ", ".join(names)
+    return (
+        f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT %s",
+        f"SELECT {columns} FROM {table} WHERE {after} ORDER BY {order} LIMIT %s",
+        tuple(names.index(k) for k in keys),
+    )
+
+
+SQL_EXPORT = {t: _export_sql(t) for t in TABLES}
+SQL_IMPORT = {t: f"COPY {t} ({', '.join(c)}) FROM STDIN" for t, c in TABLE_COLUMNS.items()}
+SQL_COUNT_ROWS = {t: f"SELECT count(*) FROM {t}" for t in TABLES}
+SQL_LOCK_TABLES = f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE"
+# The identity sequences go on after the copied ids (``is_called`` false: an empty table's
+# next id is 1).
+SQL_RESTART_IDS = tuple(
+    f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+    f"coalesce(max({column}), 1), max({column}) IS NOT NULL) FROM {table}"
+    for table, column in (("history", "id"), ("inbox", "seq"))
+)
 
 WAKE_CHANNEL = "durajobs_wake"
 LISTENER_NAME = "durajobs listener"  # the application_name of a daemon's LISTEN session
@@ -1183,6 +1224,85 @@ class PostgresStore:
             if 0 <= bucket < count:
                 buckets[bucket] = (int(steps), int(failures))
         return buckets
+
+    # -- copying a whole database (``durajobs copy``) --------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        """How many rows each table holds now.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        with self._mapped("read") as conn:
+            return {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+
+    def export(self, batch_size: int = 5000) -> Generator[ExportBatch]:
+        """Every row of every table from one ``REPEATABLE READ READ ONLY`` transaction (one
+        snapshot; writers are not blocked), in batches read by key (keyset pages).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        link = self._link
+        conn = self._connection()
+        try:
+            conn.execute(SQL_BEGIN_SNAPSHOT)
+            counts = {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+            for table in TABLES:
+                first, after, keys = SQL_EXPORT[table]
+                last: tuple[Any, ...] | None = None
+                while True:
+                    if last is None:
+                        rows = conn.execute(first, (batch_size,)).fetchall()
+                    else:
+                        rows = conn.execute(after, (*last, batch_size)).fetchall()
+                    if rows:
+                        yield ExportBatch(table, rows, counts)
+                    if len(rows) < batch_size:
+                        break
+                    last = tuple(rows[-1][i] for i in keys)
+        except self._psycopg.Error as exc:
+            link.drop()
+            raise link.error(exc, "export") from None
+        finally:
+            self._rollback(conn)
+
+    def import_batches(self, batches: Iterable[ExportBatch]) -> dict[str, int]:
+        """Write an export's rows into this empty database in one transaction (``COPY``).
+
+        The tables are locked against writers (``EXCLUSIVE``: reads go on) for the
+        transaction; history ids and queue seqs are kept and the identity sequences moved past
+        them.
+
+        Raises:
+            InvalidStateError: the database already holds instances, events, keys or history.
+            StorageError: the rows could not be written or the counts differ (nothing written).
+        """
+        expected: dict[str, int] = {}
+
+        def body(cur: Any) -> dict[str, int]:
+            cur.execute(SQL_LOCK_TABLES)
+            before = {t: int(cur.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+            if any(before.values()):
+                raise not_empty_error(self.where, before)
+            written = dict.fromkeys(TABLES, 0)
+            for batch in batches:
+                expected.update(batch.counts)
+                with cur.copy(SQL_IMPORT[batch.table]) as copy:
+                    for row in batch.rows:
+                        copy.write_row(row)
+                written[batch.table] += len(batch.rows)
+            for statement in SQL_RESTART_IDS:
+                cur.execute(statement)
+            after = {t: int(cur.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+            check_import_counts(self.where, expected, written, after)
+            return after
+
+        def probe(conn: Any) -> bool:
+            counts = {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+            return counts == expected
+
+        return self._transaction("import", body, probe)
 
     def listeners(self) -> int:
         """How many daemons listen for wake-ups on this database now (their ``LISTEN``

@@ -23,7 +23,7 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,7 +31,15 @@ import apsw
 
 from durajobs.errors import DuplicateEventError, StorageError
 from durajobs.rows import FencedOut, Instance, Queued, RejectedWrite
-from durajobs.stores.base import HistoryRow, Write  # store-neutral; re-exported here
+from durajobs.stores.base import (  # store-neutral; HistoryRow and Write re-exported here
+    TABLE_COLUMNS,
+    TABLES,
+    ExportBatch,
+    HistoryRow,
+    Write,
+    check_import_counts,
+    not_empty_error,
+)
 
 __all__ = ["HistoryRow", "Store", "Write"]
 
@@ -245,6 +253,32 @@ SQL_HISTORY_BUCKETS = (
     "WHERE id >= ?1 AND at >= ?2 AND at < ?4 GROUP BY bucket"
 )
 
+# Copying a whole database (``durajobs copy``): each table read in key order, a page at a time
+# (keyset: after the last key of the previous page), and written back with its ids.
+_EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
+                "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
+
+
+def _export_sql(table: str) -> tuple[str, str, tuple[int, ...]]:
+    names = TABLE_COLUMNS[table]
+    columns = {"instances": COLUMNS, "history": HISTORY_COLUMNS}.get(table, ", ".join(names))
+    keys = _EXPORT_KEYS[table]
+    order = ", ".join(keys)
+    after = f"({order}) > ({', '.join('?' * len(keys))})"
+    return (
+        f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT ?",
+        f"SELECT {columns} FROM {table} WHERE {after} ORDER BY {order} LIMIT ?",
+        tuple(names.index(k) for k in keys),
+    )
+
+
+SQL_EXPORT = {t: _export_sql(t) for t in TABLES}
+SQL_IMPORT = {
+    t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
+    for t, c in TABLE_COLUMNS.items()
+}
+SQL_COUNT_ROWS = {t: f"SELECT count(*) FROM {t}" for t in TABLES}
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -259,6 +293,11 @@ _CONTENT_ERRORS = (
     apsw.MismatchError,
     apsw.RangeError,
 )
+
+
+def _count(cur: apsw.Cursor, table: str) -> int:
+    count: int = cur.execute(SQL_COUNT_ROWS[table]).fetchall()[0][0]  # type: ignore[assignment]
+    return count
 
 
 def _reason(exc: BaseException) -> str:
@@ -1105,6 +1144,78 @@ class Store:
             if 0 <= bucket < count:
                 buckets[bucket] = (int(steps), int(failures))
         return buckets
+
+    # -- copying a whole database (``durajobs copy``) ------------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        """How many rows each table holds now.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        with self._mapped("read"):
+            return {t: int(self._rows(SQL_COUNT_ROWS[t], ())[0][0]) for t in TABLES}
+
+    def export(self, batch_size: int = 5000) -> Generator[ExportBatch]:
+        """Every row of every table, from one read transaction (one WAL snapshot), in batches.
+
+        A running daemon goes on writing meanwhile; the WAL cannot be checkpointed past the
+        snapshot until the export ends.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        conn = self._conn
+        with self._mapped("export"):
+            conn.execute("BEGIN")  # deferred: the snapshot is taken by the first read
+        try:
+            with self._mapped("export"):
+                counts = {t: int(self._rows(SQL_COUNT_ROWS[t], ())[0][0]) for t in TABLES}
+            for table in TABLES:
+                first, after, keys = SQL_EXPORT[table]
+                last: tuple[Any, ...] | None = None
+                while True:
+                    with self._mapped("export"):
+                        if last is None:
+                            rows = self._rows(first, (batch_size,))
+                        else:
+                            rows = self._rows(after, (*last, batch_size))
+                    if rows:
+                        yield ExportBatch(table, rows, counts)
+                    if len(rows) < batch_size:
+                        break
+                    last = tuple(rows[-1][i] for i in keys)
+        finally:
+            if not conn.get_autocommit():
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+
+    def import_batches(self, batches: Iterable[ExportBatch]) -> dict[str, int]:
+        """Write an export's rows into this empty file in one ``BEGIN IMMEDIATE`` transaction.
+
+        Raises:
+            InvalidStateError: the file already holds instances, events, keys or history.
+            StorageError: the rows could not be written or the counts differ (nothing written).
+        """
+        expected: dict[str, int] = {}
+
+        def body(cur: apsw.Cursor) -> dict[str, int]:
+            before = {t: _count(cur, t) for t in TABLES}
+            if any(before.values()):
+                raise not_empty_error(self.path, before)
+            written = dict.fromkeys(TABLES, 0)
+            for batch in batches:
+                expected.update(batch.counts)
+                cur.executemany(SQL_IMPORT[batch.table], batch.rows)
+                written[batch.table] += len(batch.rows)
+            after = {t: _count(cur, t) for t in TABLES}
+            check_import_counts(self.path, expected, written, after)
+            return after
+
+        def probe() -> bool:
+            return self.table_counts() == expected
+
+        return self._transaction("import", body, probe)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only inspection query (used by ``durajobs stats``/``doctor``).
