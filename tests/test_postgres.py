@@ -609,3 +609,40 @@ def test_jobs_on_a_postgresql_url(pg_url: str) -> None:
         with Jobs(pg_url, REGISTRY, clock=clock) as other:  # another process, in effect
             assert other.continuous("tick").get_state("a") == Count(2)
             assert other.next_alarm() == jobs.next_alarm()
+
+
+# -- doctor -------------------------------------------------------------------------------------
+
+
+def test_health_reports_sessions_idle_in_a_transaction(pg_server: PgServer, pg_url: str) -> None:
+    """A session left idle inside a transaction (holding a snapshot) pins vacuum: doctor warns,
+    naming its pid; the finding is ok again once it ends."""
+    import psycopg
+
+    from durajobs.admin import Admin
+
+    store = _pg(pg_url)
+    try:
+        idle = {f.check: f for f in store.health(idle_after=0.05)}["idle-tx"]
+        assert idle.level == "ok"
+        with psycopg.connect(pg_url, application_name="forgotten") as other:
+            other.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            other.execute("SELECT count(*) FROM instances")  # opens a transaction, a snapshot
+            pid = other.info.backend_pid
+
+            def warned() -> Any:
+                found = {f.check: f for f in store.health(idle_after=0.05)}["idle-tx"]
+                return found if found.level == "warn" else None
+
+            assert pg_server.wait_until(warned)
+            finding = warned()
+            assert f"pid {pid} (durajobs_test@127.0.0.1, forgotten," in finding.detail
+            assert "1 holding a snapshot or a transaction id" in finding.detail
+            # durajobs doctor shows the finding (its own threshold: a minute; not yet reached).
+            with Admin(pg_url) as admin:
+                names = {c.name: c.level for c in admin.doctor().checks}
+            assert names["idle-tx"] == "ok"
+            other.rollback()
+        assert pg_server.wait_until(lambda: warned() is None)
+    finally:
+        store.close()

@@ -327,6 +327,24 @@ SQL_LISTENERS = (
     "AND application_name = %s"
 )
 CLOCK_SKEW_WARN = 1.0  # seconds between this host's clock and the server's
+IDLE_IN_TRANSACTION_WARN = 60.0  # seconds a session may sit idle inside a transaction
+# Sessions of this database idle inside a transaction for longer than %s seconds: each one
+# that holds a snapshot (backend_xmin: REPEATABLE READ, an open cursor) or a transaction id
+# (it wrote) keeps VACUUM from removing dead rows everywhere in the database, and every
+# durajobs step leaves dead rows behind. Without pg_read_all_stats, other roles'
+# sessions show no state: they are counted apart.
+SQL_IDLE_IN_TRANSACTION = (
+    "SELECT pid, usename, application_name, coalesce(host(client_addr), 'local'), "
+    "extract(epoch FROM now() - state_change), "
+    "backend_xmin IS NOT NULL OR backend_xid IS NOT NULL "
+    "FROM pg_stat_activity WHERE datname = current_database() "
+    "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
+    "AND state_change < now() - make_interval(secs => %s) ORDER BY state_change"
+)
+SQL_HIDDEN_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND state IS NULL"
+)
 
 
 def _psycopg(where: str) -> Any:
@@ -1331,8 +1349,9 @@ class PostgresStore:
         """
         return str(self._rows(SQL_SETTING, (name,))[0][0])
 
-    def health(self) -> list[Finding]:
-        """Connection, schema version, durability and clock skew between host and server."""
+    def health(self, *, idle_after: float = IDLE_IN_TRANSACTION_WARN) -> list[Finding]:
+        """Connection, schema version, clock skew between host and server, and sessions idle
+        in a transaction for more than ``idle_after`` seconds (they pin vacuum)."""
         findings: list[Finding] = []
         try:
             before = time.time()
@@ -1358,7 +1377,41 @@ class PostgresStore:
                 f"this host's clock is {skew:+.3f} s off the server's (hosts must agree: NTP)",
             )
         )
+        findings.append(self._idle_in_transaction(idle_after))
         return findings
+
+    def _idle_in_transaction(self, idle_after: float) -> Finding:
+        try:
+            idle = self._rows(SQL_IDLE_IN_TRANSACTION, (idle_after,))
+            hidden = int(self._rows(SQL_HIDDEN_SESSIONS)[0][0])
+        except StorageError as exc:
+            return Finding("idle-tx", "fail", str(exc))
+        unseen = (
+            f"; {hidden} session(s) of other roles are not visible (grant pg_read_all_stats)"
+            if hidden
+            else ""
+        )
+        if not idle:
+            return Finding(
+                "idle-tx",
+                "ok",
+                f"no session idle in a transaction for over {idle_after:g} s{unseen}",
+            )
+        pinning = sum(1 for *_, holds_snapshot in idle if holds_snapshot)
+        shown = ", ".join(
+            f"pid {pid} ({user}@{address}, {application or '-'}, {seconds:.0f} s)"
+            for pid, user, application, address, seconds, _ in idle[:5]
+        )
+        more = f" and {len(idle) - 5} more" if len(idle) > 5 else ""
+        return Finding(
+            "idle-tx",
+            "warn",
+            f"{len(idle)} session(s) idle in a transaction for over {idle_after:g} s, "
+            f"{pinning} holding a snapshot or a transaction id that keeps VACUUM from removing "
+            f"dead rows: {shown}"
+            f"{more} (end them with pg_terminate_backend(pid); set "
+            f"idle_in_transaction_session_timeout){unseen}",
+        )
 
 
 def _fenced_out(index: int) -> Exception:
