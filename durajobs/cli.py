@@ -41,10 +41,13 @@ Errors print one line on stderr (``durajobs: error: ...``), never a traceback. E
 ====  ==========================================================================================
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: typer reads every command's annotations at
+# start-up, and string annotations are compiled and evaluated twice each (``inspect.signature``
+# and ``get_type_hints``), ~5 ms of every command. Names imported only for type checking are
+# quoted instead. json, rich and durajobs.admin are imported where they are used, so that
+# `durajobs --version` pays for Python and typer only.
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -166,7 +169,7 @@ def _db(ctx: typer.Context) -> str:
     return str(obj["db"]) if isinstance(obj, dict) else DEFAULT_DB
 
 
-def _admin(ctx: typer.Context) -> Admin:
+def _admin(ctx: typer.Context) -> "Admin":
     from .admin import Admin
 
     return Admin(_db(ctx))
@@ -182,7 +185,7 @@ def _tty() -> bool:
     return sys.stdout.isatty()
 
 
-def _console() -> Console:
+def _console() -> "Console":
     from rich.console import Console
 
     # rich honours NO_COLOR itself; highlight=False keeps ids and numbers unstyled.
@@ -190,6 +193,8 @@ def _console() -> Console:
 
 
 def _print_json(value: Any) -> None:
+    import json
+
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
@@ -285,6 +290,8 @@ def ls(
     as_jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
 ) -> None:
     """List instances, sorted by next alarm (those without one last)."""
+    import json
+
     with _admin(ctx) as admin:
         rows = admin.ls(
             kind=kind.value if kind else None, job=job, status=status.value if status else None,
@@ -305,7 +312,7 @@ def ls(
             typer.echo(f"(more: --offset {offset + limit})", err=True)
 
 
-def _ls_table(rows: Sequence[InstanceInfo], now: float) -> None:
+def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
     headers = ["INSTANCE", "KIND", "JOB", "STATUS", "NEXT ALARM (UTC)", "RUNS/EVENTS",
                "ATTEMPT", "LAST ERROR"]  # fmt: skip
     cells, styles = [], []
@@ -342,7 +349,7 @@ def show(
         _show_plain(detail, now)
 
 
-def _show_fields(detail: InstanceDetail, now: float) -> list[tuple[str, str]]:
+def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
     kind, job, user_id = detail.instance_id.split(":", 2)
     fields = [("instance", detail.instance_id), ("kind", kind), ("job", job), ("id", user_id),
               ("status", detail.status)]  # fmt: skip
@@ -371,7 +378,7 @@ def _show_fields(detail: InstanceDetail, now: float) -> list[tuple[str, str]]:
     return fields
 
 
-def _history_cells(entries: Sequence[HistoryEntry]) -> list[list[str]]:
+def _history_cells(entries: "Sequence[HistoryEntry]") -> list[list[str]]:
     cells = []
     for h in entries:
         ms = "-" if h.duration_ms is None else f"{h.duration_ms:.1f} ms"
@@ -382,7 +389,9 @@ def _history_cells(entries: Sequence[HistoryEntry]) -> list[list[str]]:
 HISTORY_HEADERS = ["AT (UTC)", "EVENT", "STEP", "ATTEMPT", "DURATION", "ERROR"]
 
 
-def _show_plain(detail: InstanceDetail, now: float) -> None:
+def _show_plain(detail: "InstanceDetail", now: float) -> None:
+    import json
+
     fields = _show_fields(detail, now)
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
@@ -398,7 +407,9 @@ def _show_plain(detail: InstanceDetail, now: float) -> None:
     _plain_table(HISTORY_HEADERS, _history_cells(detail.history), indent="  ")
 
 
-def _show_rich(detail: InstanceDetail, now: float) -> None:
+def _show_rich(detail: "InstanceDetail", now: float) -> None:
+    import json
+
     from rich.json import JSON
     from rich.panel import Panel
     from rich.table import Table
@@ -443,7 +454,7 @@ def stats(
         _stats_text(result, now)
 
 
-def _stats_text(result: Stats, now: float) -> None:
+def _stats_text(result: "Stats", now: float) -> None:
     from .admin import short_duration
 
     def line(key: str, value: str) -> None:
@@ -505,8 +516,9 @@ def tail(
     as_jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
 ) -> None:
     """The latest history records of all instances; -f follows new ones."""
+    import json
 
-    def emit(entry: HistoryEntry) -> None:
+    def emit(entry: "HistoryEntry") -> None:
         if as_jsonl:
             typer.echo(json.dumps(entry.to_dict(), ensure_ascii=False))
         else:
@@ -527,7 +539,7 @@ def tail(
             return  # Ctrl-C is how a follow ends
 
 
-def _tail_line(entry: HistoryEntry) -> str:
+def _tail_line(entry: "HistoryEntry") -> str:
     """``2026-11-23 13:26:52  task:orders:o-12  job.executed  step=3 attempt=1 12.3ms``."""
     parts = [_at(entry.at), entry.instance_id, entry.event, f"step={entry.step}"]
     if entry.attempt is not None:
