@@ -21,10 +21,8 @@ Instance ids are ``"kind:job:id"`` (the user id may itself contain colons) or th
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,7 +46,6 @@ from .stores import (
 from .stores.base import Claims
 from .stores.ofd_claims import lock_path
 from .stores.sqlite import SCHEMA_VERSION, HistoryRow
-from .wake import wake_address
 
 if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light
     from . import steps
@@ -137,6 +134,8 @@ def _json(text: str | None) -> Any:
     """Decode stored JSON text; text that is not JSON is returned as it is."""
     if text is None:
         return None
+    import json  # here, not at the top: ``durajobs ls`` starts without it
+
     try:
         return json.loads(text)
     except ValueError:
@@ -907,9 +906,13 @@ class Admin:
             except StorageError:
                 return False
         try:
+            import socket  # only doctor asks: ``durajobs ls`` starts without it
+
+            from .wake import wake_address
+
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.setblocking(False)
-                sock.sendto(b"", wake_address(self.path))
+                sock.sendto(b"", wake_address(self.location))
         except BlockingIOError:
             return True  # its queue is full: it is there (and awake)
         except OSError:
@@ -1078,6 +1081,8 @@ def _parse_cursor(after: str | None, order: str) -> tuple[str | None, float | No
 
 
 def _address(path: str) -> str:
+    from .wake import wake_address
+
     address = wake_address(path)
     return address if isinstance(address, str) else "@" + address[1:].decode()
 
