@@ -95,6 +95,12 @@ DISPATCH_LEAD = 0.002
 # long, even if it is due at once (a handler slower than its schedule): a client waiting for
 # the instance's claim retries every 20 ms at most, so this lets it in between two steps.
 RECLAIM_GAP = 0.025
+# A wake-up that comes while work is streaming in (the last hand-out was less than
+# WAKE_STREAM ago) is answered WAKE_WINDOW later, with what came meanwhile: a daemon that keeps
+# up with its clients then still runs (and commits) their steps in groups. A lone wake-up, the
+# timer, and a worker becoming idle are answered at once.
+WAKE_WINDOW = 0.001
+WAKE_STREAM = 0.02
 WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
 EARLY_DEATHS_MAX = 5  # workers killed before they were ready, in a row, before giving up
 ERROR_TEXT_MAX = 500
@@ -578,7 +584,15 @@ def worker_main(jobs: Jobs, channel: Channel) -> NoReturn:
 
 
 class Worker:
-    """Runs steps in a worker process and reports on them to the parent."""
+    """Runs steps in a worker process and reports on them to the parent.
+
+    Two messages per batch when its jobs have no ``timeout``: the parent's ``run`` and this
+    worker's ``done``, which carries the lines of the steps it committed. A step of a job with
+    a ``timeout`` is announced first (``start``, which arms the parent's deadline), and so is
+    the next step after it (which disarms it); lines of steps committed before a handler runs
+    (a group commit inside the batch) are sent before that handler, so a worker that dies in
+    a handler has reported every step it committed.
+    """
 
     def __init__(self, jobs: Jobs, channel: Channel) -> None:
         self.jobs = jobs
@@ -588,6 +602,9 @@ class Worker:
         self.engine.before_step = self.before_step
         self._user_hook = self.engine.on_records
         self.engine.on_records = self.on_records
+        self._lines: list[list[Any]] = []  # committed steps not reported yet
+        self._lines_size = 0
+        self._deadline_armed = False  # the parent watches a deadline of ours
 
     def serve(self) -> int:
         """Run batches until the parent closes the channel; returns the exit code."""
@@ -606,7 +623,10 @@ class Worker:
                         committed = self.time_out(*message["time_out"])
                 except Exception as exc:  # a StorageError, or a bug: report, keep serving
                     error = _one_line(exc)
-                self.channel.send({"done": committed, "busy": busy, "error": error})
+                lines, self._lines, self._lines_size = self._lines, [], 0
+                self._deadline_armed = False  # "done" ends the batch's deadline too
+                self.channel.send({"steps": lines, "done": committed, "busy": busy,
+                                   "error": error})  # fmt: skip
                 if self.jobs.tracker is not None:
                     self.jobs.tracker.flush()  # before going idle, as the tracker asks
             if not alive:
@@ -615,11 +635,16 @@ class Worker:
                 return 0
 
     def before_step(self, instance_id: str, timeout: float | None, step: int) -> None:
-        """Tell the parent which step starts (and its timeout), just before its handlers run.
+        """Just before a step's handlers run: report what committed so far and, for a job
+        with a ``timeout`` (or after one), tell the parent which step starts.
 
         The step number (for a job with a timeout) lets a later ``time_out`` tell whether the
         step committed just before the kill.
         """
+        self._flush_lines()
+        if timeout is None and not self._deadline_armed:
+            return  # nothing to watch: no message
+        self._deadline_armed = timeout is not None
         self.channel.send(
             {
                 "start": instance_id,
@@ -630,20 +655,21 @@ class Worker:
         )
 
     def on_records(self, records: list[dict[str, Any]]) -> None:
-        """After a commit: report each step to the parent (which logs it), then the app's hook."""
-        lines = summarize(records, self.jobs)
-        chunk: list[list[Any]] = []
-        size = 0
-        for line in lines:
-            chunk.append(line)
-            size += len(line[0]) + len(line[4] or "") + 40
-            if size > BATCH_BYTES:
-                self.channel.send({"steps": chunk})
-                chunk, size = [], 0
-        if chunk:
-            self.channel.send({"steps": chunk})
+        """After a commit: keep each step's line for the parent (which logs it), then the
+        app's hook (user code: the lines go out before it runs)."""
+        for line in summarize(records, self.jobs):
+            self._lines.append(line)
+            self._lines_size += len(line[0]) + len(line[4] or "") + 40
+            if self._lines_size > BATCH_BYTES:
+                self._flush_lines()
         if self._user_hook is not None:
+            self._flush_lines()
             self._user_hook(records)
+
+    def _flush_lines(self) -> None:
+        if self._lines:
+            lines, self._lines, self._lines_size = self._lines, [], 0
+            self.channel.send({"steps": lines})
 
     def time_out(self, instance_id: str, seconds: float, step: int | None) -> int:
         """Record the step the parent killed as a failed attempt, unless it committed first
@@ -702,11 +728,16 @@ class Daemon:
         self.ignored: set[str] = set()  # due instances of jobs this app does not define
         self.ran_at: dict[str, int] = {}  # instance id -> step a worker ran it at (stuck check)
         self.crashes: dict[str, int] = {}
+        # Instances of a batch whose worker died in a step that was not announced: each is
+        # handed out alone until it has run once (then a death names its step).
+        self.suspects: set[str] = set()
         self.early_deaths = 0  # workers that died before they were ready, in a row
         self.next_alarm: float | None = None  # the earliest alarm not handed out yet
         self.recent: dict[str, float] = {}  # instance id -> when its last step committed
         self.held_until: float | None = None  # when an instance held back by RECLAIM_GAP frees
         self.poll_needed = True
+        self.poll_at: float | None = None  # a wake-up's deferred poll (monotonic; WAKE_WINDOW)
+        self.dispatched_at = -math.inf  # monotonic time of the last hand-out
         self.poll_error: Backoff | None = None
         self.stopping = False
         self.stop_deadline = math.inf
@@ -797,7 +828,11 @@ class Daemon:
                 self.poll_needed |= time.time() >= self.next_alarm - DISPATCH_LEAD
             if self.held_until is not None and now >= self.held_until:
                 self.poll_needed = True
-            if self.poll_needed:
+            if self.poll_at is not None and now >= self.poll_at:
+                self.poll_needed = True
+            # With every worker busy nothing could be handed out: the poll waits for the
+            # first worker to finish (its "done" asks for one).
+            if self.poll_needed and self._any_idle():
                 self._poll()
             self._maybe_prune()
         if self.status_dirty and self.notifier.enabled and now >= self.status_sent + STATUS_EVERY:
@@ -809,25 +844,29 @@ class Daemon:
 
     def _sleep_for(self) -> float | None:
         """Seconds until the next thing the loop must do by itself; ``None``: nothing."""
-        if self.poll_needed and not self.stopping:
+        # Wake-ups that only lead to a poll are of no use while every worker is busy.
+        can_poll = not self.stopping and self._any_idle()
+        if self.poll_needed and can_poll:
             return 0.0
         now = time.monotonic()
         wake_at = [w.deadline for w in self.workers if w.deadline is not None]
         wake_at.append(self.next_ping)
         if self.stopping:
             wake_at.append(self.stop_deadline)
-        else:
+        elif self.listener_retry is not None and self.listener_retry.retry_at is not None:
+            wake_at.append(self.listener_retry.retry_at)
+        if can_poll:
             wake_at.extend(b.retry_at for b in self.backoff.values() if b.retry_at is not None)
             if self.poll_error is not None and self.poll_error.retry_at is not None:
                 wake_at.append(self.poll_error.retry_at)
-            if self.listener_retry is not None and self.listener_retry.retry_at is not None:
-                wake_at.append(self.listener_retry.retry_at)
             if self.held_until is not None:
                 wake_at.append(self.held_until)
+            if self.poll_at is not None:
+                wake_at.append(self.poll_at)
         if self.status_dirty and self.notifier.enabled:
             wake_at.append(self.status_sent + STATUS_EVERY)
         first = min(wake_at, default=math.inf) - now
-        if self.timer is None and self.next_alarm is not None and not self.stopping:
+        if self.timer is None and self.next_alarm is not None and can_poll:
             first = min(first, self.next_alarm - DISPATCH_LEAD - time.time())
         if math.isinf(first):
             return None
@@ -889,15 +928,15 @@ class Daemon:
                 worker.current_step = message["step"]
                 timeout = message["timeout"]
                 worker.deadline = None if timeout is None else message["at"] + timeout
-            elif "steps" in message:
-                for line in message["steps"]:
-                    self._log_step(line)
-                    if line[0] == worker.current:
-                        worker.deadline = None
+                continue
+            for line in message.get("steps", ()):
+                self._log_step(line)
+                if line[0] == worker.current:
+                    worker.deadline = None
+            if "done" in message:
+                self._batch_done(worker, message)
             elif "ready" in message:
                 worker.ready = True
-            elif "done" in message:
-                self._batch_done(worker, message)
         if not alive:
             self._lost(worker, timed_out=False)
 
@@ -979,10 +1018,17 @@ class Daemon:
         if not timed_out and not (self.stopping and os.WIFEXITED(status)):
             what = worker.current or ", ".join(worker.batch or ()) or "nothing"
             log.error("worker %d %s while running %s", worker.pid, _describe(status), what)
-            if worker.current is not None:
-                crashes = self.crashes[worker.current] = self.crashes.get(worker.current, 0) + 1
+            current = worker.current
+            if current is None and worker.batch is not None and len(worker.batch) == 1:
+                (current,) = worker.batch
+            if current is not None:
+                crashes = self.crashes[current] = self.crashes.get(current, 0) + 1
                 if crashes > 1:  # the step keeps killing workers: do not loop on it
-                    self._back_off(worker.current, STUCK_BACKOFF, "its worker died", None)
+                    self._back_off(current, STUCK_BACKOFF, "its worker died", None)
+            elif worker.batch:
+                # Which step killed it is not known (only steps with a timeout are announced):
+                # the batch's instances go out one by one until each has run once.
+                self.suspects.update(worker.batch)
         if self.stopping:
             return None
         return self._spawn()
@@ -1004,6 +1050,7 @@ class Daemon:
     def _poll(self) -> None:
         """Read what is due, hand it to idle workers, and arm the timer for the next alarm."""
         self.poll_needed = False
+        self.poll_at = None
         now, now_m = time.time(), time.monotonic()
         idle = [w for w in self.workers if w.batch is None]
         in_flight = {i for w in self.workers if w.batch is not None for i in w.batch}
@@ -1056,6 +1103,7 @@ class Daemon:
                 for instance_id in [i for i in table if i not in due_now]:
                     del table[instance_id]
             self.ignored &= due_now
+            self.suspects &= due_now
         self.due_count = len(rows) - len(self.ignored)
         self._dispatch(candidates, idle)
         self.next_alarm = upcoming[len(rows)] if len(upcoming) > len(rows) else None
@@ -1071,14 +1119,23 @@ class Daemon:
             batch: dict[str, int] = {}
             size, due_at = 0, 0.0
             while candidates and len(batch) < per_worker and size < BATCH_BYTES:
+                suspect = candidates[0].instance_id in self.suspects
+                if suspect and batch:
+                    break  # a suspect runs alone (see _lost)
                 row = candidates.pop(0)
                 batch[row.instance_id] = row.step
                 size += len(row.instance_id) + 3
                 due_at = max(due_at, row.due_at or 0.0)
+                if suspect:
+                    break
             if not batch:
                 break
             worker.batch = batch
             self._send(worker, {"run": list(batch), "at": due_at})
+            self.dispatched_at = time.monotonic()
+
+    def _any_idle(self) -> bool:
+        return any(worker.batch is None for worker in self.workers)
 
     def _back_off(
         self, instance_id: str, policy: tuple[float, float], why: str, now: float | None
@@ -1157,7 +1214,11 @@ class Daemon:
         for backoff in self.backoff.values():
             if backoff.why == "claimed by another process":
                 backoff.retry_at = now  # the other process may have finished: try now
-        self.poll_needed = True
+        if now - self.dispatched_at < WAKE_STREAM:
+            if self.poll_at is None:
+                self.poll_at = now + WAKE_WINDOW  # gather what else comes meanwhile
+        else:
+            self.poll_needed = True
 
     def _on_timer(self, _key: selectors.SelectorKey) -> None:
         assert self.timer is not None
@@ -1205,6 +1266,7 @@ class Daemon:
         self.recent[line[0]] = time.monotonic()
         self.steps_done += 1
         self.crashes.pop(line[0], None)
+        self.suspects.discard(line[0])
         text = format_step(line)
         self.last_step = text if len(text) < 200 else text[:199] + "…"
         self.status_dirty = True

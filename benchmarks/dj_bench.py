@@ -253,19 +253,34 @@ def bulk_vs_single(base: Path, events: int = 2_000, *, rounds: int = 3) -> dict[
 
 
 def end_to_end(
-    base: Path, tasks: int, *, durability: str = "full", timeout: float = 120.0
+    base: Path,
+    tasks: int,
+    *,
+    durability: str = "full",
+    timeout: float = 120.0,
+    batch: int = 1,
 ) -> dict[str, Any]:
-    """N events sent from this process, N executes run by the daemon; tasks/s end to end."""
-    db = base / f"e2e-{durability}.db"
+    """N events sent from this process, N executes run by the daemon; tasks/s end to end.
+
+    ``batch`` > 1: the producer sends them with ``send_many`` in batches of that size (one
+    transaction per batch) instead of one ``send`` (one transaction) each.
+    """
+    db = base / f"e2e-{durability}-{batch}.db"
     with Jobs(db, REGISTRY, durability=durability) as jobs:
-        send = jobs.task("e2e").send
+        task = jobs.task("e2e")
+        send, send_many = task.send, task.send_many
         events = [(f"t{i:07d}", Item(i)) for i in range(tasks)]
+        batches = [events[i : i + batch] for i in range(0, tasks, batch)]
         with daemon(db, base, durability=durability) as proc:
             daemon_cpu = cpu_seconds(proc.pid)
             own_cpu = time.process_time()
             t0 = time.perf_counter()
-            for name, event in events:
-                send(name, event)
+            if batch == 1:
+                for name, event in events:
+                    send(name, event)
+            else:
+                for items in batches:
+                    send_many(items)
             sent = time.perf_counter()
             own_cpu = time.process_time() - own_cpu
             finished = wait_until(
@@ -285,26 +300,27 @@ def end_to_end(
         "tasks_per_s": tasks / (end - t0),
         "send_per_s": tasks / (sent - t0),
         "durability": durability,
+        "batch": batch,
         "producer_cpu_us_per_task": own_cpu / tasks * 1e6,
         "daemon_cpu_us_per_task": daemon_cpu / tasks * 1e6,
     }
 
 
-def daemon_drain(base: Path, tasks: int, *, timeout: float = 120.0) -> dict[str, Any]:
+def daemon_drain(
+    base: Path, tasks: int, *, timeout: float = 120.0, workers: int = 1
+) -> dict[str, Any]:
     """The daemon alone: N tasks already due when it starts; executes/s (FULL)."""
-    db = base / "drain.db"
+    db = base / f"drain-{workers}.db"
     with Jobs(db, REGISTRY, durability="normal", wake=False) as setup:
-        send = setup.task("e2e").send
-        for i in range(tasks):
-            send(f"t{i:07d}", Item(i))
-    with Jobs(db, REGISTRY) as jobs, daemon(db, base):
+        setup.task("e2e").send_many([(f"t{i:07d}", Item(i)) for i in range(tasks)])
+    with Jobs(db, REGISTRY) as jobs, daemon(db, base, workers=workers):
         # READY comes after the first poll has dispatched: time from READY is a lower bound.
         t0 = time.perf_counter()
         finished = wait_until(lambda: _pending_alarms(jobs) == 0, timeout=timeout, interval=0.01)
         end = time.perf_counter()
         if not finished:
             raise TimeoutError("the daemon did not drain the due tasks")
-    return {"tasks": tasks, "tasks_per_s": tasks / (end - t0)}
+    return {"tasks": tasks, "workers": workers, "tasks_per_s": tasks / (end - t0)}
 
 
 # =========================================================================== lateness
