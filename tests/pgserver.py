@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PgServer", "find_pg_bin"]
+__all__ = ["PgBouncer", "PgServer", "find_pg_bin"]
 
 ROLE = "durajobs_test"
 PASSWORD = "pw-S3cr3t-never-in-messages"
@@ -191,3 +191,68 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]
         durajobs.jobs, "open_waker", lambda path, store=None: PgWaker(url_for(path))
     )
     return databases
+
+
+class PgBouncer:
+    """A real PgBouncer (Debian's ``pgbouncer``) in front of a ``PgServer``, in ``pool_mode``.
+
+    Clients authenticate with the test role's password (scram, from an auth file); PgBouncer
+    logs in to the server with it. As root it runs as the ``postgres`` user (it refuses root).
+    """
+
+    def __init__(self, server: PgServer, pool_mode: str) -> None:
+        found = shutil.which("pgbouncer") or (
+            "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+        )
+        if found is None:
+            raise FileNotFoundError("pgbouncer is not installed (apt-get install -y pgbouncer)")
+        self.binary = found
+        self.server = server
+        self.pool_mode = pool_mode
+        self.port = _free_port()
+        self.base = tempfile.mkdtemp(prefix=f"durajobs-pgbouncer-{pool_mode}-")
+        self.ini = os.path.join(self.base, "pgbouncer.ini")
+        self.pidfile = os.path.join(self.base, "pgbouncer.pid")
+        self.log = os.path.join(self.base, "pgbouncer.log")
+        with open(os.path.join(self.base, "users.txt"), "w") as users:
+            users.write(f'"{server.role}" "{server.password}"\n')
+        with open(self.ini, "w") as ini:
+            ini.write(
+                f"[databases]\n* = host=127.0.0.1 port={server.port}\n[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = scram-sha-256\nauth_file = {self.base}/users.txt\n"
+                f"pool_mode = {pool_mode}\nlogfile = {self.log}\npidfile = {self.pidfile}\n"
+                "default_pool_size = 10\nmax_client_conn = 200\n"
+            )
+        if server.as_root:
+            for name in [self.base, *(os.path.join(self.base, n) for n in os.listdir(self.base))]:
+                shutil.chown(name, server.os_user)
+
+    def start(self) -> None:
+        """Start (daemonized) and wait until it accepts connections."""
+        command = [self.binary, "-d", self.ini]
+        if self.server.as_root:
+            command = ["runuser", "-u", self.server.os_user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd="/")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"pgbouncer did not start; see {self.log}")
+
+    def url(self, server_url: str) -> str:
+        """``server_url`` (a ``PgServer.url``) through this PgBouncer."""
+        return server_url.replace(f":{self.server.port}/", f":{self.port}/")
+
+    def stop(self) -> None:
+        """Stop it and delete its files."""
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.pidfile) as pidfile:
+                pid = int(pidfile.read())
+            os.kill(pid, 15)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.01)
+        shutil.rmtree(self.base, ignore_errors=True)

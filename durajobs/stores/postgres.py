@@ -23,11 +23,15 @@ Errors: every psycopg error becomes ``StorageError`` naming ``postgresql host:po
 and the server's reason; the password never appears (it is also scrubbed from any message). A
 lost connection is noticed by the call that hits it (which raises) and reopened by the next.
 
+Poolers: every connection checks, when it opens, that its server session is its own
+(``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
+silently break the claims and LISTEN, so it is refused; session pooling is fine.
+
 Not yet (noted for later phases): group commit sends one statement per write (its row and
 its history records together) inside the one transaction; batching a whole group with
-``unnest(...)`` or psycopg's pipeline mode is an optimisation for later. PgBouncer transaction
-pooling is not detected. History ids come from a sequence, so ``history_since`` may skip a
-record whose transaction committed after a later id was read.
+``unnest(...)`` or psycopg's pipeline mode is an optimisation for later. History ids come from
+a sequence, so ``history_since`` may skip a record whose transaction committed after a later
+id was read.
 """
 
 from __future__ import annotations
@@ -357,6 +361,8 @@ def _psycopg(where: str) -> Any:
 
 
 _ABANDONED: list[Any] = []  # a forked child's copies of its parent's connections, kept alive
+_SESSION_POOLED: set[str] = set()  # locations found behind a pooler in session mode
+SQL_BACKEND_PID = "SELECT pg_backend_pid()"
 
 
 class Link:
@@ -442,15 +448,66 @@ class Link:
         except psycopg.Error as exc:
             raise self.error(exc, "cannot connect") from None
         try:
+            self._refuse_transaction_pooling(conn)
             for statement in self._setup:
                 conn.execute(statement)
         except psycopg.Error as exc:
             conn.close()
             raise self.error(exc, "cannot set up the session") from None
+        except StorageError:
+            conn.close()
+            raise
         self._conn = conn
         self._pid = os.getpid()
         self.generation += 1
         return conn
+
+    def _refuse_transaction_pooling(self, conn: Any) -> None:
+        """Refuse a pooler that hands this session's server connection to other clients between
+        transactions (PgBouncer's ``pool_mode = transaction`` or ``statement``): session advisory
+        locks (the claims) and ``LISTEN`` silently stop working there.
+
+        PostgreSQL tells a client its backend's pid at connection start; a pooler makes one up.
+        Equal pids (one round trip): a direct connection. Different: a pooler; then a second
+        connection checks whether it gets this one's server session (PgBouncer reuses the last
+        released server connection first) or this one moves to another while the second holds a
+        transaction. Session pooling does neither. A busy pool could hide transaction pooling
+        from one probe, so three are made. A pooler found in session mode is remembered for
+        the process.
+
+        Raises:
+            StorageError: transaction or statement pooling.
+            psycopg.Error: the checks failed.
+        """
+        if conn.execute(SQL_BACKEND_PID).fetchone()[0] == conn.info.backend_pid:
+            return
+        if self.location in _SESSION_POOLED:
+            return
+        psycopg = _psycopg(self.where)
+        refusal = StorageError(
+            f"{self.where}: connected through a pooler in transaction (or statement) pooling "
+            "mode, such as PgBouncer with pool_mode = transaction: durajobs needs session "
+            "advisory locks and LISTEN, which that mode breaks. Connect to PostgreSQL directly, "
+            "or through a pool in session mode (PgBouncer: pool_mode = session)"
+        )
+        for _ in range(3):
+            mine = conn.execute(SQL_BACKEND_PID).fetchone()[0]
+            try:
+                other = psycopg.connect(self.location, **{**self._kwargs, "autocommit": False})
+            except psycopg.Error as exc:
+                raise self.error(exc, "cannot connect") from None
+            try:
+                try:
+                    theirs = other.execute(SQL_BACKEND_PID).fetchone()[0]  # opens a transaction
+                    moved = conn.execute(SQL_BACKEND_PID).fetchone()[0]
+                except psycopg.Error:
+                    raise refusal from None  # e.g. statement pooling refuses transactions
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    other.close()
+            if theirs == mine or moved != mine:
+                raise refusal
+        _SESSION_POOLED.add(self.location)
 
     @property
     def is_open(self) -> bool:
