@@ -167,6 +167,11 @@ def _same(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, float):
         return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, datetime) and a.tzinfo is not None and b.tzinfo is not None:
+        # An aware datetime reads back as the same instant with a fixed offset (the codec's
+        # contract). Python compares a wall time in a DST gap or fold unequal across zones
+        # (PEP 495), so compare the instant and the offset themselves.
+        return a.utcoffset() == b.utcoffset() and a.replace(tzinfo=None) == b.replace(tzinfo=None)
     return bool(a == b)
 
 
