@@ -572,3 +572,47 @@ def test_the_cli_lists_every_row_when_one_holds_text_that_is_not_utf8(tmp_path: 
     assert b"Error\\xfe" in shown.stdout
     tail = subprocess.run([*cli, "tail", "-n", "5"], capture_output=True, check=False)
     assert tail.returncode == 0, tail.stderr
+
+
+@pytest.mark.sqlite_only
+def test_one_daemon_per_file_even_without_the_wake_socket_file(tmp_path: Path) -> None:
+    """repro dapp/run_wake.sh: the wake socket is abstract on Linux (no file to delete, the
+    same for every spelling of the path), and "one daemon per file" is a kernel lock."""
+    from durajobs.wake import wake_address
+
+    db = tmp_path / "j.db"
+    (tmp_path / "other").mkdir()
+    link = tmp_path / "other" / "link.db"
+    link.symlink_to(db)
+    if sys.platform.startswith("linux"):
+        assert isinstance(wake_address(str(db)), bytes)
+    assert wake_address(str(db)) == wake_address(str(link))
+    env = _daemon_env(tmp_path)
+    registry = {"tick": ticker()}
+    Jobs(env["DAEMON_TEST_DB"], registry).close()
+    first = subprocess.Popen(
+        [sys.executable, str(DAEMON), "--app", "daemon_apps.robust_app:poison"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def daemon_holds_the_file() -> bool:
+            probe = InstanceLocks(lock_path(env["DAEMON_TEST_DB"]))
+            try:
+                return not probe.hold_daemon_lock()
+            finally:
+                probe.close()
+
+        _wait_for(daemon_holds_the_file)
+        assert not (tmp_path / "j.db.wake").exists()
+        second = subprocess.run(
+            [sys.executable, str(DAEMON), "--app", "daemon_apps.robust_app:poison"],
+            env=env, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert b"another daemon already serves" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
