@@ -95,12 +95,14 @@ DISPATCH_LEAD = 0.002
 # long, even if it is due at once (a handler slower than its schedule): a client waiting for
 # the instance's claim retries every 20 ms at most, so this lets it in between two steps.
 RECLAIM_GAP = 0.025
-# A wake-up that comes while work is streaming in (the last hand-out was less than
-# WAKE_STREAM ago) is answered WAKE_WINDOW later, with what came meanwhile: a daemon that keeps
-# up with its clients then still runs (and commits) their steps in groups. A lone wake-up, the
-# timer, and a worker becoming idle are answered at once.
-WAKE_WINDOW = 0.001
-WAKE_STREAM = 0.02
+# Pacing of work that clients send: a poll that a wake-up asks for, or that a worker's "done"
+# asks for while wake-ups came during its batch, is not made sooner than WAKE_WINDOW after the
+# last hand-out. A daemon that keeps up with a stream of sends then still hands them out (and
+# its worker commits them) in groups, one commit per window instead of one per send: each
+# commit costs an fsync and makes every client's connection re-read its pages. The timer's
+# polls (alarms), a full batch's "done" (more may be due) and a wake-up a window after the
+# last hand-out are answered at once.
+WAKE_WINDOW = 0.005
 WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
 EARLY_DEATHS_MAX = 5  # workers killed before they were ready, in a row, before giving up
 ERROR_TEXT_MAX = 500
@@ -691,6 +693,7 @@ class WorkerProcess:
     current_step: int | None = None
     timeout: float | None = None
     deadline: float | None = None  # monotonic
+    dispatched_at: float = -math.inf  # monotonic time its batch was handed out
     timing_out: bool = False  # running engine.time_out, not steps
     ready: bool = False  # it has opened the database
 
@@ -736,8 +739,9 @@ class Daemon:
         self.recent: dict[str, float] = {}  # instance id -> when its last step committed
         self.held_until: float | None = None  # when an instance held back by RECLAIM_GAP frees
         self.poll_needed = True
-        self.poll_at: float | None = None  # a wake-up's deferred poll (monotonic; WAKE_WINDOW)
+        self.poll_at: float | None = None  # a paced poll (monotonic; WAKE_WINDOW)
         self.dispatched_at = -math.inf  # monotonic time of the last hand-out
+        self.woken_at = -math.inf  # monotonic time of the last wake-up
         self.poll_error: Backoff | None = None
         self.stopping = False
         self.stop_deadline = math.inf
@@ -956,7 +960,10 @@ class Daemon:
                 if instance_id not in busy:
                     self.ran_at[instance_id] = step
         worker.timing_out = False
-        self.poll_needed = True
+        if len(batch) >= BATCH_MAX or self.woken_at < worker.dispatched_at:
+            self.poll_needed = True  # more may be due (a full batch), or nothing was sent since
+        else:
+            self._paced_poll(now)  # clients keep sending: gather their work for a window
         self.status_dirty = True
         if self.stopping:
             _shut(worker)
@@ -1132,7 +1139,15 @@ class Daemon:
                 break
             worker.batch = batch
             self._send(worker, {"run": list(batch), "at": due_at})
-            self.dispatched_at = time.monotonic()
+            self.dispatched_at = worker.dispatched_at = time.monotonic()
+
+    def _paced_poll(self, now: float) -> None:
+        """Poll at once, or WAKE_WINDOW after the last hand-out if that is later."""
+        at = self.dispatched_at + WAKE_WINDOW
+        if now >= at:
+            self.poll_needed = True
+        elif self.poll_at is None or at < self.poll_at:
+            self.poll_at = at
 
     def _any_idle(self) -> bool:
         return any(worker.batch is None for worker in self.workers)
@@ -1214,11 +1229,8 @@ class Daemon:
         for backoff in self.backoff.values():
             if backoff.why == "claimed by another process":
                 backoff.retry_at = now  # the other process may have finished: try now
-        if now - self.dispatched_at < WAKE_STREAM:
-            if self.poll_at is None:
-                self.poll_at = now + WAKE_WINDOW  # gather what else comes meanwhile
-        else:
-            self.poll_needed = True
+        self.woken_at = now
+        self._paced_poll(now)
 
     def _on_timer(self, _key: selectors.SelectorKey) -> None:
         assert self.timer is not None

@@ -295,12 +295,17 @@ def end_to_end(
         )[0]
         if not count == runs == idle == tasks:
             raise RuntimeError(f"e2e: {count} instances, {runs} executes, {idle} idle of {tasks}")
+        # Records of one commit share its time: how many commits the daemon made.
+        (commits,) = jobs.engine.store.query(
+            "SELECT count(DISTINCT at) FROM history WHERE event = 'job.executed'"
+        )[0]
     return {
         "tasks": tasks,
         "tasks_per_s": tasks / (end - t0),
         "send_per_s": tasks / (sent - t0),
         "durability": durability,
         "batch": batch,
+        "tasks_per_daemon_commit": tasks / max(int(commits), 1),
         "producer_cpu_us_per_task": own_cpu / tasks * 1e6,
         "daemon_cpu_us_per_task": daemon_cpu / tasks * 1e6,
     }
