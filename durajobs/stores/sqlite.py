@@ -226,9 +226,7 @@ SQL_HISTORY_COUNTS = (
     "SELECT count(*), count(*) FILTER (WHERE event = 'job.failed'), "
     "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
 )
-SQL_HISTORY_RECENT = (
-    f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
-)
+SQL_HISTORY_RECENT = f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
 # Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
 # reads only its own rows from an index: no OFFSET, no count). Filters are joined with AND.
 SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT ?"
@@ -960,8 +958,7 @@ class Store:
         """History records with ``id > after_id`` (all instances), oldest first."""
         with self._mapped("read"):
             rows: list[Any] = self._rows(
-                f"SELECT {HISTORY_COLUMNS} "
-                "FROM history WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
         return [HistoryRow(*r) for r in rows]
