@@ -47,6 +47,10 @@ StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, st
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
 SLOW_STEP = 0.005  # a job whose steps take longer commits what is pending before its handlers
+# Claims that offer ``try_acquire_many`` and set ``batch_claims`` (PostgreSQL's advisory claims,
+# where each claim and each read is a round trip): run_due claims up to this many due instances
+# in one call and reads their rows in one ``load_many``, after the claims are granted.
+CLAIM_AHEAD = 64
 
 
 def check_types(
@@ -119,6 +123,9 @@ class Engine:
         self._pending: list[_Pending] = []
         self._running: list[str] = []
         self._bulk_held: dict[str, int] = {}  # claims a bulk call (run_many) holds: id -> token
+        # Claims run_due took ahead (CLAIM_AHEAD) for instances whose steps have not run yet:
+        # id -> (token, row, queued events), or None where the claim was refused.
+        self._ahead: dict[str, tuple[int, Instance | None, list[Any]] | None] = {}
         # Instances whose step could not even be recorded as a failure: skipped by run_due in
         # this engine (logged once); a restart tries them again.
         self._poisoned: set[str] = set()
@@ -414,6 +421,11 @@ class Engine:
             # Steps this engine finished earlier in the same run_due hold their claims until
             # the group commits: commit them now, so the call can claim any of them.
             self._commit_pending()
+        if self._ahead:
+            # Claims taken ahead for steps not run yet: drop them (run_due claims those
+            # instances again, one at a time), so the call can claim any of them.
+            ahead, self._ahead = self._ahead, {}
+            self.locks.release_many([entry[0] for entry in ahead.values() if entry is not None])
 
     def _job_for(self, instance_id: str, job_name: str, kind: str) -> Definition:
         job = self.registry.get(job_name)
@@ -471,8 +483,9 @@ class Engine:
         locks = self.locks
         step_seconds = self._step_seconds
         poisoned = self._poisoned
+        ahead = getattr(locks, "batch_claims", False)
         try:
-            for candidate in rows:
+            for position, candidate in enumerate(rows):
                 instance_id = candidate.instance_id
                 if stepped.get(instance_id, 0) > steps.CATCH_UP_ALL_LIMIT:
                     continue
@@ -480,14 +493,23 @@ class Engine:
                 job = self.registry.get(job_name)
                 if job is None or job.kind != candidate.kind or instance_id in poisoned:
                     continue  # not this process's job: leave it for one that knows it
-                token = locks.try_acquire(instance_id)
+                loaded: tuple[Instance | None, list[Any]] | None = None
+                if ahead:
+                    if instance_id not in self._ahead:
+                        self._claim_ahead(rows, position, stepped)
+                    entry = self._ahead.pop(instance_id, None)
+                    token, loaded = (None, None) if entry is None else (entry[0], entry[1:])
+                else:
+                    token = locks.try_acquire(instance_id)
                 if token is None:
                     if busy is not None:
                         busy.append(instance_id)
                     continue
                 try:
                     # Re-read now that the claim is ours: another process may have stepped it.
-                    if candidate.kind == "debounce":
+                    if loaded is not None:
+                        inst, queued = loaded  # read in one statement after the claims
+                    elif candidate.kind == "debounce":
                         inst, queued = self.store.load_with_queue(instance_id)
                     else:
                         inst, queued = self.store.load(instance_id), []
@@ -535,7 +557,50 @@ class Engine:
             pending, self._pending = self._pending, []
             for item in pending:
                 locks.release(item.token)
+            left, self._ahead = self._ahead, {}
+            if left:
+                locks.release_many([entry[0] for entry in left.values() if entry is not None])
         return self._committed
+
+    def _claim_ahead(
+        self, rows: Sequence[_Candidate], position: int, stepped: dict[str, int]
+    ) -> None:
+        """Claim ``rows[position]`` and up to ``CLAIM_AHEAD - 1`` runnable candidates after it
+        in one call, then read the granted ones in one statement (after the claims, as a
+        single step reads after its claim). A job known to be slow is claimed alone: its
+        handler would keep the others' claims waiting."""
+        chunk: list[_Candidate] = []
+        for candidate in rows[position:]:
+            instance_id = candidate.instance_id
+            job = self.registry.get(candidate.job)
+            if (
+                job is None or job.kind != candidate.kind or instance_id in self._poisoned
+                or instance_id in self._ahead
+                or stepped.get(instance_id, 0) > steps.CATCH_UP_ALL_LIMIT
+            ):  # fmt: skip
+                continue
+            if self._step_seconds.get(candidate.job, 0.0) > SLOW_STEP:
+                if not chunk:
+                    chunk.append(candidate)
+                break
+            chunk.append(candidate)
+            if len(chunk) >= CLAIM_AHEAD:
+                break
+        ids = [c.instance_id for c in chunk]
+        tokens = self.locks.try_acquire_many(ids)  # type: ignore[attr-defined]
+        granted = [(i, t) for i, t in zip(ids, tokens, strict=True) if t is not None]
+        try:
+            debounce = any(c.kind == "debounce" for c in chunk)
+            found = self.store.load_many([i for i, _ in granted], with_queue=debounce)
+        except BaseException:
+            self.locks.release_many([t for _, t in granted])
+            raise
+        for instance_id, token in zip(ids, tokens, strict=True):
+            if token is None:
+                self._ahead.setdefault(instance_id, None)
+            else:
+                inst, queued = found[instance_id]
+                self._ahead[instance_id] = (token, inst, queued)
 
     def _someone_waits_for(self, pending: list[_Pending]) -> bool:
         locks = self.locks

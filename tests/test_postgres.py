@@ -646,3 +646,57 @@ def test_health_reports_sessions_idle_in_a_transaction(pg_server: PgServer, pg_u
         assert pg_server.wait_until(lambda: warned() is None)
     finally:
         store.close()
+
+
+# -- run_due's group: claims and reads of many instances in one round trip each -----------------
+
+
+def test_try_acquire_many_grants_what_is_free_once(pg_url: str) -> None:
+    mine, theirs = AdvisoryClaims(pg_url), AdvisoryClaims(pg_url)
+    try:
+        held_elsewhere = theirs.try_acquire("task:t:b")
+        assert held_elsewhere is not None
+        already = mine.try_acquire("task:t:c")
+        tokens = mine.try_acquire_many(["task:t:a", "task:t:b", "task:t:c", "task:t:a", "task:t:d"])
+        assert tokens[1] is None  # held by another session
+        assert tokens[2] is None  # already held by this object: never granted twice
+        assert tokens[3] is None  # named twice: granted once
+        assert tokens[0] is not None
+        assert tokens[4] is not None
+        assert theirs.try_acquire("task:t:a") is None
+        mine.release_many([t for t in (*tokens, already) if t is not None])
+        assert theirs.try_acquire("task:t:a") is not None
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_a_handler_calling_an_instance_claimed_ahead_does_not_wait(pg_url: str) -> None:
+    """run_due claims a group of due instances ahead; a handler's client call on one of them
+    (fan-out) must not wait for this very engine."""
+    import attrs
+
+    from durajobs import Jobs, Task
+
+    @attrs.define
+    class Note:
+        text: str = ""
+
+    def on_event(event: Note, ctx: Any) -> None:
+        ctx.state = event
+        ctx.schedule("0s")
+
+    def execute(ctx: Any) -> None:
+        if ctx.id == "a":
+            jobs.task("t").send("b", Note("from a"))
+
+    registry = {"t": Task(state=Note, event=Note, on_event=on_event, execute=execute)}
+    with Jobs(pg_url, registry, wait_timeout=3.0) as jobs:
+        jobs.task("t").send("a", Note())
+        jobs.task("t").send("b", Note())
+        started = time.monotonic()
+        assert jobs.run_due() >= 2
+        assert time.monotonic() - started < 2.0
+        assert jobs.task("t").status("a").execute_count == 1
+        assert jobs.task("t").status("a").last_error is None
+        assert jobs.task("t").status("b").event_count == 2

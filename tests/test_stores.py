@@ -182,6 +182,64 @@ def test_a_write_the_store_cannot_hold_is_rejected_alone(store: Store) -> None:
     assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
 
 
+def _four_rows(store: Store) -> list[str]:
+    ids = [f"continuous:tick:g{i}" for i in range(4)]
+    assert store.commit([write(row(i, 1), 0, new=True) for i in ids], T0, 100) == [True] * 4
+    return ids
+
+
+def test_a_group_of_updates_fences_each_row_and_records_only_what_applied(store: Store) -> None:
+    """The common case of run_due's group commit (PostgreSQL: one statement for the rows and
+    one for their records): each row on its own fence, a missing row inserted."""
+    a, b, c, d = _four_rows(store)
+    store.commit([write(None, 1, instance_id=d)], T0, 100)  # d is purged meanwhile
+    two = (("job.executed", 1, 1.5, None, None), ("job.failed", 2, None, "boom", "{}"))
+    result = store.commit(
+        [write(row(a, 2), 1, records=two), write(row(b, 3), 7), write(row(c, 2), 1),
+         write(row(d, 5), 4)],
+        T0 + 1, 100,
+    )  # fmt: skip
+    assert result == [True, False, True, True]
+    assert [store.load(i).step for i in (a, b, c, d)] == [2, 1, 2, 5]  # type: ignore[union-attr]
+    assert [(h.event, h.step, h.error) for h in store.history(a)][-2:] == [
+        ("job.executed", 2, None), ("job.failed", 2, "boom"),
+    ]  # fmt: skip
+    assert max(h.step for h in store.history(b)) == 1  # the fenced-out write recorded nothing
+    assert store.last_step(c) == 2
+
+
+def test_a_rejected_write_in_a_group_of_updates_is_named(store: Store) -> None:
+    a, b, c, _ = _four_rows(store)
+    too_big = row(b, 2)._replace(run_count=2**70)
+    with pytest.raises(RejectedWrite) as caught:
+        store.commit([write(row(a, 2), 1), write(too_big, 1), write(row(c, 2), 1)], T0, 100)
+    assert caught.value.index == 1
+    assert [store.load(i).step for i in (a, b, c)] == [1, 1, 1]  # type: ignore[union-attr]
+    assert store.commit([write(row(a, 2), 1), write(row(c, 2), 1)], T0, 100) == [True, True]
+
+
+def test_an_atomic_group_of_updates_with_a_fenced_write_applies_nothing(store: Store) -> None:
+    from durajobs.rows import FencedOut
+
+    a, b, c, _ = _four_rows(store)
+    with pytest.raises(FencedOut) as caught:
+        store.commit(
+            [write(row(a, 2), 1), write(row(b, 2), 1), write(row(c, 9), 8)], T0, 100, atomic=True
+        )
+    assert caught.value.index == 2
+    assert [store.load(i).step for i in (a, b, c)] == [1, 1, 1]  # type: ignore[union-attr]
+
+
+def test_a_group_of_updates_trims_history_every_32nd_step(store: Store) -> None:
+    a, b, _, _ = _four_rows(store)
+    for step in range(2, 33):
+        assert store.commit(
+            [write(row(a, step), step - 1), write(row(b, step), step - 1)], T0 + step, 3
+        ) == [True, True]  # fmt: skip
+    assert [h.step for h in store.history(a, 100)] == [30, 31, 32]
+    assert [h.step for h in store.history(b, 100)] == [30, 31, 32]
+
+
 def test_an_atomic_commit_is_all_or_nothing(store: Store) -> None:
     from durajobs.rows import FencedOut
 

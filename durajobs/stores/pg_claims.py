@@ -24,6 +24,7 @@ because every commit is fenced on the step number. The next call reconnects, for
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from durajobs.errors import InstanceBusyError
@@ -41,6 +42,13 @@ SQL_TRY_CLAIM = (
     "ELSE false END"
 )
 SQL_CLAIM_NOW = "SELECT pg_try_advisory_lock(%s::bigint)"
+# Many claims in one round trip (``try_acquire_many``), each as SQL_TRY_CLAIM, in order.
+SQL_TRY_CLAIMS = (
+    "SELECT CASE WHEN pg_try_advisory_lock(hi, lo) "
+    "THEN pg_advisory_unlock(hi, lo) AND pg_try_advisory_lock(k) ELSE false END "
+    "FROM unnest(%s::bigint[], %s::int[], %s::int[]) WITH ORDINALITY AS t(k, hi, lo, n) "
+    "ORDER BY n"
+)
 SQL_MARK_WAITING = (
     "SELECT set_config('lock_timeout', %s, false), pg_try_advisory_lock(%s::int, %s::int)"
 )
@@ -142,6 +150,44 @@ class AdvisoryClaims:
             return None
         self._held.add(key)
         return key
+
+    # The engine may claim a group of due instances with ``try_acquire_many`` (one round trip)
+    # and read their rows with ``load_many``; False: one ``try_acquire`` per instance (the
+    # benchmark's "before", benchmarks/bench_postgres.py).
+    batch_claims = True
+
+    def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
+        """``try_acquire`` of many instances in one round trip: a token or ``None`` for each.
+
+        ``None`` for an instance held elsewhere, waited for, already held by this object, or
+        named twice (the second time).
+
+        Raises:
+            StorageError: the server cannot be reached.
+        """
+        keys = [claim_key(i) for i in instance_ids]
+        wanted: list[int] = []
+        for key in keys:
+            if key not in self._held and key not in wanted:
+                wanted.append(key)
+        if not wanted:
+            return [None] * len(keys)
+        halves = [_halves(k) for k in wanted]
+        conn = self._connection()
+        try:
+            rows = conn.execute(
+                SQL_TRY_CLAIMS, (wanted, [h for h, _ in halves], [lo for _, lo in halves])
+            ).fetchall()
+        except self._psycopg.Error as exc:
+            self._link.drop()
+            raise self._link.error(exc, "claim") from None
+        granted = {k for k, (ok,) in zip(wanted, rows, strict=True) if ok}
+        self._held.update(granted)
+        tokens: list[int | None] = []
+        for key in keys:
+            tokens.append(key if key in granted else None)
+            granted.discard(key)  # a second mention of one key gets None
+        return tokens
 
     def acquire(self, instance_id: str, timeout: float) -> int:
         """Claim, waiting up to ``timeout`` seconds for another step of the instance to end.

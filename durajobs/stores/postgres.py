@@ -27,11 +27,17 @@ Poolers: every connection checks, when it opens, that its server session is its 
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
 silently break the claims and LISTEN, so it is refused; session pooling is fine.
 
-Not yet (noted for later phases): group commit sends one statement per write (its row and
-its history records together) inside the one transaction; batching a whole group with
-``unnest(...)`` or psycopg's pipeline mode is an optimisation for later. History ids come from
-a sequence, so ``history_since`` may skip a record whose transaction committed after a later
-id was read.
+Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
+round trip (``AdvisoryClaims.try_acquire_many``), reads their rows in one statement after the
+claims (``load_many``), and commits the group in one transaction where the steps of Continuous
+and Task instances that update their row go in one statement (``SQL_PUT_BATCH``: ``UPDATE ...
+FROM unnest(...)``, each row fenced on its own step, and their history records in the same
+statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
+batched write that did not apply) goes one statement at a time with its exact semantics. The
+claims are released in one round trip (``release_many``).
+
+Not yet: history ids come from a sequence, so ``history_since`` may skip a record whose
+transaction committed after a later id was read.
 """
 
 from __future__ import annotations
@@ -219,6 +225,30 @@ _RECORDS_FROM_PUT = (
 )
 SQL_PUT_RECORDED = f"WITH put AS ({SQL_PUT} RETURNING 1) {_RECORDS_FROM_PUT}"
 SQL_PUT_DEBOUNCE_RECORDED = f"WITH put AS ({SQL_PUT_DEBOUNCE} RETURNING 1) {_RECORDS_FROM_PUT}"
+# Group commit (``_apply_batch``): many steps' rows and their history records in one
+# statement. Each row is fenced on its own expected step; records are inserted only for the
+# rows that passed (in the group's order: history ids keep each instance's records in order);
+# the statement returns the ids of the rows written.
+_BATCH_COLUMNS = _NAMES[4:]
+_BATCH_TYPES = {"status": "text", "state": "text", "reason": "text", "last_error": "text",
+                "run_count": "bigint", "attempt": "bigint", "event_count": "bigint",
+                "step": "bigint"}  # fmt: skip
+SQL_PUT_BATCH = (
+    "WITH w AS (SELECT * FROM unnest(%s::text[], "
+    + ", ".join(f"%s::{_BATCH_TYPES.get(c, 'float8')}[]" for c in _BATCH_COLUMNS)
+    + ", %s::bigint[]) AS w(instance_id, "
+    + ", ".join(_BATCH_COLUMNS)
+    + ", expected)), put AS (UPDATE instances SET "
+    + ", ".join(f"{c} = w.{c}" for c in _BATCH_COLUMNS)
+    + " FROM w WHERE instances.instance_id = w.instance_id AND instances.step = w.expected "
+    "RETURNING instances.instance_id), rec AS (INSERT INTO history "
+    "(instance_id, at, event, step, attempt, duration_ms, error, data) "
+    "SELECT r.instance_id, %s, r.event, r.step, r.attempt, r.duration_ms, r.error, r.data "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[], "
+    "%s::text[]) WITH ORDINALITY AS r(instance_id, step, event, attempt, duration_ms, error, "
+    "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
+    "SELECT instance_id FROM put"
+)
 SQL_DELETE = "DELETE FROM instances WHERE instance_id = %s AND step = %s"
 SQL_HISTORY = (
     "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
@@ -599,6 +629,10 @@ class PostgresStore:
         ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
     """
 
+    # Group commit in one statement per table (``_apply_batch``); False: one statement per write
+    # (the benchmark's "before", benchmarks/bench_postgres.py).
+    batch_commit = True
+
     def __init__(
         self,
         location: str,
@@ -887,9 +921,13 @@ class PostgresStore:
                 cur.execute(SQL_XACT_LOCK, (keys[0],))
             elif keys:
                 cur.execute(SQL_XACT_LOCKS, (keys,))
-            applied = []
             content_errors = (self._psycopg.DataError, UnicodeError, OverflowError, TypeError)
+            batched = self._apply_batch(cur, writes, now, history_limit, content_errors)
+            applied = []
             for index, write in enumerate(writes):
+                if index in batched:
+                    applied.append(True)
+                    continue
                 try:
                     if write.key is None:
                         applied.append(self._apply(cur, write, now, history_limit))
@@ -920,6 +958,60 @@ class PostgresStore:
             return not rows or rows[0][0] != first.expected_step
 
         return self._transaction("commit", body, probe)
+
+    def _apply_batch(
+        self,
+        cur: Any,
+        writes: Sequence[Write],
+        now: float,
+        history_limit: int,
+        content_errors: tuple[type[BaseException], ...],
+    ) -> set[int]:
+        """Group commit's common case in one statement: the steps of Continuous and Task
+        instances that replace an existing row (``UPDATE ... FROM unnest(...)``, each row
+        fenced on its own step) with their history records (``INSERT ... SELECT FROM
+        unnest(...)``, only for the rows that passed). Returns the indexes applied.
+
+        Every other write, and every write of the batch that did not apply (fenced out, or its
+        row is missing and must be inserted), goes through ``_apply`` afterwards, which gives
+        it the exact per-write semantics. A value the server refuses (a content error) undoes
+        the batch (a savepoint) and leaves every write to ``_apply``, which names the culprit.
+        """
+        if not self.batch_commit:
+            return set()
+        indexes = [
+            i for i, w in enumerate(writes)
+            if w.row is not None and w.kind != "debounce" and w.key is None and not w.new
+            and not w.queue_only and w.expected_step > 0
+        ]  # fmt: skip
+        if len(indexes) < 2 or len({writes[i].instance_id for i in indexes}) < len(indexes):
+            return set()
+        rows = [writes[i].row for i in indexes]
+        columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
+        records = [
+            (w.instance_id, w.row.step, *record)  # type: ignore[union-attr]
+            for w in (writes[i] for i in indexes)
+            for record in w.records
+        ]
+        record_columns: list[list[Any]] = [list(c) for c in zip(*records, strict=True)] or [
+            [] for _ in range(7)
+        ]
+        params = (
+            columns[0], *columns[4:], [writes[i].expected_step for i in indexes], now,
+            *record_columns,
+        )  # fmt: skip
+        cur.execute("SAVEPOINT batch")
+        try:
+            done = {row[0] for row in cur.execute(SQL_PUT_BATCH, params).fetchall()}
+        except content_errors:
+            cur.execute("ROLLBACK TO SAVEPOINT batch")
+            return set()
+        for i in indexes:
+            write = writes[i]
+            step = write.row.step  # type: ignore[union-attr]
+            if write.instance_id in done and write.records and step % 32 == 0:
+                cur.execute(SQL_TRIM_HISTORY, {"id": write.instance_id, "keep": history_limit})
+        return {i for i in indexes if writes[i].instance_id in done}
 
     def _apply_keyed(
         self, cur: Any, write: Write, now: float, history_limit: int, writes: Sequence[Write]
