@@ -82,7 +82,12 @@ __all__ = ["main"]
 
 log = logging.getLogger("durajobs.daemon")
 
-BATCH_MAX = 32  # instance ids per dispatch: small, so a slow step delays few others
+# Instance ids per dispatch: as many as the jobs' recent step times fit in BATCH_SECONDS (a
+# slow step delays few others; fast ones share a commit and a round trip), at most BATCH_MAX.
+# A job not timed yet counts UNTIMED_STEP per step.
+BATCH_MAX = 128
+BATCH_SECONDS = 0.01
+UNTIMED_STEP = 0.0003
 BATCH_BYTES = 32 * 1024
 BUSY_BACKOFF = (0.05, 2.0)  # an instance claimed by another process: first delay, cap
 STUCK_BACKOFF = (1.0, 60.0)  # due, ran, changed nothing (should not happen): first, cap
@@ -100,7 +105,7 @@ RECLAIM_GAP = 0.025
 # last hand-out. A daemon that keeps up with a stream of sends then still hands them out (and
 # its worker commits them) in groups, one commit per window instead of one per send: each
 # commit costs an fsync and makes every client's connection re-read its pages. The timer's
-# polls (alarms), a full batch's "done" (more may be due) and a wake-up a window after the
+# polls (alarms), a "done" while due work waits (a backlog) and a wake-up a window after the
 # last hand-out are answered at once.
 WAKE_WINDOW = 0.005
 WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
@@ -742,13 +747,15 @@ class Daemon:
         self.poll_at: float | None = None  # a paced poll (monotonic; WAKE_WINDOW)
         self.dispatched_at = -math.inf  # monotonic time of the last hand-out
         self.woken_at = -math.inf  # monotonic time of the last wake-up
+        self.backlog = False  # the last poll left due work undispatched
         self.poll_error: Backoff | None = None
         self.stopping = False
         self.stop_deadline = math.inf
         self.exit_code: int | None = None
         self.due_count = 0
         self.steps_done = 0
-        self.last_step = "none yet"
+        self.last_line: list[Any] | None = None  # the last step a worker reported
+        self.step_seconds: dict[str, float] = {}  # job -> moving average of its step time
         self.status_dirty = False
         self.status_sent = -math.inf
         self.next_ping = math.inf
@@ -960,8 +967,8 @@ class Daemon:
                 if instance_id not in busy:
                     self.ran_at[instance_id] = step
         worker.timing_out = False
-        if len(batch) >= BATCH_MAX or self.woken_at < worker.dispatched_at:
-            self.poll_needed = True  # more may be due (a full batch), or nothing was sent since
+        if self.backlog or self.woken_at < worker.dispatched_at:
+            self.poll_needed = True  # more is due than was handed out, or nothing was sent since
         else:
             self._paced_poll(now)  # clients keep sending: gather their work for a window
         self.status_dirty = True
@@ -1113,6 +1120,7 @@ class Daemon:
             self.suspects &= due_now
         self.due_count = len(rows) - len(self.ignored)
         self._dispatch(candidates, idle)
+        self.backlog = bool(candidates) or not seen_all
         self.next_alarm = upcoming[len(rows)] if len(upcoming) > len(rows) else None
         if self.timer is not None:
             self.timer.arm(None if self.next_alarm is None else self.next_alarm - DISPATCH_LEAD)
@@ -1122,13 +1130,17 @@ class Daemon:
         if not candidates or not idle:
             return
         per_worker = min(BATCH_MAX, -(-len(candidates) // len(idle)))
+        step_seconds = self.step_seconds
         for worker in idle:
             batch: dict[str, int] = {}
-            size, due_at = 0, 0.0
+            size, due_at, seconds = 0, 0.0, 0.0
             while candidates and len(batch) < per_worker and size < BATCH_BYTES:
                 suspect = candidates[0].instance_id in self.suspects
                 if suspect and batch:
                     break  # a suspect runs alone (see _lost)
+                seconds += step_seconds.get(candidates[0].job, UNTIMED_STEP)
+                if seconds > BATCH_SECONDS and batch:
+                    break  # enough work for one batch
                 row = candidates.pop(0)
                 batch[row.instance_id] = row.step
                 size += len(row.instance_id) + 3
@@ -1279,21 +1291,33 @@ class Daemon:
         self.steps_done += 1
         self.crashes.pop(line[0], None)
         self.suspects.discard(line[0])
-        text = format_step(line)
-        self.last_step = text if len(text) < 200 else text[:199] + "…"
+        self.last_line = line
         self.status_dirty = True
+        job_name = line[0].split(":", 2)[1]
+        if line[3] is not None:
+            took = line[3] / 1000
+            average = self.step_seconds.get(job_name, took)
+            self.step_seconds[job_name] = 0.8 * average + 0.2 * took
         level = logging.INFO if line[4] is None else OUTCOME_LEVEL.get(line[1], logging.ERROR)
-        job = self.jobs.registry.get(line[0].split(":", 2)[1])
+        if not log.isEnabledFor(level):
+            return
+        job = self.jobs.registry.get(job_name)
         threshold = JOB_LOG_LEVEL.get(job.logging or "", logging.DEBUG) if job else logging.DEBUG
         if level >= threshold:  # the job's own ``logging`` level, e.g. "warning" or "off"
-            log.log(level, "%s", text)
+            log.log(level, "%s", format_step(line))
+
+    def _last_step(self) -> str:
+        if self.last_line is None:
+            return "none yet"
+        text = format_step(self.last_line)
+        return text if len(text) < 200 else text[:199] + "…"
 
     def _status_text(self) -> str:
         busy = sum(1 for w in self.workers if w.batch is not None)
         state = "stopping" if self.stopping else "serving"
         return (
             f"{state}: {busy}/{len(self.workers)} workers busy, {self.due_count} due, next alarm "
-            f"{_when(self.next_alarm)}, {self.steps_done} steps; last: {self.last_step}"
+            f"{_when(self.next_alarm)}, {self.steps_done} steps; last: {self._last_step()}"
         )
 
 
