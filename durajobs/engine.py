@@ -421,9 +421,13 @@ class Engine:
             # Steps this engine finished earlier in the same run_due hold their claims until
             # the group commits: commit them now, so the call can claim any of them.
             self._commit_pending()
+        # Claims taken ahead for steps not run yet: drop them, so the call can claim any of them.
+        self._drop_ahead()
+
+    def _drop_ahead(self) -> None:
+        """Release the claims run_due took ahead for steps not run yet (it claims those
+        instances again when it reaches them)."""
         if self._ahead:
-            # Claims taken ahead for steps not run yet: drop them (run_due claims those
-            # instances again, one at a time), so the call can claim any of them.
             ahead, self._ahead = self._ahead, {}
             self.locks.release_many([entry[0] for entry in ahead.values() if entry is not None])
 
@@ -522,6 +526,10 @@ class Engine:
                         # job was slow before), or when a caller waits for one of them: their
                         # claims must not wait for another instance's handler.
                         self._commit_pending()
+                    if self._ahead and locks.anyone_waiting():
+                        # A caller waits for a claim this engine holds, maybe one taken ahead:
+                        # it must not wait for the handlers of the instances before it.
+                        self._drop_ahead()
                     if self.before_step is not None:
                         self.before_step(instance_id, job.timeout, inst.step)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
@@ -557,9 +565,7 @@ class Engine:
             pending, self._pending = self._pending, []
             for item in pending:
                 locks.release(item.token)
-            left, self._ahead = self._ahead, {}
-            if left:
-                locks.release_many([entry[0] for entry in left.values() if entry is not None])
+            self._drop_ahead()
         return self._committed
 
     def _claim_ahead(

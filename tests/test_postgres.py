@@ -700,3 +700,47 @@ def test_a_handler_calling_an_instance_claimed_ahead_does_not_wait(pg_url: str) 
         assert jobs.task("t").status("a").execute_count == 1
         assert jobs.task("t").status("a").last_error is None
         assert jobs.task("t").status("b").event_count == 2
+
+
+def test_a_caller_waiting_for_a_claim_taken_ahead_waits_for_one_handler_only(pg_url: str) -> None:
+    """run_due claims up to 64 due instances ahead; a client call waiting for the last of them
+    gets it after the handler that is running, not after all the handlers before it."""
+    import threading
+
+    import attrs
+
+    from durajobs import Jobs, Task
+
+    @attrs.define
+    class Note:
+        text: str = ""
+
+    executed: list[str] = []
+    started = threading.Event()
+
+    def on_event(event: Note, ctx: Any) -> None:
+        ctx.state = event
+        ctx.schedule("1 hour" if event.text == "late" else "0s")
+
+    def execute(ctx: Any) -> None:
+        started.set()
+        time.sleep(0.004)  # below the engine's SLOW_STEP: grouped with the others
+        executed.append(ctx.id)
+
+    registry = {"t": Task(state=Note, event=Note, on_event=on_event, execute=execute)}
+    with Jobs(pg_url, registry, wait_timeout=30.0) as jobs:
+        for i in range(40):
+            jobs.task("t").send(f"n{i:02}", Note())
+        done_after: list[int] = []
+
+        def late_caller() -> None:
+            started.wait(10)
+            jobs.task("t").send("n39", Note("late"))
+            done_after.append(len(executed))
+
+        caller = threading.Thread(target=late_caller)
+        caller.start()
+        jobs.run_due()
+        caller.join(30)
+        assert done_after, "the caller never got its claim"
+        assert done_after[0] < 20, f"the caller waited for {done_after[0]} handlers"
