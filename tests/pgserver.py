@@ -106,6 +106,12 @@ class PgServer:
         """``pg_ctl restart -m fast``: every session ends."""
         self._run(["pg_ctl", "-D", self.data, "-l", self.log, "-m", "fast", "-w", "restart"])
 
+    def crash_restart(self) -> None:
+        """``pg_ctl stop -m immediate`` (a crash: no shutdown checkpoint, every process killed;
+        the next start replays the WAL), then start again."""
+        self._run(["pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"])
+        self._pg_ctl_start()
+
     # -- connections -----------------------------------------------------------------------
 
     def url(self, database: str, *, password: str | None = None) -> str:

@@ -414,8 +414,10 @@ class PgCrashMachine(csm.CrashMachine):
     """``CrashMachine`` on PostgreSQL: the same calls through two ``Jobs`` (two "processes"),
     checked against the same model after every rule. The fault-injecting VFS and power cuts
     are SQLite's; here the server instead ends every session between two calls
-    (``sessions_killed``): the calls that hit a dead session may raise ``StorageError`` and
-    must change nothing; the next ones reconnect and the world is exactly the acknowledged one.
+    (``sessions_killed``) or crashes and restarts (``server_crashed``: ``pg_ctl stop -m
+    immediate``, then WAL recovery): the calls that hit a dead session may raise
+    ``StorageError`` and must change nothing; the next ones reconnect and the world is exactly
+    the acknowledged one.
     """
 
     server: PgServer
@@ -443,6 +445,14 @@ class PgCrashMachine(csm.CrashMachine):
         self.history = [self.world]
 
     @rule()
+    def server_crashed(self) -> None:
+        """The server crashes (``pg_ctl stop -m immediate``) and comes back: with
+        ``synchronous_commit`` on, every acknowledged call survives WAL recovery, and a
+        call on a session the crash ended changes nothing."""
+        self.server.crash_restart()
+        self._sessions_ended()
+
+    @rule()
     def sessions_killed(self) -> None:
         """The server ends every session of the database (a restart, an operator)."""
         url = self.databases[os.path.abspath(self.path)]
@@ -459,6 +469,9 @@ class PgCrashMachine(csm.CrashMachine):
                 )
             )
         )
+        self._sessions_ended()
+
+    def _sessions_ended(self) -> None:
         for jobs in (self.jobs, self.jobs2):
             assert jobs is not None
             engine = jobs.engine
