@@ -41,6 +41,7 @@ def path(tmp_path: Path) -> Iterator[Path]:
     return tmp_path / "r.db"
 
 
+@pytest.mark.sqlite_only  # reads the file through Admin/the SQLite store
 def test_a_cli_trigger_does_not_make_retries_endless(path: Path, clock: FakeClock) -> None:
     calls: list[tuple[int, int]] = []
 
@@ -143,6 +144,7 @@ def test_on_error_of_a_failed_fold_sees_this_steps_key_and_its_bad_state_is_refu
         assert keys[-1] == "on_error debounce:d:u#2"
 
 
+@pytest.mark.sqlite_only  # reads the file through Admin/the SQLite store
 def test_a_manual_flush_request_is_not_postponed_by_a_later_add(
     path: Path, clock: FakeClock
 ) -> None:

@@ -318,6 +318,7 @@ def test_history_is_bounded_per_instance(db: Path, clock: FakeClock, switch: Swi
 # -- on_record hook ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # reads the file through Admin/the SQLite store
 def test_on_record_receives_each_record_after_commit(
     db: Path, clock: FakeClock, switch: Switch
 ) -> None:
