@@ -13,7 +13,12 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   it reads the database (which instances are due, the earliest alarm), hands instance ids to
   idle workers over a socketpair (one JSON object per line) and enforces timeouts. Each worker
   opens its own connection after the fork (``Jobs`` never uses a parent's) and runs the ids it is
-  given; group commit happens inside ``run_due``.
+  given; group commit happens inside ``run_due``. A batch is as many ids as the jobs' recent
+  step times fit in ``BATCH_SECONDS`` (10 ms; at most ``BATCH_MAX``), so fast steps share a
+  commit and a round trip and a slow one delays few others. A batch costs two messages: ``run``
+  and ``done`` (with one line per committed step); only a step of a job with a ``timeout``
+  (and the step after it) is announced with ``start``. The parent reads nothing while every
+  worker is busy: the first ``done`` asks for the next read.
 * **Sleeping.** The parent sleeps in ``selectors`` on the wake socket, the workers' sockets, a
   self-pipe for signals (``signal.set_wakeup_fd``) and, on Linux, a ``CLOCK_REALTIME`` timerfd
   armed at the earliest alarm that is not already in flight. Alarms are wall-clock epoch
@@ -27,13 +32,19 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   ``WATCHDOG=1`` when systemd asks for it.
 * **Waking.** Clients poke the wake socket after commits that set an alarm; the parent then
   re-reads. The poke is an optimisation only: the parent re-reads on start, when its timer
-  fires, after every batch and after SIGHUP, so a lost datagram loses nothing.
+  fires, after every batch and after SIGHUP, so a lost datagram loses nothing. Under a stream
+  of pokes the reads they ask for are paced: not sooner than ``WAKE_WINDOW`` (5 ms) after the
+  last hand-out, so a daemon that keeps up with its clients still runs their steps in groups
+  (one worker commit, one fsync, per window instead of per send). The timer's reads (alarms)
+  are never paced.
 * **Claims.** Steps of an instance are serialized by the engine's OFD claims, which the kernel
   drops when a process dies. An instance that another process holds (``busy``) is retried on
   the next wake datagram or after a backoff (50 ms doubling to 2 s). A killed worker's
-  instances are due again at once. An instance whose step just committed is not handed out
+  instances are due again at once (if it died in a step it had not announced, those
+  instances are handed out one per batch until each ran once, so a step that keeps killing
+  workers is found and backed off). An instance whose step just committed is not handed out
   again for ``RECLAIM_GAP`` (25 ms), so a client waiting for its claim gets in between steps.
-* **Timeouts.** A worker tells the parent which step it starts, with the job's ``timeout``.
+* **Timeouts.** A worker tells the parent which step of a job with a ``timeout`` it starts.
   Past it, the parent SIGKILLs the worker, reaps it, forks a replacement and has the
   replacement record the timeout (``engine.time_out``) as a failed attempt under the job's
   retry policy (there, not in the parent, because ``on_error``/``on_record`` are user code).

@@ -187,9 +187,15 @@ def run_due(base: Path, instances: int, *, rounds: int = 3) -> dict[str, Any]:
 # =========================================================================== client calls
 
 
-def client_calls(base: Path, seconds: float, *, ids: int = 1_000) -> dict[str, Any]:
-    """``debounce.add`` and ``task.send``, one transaction each, for ``seconds`` each."""
-    out: dict[str, Any] = {}
+def client_calls(
+    base: Path, seconds: float, *, ids: int = 1_000, rounds: int = 5
+) -> dict[str, Any]:
+    """``debounce.add`` and ``task.send``, one transaction each, side by side with the raw
+    single-transaction floor: per durability, ``rounds`` rounds of (raw, add, send), each timed
+    for ``seconds``; medians of the rates and of the per-round ratios to raw."""
+    import floor
+
+    out: dict[str, Any] = {"rounds": rounds}
     for durability in ("full", "normal"):
         db = base / f"calls-{durability}.db"
         with Jobs(db, REGISTRY, durability=durability) as jobs:
@@ -199,18 +205,31 @@ def client_calls(base: Path, seconds: float, *, ids: int = 1_000) -> dict[str, A
                 add(f"u{i:04d}", Item(-i))
                 send(f"u{i:04d}", Item(-i))
             names = [f"u{i:04d}" for i in range(ids)]
-            made: dict[str, int] = {}
-            for call, job, method in (
-                ("debounce_add", "batch", add),
-                ("task_send", "orders2", send),
-            ):
+            made: dict[str, int] = {"batch": 0, "orders2": 0}
+            rates: dict[str, list[float]] = {"raw": [], "debounce_add": [], "task_send": []}
+            counter = [0]
+            for round_no in range(rounds):
+                raw = floor.measure(
+                    base / f"calls-raw-{durability}-{round_no}.db",
+                    synchronous=durability.upper(),
+                    rows_per_txn=1,
+                    max_seconds=seconds,
+                )
+                rates["raw"].append(raw.txn_per_s)
+                for call, job, method in (
+                    ("debounce_add", "batch", add),
+                    ("task_send", "orders2", send),
+                ):
 
-                def op(i: int, method: Any = method, names: list[str] = names) -> None:
-                    method(names[i % ids], Item(i))  # new event bytes every call
+                    def op(
+                        _: int, method: Any = method, names: list[str] = names, n: Any = counter
+                    ) -> None:
+                        i = n[0] = n[0] + 1
+                        method(names[i % ids], Item(i))  # new event bytes every call
 
-                calls, elapsed = run_bounded(op, max_ops=10_000_000, max_seconds=seconds)
-                out[f"{call}_{durability}"] = calls / elapsed
-                made[job] = calls
+                    calls, elapsed = run_bounded(op, max_ops=10_000_000, max_seconds=seconds)
+                    rates[call].append(calls / elapsed)
+                    made[job] += calls
             # Every call was applied: both jobs count the events of each instance.
             for job, calls in made.items():
                 (events,) = jobs.engine.store.query(
@@ -218,6 +237,12 @@ def client_calls(base: Path, seconds: float, *, ids: int = 1_000) -> dict[str, A
                 )[0]
                 if events != ids + calls:
                     raise RuntimeError(f"{job}: {events} events stored, expected {ids + calls}")
+        for call, values in rates.items():
+            out[f"{call}_{durability}"] = statistics.median(values)
+            out[f"{call}_{durability}_rounds"] = values
+            if call != "raw":
+                ratios = [v / r for v, r in zip(values, rates["raw"], strict=True)]
+                out[f"{call}_{durability}_ratio"] = statistics.median(ratios)
     return out
 
 
@@ -333,8 +358,9 @@ def daemon_drain(
 
 def lateness(base: Path, *, rate: float, count: int, ahead: float) -> dict[str, Any]:
     """Alarms set by a producer process at ``rate``/s, ``ahead`` s ahead; lateness samples."""
-    db = base / "late.db"
-    out = base / "late.txt"
+    tag = time.monotonic_ns()  # a fresh file per run: runs may share ``base``
+    db = base / f"late-{tag}.db"
+    out = base / f"late-{tag}.txt"
     out.touch()
     Jobs(db, REGISTRY).close()  # the file exists before the daemon and the producer open it
     with daemon(db, base, env={"DJ_BENCH_OUT": str(out)}):

@@ -29,7 +29,9 @@ import datetime as dt
 import functools
 import json
 import math
+import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -80,7 +82,7 @@ class Config:
     quick: bool
     peers: PeerConfig
     run_due_instances: int  # due no-op Continuous instances for run_due() (target: 10,000)
-    client_call_seconds: float  # how long to time each client call kind
+    client_call_seconds: float  # how long to time each client call kind, per round (5 rounds)
     scale_instances: int  # instances for the scale run (target: 1,000,000)
     scale_small: int  # the small table to compare run_due cost with (target: 1,000)
     scale_due: int  # due instances among them (target: 100)
@@ -92,7 +94,7 @@ class Config:
                 quick=True,
                 peers=PeerConfig.quick(),
                 run_due_instances=2_000,
-                client_call_seconds=0.6,
+                client_call_seconds=0.3,
                 scale_instances=100_000,
                 scale_small=1_000,
                 scale_due=100,
@@ -101,7 +103,7 @@ class Config:
             quick=False,
             peers=PeerConfig(),
             run_due_instances=10_000,
-            client_call_seconds=5.0,
+            client_call_seconds=1.0,
             scale_instances=1_000_000,
             scale_small=1_000,
             scale_due=100,
@@ -151,36 +153,77 @@ def durajobs_end_to_end(cfg: Config, base: Path) -> dict[str, Any] | None:
     instances whose on_event schedules ``execute`` now (a no-op); time from the first send
     until every instance's execute has run (poll ``status().execute_count`` or the history).
 
-    Returns: ``{"full": {...}, "normal": {...}, "drain": {...}}``: the workload with each
-    durability (huey commits with synchronous=FULL: the FULL run is the like-for-like one),
-    and the daemon alone draining N tasks already due (its own ceiling), each with
-    ``tasks_per_s``. Target: >= 10x huey and >= 20x APScheduler end to end (same run).
+    Returns: ``{"raw_full", "full", "normal", "bulk", "drain", "drain2"}``: the raw FULL
+    single-transaction rate measured just before and after the FULL run (their mean: the
+    basis of its ratio); the workload with each durability (huey commits with
+    synchronous=FULL: the FULL run is the like-for-like one); the FULL workload sent with
+    ``send_many`` in batches of 100; the daemon alone draining N tasks already due with
+    ``--workers 1`` and ``--workers 2`` (alternating rounds, medians), each with
+    ``tasks_per_s``. Targets: FULL >= 0.5x raw FULL and >= 2x huey; batches of 100 >= 5x
+    single sends; ``--workers 2`` >= 1.7x ``--workers 1``.
     """
+    import floor
+
     n = cfg.peers.e2e_tasks
     out: dict[str, Any] = {}
-    for durability in ("full", "normal"):
-        out[durability] = dj_bench.end_to_end(
-            base, n, durability=durability, timeout=cfg.peers.timeout
+
+    def raw_full(tag: str) -> float:
+        run = floor.measure(
+            base / f"e2e-raw-{tag}.db",
+            synchronous="FULL",
+            rows_per_txn=1,
+            max_seconds=0.5 if cfg.quick else 2.0,
         )
-    out["drain"] = dj_bench.daemon_drain(base, n, timeout=cfg.peers.timeout)
+        return run.txn_per_s
+
+    raws = [raw_full("before")]
+    out["full"] = dj_bench.end_to_end(base, n, durability="full", timeout=cfg.peers.timeout)
+    raws.append(raw_full("after"))
+    out["raw_full"] = sum(raws) / len(raws)
+    out["raw_full_rounds"] = raws
+    out["normal"] = dj_bench.end_to_end(base, n, durability="normal", timeout=cfg.peers.timeout)
+    out["bulk"] = dj_bench.end_to_end(
+        base, n, durability="full", timeout=cfg.peers.timeout, batch=100
+    )
+    drains: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(3):
+        for workers in (1, 2):
+            run = dj_bench.daemon_drain(base, n, timeout=cfg.peers.timeout, workers=workers)
+            drains[workers].append(run["tasks_per_s"])
+    for workers, key in ((1, "drain"), (2, "drain2")):
+        out[key] = {
+            "tasks": n,
+            "workers": workers,
+            "tasks_per_s": statistics.median(drains[workers]),
+            "rounds": drains[workers],
+        }
     return out
 
 
-def durajobs_lateness(cfg: Config, base: Path) -> list[float] | None:
-    """Alarm lateness through the daemon, alarms set by another process.
+def durajobs_lateness(cfg: Config, base: Path) -> dict[str, Any] | None:
+    """Alarm lateness through the daemon, alarms set by another process; three runs.
 
     Daemon in one subprocess; a producer subprocess sets alarms ``cfg.peers.lateness_ahead``
     seconds ahead at ``cfg.peers.lateness_rate``/s (``common.paced``), ``cfg.peers.
     lateness_count`` of them; each handler records ``time.time() - due_at`` as its first act
     (append one line to a file, as peers.huey_lateness does).
 
-    Returns: the lateness samples in seconds. Target: p50 < 1 ms, p99 < 5 ms.
+    Returns: ``{"runs": [{"p50", "p99", "max"}, ...], "samples": [...]}`` (the samples of
+    the run with the median p99). Targets: p50 < 1 ms; p99 < 2 ms in the median of 3 runs.
     """
     peers = cfg.peers
-    result = dj_bench.lateness(
-        base, rate=peers.lateness_rate, count=peers.lateness_count, ahead=peers.lateness_ahead
-    )
-    return list(result["samples"])
+    runs = []
+    for _ in range(3):
+        result = dj_bench.lateness(
+            base, rate=peers.lateness_rate, count=peers.lateness_count, ahead=peers.lateness_ahead
+        )
+        runs.append(result)
+    runs.sort(key=lambda r: r["p99"])
+    middle = runs[len(runs) // 2]
+    return {
+        "runs": [{k: r[k] for k in ("p50", "p99", "max")} for r in runs],
+        "samples": list(middle["samples"]),
+    }
 
 
 def durajobs_idle(cfg: Config, base: Path) -> dict[str, Any] | None:
@@ -276,6 +319,17 @@ def _rounds_note(rounds: list[float] | None) -> str:
     return f"median of {len(rounds)} run_due() calls ({listed} steps/s); group commit"
 
 
+def _cores() -> str:
+    return str(len(os.sched_getaffinity(0)))
+
+
+def _lateness_samples(value: Any) -> list[float] | None:
+    """The lateness samples of a run (a list in runs from before the three lateness runs)."""
+    if value is None or isinstance(value, list):
+        return value
+    return list(value["samples"])
+
+
 def _error_row(workload: str, error: str) -> Result:
     return Result(workload, None, "", status="error", note=error[:300])
 
@@ -360,15 +414,37 @@ def build_rows(
     ]
     calls = dj.get("client_calls") or {}
     for call, label in (("debounce_add", "debounce.add"), ("task_send", "task.send")):
-        for durability, basis in (("full", raw_full), ("normal", raw_normal)):
+        for durability, minimum in (("full", 0.8), ("normal", 0.5)):
+            name = f"durajobs {label}, {durability.upper()}"
+            basis_name = f"raw {durability.upper()} txn"
+            target = f">= {minimum:g}x {basis_name}"
+            ratio = calls.get(f"{call}_{durability}_ratio")
+            if ratio is None:  # a run from before the interleaved rounds
+                rows.append(
+                    _min_ratio_row(
+                        name,
+                        calls.get(f"{call}_{durability}"),
+                        "calls/s",
+                        basis=raw_full if durability == "full" else raw_normal,
+                        basis_name=basis_name + "/s",
+                        minimum=minimum,
+                    )
+                )
+                continue
+            rounds = calls.get(f"{call}_{durability}_rounds", [])
+            raws = calls.get(f"raw_{durability}_rounds", [])
             rows.append(
-                _min_ratio_row(
-                    f"durajobs {label}, {durability.upper()}",
-                    calls.get(f"{call}_{durability}"),
+                Result(
+                    name,
+                    calls[f"{call}_{durability}"],
                     "calls/s",
-                    basis=basis,
-                    basis_name=f"raw {durability.upper()} txn/s",
-                    minimum=0.8,
+                    target=target,
+                    ratio=f"{ratio:.2f}x {basis_name}",
+                    status="PASS" if ratio >= minimum else "FAIL",
+                    note=f"median of {len(rounds)} rounds, each beside a raw {durability.upper()} "
+                    f"round (raw {calls[f'raw_{durability}']:,.0f} txn/s; calls/s "
+                    + ", ".join(f"{c:,.0f}/{r:,.0f}" for c, r in zip(rounds, raws, strict=False))
+                    + "); ratio = median of the per-round ratios",
                 )
             )
 
@@ -435,7 +511,7 @@ def build_rows(
             ),
         ]
     dj_e2e = dj.get("end_to_end")
-    e2e_target = ">= 10x huey and >= 20x APScheduler"
+    e2e_target = ">= 0.5x raw FULL txn/s and >= 2x huey"
     n_e2e = f"{cfg.peers.e2e_tasks:,}"
     if dj_e2e is None:
         rows.append(
@@ -448,23 +524,35 @@ def build_rows(
             )
         )
     else:
+        raw_e2e = dj_e2e.get("raw_full") or raw_full
         for durability in ("full", "normal"):
             run = dj_e2e[durability]
             parts, ok = [], True
+            like = durability == "full"
+            if like and raw_e2e:
+                ratio = _x(run["tasks_per_s"], raw_e2e)
+                parts.append(f"{ratio:.2f}x raw FULL")
+                ok = ratio >= 0.5
             for name, basis, minimum in (
-                ("huey", huey_e2e.get("tasks_per_s"), 10),
-                ("APScheduler", aps_tp.get("e2e_per_s"), 20),
+                ("huey", huey_e2e.get("tasks_per_s"), 2),
+                ("APScheduler", aps_tp.get("e2e_per_s"), None),
             ):
                 if basis:
                     ratio = _x(run["tasks_per_s"], basis)
                     parts.append(f"{ratio:.1f}x {name}")
-                    ok = ok and ratio >= minimum
-            like = durability == "full"
+                    if minimum is not None:
+                        ok = ok and ratio >= minimum
             note = (
                 f"producer process sends (1 transaction each) at {run['send_per_s']:,.0f}/s; "
                 f"CPU per task: producer {run['producer_cpu_us_per_task']:.0f} us, daemon "
                 f"{run['daemon_cpu_us_per_task']:.0f} us; daemon --workers 1"
             )
+            if "tasks_per_daemon_commit" in run:
+                note += f", {run['tasks_per_daemon_commit']:.1f} tasks per daemon commit"
+            if like and "raw_full_rounds" in dj_e2e:
+                note += "; raw FULL measured just before and after: " + ", ".join(
+                    f"{r:,.0f}" for r in dj_e2e["raw_full_rounds"]
+                )
             if not like:
                 note += "; NORMAL: not like for like (huey commits with synchronous=FULL)"
             rows.append(
@@ -479,14 +567,56 @@ def build_rows(
                     note=note,
                 )
             )
-        drain = dj_e2e.get("drain")
-        if drain:
+        bulk_e2e = dj_e2e.get("bulk")
+        if bulk_e2e:
+            gain = _x(bulk_e2e["tasks_per_s"], dj_e2e["full"]["tasks_per_s"])
             rows.append(
                 Result(
-                    f"durajobs daemon alone: {drain['tasks']:,} tasks already due, FULL",
+                    f"durajobs: send_many (batches of 100) + execute {n_e2e} no-op tasks via "
+                    "the daemon, FULL",
+                    bulk_e2e["tasks_per_s"],
+                    "tasks/s",
+                    target=">= 5x single sends",
+                    ratio=f"{gain:.1f}x single sends",
+                    status="PASS" if gain >= 5 else "FAIL",
+                    note=f"producer sends at {bulk_e2e['send_per_s']:,.0f}/s (one transaction "
+                    f"per 100); CPU per task: producer {bulk_e2e['producer_cpu_us_per_task']:.0f}"
+                    f" us, daemon {bulk_e2e['daemon_cpu_us_per_task']:.0f} us; "
+                    f"{bulk_e2e.get('tasks_per_daemon_commit', math.nan):.1f} tasks per daemon "
+                    "commit",
+                )
+            )
+        drain, drain2 = dj_e2e.get("drain"), dj_e2e.get("drain2")
+        if drain:
+            rounds = drain.get("rounds")
+            rows.append(
+                Result(
+                    f"durajobs daemon alone: {drain['tasks']:,} tasks already due, FULL, "
+                    "--workers 1",
                     drain["tasks_per_s"],
                     "tasks/s",
-                    note="no producer: the daemon's own ceiling (group commit, 1 worker)",
+                    note="no producer: the daemon's own ceiling (group commit)"
+                    + (
+                        f"; median of {len(rounds)}: " + ", ".join(f"{r:,.0f}" for r in rounds)
+                        if rounds
+                        else ""
+                    ),
+                )
+            )
+        if drain and drain2:
+            gain = _x(drain2["tasks_per_s"], drain["tasks_per_s"])
+            rounds = drain2.get("rounds") or []
+            rows.append(
+                Result(
+                    f"durajobs daemon alone: {drain2['tasks']:,} tasks already due, FULL, "
+                    "--workers 2",
+                    drain2["tasks_per_s"],
+                    "tasks/s",
+                    target=">= 1.7x --workers 1",
+                    ratio=f"{gain:.2f}x --workers 1",
+                    status="PASS" if gain >= 1.7 else "FAIL",
+                    note=f"{_cores()} cores; rounds alternate with --workers 1; median of "
+                    f"{len(rounds)}: " + ", ".join(f"{r:,.0f}" for r in rounds),
                 )
             )
 
@@ -514,18 +644,35 @@ def build_rows(
                 )
             )
     dj_lat = dj.get("lateness")
-    for pct, limit in (("p50", 0.001), ("p99", 0.005)):
+    if isinstance(dj_lat, list):  # a run from before the three lateness runs
+        dj_lat = {"samples": dj_lat, "runs": []}
+    lat_runs = (dj_lat or {}).get("runs") or []
+    for pct, limit in (("p50", 0.001), ("p99", 0.002)):
         label = f"durajobs lateness {pct} (daemon; alarms set by another process; {rate})"
         target = f"< {limit * 1000:g} ms"
+        if pct == "p99":
+            target += " (median of 3 runs)"
         if dj_lat is None:
             rows.append(Result(label, None, "s", target=target, status="pending"))
             continue
-        value = percentile(dj_lat, 50 if pct == "p50" else 99)
+        if lat_runs:
+            per_run = sorted(r[pct] for r in lat_runs)
+            value = per_run[len(per_run) // 2]
+        else:
+            per_run = []
+            value = percentile(dj_lat["samples"], 50 if pct == "p50" else 99)
         peers_later = [
             f"{name} {_fmt_times(_x(peer[pct], value))} later"
             for name, peer in (("huey", huey_lat), ("APScheduler", aps_lat))
             if pct in peer and value > 0
         ]
+        note = ""
+        if per_run:
+            note = f"median of {len(per_run)} runs: " + ", ".join(
+                fmt_number(v, "s") for v in per_run
+            )
+            if pct == "p99":
+                note += "; max per run: " + ", ".join(fmt_number(r["max"], "s") for r in lat_runs)
         rows.append(
             Result(
                 label,
@@ -534,6 +681,7 @@ def build_rows(
                 target=target,
                 ratio=", ".join(peers_later),
                 status="PASS" if value < limit else "FAIL",
+                note=note,
             )
         )
 
@@ -679,7 +827,7 @@ def write_charts(
     series = [
         ("huey (eta tasks, other process)", peers.get("huey_lateness", {}).get("samples")),
         ("APScheduler (date jobs, in-process)", peers.get("aps_lateness", {}).get("samples")),
-        ("durajobs daemon (other process)", dj.get("lateness")),
+        ("durajobs daemon (other process)", _lateness_samples(dj.get("lateness"))),
     ]
     for label, samples in series:
         if not samples:
@@ -695,7 +843,7 @@ def write_charts(
     ax.set_ylabel("fraction of alarms")
     ax.set_title("Alarm lateness (alarms 200 ms ahead at 100/s)")
     ax.axvline(1, color="grey", lw=0.8, ls=":", label="durajobs target p50 < 1 ms")
-    ax.axvline(5, color="grey", lw=0.8, ls="--", label="durajobs target p99 < 5 ms")
+    ax.axvline(2, color="grey", lw=0.8, ls="--", label="durajobs target p99 < 2 ms")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
