@@ -35,6 +35,7 @@ __all__ = ["AdvisoryClaims", "claim_key"]
 _KEYS: dict[str, int] = {}
 _KEYS_MAX = 1 << 16
 WAIT_CHECK_INTERVAL = 0.001  # seconds an ``anyone_waiting`` answer of "no" is reused
+CLAIMS_NAME = "durajobs claims"  # the application_name of a claim session (pg_stat_activity)
 
 SQL_TRY_CLAIM = (
     "SELECT CASE WHEN pg_try_advisory_lock(%(hi)s::int, %(lo)s::int) "
@@ -106,7 +107,7 @@ class AdvisoryClaims:
     """
 
     def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
-        self._link = Link(location, connect_timeout=connect_timeout)
+        self._link = Link(location, connect_timeout=connect_timeout, application_name=CLAIMS_NAME)
         self._psycopg = _psycopg(self._link.where)
         self.path = self._link.where
         self._held: set[int] = set()

@@ -1,0 +1,207 @@
+"""Daemons on several "hosts" sharing one PostgreSQL database, when a host misbehaves.
+
+Real daemons (``durajobs_daemon.py`` subprocesses, ``daemon_apps.hosts_app``) on a real server:
+
+- a claim lost while its process lives (``pg_terminate_backend`` on its claim session): the
+  other daemon runs the step, the first handler finishes too, and the fence lets exactly one
+  commit land;
+- a daemon stopped (SIGSTOP) inside a handler keeps its claim; the other daemon runs every
+  other instance meanwhile;
+- a real partition: a daemon in a network namespace of its own, connected over a veth pair,
+  loses its link inside a handler; the server drops its sessions after the keepalive time set
+  here, a daemon on the server's side runs the step again, and when the link is back the cut
+  off daemon's commit is fenced out.
+
+Handlers write JSON lines (enter/exit, with their pid); the tests wait on those lines, on the
+server's views (``pg_stat_activity``, ``pg_locks``) and on the instances' counters, each with a
+deadline, never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_apps.app_defs import Due
+from daemon_apps.hosts_app import REGISTRY
+
+from durajobs import Jobs
+from durajobs.stores.pg_claims import CLAIMS_NAME, claim_key
+
+TESTS = Path(__file__).parent
+DAEMON = TESTS.parent / "durajobs_daemon.py"
+APP = "daemon_apps.hosts_app:jobs"
+KEEPALIVES = "keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.01)
+    return value
+
+
+def _query(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return list(conn.execute(sql.encode(), params).fetchall())
+
+
+class Hosts:
+    """One database, this test's ``Jobs`` on it, and daemons started against it (each may get
+    a URL of its own and a command prefix, such as ``ip netns exec NAME``)."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.out = tmp_path / "handlers.jsonl"
+        self.tmp_path = tmp_path
+        self.env = {
+            **os.environ,
+            "DAEMON_TEST_DB": url,
+            "DAEMON_TEST_OUT": str(self.out),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        }
+        for key in (
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+            "DURAJOBS_DB",
+        ):
+            self.env.pop(key, None)
+        self.jobs = Jobs(url, REGISTRY)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, *args: str, url: str | None = None, prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start a daemon; wait until it serves."""
+        index = len(self.procs)
+        log = open(self.tmp_path / f"daemon-{index}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, str(DAEMON), "--app", APP, *args],
+            env={**self.env, "DAEMON_TEST_DB": url or self.url}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        self.procs.append(proc)
+        wait_for(lambda: "serving" in self.log(index) or proc.poll() is not None,
+                 what=f"daemon {index} serving")  # fmt: skip
+        assert proc.poll() is None, self.log(index)
+        return proc
+
+    def log(self, index: int) -> str:
+        return (self.tmp_path / f"daemon-{index}.log").read_text(errors="replace")
+
+    def records(self, kind: str, instance: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.out.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        items = [json.loads(line) for line in lines]
+        return [i for i in items if i["kind"] == kind and (instance is None or i["id"] == instance)]
+
+    def open_gate(self) -> None:
+        """Let the first entry of every ``gate-*`` handler go on."""
+        Path(f"{self.out}.open").touch()
+
+    def send(self, user_id: str, at: float | None = None) -> None:
+        self.jobs.task("task").send(user_id, Due(time.time() if at is None else at))
+
+    def execute_count(self, user_id: str) -> int:
+        return self.jobs.task("task").status(user_id).execute_count
+
+    def history(self, user_id: str) -> list[tuple[str, int]]:
+        """The instance's history records: ``(event, step)``, oldest first."""
+        rows = _query(
+            self.url, "SELECT event, step FROM history WHERE instance_id = %s ORDER BY id",
+            (f"task:task:{user_id}",),
+        )  # fmt: skip
+        return [(str(event), int(step)) for event, step in rows]
+
+    def claim_holder(self, user_id: str) -> tuple[int, str, str | None] | None:
+        """The session holding the instance's claim: ``(pid, application_name, client
+        address)``, or ``None``."""
+        unsigned = claim_key(f"task:task:{user_id}") & 0xFFFFFFFFFFFFFFFF
+        rows = _query(
+            self.url,
+            "SELECT a.pid, a.application_name, host(a.client_addr) FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.objsubid = 1 AND l.classid::bigint = %s "
+            "AND l.objid::bigint = %s AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            (unsigned >> 32, unsigned & 0xFFFFFFFF),
+        )
+        return (int(rows[0][0]), str(rows[0][1]), rows[0][2]) if rows else None
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+        """SIGTERM (the daemon drains: a running step ends, its commit included); exit code."""
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        self.jobs.close()
+
+
+@pytest.fixture
+def hosts(pg_url: str, tmp_path: Path) -> Iterator[Hosts]:
+    made = Hosts(pg_url, tmp_path)
+    yield made
+    made.close()
+
+
+def _executes(hosts: Hosts, user_id: str) -> list[tuple[str, int]]:
+    return [(event, step) for event, step in hosts.history(user_id) if "execute" in event]
+
+
+def test_a_claim_lost_while_its_process_lives_lets_exactly_one_commit_land(hosts: Hosts) -> None:
+    first = hosts.start()
+    hosts.send("gate-1")
+    entered = wait_for(lambda: hosts.records("enter", "gate-1"), what="the handler entered")
+    first_worker = entered[0]["pid"]
+    second = hosts.start()
+    holder = wait_for(lambda: hosts.claim_holder("gate-1"), what="the claim session")
+    assert holder[1] == CLAIMS_NAME
+    # The second daemon stays out while the claim is held.
+    assert hosts.execute_count("gate-1") == 0
+    assert len(hosts.records("enter", "gate-1")) == 1
+
+    _query(hosts.url, "SELECT pg_terminate_backend(%s)", (holder[0],))
+    lost_at = time.time()
+    wait_for(lambda: hosts.execute_count("gate-1") == 1, timeout=10, what="the step rerun")
+    again = hosts.records("enter", "gate-1")
+    assert len(again) == 2
+    assert again[1]["pid"] != first_worker
+    print(f"claim lost -> rerun by the other daemon in {(again[1]['t'] - lost_at) * 1000:.0f} ms")
+    second_worker = again[1]["pid"]
+
+    # The first handler is still inside: let it finish; SIGTERM makes its daemon drain, so its
+    # exit means its commit was tried (and fenced out).
+    assert [r["pid"] for r in hosts.records("exit", "gate-1")] == [second_worker]
+    hosts.open_gate()
+    assert hosts.stop(first) == 0, hosts.log(0)
+    exits = hosts.records("exit", "gate-1")
+    assert sorted(r["pid"] for r in exits) == sorted([first_worker, second_worker])
+    assert hosts.execute_count("gate-1") == 1
+    state = hosts.jobs.task("task").get_state("gate-1")
+    assert (state.pid, state.runs) == (second_worker, 1), "the stale commit landed"
+    assert len(_executes(hosts, "gate-1")) == 1, hosts.history("gate-1")
+    assert hosts.stop(second) == 0, hosts.log(1)
