@@ -205,3 +205,42 @@ def test_a_claim_lost_while_its_process_lives_lets_exactly_one_commit_land(hosts
     assert (state.pid, state.runs) == (second_worker, 1), "the stale commit landed"
     assert len(_executes(hosts, "gate-1")) == 1, hosts.history("gate-1")
     assert hosts.stop(second) == 0, hosts.log(1)
+
+
+def test_a_stopped_daemon_keeps_its_claim_and_the_other_runs_everything_else(
+    hosts: Hosts,
+) -> None:
+    first = hosts.start()
+    hosts.send("gate-1")
+    entered = wait_for(lambda: hosts.records("enter", "gate-1"), what="the handler entered")
+    first_worker = entered[0]["pid"]
+    second = hosts.start()
+    holder = wait_for(lambda: hosts.claim_holder("gate-1"), what="the claim session")
+    os.killpg(first.pid, signal.SIGSTOP)  # the whole host freezes: daemon and worker
+    try:
+        # Due over 2 s, so the other daemon retries the held instance all along (its busy
+        # backoff: 50 ms doubling) while it runs these.
+        now = time.time()
+        ids = [f"other-{i}" for i in range(20)]
+        for i, user_id in enumerate(ids):
+            hosts.send(user_id, now + i * 0.1)
+        wait_for(lambda: len(hosts.records("exit")) >= len(ids), what="every other instance")
+        ran = hosts.records("enter")
+        assert sorted(r["id"] for r in ran if r["id"] != "gate-1") == sorted(ids)
+        assert {r["pid"] for r in ran if r["id"] != "gate-1"}.isdisjoint({first_worker})
+        # The stopped process still holds its claim: its step was not run a second time.
+        assert [r["pid"] for r in hosts.records("enter", "gate-1")] == [first_worker]
+        assert hosts.claim_holder("gate-1") == holder
+        assert hosts.execute_count("gate-1") == 0
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    hosts.open_gate()
+    wait_for(lambda: hosts.execute_count("gate-1") == 1, what="the held step committed")
+    assert hosts.stop(first) == 0, hosts.log(0)
+    assert hosts.stop(second) == 0, hosts.log(1)
+    for user_id in ids:
+        assert hosts.execute_count(user_id) == 1
+        assert len(_executes(hosts, user_id)) == 1
+    state = hosts.jobs.task("task").get_state("gate-1")
+    assert (state.pid, state.runs) == (first_worker, 1)
+    assert len(hosts.records("enter", "gate-1")) == 1
