@@ -343,14 +343,22 @@ def daemon_drain(
     db = base / f"drain-{workers}.db"
     with Jobs(db, REGISTRY, durability="normal", wake=False) as setup:
         setup.task("e2e").send_many([(f"t{i:07d}", Item(i)) for i in range(tasks)])
-    with Jobs(db, REGISTRY) as jobs, daemon(db, base, workers=workers):
+    with Jobs(db, REGISTRY) as jobs, daemon(db, base, workers=workers) as proc:
         # READY comes after the first poll has dispatched: time from READY is a lower bound.
         t0 = time.perf_counter()
+        cpu = cpu_seconds(proc.pid)
         finished = wait_until(lambda: _pending_alarms(jobs) == 0, timeout=timeout, interval=0.01)
         end = time.perf_counter()
+        cpu = cpu_seconds(proc.pid) - cpu
         if not finished:
             raise TimeoutError("the daemon did not drain the due tasks")
-    return {"tasks": tasks, "workers": workers, "tasks_per_s": tasks / (end - t0)}
+    return {
+        "tasks": tasks,
+        "workers": workers,
+        "tasks_per_s": tasks / (end - t0),
+        "daemon_cpu_us_per_task": cpu / tasks * 1e6,
+        "daemon_cores_busy": cpu / (end - t0),
+    }
 
 
 # =========================================================================== lateness

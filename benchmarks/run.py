@@ -185,17 +185,20 @@ def durajobs_end_to_end(cfg: Config, base: Path) -> dict[str, Any] | None:
     out["bulk"] = dj_bench.end_to_end(
         base, n, durability="full", timeout=cfg.peers.timeout, batch=100
     )
-    drains: dict[int, list[float]] = {1: [], 2: []}
+    drains: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for _ in range(3):
         for workers in (1, 2):
             run = dj_bench.daemon_drain(base, n, timeout=cfg.peers.timeout, workers=workers)
-            drains[workers].append(run["tasks_per_s"])
+            drains[workers].append(run)
     for workers, key in ((1, "drain"), (2, "drain2")):
+        runs = drains[workers]
         out[key] = {
             "tasks": n,
             "workers": workers,
-            "tasks_per_s": statistics.median(drains[workers]),
-            "rounds": drains[workers],
+            "tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs),
+            "rounds": [r["tasks_per_s"] for r in runs],
+            "cpu_us_per_task": statistics.median(r["daemon_cpu_us_per_task"] for r in runs),
+            "cores_busy": statistics.median(r["daemon_cores_busy"] for r in runs),
         }
     return out
 
@@ -597,6 +600,12 @@ def build_rows(
                     "tasks/s",
                     note="no producer: the daemon's own ceiling (group commit)"
                     + (
+                        f"; CPU {drain['cpu_us_per_task']:.0f} us per task, "
+                        f"{drain['cores_busy']:.2f} cores busy"
+                        if "cpu_us_per_task" in drain
+                        else ""
+                    )
+                    + (
                         f"; median of {len(rounds)}: " + ", ".join(f"{r:,.0f}" for r in rounds)
                         if rounds
                         else ""
@@ -616,7 +625,14 @@ def build_rows(
                     ratio=f"{gain:.2f}x --workers 1",
                     status="PASS" if gain >= 1.7 else "FAIL",
                     note=f"{_cores()} cores; rounds alternate with --workers 1; median of "
-                    f"{len(rounds)}: " + ", ".join(f"{r:,.0f}" for r in rounds),
+                    f"{len(rounds)}: "
+                    + ", ".join(f"{r:,.0f}" for r in rounds)
+                    + (
+                        f"; CPU {drain2['cpu_us_per_task']:.0f} us per task (parent and "
+                        f"workers), {drain2['cores_busy']:.2f} cores busy"
+                        if "cpu_us_per_task" in drain2
+                        else ""
+                    ),
                 )
             )
 
