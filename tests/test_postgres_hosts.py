@@ -22,17 +22,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_apps.app_defs import Due
 from daemon_apps.hosts_app import REGISTRY
+from pgserver import PgServer
 
 from durajobs import Jobs
 from durajobs.stores.pg_claims import CLAIMS_NAME, claim_key
@@ -244,3 +248,184 @@ def test_a_stopped_daemon_keeps_its_claim_and_the_other_runs_everything_else(
     state = hosts.jobs.task("task").get_state("gate-1")
     assert (state.pid, state.runs) == (first_worker, 1)
     assert len(hosts.records("enter", "gate-1")) == 1
+
+
+# -- a real partition ---------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> str:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+@dataclass
+class Partition:
+    """A network namespace (the other host) joined to this one by a veth pair on a private
+    /30 that exists nowhere else, and a PostgreSQL server listening on this side of it."""
+
+    namespace: str
+    host_side: str  # veth end in this namespace, address ``server_ip``
+    far_side: str  # veth end in ``namespace``, address ``far_ip``
+    server_ip: str
+    far_ip: str
+    server: PgServer
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+    def cut(self) -> None:
+        """Down the far end: the near end loses its carrier and drops what it is given (its
+        route stays, so nothing for the far address can take another way)."""
+        _ip("netns", "exec", self.namespace, "ip", "link", "set", self.far_side, "down")
+
+    def mend(self) -> None:
+        _ip("netns", "exec", self.namespace, "ip", "link", "set", self.far_side, "up")
+
+    def far_url(self, url: str) -> str:
+        """``url`` (a 127.0.0.1 URL of ``server``) reached from the namespace, with libpq
+        keepalives that notice a dead link within a few seconds."""
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.replace("@127.0.0.1:", f"@{self.server_ip}:")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=KEEPALIVES))
+
+
+def _free_subnet() -> int:
+    """A third octet ``x`` such that no address or route of this host is in 10.200.x.0/24."""
+    used = _ip("-4", "addr") + _ip("-4", "route", "show", "table", "all")
+    for offset in range(250):
+        x = 1 + (os.getpid() + offset) % 250
+        if f"10.200.{x}." not in used:
+            return x
+    raise OSError("no free 10.200.x.0/30 subnet")
+
+
+@pytest.fixture
+def partition(pg_server: PgServer) -> Iterator[Partition]:
+    """Skipped where network namespaces cannot be made (not root, no ``ip``, a container
+    without CAP_SYS_ADMIN), but a failure with ``CI=true``. Everything made is removed."""
+
+    def unavailable(reason: str) -> None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+
+    if os.geteuid() != 0:
+        unavailable("a network namespace needs root (ip netns add)")
+    if shutil.which("ip") is None:
+        unavailable("iproute2 is not installed (no ip command)")
+    tag = os.getpid() % 100000
+    namespace, host_side, far_side = f"durajobs-test-{tag}", f"djh{tag}", f"djn{tag}"
+    cleanup: list[Callable[[], Any]] = []
+    server: PgServer | None = None
+    try:
+        try:
+            _ip("netns", "add", namespace)
+        except OSError as exc:
+            unavailable(f"cannot make a network namespace here: {exc}")
+        cleanup.append(lambda: _ip("netns", "del", namespace))  # and the veth end inside it
+        x = _free_subnet()
+        server_ip, far_ip = f"10.200.{x}.1", f"10.200.{x}.2"
+        _ip("link", "add", host_side, "type", "veth", "peer", "name", far_side, "netns", namespace)
+        cleanup.append(lambda: _ip("link", "del", host_side))
+        # A safety net: were the veth's own route ever gone, the far address is unreachable
+        # here rather than sent to the default gateway.
+        _ip("route", "add", "unreachable", f"10.200.{x}.0/30", "metric", "4242")
+        cleanup.append(
+            lambda: _ip("route", "del", "unreachable", f"10.200.{x}.0/30", "metric", "4242")
+        )
+        _ip("addr", "add", f"{server_ip}/30", "dev", host_side)
+        _ip("link", "set", host_side, "up")
+        inside = ["netns", "exec", namespace, "ip"]
+        _ip(*inside, "addr", "add", f"{far_ip}/30", "dev", far_side)
+        _ip(*inside, "link", "set", far_side, "up")
+        _ip(*inside, "link", "set", "lo", "up")
+
+        server = PgServer(pg_server.bindir)
+        server.start()
+        with open(os.path.join(server.data, "pg_hba.conf"), "a") as hba:
+            hba.write(f"host all all 10.200.{x}.0/30 scram-sha-256\n")
+        for setting in (
+            f"listen_addresses = '127.0.0.1,{server_ip}'",
+            # The server drops a silent peer's session after about 1 + 2 x 1 s.
+            "tcp_keepalives_idle = 1",
+            "tcp_keepalives_interval = 1",
+            "tcp_keepalives_count = 2",
+            "tcp_user_timeout = 3000",
+        ):
+            server.admin_execute(f"ALTER SYSTEM SET {setting}")
+        server.restart()
+        yield Partition(namespace, host_side, far_side, server_ip, far_ip, server)
+    finally:
+        if server is not None:
+            server.stop()  # before the link goes: no session is left to the far side
+        for undo in reversed(cleanup):
+            with contextlib.suppress(OSError):
+                undo()
+
+
+def test_a_partitioned_daemons_step_is_rerun_and_its_commit_fenced_out(
+    partition: Partition, tmp_path: Path
+) -> None:
+    server = partition.server
+    url = server.create_database("hosts")
+    hosts = Hosts(url, tmp_path)
+    try:
+        far = hosts.start(url=partition.far_url(url), prefix=partition.exec_prefix())
+        sessions = (
+            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet",
+            (partition.far_ip,),
+        )
+        assert _query(url, *sessions)[0][0] > 0, "the far daemon connects over the veth"
+        before = [f"before-{i}" for i in range(5)]
+        for user_id in before:
+            hosts.send(user_id)
+        wait_for(lambda: len(hosts.records("exit")) >= len(before), what="the far daemon works")
+        hosts.send("gate-1")
+        entered = wait_for(lambda: hosts.records("enter", "gate-1"), what="the handler entered")
+        far_worker = entered[0]["pid"]
+        near = hosts.start()
+        holder = wait_for(lambda: hosts.claim_holder("gate-1"), what="the claim session")
+        assert holder[2] == partition.far_ip
+
+        partition.cut()
+        cut_at = time.time()
+        during = [f"during-{i}" for i in range(5)]
+        for user_id in during:
+            hosts.send(user_id)
+        wait_for(lambda: _query(url, *sessions)[0][0] == 0, timeout=20,
+                 what="the server dropping the far daemon's sessions")  # fmt: skip
+        dropped = time.time() - cut_at
+        wait_for(lambda: hosts.execute_count("gate-1") == 1, timeout=20, what="the step rerun")
+        rerun = hosts.records("enter", "gate-1")[1]
+        assert rerun["pid"] != far_worker
+        near_worker = rerun["pid"]
+        print(
+            f"partition: sessions dropped {dropped * 1000:.0f} ms after the cut, step rerun "
+            f"{(rerun['t'] - cut_at) * 1000:.0f} ms after it"
+        )
+        wait_for(lambda: all(hosts.execute_count(i) == 1 for i in during), what="during-*")
+        assert hosts.records("exit", "gate-1")[0]["pid"] == near_worker
+
+        partition.mend()
+        # The far handler reads through its dead connection (that fails), reconnects, and
+        # writes "exit" only once a read works: its commit then goes to the server, which
+        # fences it out.
+        hosts.open_gate()
+        wait_for(lambda: len(hosts.records("exit", "gate-1")) == 2, what="the far handler ends")
+        assert hosts.stop(far) == 0, hosts.log(0)  # drained: its commit was tried
+        after = [f"after-{i}" for i in range(5)]
+        for user_id in after:
+            hosts.send(user_id)
+        wait_for(lambda: all(hosts.execute_count(i) == 1 for i in after), what="after-*")
+        assert hosts.stop(near) == 0, hosts.log(1)
+
+        state = hosts.jobs.task("task").get_state("gate-1")
+        assert (state.pid, state.runs) == (near_worker, 1), "the cut off daemon's commit landed"
+        for user_id in [*before, "gate-1", *during, *after]:
+            assert hosts.execute_count(user_id) == 1, user_id
+            assert len(_executes(hosts, user_id)) == 1, (user_id, hosts.history(user_id))
+        print("far handler's failed reads after the link came back:", hosts.records("read-failed"))
+    finally:
+        hosts.close()
