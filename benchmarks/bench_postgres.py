@@ -1,45 +1,112 @@
-"""durajobs on PostgreSQL: ``task.send`` calls/s and ``run_due`` steps/s, FULL and NORMAL.
+"""durajobs on PostgreSQL: the benchmark table of issue 14, one run on one throwaway server.
 
 Theory of operation: a throwaway cluster is started for the run (``tests/pgserver.py``: initdb
 in a temp dir, TCP on 127.0.0.1 with a password; fsync on, as a real server) unless ``--url``
-names a database to use (it must be empty; it is cleaned after each measurement). For each
-durability:
+names a database to use (it must be empty; it is cleaned after each measurement; the peers
+then share it). Every figure below is measured on that one server in that one run; compared
+runs are interleaved round by round and medians are reported. Durability is the default of
+each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"``).
 
-- ``send``: ``N`` ``task.send`` calls of distinct instances, one after the other (each a claim,
-  a read, a step, a commit, a release); calls/s;
-- ``run_due``: the same ``N`` instances, all due now, stepped by ``jobs.run_due()`` (one
-  process, group commit); steps/s. Every step executes a no-op handler and commits the
-  instance's new row and its history records;
-- ``floor``: the raw server on the same connection type: single-row ``UPDATE``s in autocommit
-  (one transaction each) and 100 ``UPDATE``s per transaction, rows/s, no durajobs at all.
+1. ``run_due`` group commit, FULL and NORMAL:
 
-Run: ``python benchmarks/bench_postgres.py [--n 3000] [--repeat 3] [--url postgresql://...]``;
-prints a markdown table and writes ``benchmarks/out/bench_postgres.json``.
+   - ``send``: ``N`` ``task.send`` calls of distinct instances, one after the other (each a
+     claim, a read, a step, a commit, a release); calls/s;
+   - ``run_due``: the same ``N`` instances, all due now, stepped by ``jobs.run_due()`` (one
+     process, group commit); steps/s. Every step executes a no-op handler and commits the
+     instance's new row and its history records. "before" is the same code with
+     ``PostgresStore.batch_commit`` and ``AdvisoryClaims.batch_claims`` off;
+   - ``floor``: the raw server on the same connection type: single-row ``UPDATE``s in
+     autocommit (one transaction each) and 100 ``UPDATE``s per transaction, rows/s, no durajobs.
+
+2. End to end (the daemons' throughput): ``K`` real daemons (``durajobs_daemon.py --app
+   bench_postgres:jobs``, one worker each, ``--log-level warning``) are up (``READY=1`` on the
+   ``NOTIFY_SOCKET`` we bind); a producer process (``bench_postgres.py produce-dj``) sends
+   ``E`` events to ``E`` Task instances (``e2e``: ``on_event`` schedules ``execute`` now,
+   ``execute`` is a no-op), one ``task.send`` (one transaction) each; tasks/s = ``E`` / (the
+   first send .. the first poll, every 5 ms, that finds every instance made and none due).
+   ``K`` = 1 and 2, interleaved with the peers (5).
+
+3. Alarm lateness through LISTEN/NOTIFY: one daemon; a producer process sends at ``--rate``/s
+   for ``--late-seconds`` events whose ``on_event`` schedules ``execute`` 200 ms ahead at an
+   absolute time (the daemon learns of each new alarm by a notification: it has no other reason
+   to wake); ``execute`` first appends ``time.time() - due`` to a file. p50/p99/max.
+
+4. Takeover after ``kill -9``: daemon A runs ``hang-k``'s ``execute``, which sleeps an hour on
+   its first entry (an ``O_EXCL`` marker file tells the first entry from later ones); daemon B
+   is started and ready; A's process group (daemon and worker) is killed with SIGKILL; the
+   takeover time is from just before the kill to B's entry into the same handler (its first
+   act records ``time.time()``). B is A of the next trial. Median of ``--trials``.
+
+5. Side by side, the same workload as (2) with one worker process per system, on its own
+   database of the same server: ``E`` jobs enqueued one per transaction by a producer process
+   while the worker runs; no-op handlers; tasks/s from the first enqueue to the first poll
+   that finds the producer done and nothing left to run. Each peer as its documentation runs
+   it, with its defaults:
+
+   - pgqueuer: schema by ``Queries.install()`` (durable tables), the worker ``pgq run
+     bench_postgres:pgq_factory`` (a ``PgQueuer`` on a ``PsycopgDriver``, an async no-op
+     entrypoint; ``--batch-size`` 10, the default), the producer ``Queries.enqueue("noop",
+     None)`` per job; done when its queue table is empty (finished jobs leave it);
+   - procrastinate: ``App(connector=PsycopgConnector(...))``, schema by
+     ``schema_manager.apply_schema()``, the worker ``app.run_worker()`` (concurrency 1, the
+     default; LISTEN/NOTIFY on), the producer ``noop.defer()`` per job in ``app.open()``;
+     done when every job's status is ``succeeded``.
+
+   Each is warmed up (one job run) before the timed run; each run is bounded in count (``E``)
+   and time (``--max-seconds``); a system that cannot run is recorded with its error.
+
+Every subprocess runs in its own process group and is killed by group when its ``with`` block
+ends (``common.managed_process``); helpers also arm ``alarm()`` so they end by themselves.
+
+Run: ``python benchmarks/bench_postgres.py [--quick] [--url postgresql://...]``; prints the
+table, writes ``benchmarks/RESULTS-postgres.md`` (``--quick``: ``benchmarks/out/``) and
+``benchmarks/out/bench_postgres.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import os
+import platform
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # pgserver
-sys.path.insert(0, str(BENCH_DIR.parent))
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO / "tests"))  # pgserver
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))  # common
 
 import attrs  # noqa: E402
+from common import latency_summary, managed_process, paced, wait_until  # noqa: E402
 
 from durajobs import Jobs, Task  # noqa: E402
+
+DAEMON = REPO / "durajobs_daemon.py"
+HELPER_LIFETIME = 900  # seconds: a helper process ends by itself after this
 
 
 @attrs.define
 class Due:
     at: float = 0.0
+
+
+@attrs.define
+class Item:
+    n: int = 0
 
 
 def on_event(event: Due, ctx: Any) -> None:
@@ -51,7 +118,53 @@ def execute(ctx: Any) -> None:
     del ctx  # a no-op handler: the benchmark measures durajobs and the server
 
 
-REGISTRY = {"task": Task(state=Due, event=Due, on_event=on_event, execute=execute)}
+def e2e_on_event(event: Item, ctx: Any) -> None:
+    ctx.schedule(timedelta(0))
+
+
+def late_execute(ctx: Any) -> None:
+    lateness = time.time() - ctx.state.at  # first thing: the start of the handler - due
+    _append(f"{lateness!r}\n")
+
+
+def hang_execute(ctx: Any) -> None:
+    entered = time.time()
+    marker = f"{os.environ['PGB_OUT']}.{ctx.id}"
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        _append(f"{ctx.id} {entered!r} {os.getpid()}\n")  # a later entry: the takeover
+        return
+    time.sleep(3600)  # the first entry: its daemon is killed in here
+
+
+def _append(line: str) -> None:
+    fd = os.open(os.environ["PGB_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+REGISTRY = {
+    "task": Task(state=Due, event=Due, on_event=on_event, execute=execute),
+    "e2e": Task(state=Item, event=Item, on_event=e2e_on_event, execute=execute),
+    "late": Task(state=Due, event=Due, on_event=on_event, execute=late_execute),
+    "hang": Task(state=Due, event=Due, on_event=on_event, execute=hang_execute),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``jobs``: the daemons' app (``--app bench_postgres:jobs``), on ``$PGB_URL``, made on
+    first access so that importing this module opens nothing."""
+    if name == "jobs":
+        made = Jobs(os.environ["PGB_URL"], REGISTRY, durability=os.environ["PGB_DURABILITY"])
+        globals()["jobs"] = made
+        return made
+    raise AttributeError(name)
+
+
+# =========================================================================== run_due
 
 
 def clean(url: str) -> None:
@@ -121,15 +234,690 @@ def floor(url: str, n: int, durability: str) -> dict[str, float]:
     return {"floor_single": single, "floor_batch100": batch}
 
 
+# =========================================================================== processes
+
+
+def child_env(url: str, out: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a daemon or helper: this module importable, its database and file."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])),
+        "PGB_URL": url,
+        "PGB_DURABILITY": "full",
+        "PGB_OUT": str(out or os.devnull),
+        **extra,
+    }
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+        env.pop(key, None)
+    return env
+
+
+@contextlib.contextmanager
+def daemon(
+    url: str, base: Path, out: Path | None = None, *, timeout: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real daemon (one worker) on ``url``, ready (``READY=1`` received) when yielded."""
+    stamp = time.monotonic_ns()
+    notify_path = base / f"notify-{stamp}.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.05)
+    log = base / f"daemon-{stamp}.log"
+    env = {**child_env(url, out), "NOTIFY_SOCKET": str(notify_path)}
+    cmd = [sys.executable, str(DAEMON), "--app", "bench_postgres:jobs", "--log-level", "warning"]
+    try:
+        with managed_process(cmd, env=env, stderr_path=log, stdout_pipe=False) as proc:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited {proc.returncode}: {_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"daemon not ready within {timeout} s: {_tail(log)}")
+                with contextlib.suppress(TimeoutError):
+                    if b"READY=1" in notify.recv(4096):
+                        break
+            notify.close()  # nobody reads later STATUS= datagrams: a full queue would block it
+            notify_path.unlink()
+            yield proc
+    finally:
+        notify.close()
+        with contextlib.suppress(FileNotFoundError):
+            notify_path.unlink()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def helper(*args: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``bench_postgres.py ARGS`` to completion; the JSON object on its last stdout line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    with managed_process(cmd, env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"{args[0]} did not finish within {timeout} s") from exc
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-12:]
+            raise RuntimeError(f"{args[0]} exited {proc.returncode}: " + " | ".join(tail))
+        lines = [line for line in out.decode().splitlines() if line.strip()]
+        return dict(json.loads(lines[-1]))
+
+
+def query(url: str, sql: str) -> tuple[Any, ...]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql.encode()).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+# =========================================================================== the systems
+
+
+class System:
+    """One system under the end-to-end workload: its worker(s), its producer, its done test."""
+
+    name = ""
+
+    def __init__(self, url: str, base: Path) -> None:
+        self.url = url
+        self.base = base
+
+    def prepare(self) -> None:
+        """Create the schema (once)."""
+
+    def clean(self) -> None:
+        """Empty the tables (no worker running)."""
+
+    def workers(self) -> contextlib.AbstractContextManager[object]:
+        raise NotImplementedError
+
+    def produce(self, n: int, prefix: str, timeout: float) -> dict[str, Any]:
+        return helper(f"produce-{self.kind}", "--url", self.url, "--n", str(n),
+                      "--prefix", prefix, timeout=timeout)  # fmt: skip
+
+    def left(self, n: int) -> int:
+        """How many of the ``n`` jobs enqueued so far are not done (-1: not all visible)."""
+        raise NotImplementedError
+
+    def check(self, n: int) -> None:
+        """After a run: every one of the ``n`` jobs ran, once."""
+
+    kind = ""
+
+
+class Durajobs(System):
+    kind = "dj"
+
+    def __init__(self, url: str, base: Path, daemons: int) -> None:
+        super().__init__(url, base)
+        self.daemons = daemons
+        self.name = f"durajobs, {daemons} daemon{'s' if daemons > 1 else ''}"
+
+    def prepare(self) -> None:
+        Jobs(self.url, REGISTRY).close()
+
+    def clean(self) -> None:
+        clean(self.url)
+
+    @contextlib.contextmanager
+    def workers(self) -> Iterator[object]:
+        with contextlib.ExitStack() as stack:
+            for _ in range(self.daemons):
+                stack.enter_context(daemon(self.url, self.base))
+            yield None
+
+    def left(self, n: int) -> int:
+        rows, pending = query(
+            self.url, "SELECT count(*), count(due_at) FROM instances WHERE job = 'e2e'"
+        )
+        return int(pending) if rows == n else -1
+
+    def check(self, n: int) -> None:
+        with Jobs(self.url, REGISTRY, wake=False) as jobs:
+            task = jobs.task("e2e")
+            (ids,) = query(self.url, "SELECT array_agg(user_id) FROM instances WHERE job = 'e2e'")
+            for user_id in ids[:: max(1, len(ids) // 50)]:
+                count = task.status(user_id).execute_count
+                if count != 1:
+                    raise RuntimeError(f"{user_id} executed {count} times")
+
+
+class Pgqueuer(System):
+    kind = "pgq"
+    name = "pgqueuer"
+
+    def prepare(self) -> None:
+        async def install() -> None:
+            import psycopg
+            from pgqueuer import PsycopgDriver, Queries
+
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            async with conn:
+                queries = Queries(PsycopgDriver(conn))
+                if not await queries.schema_is_installed():
+                    await queries.install()
+
+        asyncio.run(install())
+
+    def clean(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE 'pgqueuer%'")]  # fmt: skip
+            conn.execute(("TRUNCATE " + ", ".join(tables)).encode())
+
+    @contextlib.contextmanager
+    def workers(self) -> Iterator[object]:
+        pgq = Path(sys.executable).with_name("pgq")
+        cmd = [str(pgq), "run", "bench_postgres:pgq_factory", "--log-level", "WARNING"]
+        log = self.base / f"pgq-{time.monotonic_ns()}.log"
+        with managed_process(cmd, env=child_env(self.url), stderr_path=log,
+                             stdout_pipe=False) as proc:  # fmt: skip
+            yield proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgq run exited {proc.returncode}: {_tail(log)}")
+
+    def left(self, n: int) -> int:
+        (queued,) = query(self.url, "SELECT count(*) FROM pgqueuer")
+        return int(queued)
+
+    def check(self, n: int) -> None:
+        (failed,) = query(
+            self.url, "SELECT count(*) FROM pgqueuer_log WHERE status::text NOT IN "
+            "('queued', 'picked', 'successful')"
+        )  # fmt: skip
+        if failed:
+            raise RuntimeError(f"pgqueuer: {failed} jobs did not succeed")
+
+
+class Procrastinate(System):
+    kind = "proc"
+    name = "procrastinate"
+
+    def prepare(self) -> None:
+        app = proc_app(self.url)
+        with app.open():
+            app.schema_manager.apply_schema()
+
+    def clean(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("TRUNCATE procrastinate_jobs CASCADE")
+
+    @contextlib.contextmanager
+    def workers(self) -> Iterator[object]:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "proc-worker", "--url", self.url]
+        log = self.base / f"proc-{time.monotonic_ns()}.log"
+        with managed_process(cmd, env=child_env(self.url), stderr_path=log,
+                             stdout_pipe=False) as proc:  # fmt: skip
+            yield proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"procrastinate worker exited {proc.returncode}: {_tail(log)}")
+
+    def left(self, n: int) -> int:
+        total, done = query(
+            self.url,
+            "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM procrastinate_jobs",
+        )
+        return int(total - done) if total == n else -1
+
+    def check(self, n: int) -> None:
+        (bad,) = query(
+            self.url, "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'"
+        )
+        if bad:
+            raise RuntimeError(f"procrastinate: {bad} jobs did not succeed")
+
+
+@contextlib.asynccontextmanager
+async def pgq_factory() -> AsyncIterator[Any]:
+    """pgqueuer's worker (``pgq run bench_postgres:pgq_factory``): a no-op entrypoint."""
+    import psycopg
+    from pgqueuer import PgQueuer, PsycopgDriver
+
+    conn = await psycopg.AsyncConnection.connect(os.environ["PGB_URL"], autocommit=True)
+    async with conn:
+        manager = PgQueuer(PsycopgDriver(conn))
+
+        @manager.entrypoint("noop")
+        async def noop(job: Any) -> None:
+            del job
+
+        yield manager
+
+
+def proc_app(url: str) -> Any:
+    """procrastinate's app with a no-op task ``noop``."""
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="noop")
+    async def noop(n: int) -> None:
+        del n
+
+    return app
+
+
+# =========================================================================== end to end
+
+
+def end_to_end(system: System, n: int, max_seconds: float, prefix: str) -> tuple[float, float]:
+    """Tasks/s: ``n`` jobs enqueued by a producer process while the worker(s) run."""
+    system.clean()
+    with system.workers():
+        helper(*_produce_args(system, 1, f"warm{prefix}"), timeout=60)  # warm-up and readiness
+        if not wait_until(lambda: system.left(1) == 0, timeout=60, interval=0.005):
+            raise RuntimeError(f"{system.name}: the warm-up job did not run within 60 s")
+        produced = helper(*_produce_args(system, n, prefix), timeout=max_seconds)
+        if not wait_until(lambda: system.left(n + 1) == 0, timeout=max_seconds, interval=0.005):
+            raise RuntimeError(f"{system.name}: {system.left(n + 1)} of {n} left after the limit")
+        done = time.time()
+    system.check(n + 1)
+    return n / (done - produced["first"]), produced["enqueue_per_s"]
+
+
+def _produce_args(system: System, n: int, prefix: str) -> list[str]:
+    return [f"produce-{system.kind}", "--url", system.url, "--n", str(n), "--prefix", prefix]
+
+
+def produce_main(kind: str, url: str, n: int, prefix: str) -> dict[str, float]:
+    """A producer process: ``n`` jobs, one transaction each; first and last enqueue times."""
+    signal.alarm(HELPER_LIFETIME)
+    if kind == "dj":
+        with Jobs(url, REGISTRY) as jobs:
+            send = jobs.task("e2e").send
+            first = time.time()
+            for i in range(n):
+                send(f"{prefix}-{i}", Item(i))
+            last = time.time()
+    elif kind == "pgq":
+
+        async def enqueue() -> tuple[float, float]:
+            import psycopg
+            from pgqueuer import PsycopgDriver, Queries
+
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            async with conn:
+                queries = Queries(PsycopgDriver(conn))
+                first = time.time()
+                for _ in range(n):
+                    await queries.enqueue("noop", None)
+                return first, time.time()
+
+        first, last = asyncio.run(enqueue())
+    else:
+        app = proc_app(url)
+        with app.open():
+            noop = app.tasks["noop"]
+            first = time.time()
+            for i in range(n):
+                noop.defer(n=i)
+            last = time.time()
+    return {"first": first, "last": last, "enqueue_per_s": n / max(last - first, 1e-9)}
+
+
+# =========================================================================== lateness
+
+
+def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) -> dict[str, float]:
+    """One daemon; alarms set ``ahead`` s ahead by a producer process at ``rate``/s."""
+    clean(url)
+    out = base / f"late-{time.monotonic_ns()}.txt"
+    out.touch()
+    with daemon(url, base, out):
+        made = helper("produce-late", "--url", url, "--rate", str(rate), "--seconds",
+                      str(seconds), "--ahead", str(ahead), timeout=seconds + 60)  # fmt: skip
+        sent = int(made["sent"])
+        wait_until(lambda: len(out.read_text().splitlines()) >= sent, timeout=30)
+    samples = [float(line) for line in out.read_text().splitlines()]
+    if len(samples) != sent:
+        raise RuntimeError(f"lateness: {len(samples)} handlers ran of {sent} alarms")
+    summary = latency_summary(samples)
+    return {**{k: v * 1000 for k, v in summary.items() if k != "n"}, "n": sent,
+            "rate": made["rate"]}  # fmt: skip
+
+
+def produce_late_main(url: str, rate: float, seconds: float, ahead: float) -> dict[str, float]:
+    signal.alarm(HELPER_LIFETIME)
+    count = int(rate * seconds)
+    with Jobs(url, REGISTRY) as jobs:
+        send = jobs.task("late").send
+        started = time.perf_counter()
+        sent = 0
+        for i in paced(rate, count, max_seconds=seconds * 2):
+            send(f"l{i}", Due(time.time() + ahead))
+            sent += 1
+        took = time.perf_counter() - started
+    return {"sent": sent, "rate": sent / took}
+
+
+# =========================================================================== takeover
+
+
+def takeover(url: str, base: Path, trials: int) -> list[float]:
+    """Seconds from ``kill -9`` of the daemon inside ``hang-k``'s handler to the survivor's entry
+    into it; daemon B of one trial is daemon A of the next."""
+    clean(url)
+    out = base / f"takeover-{time.monotonic_ns()}.txt"
+    out.touch()
+    times: list[float] = []
+    with contextlib.ExitStack() as stack, Jobs(url, REGISTRY) as jobs:
+        first = stack.enter_context(daemon(url, base, out))
+        for k in range(trials):
+            user_id = f"hang-{k}"
+            jobs.task("hang").send(user_id, Due(time.time()))
+            marker = Path(f"{out}.{user_id}")
+            if not wait_until(marker.exists, timeout=30):
+                raise RuntimeError(f"{user_id}: the handler was not entered")
+            second = stack.enter_context(daemon(url, base, out))
+            killed = time.time()
+            os.killpg(first.pid, signal.SIGKILL)  # the daemon and its worker, mid-handler
+            first.wait(timeout=30)
+            entries: list[str] = []
+
+            def entered(user_id: str = user_id, found: list[str] = entries) -> bool:
+                found[:] = [
+                    ln for ln in out.read_text().splitlines() if ln.startswith(user_id + " ")
+                ]
+                return bool(found)
+
+            if not wait_until(entered, timeout=30, interval=0.001):
+                raise RuntimeError(f"{user_id}: not taken over within 30 s")
+            times.append(float(entries[0].split()[1]) - killed)
+            first = second
+    return times
+
+
+# =========================================================================== the run
+
+
+def machine(url: str) -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    (server,) = query(url, "SELECT version()")
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "Python": platform.python_version(),
+        "PostgreSQL": str(server).split(" on ")[0],
+        "psycopg": ver("psycopg"),
+        "durajobs": f"{ver('durajobs')} (git {rev})",
+        "pgqueuer": ver("pgqueuer"),
+        "procrastinate": ver("procrastinate"),
+    }
+
+
+def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> dict[str, Any]:
+    res: dict[str, Any] = {"machine": machine(url), "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="bench-pg-", dir=_out_dir()) as tmp:
+        base = Path(tmp)
+        Jobs(url, REGISTRY).close()  # create the schema
+
+        # 1. run_due group commit vs the raw floor.
+        group: dict[str, dict[str, float]] = {}
+        for durability in ("full", "normal"):
+            runs = []
+            for _ in range(args.repeat):  # before and after interleaved: the same conditions
+                batching(False)
+                before = measure(url, args.n, durability)
+                batching(True)
+                after = measure(url, args.n, durability)
+                fl = floor(url, args.n, durability)
+                runs.append({
+                    "send_before": before["send"], "run_due_before": before["run_due"],
+                    **after, **fl, "ratio": after["run_due"] / fl["floor_single"],
+                })  # fmt: skip
+            group[durability] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            group[durability]["ratios"] = [r["ratio"] for r in runs]  # type: ignore[assignment]
+        res["run_due"] = group
+        _progress(f"run_due: {group['full']['ratio']:.1f}x FULL")
+
+        # 2 and 5. End to end, durajobs with 1 and 2 daemons and the peers, interleaved.
+        systems: list[System] = [Durajobs(url, base, 1), Durajobs(url, base, 2)]
+        errors: dict[str, str] = {}
+        for peer in (Pgqueuer(peer_urls["pgq"], base), Procrastinate(peer_urls["proc"], base)):
+            try:
+                peer.prepare()
+                systems.append(peer)
+            except Exception as exc:  # recorded: a peer that cannot run here
+                errors[peer.name] = f"{type(exc).__name__}: {exc}"
+        rates: dict[str, list[float]] = {s.name: [] for s in systems}
+        enqueue: dict[str, list[float]] = {s.name: [] for s in systems}
+        for round_no in range(args.rounds):
+            for system in systems:
+                if system.name in errors:
+                    continue
+                try:
+                    rate, sent = end_to_end(system, args.tasks, args.max_seconds, f"r{round_no}")
+                except Exception as exc:
+                    errors[system.name] = f"{type(exc).__name__}: {exc}"[:400]
+                    continue
+                rates[system.name].append(rate)
+                enqueue[system.name].append(sent)
+                _progress(f"e2e round {round_no}: {system.name}: {rate:,.0f} tasks/s")
+        medians = {k: statistics.median(v) for k, v in rates.items() if v}
+        res["e2e"] = {"rates": rates, "errors": errors, "median": medians, "enqueue": enqueue}
+        dj = rates[systems[0].name]
+        res["e2e"]["ratio_to_peer"] = {
+            s.name: statistics.median(a / b for a, b in zip(dj, rates[s.name], strict=False))
+            for s in systems[2:] if rates[s.name] and dj
+        }  # fmt: skip
+
+        # 3. Lateness through LISTEN/NOTIFY.
+        res["lateness"] = lateness(url, base, args.rate, args.late_seconds, 0.2)
+        _progress(f"lateness p99 {res['lateness']['p99']:.2f} ms")
+        res["lateness_now"] = lateness(url, base, args.rate, args.late_seconds, 0.0)
+
+        # 4. Takeover after kill -9.
+        trials = takeover(url, base, args.trials)
+        res["takeover"] = {"median": statistics.median(trials), "trials": trials}
+        _progress(f"takeover {res['takeover']}")
+    res["machine"]["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return res
+
+
+def _progress(text: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def _out_dir() -> Path:
+    out = BENCH_DIR / "out"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _enq(e2e: dict[str, Any], name: str) -> str:
+    """The median enqueue rate of a system's producer, as text."""
+    values = e2e["enqueue"].get(name) or []
+    return f"{statistics.median(values):,.0f}/s" if values else "?"
+
+
+def _status(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def report(res: dict[str, Any], args: argparse.Namespace) -> str:
+    """RESULTS-postgres.md."""
+    g = res["run_due"]
+    e2e = res["e2e"]
+    med = e2e["median"]
+    late, now, take = res["lateness"], res["lateness_now"], res["takeover"]
+    rows: list[tuple[str, str, str, bool | None, str]] = []
+    full, normal = g["full"], g["normal"]
+    rows.append((
+        "`run_due` group commit, FULL", f"{full['ratio']:.1f}x the 1-row-transaction floor "
+        f"({full['run_due']:,.0f} steps/s vs {full['floor_single']:,.0f} txn/s)", ">= 10x",
+        full["ratio"] >= 10, f"{args.n} due no-op Task instances, one process; before the "
+        f"batching {full['run_due_before']:,.0f} steps/s; 100-row-txn floor "
+        f"{full['floor_batch100']:,.0f} rows/s; per-round ratios "
+        + ", ".join(f"{x:.1f}" for x in full["ratios"]),
+    ))  # fmt: skip
+    rows.append((
+        "`run_due` group commit, NORMAL", f"{normal['ratio']:.1f}x the floor "
+        f"({normal['run_due']:,.0f} steps/s vs {normal['floor_single']:,.0f} txn/s)", "(FULL is "
+        "the goal)", None, "`synchronous_commit=off` on both sides",
+    ))  # fmt: skip
+    rows.append((
+        "`task.send`, FULL", f"{full['send']:,.0f} calls/s", "-", None,
+        "one call = claim, read, step, commit, release",
+    ))  # fmt: skip
+    names = list(e2e["rates"])
+    one, two = names[0], names[1]
+    for name in (one, two):
+        if name in med:
+            note = f"producer alone enqueues {_enq(e2e, name)}; rounds: " + ", ".join(
+                f"{x:,.0f}" for x in e2e["rates"][name]
+            )
+            if name == two and one in med:
+                note = f"{med[two] / med[one]:.2f}x one daemon; " + note
+            rows.append((f"End to end, {name}", f"{med[name]:,.0f} tasks/s", "-", None, note))
+        else:
+            rows.append((f"End to end, {name}", "not measured", "-", False,
+                         e2e["errors"].get(name, "")))  # fmt: skip
+    rows.append((
+        "Alarm lateness through LISTEN/NOTIFY (200 ms ahead)",
+        f"p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms", "p99 < 5 ms", late["p99"] < 5.0,
+        f"{late['n']:.0f} alarms at {late['rate']:.0f}/s from another process, one daemon; "
+        f"max {late['max']:.2f} ms",
+    ))  # fmt: skip
+    rows.append((
+        "Lateness, due at once (send to handler)", f"p50 {now['p50']:.2f} ms, "
+        f"p99 {now['p99']:.2f} ms", "-", None, "includes the producer's own `task.send` commit "
+        f"and the NOTIFY round; max {now['max']:.2f} ms",
+    ))  # fmt: skip
+    rows.append((
+        "Takeover after kill -9 mid-handler", f"{take['median'] * 1000:.0f} ms (median)",
+        "well under 1 s", take["median"] < 1.0,
+        "trials: " + ", ".join(f"{x * 1000:.0f}" for x in take["trials"]) + " ms",
+    ))  # fmt: skip
+    for name in names[2:]:
+        if name in med and name in e2e["ratio_to_peer"]:
+            ratio = e2e["ratio_to_peer"][name]
+            rows.append((
+                f"Enqueue + execute no-op vs {name}", f"durajobs {ratio:.2f}x {name} "
+                f"({med.get(one, 0):,.0f} vs {med[name]:,.0f} tasks/s)", "> 1x (ahead)",
+                ratio > 1.0, "one worker process each; its producer alone enqueues "
+                f"{_enq(e2e, name)}; rounds: "
+                + ", ".join(f"{x:,.0f}" for x in e2e["rates"][name]),
+            ))  # fmt: skip
+        else:
+            rows.append((f"Enqueue + execute no-op vs {name}", "not measured", "> 1x (ahead)",
+                         False, e2e["errors"].get(name, "")))  # fmt: skip
+    lines = [
+        "# durajobs on PostgreSQL: benchmark results (issue 14)",
+        "",
+        "Generated by `benchmarks/bench_postgres.py`"
+        + (" --quick" if args.quick else "")
+        + f" on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; every figure from one run on one "
+        "throwaway PostgreSQL server (fsync on, TCP on 127.0.0.1, `synchronous_commit=on` "
+        "unless NORMAL). Medians of "
+        f"{args.repeat} (`run_due`) and {args.rounds} (end to end) rounds, systems interleaved "
+        "round by round. How each figure is measured: the script's docstring.",
+        "",
+        "| workload | figure | goal | status | note |",
+        "|---|---|---|---|---|",
+        *(f"| {w} | {f} | {goal} | {_status(ok)} | {n} |" for w, f, goal, ok, n in rows),
+        "",
+        f"End to end: {args.tasks} tasks per run, each enqueued in its own transaction by a "
+        "producer process while the workers run (durajobs: `task.send` of a Task whose "
+        "`on_event` schedules `execute` now; pgqueuer: `Queries.enqueue`; procrastinate: "
+        "`Task.defer`); tasks/s from the first enqueue to the moment all have run. Each system "
+        "runs one worker process with its defaults (durajobs: a daemon and its one worker; "
+        "pgqueuer: `pgq run`, batch size 10; procrastinate: `run_worker`, concurrency 1).",
+        "",
+        "Producers' enqueue rates are in `benchmarks/out/bench_postgres.json`.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {k}: {v}" for k, v in res["machine"].items()),
+        "",
+        "The machine is shared (other work runs in the same tree): compare figures within this "
+        "table, not across runs.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        ".venv/bin/pip install -e '.[postgres,bench]' pgqueuer procrastinate",
+        "python benchmarks/bench_postgres.py          # about 10 minutes; --quick: about 2",
+        "```",
+        "",
+        "PostgreSQL 15's `initdb`/`pg_ctl` must be installed (as for the tests); `--url` uses an "
+        "existing empty database instead (the peers then share it).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=3000, help="instances per measurement")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    sub = parser.add_subparsers(dest="command")
+    for kind in ("dj", "pgq", "proc"):
+        p = sub.add_parser(f"produce-{kind}", help="(helper) enqueue N jobs")
+        p.add_argument("--url", required=True)
+        p.add_argument("--n", type=int, required=True)
+        p.add_argument("--prefix", default="j")
+    p = sub.add_parser("produce-late", help="(helper) set alarms at a rate")
+    p.add_argument("--url", required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--ahead", type=float, required=True)
+    p = sub.add_parser("proc-worker", help="(helper) procrastinate's worker")
+    p.add_argument("--url", required=True)
+    parser.add_argument("--quick", action="store_true", help="small counts, one round: ~2 min")
+    parser.add_argument("--n", type=int, help="instances per run_due measurement (3000)")
+    parser.add_argument("--repeat", type=int, help="run_due rounds (3)")
+    parser.add_argument("--tasks", type=int, help="tasks per end-to-end run (2000)")
+    parser.add_argument("--rounds", type=int, help="end-to-end rounds (3)")
+    parser.add_argument("--rate", type=float, default=75.0, help="alarms/s for lateness (75)")
+    parser.add_argument("--late-seconds", type=float, help="seconds of alarms (6)")
+    parser.add_argument("--trials", type=int, help="takeover trials (5)")
+    parser.add_argument("--max-seconds", type=float, default=180.0, help="bound of one run")
     parser.add_argument("--url", help="an empty database to use (default: a throwaway cluster)")
     args = parser.parse_args(argv)
 
+    if args.command and args.command.startswith("produce-") and args.command != "produce-late":
+        print(json.dumps(produce_main(args.command.split("-")[1], args.url, args.n, args.prefix)))
+        return 0
+    if args.command == "produce-late":
+        print(json.dumps(produce_late_main(args.url, args.rate, args.seconds, args.ahead)))
+        return 0
+    if args.command == "proc-worker":
+        signal.alarm(HELPER_LIFETIME)
+        proc_app(args.url).run_worker()
+        return 0
+
+    defaults = {"n": (500, 3000), "repeat": (1, 3), "tasks": (300, 2000), "rounds": (1, 3),
+                "late_seconds": (2.0, 6.0), "trials": (2, 5)}  # fmt: skip
+    for key, (quick, full) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+
     server = None
     url = args.url
+    peer_urls = {"pgq": url, "proc": url}
     if url is None:
         from pgserver import PgServer, find_pg_bin
 
@@ -139,39 +927,19 @@ def main(argv: list[str] | None = None) -> int:
         server = PgServer(bindir)
         server.start()
         url = server.create_database("bench")
+        peer_urls = {"pgq": server.create_database("pgq"), "proc": server.create_database("proc")}
     try:
-        Jobs(url, REGISTRY).close()  # create the schema
-        results: dict[str, dict[str, float]] = {}
-        for durability in ("full", "normal"):
-            runs = []
-            for _ in range(args.repeat):  # before and after interleaved: the same conditions
-                batching(False)
-                before = measure(url, args.n, durability)
-                batching(True)
-                after = measure(url, args.n, durability)
-                runs.append({
-                    "send_before": before["send"], "run_due_before": before["run_due"],
-                    **after, **floor(url, args.n, durability),
-                })  # fmt: skip
-            results[durability] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        res = run_all(args, url, peer_urls)
     finally:
         if server is not None:
             server.stop()
-    print(f"PostgreSQL, {args.n} instances, median of {args.repeat}:\n")
-    print(
-        "| durability | run_due steps/s before | after | task.send calls/s before | after "
-        "| floor: 1-row txn/s | floor: rows/s in 100-row txns | run_due / 1-row floor |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
-    for durability, r in results.items():
-        print(
-            f"| {durability.upper()} | {r['run_due_before']:,.0f} | {r['run_due']:,.0f} | "
-            f"{r['send_before']:,.0f} | {r['send']:,.0f} | {r['floor_single']:,.0f} | "
-            f"{r['floor_batch100']:,.0f} | {r['run_due'] / r['floor_single']:.1f}x |"
-        )
-    out = BENCH_DIR / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_postgres.json").write_text(json.dumps({"n": args.n, **results}, indent=2))
+    text = report(res, args)
+    print(text)
+    out = _out_dir()
+    (out / "bench_postgres.json").write_text(json.dumps(res, indent=2, default=str))
+    target = out / "RESULTS-postgres-quick.md" if args.quick else BENCH_DIR / "RESULTS-postgres.md"
+    target.write_text(text)
+    print(f"written: {target}", file=sys.stderr)
     return 0
 
 
