@@ -29,7 +29,12 @@ each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"`
 3. Alarm lateness through LISTEN/NOTIFY: one daemon; a producer process sends at ``--rate``/s
    for ``--late-seconds`` events whose ``on_event`` schedules ``execute`` 200 ms ahead at an
    absolute time (the daemon learns of each new alarm by a notification: it has no other reason
-   to wake); ``execute`` first appends ``time.time() - due`` to a file. p50/p99/max.
+   to wake); ``execute`` first appends ``time.time() - due`` to a file. p50/p99/max, after
+   ``WARMUP_ALARMS`` alarms that are not counted (a started daemon's first steps are slower:
+   their lateness is reported apart). Meanwhile a bare process (``timer-floor``) sleeps until
+   due times on the same schedule and records its own lateness: the machine's noise in the
+   same window, without a database. Then again with alarms due at once (``ahead`` 0: the
+   send, its commit and the notification are inside the figure).
 
 4. Takeover after ``kill -9``: daemon A runs ``hang-k``'s ``execute``, which sleeps an hour on
    its first entry (an ``O_EXCL`` marker file tells the first entry from later ones); daemon B
@@ -97,6 +102,7 @@ from durajobs import Jobs, Task  # noqa: E402
 
 DAEMON = REPO / "durajobs_daemon.py"
 HELPER_LIFETIME = 900  # seconds: a helper process ends by itself after this
+WARMUP_ALARMS = 3  # alarms run before lateness is measured (not counted)
 
 
 @attrs.define
@@ -569,21 +575,50 @@ def produce_main(kind: str, url: str, n: int, prefix: str) -> dict[str, float]:
 
 
 def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) -> dict[str, float]:
-    """One daemon; alarms set ``ahead`` s ahead by a producer process at ``rate``/s."""
+    """One daemon; alarms set ``ahead`` s ahead by a producer process at ``rate``/s. Meanwhile a
+    bare process (``timer-floor``) sleeps until the same kind of due times and records its own
+    lateness: the machine's wake-up noise in the same window, no database, no durajobs."""
     clean(url)
     out = base / f"late-{time.monotonic_ns()}.txt"
     out.touch()
+    timer_cmd = [sys.executable, str(Path(__file__).resolve()), "timer-floor", "--rate",
+                 str(rate), "--seconds", str(seconds), "--ahead", str(max(ahead, 0.2))]  # fmt: skip
     with daemon(url, base, out):
-        made = helper("produce-late", "--url", url, "--rate", str(rate), "--seconds",
-                      str(seconds), "--ahead", str(ahead), timeout=seconds + 60)  # fmt: skip
-        sent = int(made["sent"])
-        wait_until(lambda: len(out.read_text().splitlines()) >= sent, timeout=30)
+        with Jobs(url, REGISTRY) as jobs:  # warm-up: a started daemon's first steps are slower
+            for i in range(WARMUP_ALARMS):
+                jobs.task("late").send(f"warm-{i}", Due(time.time() + 0.05))
+                if not wait_until(lambda i=i: len(out.read_text().splitlines()) > i, timeout=30):
+                    raise RuntimeError("lateness: a warm-up alarm did not run")
+        warm = [float(line) * 1000 for line in out.read_text().splitlines()]
+        out.write_text("")  # handlers append (O_APPEND): the measured alarms start here
+        with managed_process(timer_cmd) as timer:
+            made = helper("produce-late", "--url", url, "--rate", str(rate), "--seconds",
+                          str(seconds), "--ahead", str(ahead), timeout=seconds + 60)  # fmt: skip
+            sent = int(made["sent"])
+            wait_until(lambda: len(out.read_text().splitlines()) >= sent, timeout=30)
+            timer_out, _ = timer.communicate(timeout=seconds + 30)
     samples = [float(line) for line in out.read_text().splitlines()]
     if len(samples) != sent:
         raise RuntimeError(f"lateness: {len(samples)} handlers ran of {sent} alarms")
+    bare = json.loads(timer_out.decode().splitlines()[-1])
     summary = latency_summary(samples)
     return {**{k: v * 1000 for k, v in summary.items() if k != "n"}, "n": sent,
-            "rate": made["rate"]}  # fmt: skip
+            "rate": made["rate"], "bare_p50": bare["p50"] * 1000,
+            "bare_p99": bare["p99"] * 1000, "bare_max": bare["max"] * 1000,
+            "warm_up": warm}  # fmt: skip
+
+
+def timer_floor_main(rate: float, seconds: float, ahead: float) -> dict[str, float]:
+    """A bare process sleeping until due times ``ahead`` s after a ``rate``/s schedule."""
+    signal.alarm(HELPER_LIFETIME)
+    start = time.time()
+    samples = []
+    for i in range(int(rate * seconds)):
+        due = start + i / rate + ahead
+        if due > time.time():
+            time.sleep(due - time.time())
+        samples.append(time.time() - due)
+    return latency_summary(samples)
 
 
 def produce_late_main(url: str, rate: float, seconds: float, ahead: float) -> dict[str, float]:
@@ -788,7 +823,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     one, two = names[0], names[1]
     for name in (one, two):
         if name in med:
-            note = f"producer alone enqueues {_enq(e2e, name)}; rounds: " + ", ".join(
+            note = f"producer enqueued at {_enq(e2e, name)}; rounds: " + ", ".join(
                 f"{x:,.0f}" for x in e2e["rates"][name]
             )
             if name == two and one in med:
@@ -801,12 +836,16 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "Alarm lateness through LISTEN/NOTIFY (200 ms ahead)",
         f"p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms", "p99 < 5 ms", late["p99"] < 5.0,
         f"{late['n']:.0f} alarms at {late['rate']:.0f}/s from another process, one daemon; "
-        f"max {late['max']:.2f} ms",
+        f"max {late['max']:.2f} ms; after {WARMUP_ALARMS} warm-up alarms, late by "
+        + ", ".join(f"{x:.1f}" for x in late["warm_up"])
+        + " ms (a daemon's first steps); a bare sleeping process in the same window (no database): "
+        f"p50 {late['bare_p50']:.2f}, p99 {late['bare_p99']:.2f} ms",
     ))  # fmt: skip
     rows.append((
         "Lateness, due at once (send to handler)", f"p50 {now['p50']:.2f} ms, "
         f"p99 {now['p99']:.2f} ms", "-", None, "includes the producer's own `task.send` commit "
-        f"and the NOTIFY round; max {now['max']:.2f} ms",
+        f"and the NOTIFY round; max {now['max']:.2f} ms; bare sleeper p99 "
+        f"{now['bare_p99']:.2f} ms",
     ))  # fmt: skip
     rows.append((
         "Takeover after kill -9 mid-handler", f"{take['median'] * 1000:.0f} ms (median)",
@@ -819,7 +858,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
             rows.append((
                 f"Enqueue + execute no-op vs {name}", f"durajobs {ratio:.2f}x {name} "
                 f"({med.get(one, 0):,.0f} vs {med[name]:,.0f} tasks/s)", "> 1x (ahead)",
-                ratio > 1.0, "one worker process each; its producer alone enqueues "
+                ratio > 1.0, "one worker process each; its producer enqueued at "
                 f"{_enq(e2e, name)}; rounds: "
                 + ", ".join(f"{x:,.0f}" for x in e2e["rates"][name]),
             ))  # fmt: skip
@@ -884,6 +923,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--ahead", type=float, required=True)
+    p = sub.add_parser("timer-floor", help="(helper) a bare sleeper's lateness")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--ahead", type=float, required=True)
     p = sub.add_parser("proc-worker", help="(helper) procrastinate's worker")
     p.add_argument("--url", required=True)
     parser.add_argument("--quick", action="store_true", help="small counts, one round: ~2 min")
@@ -903,6 +946,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "produce-late":
         print(json.dumps(produce_late_main(args.url, args.rate, args.seconds, args.ahead)))
+        return 0
+    if args.command == "timer-floor":
+        print(json.dumps(timer_floor_main(args.rate, args.seconds, args.ahead)))
         return 0
     if args.command == "proc-worker":
         signal.alarm(HELPER_LIFETIME)
