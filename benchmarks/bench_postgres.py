@@ -899,7 +899,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "## Reproduce",
         "",
         "```",
-        ".venv/bin/pip install -e '.[postgres,bench]' pgqueuer procrastinate",
+        ".venv/bin/pip install -e '.[postgres,bench]'  # bench: huey, ..., pgqueuer, procrastinate",
         "python benchmarks/bench_postgres.py          # about 10 minutes; --quick: about 2",
         "```",
         "",
