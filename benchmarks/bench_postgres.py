@@ -24,7 +24,9 @@ each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"`
    ``E`` events to ``E`` Task instances (``e2e``: ``on_event`` schedules ``execute`` now,
    ``execute`` is a no-op), one ``task.send`` (one transaction) each; tasks/s = ``E`` / (the
    first send .. the first poll, every 5 ms, that finds every instance made and none due).
-   ``K`` = 1 and 2, interleaved with the peers (5).
+   ``K`` = 1 and 2, interleaved with the peers (5). Then all again with ``--batch`` (100)
+   events per transaction (``task.send_many``): one transaction per send makes the producer
+   the bottleneck; batched, the daemons are.
 
 3. Alarm lateness through LISTEN/NOTIFY: one daemon; a producer process sends at ``--rate``/s
    for ``--late-seconds`` events whose ``on_event`` schedules ``execute`` 200 ms ahead at an
@@ -57,6 +59,7 @@ each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"`
      default; LISTEN/NOTIFY on), the producer ``noop.defer()`` per job in ``app.open()``;
      done when every job's status is ``succeeded``.
 
+   Batched: ``Queries.enqueue`` of lists and ``Task.batch_defer``, ``--batch`` jobs per call.
    Each is warmed up (one job run) before the timed run; each run is bounded in count (``E``)
    and time (``--max-seconds``); a system that cannot run is recorded with its error.
 
@@ -516,14 +519,18 @@ def proc_app(url: str) -> Any:
 # =========================================================================== end to end
 
 
-def end_to_end(system: System, n: int, max_seconds: float, prefix: str) -> tuple[float, float]:
-    """Tasks/s: ``n`` jobs enqueued by a producer process while the worker(s) run."""
+def end_to_end(
+    system: System, n: int, max_seconds: float, prefix: str, batch: int = 1
+) -> tuple[float, float]:
+    """Tasks/s: ``n`` jobs enqueued by a producer process (``batch`` per transaction) while the
+    worker(s) run; and the producer's own enqueue rate."""
     system.clean()
     with system.workers():
         helper(*_produce_args(system, 1, f"warm{prefix}"), timeout=60)  # warm-up and readiness
         if not wait_until(lambda: system.left(1) == 0, timeout=60, interval=0.005):
             raise RuntimeError(f"{system.name}: the warm-up job did not run within 60 s")
-        produced = helper(*_produce_args(system, n, prefix), timeout=max_seconds)
+        produced = helper(*_produce_args(system, n, prefix), "--batch", str(batch),
+                          timeout=max_seconds)  # fmt: skip
         if not wait_until(lambda: system.left(n + 1) == 0, timeout=max_seconds, interval=0.005):
             raise RuntimeError(f"{system.name}: {system.left(n + 1)} of {n} left after the limit")
         done = time.time()
@@ -535,15 +542,21 @@ def _produce_args(system: System, n: int, prefix: str) -> list[str]:
     return [f"produce-{system.kind}", "--url", system.url, "--n", str(n), "--prefix", prefix]
 
 
-def produce_main(kind: str, url: str, n: int, prefix: str) -> dict[str, float]:
-    """A producer process: ``n`` jobs, one transaction each; first and last enqueue times."""
+def produce_main(kind: str, url: str, n: int, prefix: str, batch: int) -> dict[str, float]:
+    """A producer process: ``n`` jobs, ``batch`` per transaction (each library's one-call batch
+    API when ``batch`` > 1); first and last enqueue times."""
     signal.alarm(HELPER_LIFETIME)
+    chunks = [range(i, min(n, i + batch)) for i in range(0, n, batch)]
     if kind == "dj":
         with Jobs(url, REGISTRY) as jobs:
-            send = jobs.task("e2e").send
+            task = jobs.task("e2e")
             first = time.time()
-            for i in range(n):
-                send(f"{prefix}-{i}", Item(i))
+            if batch == 1:
+                for i in range(n):
+                    task.send(f"{prefix}-{i}", Item(i))
+            else:
+                for chunk in chunks:
+                    task.send_many([(f"{prefix}-{i}", Item(i)) for i in chunk])
             last = time.time()
     elif kind == "pgq":
 
@@ -555,8 +568,13 @@ def produce_main(kind: str, url: str, n: int, prefix: str) -> dict[str, float]:
             async with conn:
                 queries = Queries(PsycopgDriver(conn))
                 first = time.time()
-                for _ in range(n):
-                    await queries.enqueue("noop", None)
+                if batch == 1:
+                    for _ in range(n):
+                        await queries.enqueue("noop", None)
+                else:
+                    for chunk in chunks:
+                        k = len(chunk)
+                        await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
                 return first, time.time()
 
         first, last = asyncio.run(enqueue())
@@ -565,8 +583,12 @@ def produce_main(kind: str, url: str, n: int, prefix: str) -> dict[str, float]:
         with app.open():
             noop = app.tasks["noop"]
             first = time.time()
-            for i in range(n):
-                noop.defer(n=i)
+            if batch == 1:
+                for i in range(n):
+                    noop.defer(n=i)
+            else:
+                for chunk in chunks:
+                    noop.batch_defer(*({"n": i} for i in chunk))
             last = time.time()
     return {"first": first, "last": last, "enqueue_per_s": n / max(last - first, 1e-9)}
 
@@ -739,27 +761,8 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
                 systems.append(peer)
             except Exception as exc:  # recorded: a peer that cannot run here
                 errors[peer.name] = f"{type(exc).__name__}: {exc}"
-        rates: dict[str, list[float]] = {s.name: [] for s in systems}
-        enqueue: dict[str, list[float]] = {s.name: [] for s in systems}
-        for round_no in range(args.rounds):
-            for system in systems:
-                if system.name in errors:
-                    continue
-                try:
-                    rate, sent = end_to_end(system, args.tasks, args.max_seconds, f"r{round_no}")
-                except Exception as exc:
-                    errors[system.name] = f"{type(exc).__name__}: {exc}"[:400]
-                    continue
-                rates[system.name].append(rate)
-                enqueue[system.name].append(sent)
-                _progress(f"e2e round {round_no}: {system.name}: {rate:,.0f} tasks/s")
-        medians = {k: statistics.median(v) for k, v in rates.items() if v}
-        res["e2e"] = {"rates": rates, "errors": errors, "median": medians, "enqueue": enqueue}
-        dj = rates[systems[0].name]
-        res["e2e"]["ratio_to_peer"] = {
-            s.name: statistics.median(a / b for a, b in zip(dj, rates[s.name], strict=False))
-            for s in systems[2:] if rates[s.name] and dj
-        }  # fmt: skip
+        for key, batch in (("e2e", 1), ("e2e_batch", args.batch)):
+            res[key] = e2e_rounds(systems, args, batch, errors)
 
         # 3. Lateness through LISTEN/NOTIFY.
         res["lateness"] = lateness(url, base, args.rate, args.late_seconds, 0.2)
@@ -772,6 +775,37 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
         _progress(f"takeover {res['takeover']}")
     res["machine"]["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return res
+
+
+def e2e_rounds(
+    systems: list[System], args: argparse.Namespace, batch: int, errors: dict[str, str]
+) -> dict[str, Any]:
+    """``args.rounds`` rounds of every system's end-to-end run, interleaved; medians, ratios."""
+    rates: dict[str, list[float]] = {s.name: [] for s in systems}
+    enqueue: dict[str, list[float]] = {s.name: [] for s in systems}
+    failed: dict[str, str] = {}
+    for round_no in range(args.rounds):
+        for system in systems:
+            if system.name in errors or system.name in failed:
+                continue
+            try:
+                rate, sent = end_to_end(
+                    system, args.tasks, args.max_seconds, f"b{batch}r{round_no}", batch
+                )
+            except Exception as exc:
+                failed[system.name] = f"{type(exc).__name__}: {exc}"[:400]
+                continue
+            rates[system.name].append(rate)
+            enqueue[system.name].append(sent)
+            _progress(f"e2e batch {batch} round {round_no}: {system.name}: {rate:,.0f} tasks/s")
+    medians = {k: statistics.median(v) for k, v in rates.items() if v}
+    dj = rates[systems[0].name]
+    ratios = {
+        s.name: statistics.median(a / b for a, b in zip(dj, rates[s.name], strict=False))
+        for s in systems[2:] if rates[s.name] and dj
+    }  # fmt: skip
+    return {"batch": batch, "rates": rates, "errors": {**errors, **failed}, "median": medians,
+            "enqueue": enqueue, "ratio_to_peer": ratios}  # fmt: skip
 
 
 def _progress(text: str) -> None:
@@ -794,13 +828,57 @@ def _status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
+Row = tuple[str, str, str, bool | None, str]
+
+
+def e2e_rows(e2e: dict[str, Any], how: str) -> list[Row]:
+    """The table's rows for durajobs end to end with one and two daemons."""
+    rows: list[Row] = []
+    med = e2e["median"]
+    names = list(e2e["rates"])
+    one, two = names[0], names[1]
+    for name in (one, two):
+        label = f"End to end ({how}), {name}"
+        if name in med:
+            note = f"producer enqueued at {_enq(e2e, name)}; rounds: " + ", ".join(
+                f"{x:,.0f}" for x in e2e["rates"][name]
+            )
+            if name == two and one in med:
+                note = f"{med[two] / med[one]:.2f}x one daemon; " + note
+            rows.append((label, f"{med[name]:,.0f} tasks/s", "-", None, note))
+        else:
+            rows.append((label, "not measured", "-", False, e2e["errors"].get(name, "")))
+    return rows
+
+
+def peer_rows(e2e: dict[str, Any], how: str) -> list[Row]:
+    """The table's rows for durajobs (one daemon) against each peer."""
+    rows: list[Row] = []
+    med = e2e["median"]
+    names = list(e2e["rates"])
+    one = names[0]
+    for name in names[2:]:
+        label = f"Enqueue ({how}) + execute no-op vs {name}"
+        if name in med and name in e2e["ratio_to_peer"]:
+            ratio = e2e["ratio_to_peer"][name]
+            rows.append((
+                label, f"durajobs {ratio:.2f}x {name} ({med.get(one, 0):,.0f} vs "
+                f"{med[name]:,.0f} tasks/s)", "> 1x (ahead)", ratio > 1.0,
+                f"one worker process each; {name}'s producer enqueued at {_enq(e2e, name)}; "
+                "rounds: " + ", ".join(f"{x:,.0f}" for x in e2e["rates"][name]),
+            ))  # fmt: skip
+        else:
+            rows.append((label, "not measured", "> 1x (ahead)", False,
+                         e2e["errors"].get(name, "")))  # fmt: skip
+    return rows
+
+
 def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     """RESULTS-postgres.md."""
     g = res["run_due"]
     e2e = res["e2e"]
-    med = e2e["median"]
     late, now, take = res["lateness"], res["lateness_now"], res["takeover"]
-    rows: list[tuple[str, str, str, bool | None, str]] = []
+    rows: list[Row] = []
     full, normal = g["full"], g["normal"]
     rows.append((
         "`run_due` group commit, FULL", f"{full['ratio']:.1f}x the 1-row-transaction floor "
@@ -819,19 +897,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "`task.send`, FULL", f"{full['send']:,.0f} calls/s", "-", None,
         "one call = claim, read, step, commit, release",
     ))  # fmt: skip
-    names = list(e2e["rates"])
-    one, two = names[0], names[1]
-    for name in (one, two):
-        if name in med:
-            note = f"producer enqueued at {_enq(e2e, name)}; rounds: " + ", ".join(
-                f"{x:,.0f}" for x in e2e["rates"][name]
-            )
-            if name == two and one in med:
-                note = f"{med[two] / med[one]:.2f}x one daemon; " + note
-            rows.append((f"End to end, {name}", f"{med[name]:,.0f} tasks/s", "-", None, note))
-        else:
-            rows.append((f"End to end, {name}", "not measured", "-", False,
-                         e2e["errors"].get(name, "")))  # fmt: skip
+    rows += e2e_rows(e2e, "one per transaction")
     rows.append((
         "Alarm lateness through LISTEN/NOTIFY (200 ms ahead)",
         f"p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms", "p99 < 5 ms", late["p99"] < 5.0,
@@ -852,19 +918,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "well under 1 s", take["median"] < 1.0,
         "trials: " + ", ".join(f"{x * 1000:.0f}" for x in take["trials"]) + " ms",
     ))  # fmt: skip
-    for name in names[2:]:
-        if name in med and name in e2e["ratio_to_peer"]:
-            ratio = e2e["ratio_to_peer"][name]
-            rows.append((
-                f"Enqueue + execute no-op vs {name}", f"durajobs {ratio:.2f}x {name} "
-                f"({med.get(one, 0):,.0f} vs {med[name]:,.0f} tasks/s)", "> 1x (ahead)",
-                ratio > 1.0, "one worker process each; its producer enqueued at "
-                f"{_enq(e2e, name)}; rounds: "
-                + ", ".join(f"{x:,.0f}" for x in e2e["rates"][name]),
-            ))  # fmt: skip
-        else:
-            rows.append((f"Enqueue + execute no-op vs {name}", "not measured", "> 1x (ahead)",
-                         False, e2e["errors"].get(name, "")))  # fmt: skip
+    rows += peer_rows(e2e, "one per transaction")
+    batched = res["e2e_batch"]
+    rows += e2e_rows(batched, f"{batched['batch']} per transaction")
+    rows += peer_rows(batched, f"{batched['batch']} per transaction")
     lines = [
         "# durajobs on PostgreSQL: benchmark results (issue 14)",
         "",
@@ -880,10 +937,13 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "|---|---|---|---|---|",
         *(f"| {w} | {f} | {goal} | {_status(ok)} | {n} |" for w, f, goal, ok, n in rows),
         "",
-        f"End to end: {args.tasks} tasks per run, each enqueued in its own transaction by a "
-        "producer process while the workers run (durajobs: `task.send` of a Task whose "
-        "`on_event` schedules `execute` now; pgqueuer: `Queries.enqueue`; procrastinate: "
-        "`Task.defer`); tasks/s from the first enqueue to the moment all have run. Each system "
+        f"End to end: {args.tasks} tasks per run, enqueued by a producer process while the "
+        "workers run, one per transaction (durajobs: `task.send` of a Task whose `on_event` "
+        "schedules `execute` now; pgqueuer: `Queries.enqueue`; procrastinate: `Task.defer`) "
+        f"or {args.batch} per transaction (`task.send_many`; `Queries.enqueue` of lists; "
+        "`Task.batch_defer`); tasks/s from the first enqueue to the moment all have run. One "
+        "per transaction, durajobs is bound by its producer (each `task.send` is a claim, a "
+        "read, a transaction and a release); batched, by the workers. Each system "
         "runs one worker process with its defaults (durajobs: a daemon and its one worker; "
         "pgqueuer: `pgq run`, batch size 10; procrastinate: `run_worker`, concurrency 1).",
         "",
@@ -918,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--url", required=True)
         p.add_argument("--n", type=int, required=True)
         p.add_argument("--prefix", default="j")
+        p.add_argument("--batch", type=int, default=1)
     p = sub.add_parser("produce-late", help="(helper) set alarms at a rate")
     p.add_argument("--url", required=True)
     p.add_argument("--rate", type=float, required=True)
@@ -934,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="run_due rounds (3)")
     parser.add_argument("--tasks", type=int, help="tasks per end-to-end run (2000)")
     parser.add_argument("--rounds", type=int, help="end-to-end rounds (3)")
+    parser.add_argument("--batch", type=int, default=100, help="jobs per transaction, batched e2e")
     parser.add_argument("--rate", type=float, default=75.0, help="alarms/s for lateness (75)")
     parser.add_argument("--late-seconds", type=float, help="seconds of alarms (6)")
     parser.add_argument("--trials", type=int, help="takeover trials (5)")
@@ -942,7 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command and args.command.startswith("produce-") and args.command != "produce-late":
-        print(json.dumps(produce_main(args.command.split("-")[1], args.url, args.n, args.prefix)))
+        kind = args.command.split("-")[1]
+        print(json.dumps(produce_main(kind, args.url, args.n, args.prefix, args.batch)))
         return 0
     if args.command == "produce-late":
         print(json.dumps(produce_late_main(args.url, args.rate, args.seconds, args.ahead)))
