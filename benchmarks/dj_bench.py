@@ -14,10 +14,14 @@ temporary directory on the real disk (``benchmarks/out/``), deleted afterwards.
   (checked: it returns N). Three rounds; the median is reported.
 - ``client_calls``: ``debounce.add`` (default reducer, ``flush_after`` an hour: no flush in
   the call) and ``task.send`` (no-op ``on_event``), ids cycling over 1,000 warmed-up
-  instances, new event bytes on every call; each timed for a fixed wall time.
+  instances, new event bytes on every call; five rounds, each beside a raw single-transaction
+  round of the same durability (``floor.measure``), each timed for a fixed wall time.
 - ``end_to_end``: the huey workload. Daemon up; this process sends N events to N Task
-  instances whose ``on_event`` schedules ``execute`` now (no-op); time from the first send
-  until no alarm is pending (then every instance is checked: executed exactly once).
+  instances whose ``on_event`` schedules ``execute`` now (no-op), one ``send`` each or with
+  ``send_many`` in batches; time from the first send until no alarm is pending (then every
+  instance is checked: executed exactly once); the daemon's commits are counted from the
+  history (records of one commit share its time).
+- ``daemon_drain``: the daemon alone, ``--workers N``, on N tasks already due; its CPU.
 - ``lateness``: daemon up; a producer subprocess sends, at 100/s, events whose ``on_event``
   schedules ``execute`` 200 ms ahead at an absolute time; ``execute`` records
   ``time.time() - due`` as its first act.
