@@ -1,6 +1,6 @@
-"""The daemon's wake-up signal: a Unix datagram socket beside the database.
+"""The daemon's wake-up signal on SQLite: a Unix datagram socket named after the database.
 
-A process that commits an alarm (or queues work) sends one empty datagram to ``<db>.wake``;
+A process that commits an alarm (or queues work) sends one empty datagram to the socket;
 a daemon sleeping on that socket wakes at once and re-reads the earliest alarm. No broker, no
 connection, a few microseconds when nobody listens. The signal is only an optimisation: the
 daemon re-reads the database on start-up and whenever its own timer fires, so a lost datagram

@@ -174,9 +174,9 @@ class Finding:
 class Store(Protocol):
     """Where instances, queued Debounce events, idempotency keys and history live.
 
-    Not shared between threads: each thread (each ``Jobs``) opens its own. After ``fork()`` a
-    store must never use its parent's connection (PostgreSQL reopens on first use; SQLite's
-    ``Jobs.reopen_after_fork`` opens a new store).
+    Not shared between threads: ``Jobs`` opens one per thread. After ``fork()`` a store must
+    never use its parent's connection: ``Jobs`` drops its handles in the child and opens new
+    ones on first use (PostgreSQL's links also refuse to reuse a parent's session).
 
     Attributes:
         path: the location as given, printable: never contains a password.
