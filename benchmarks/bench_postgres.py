@@ -4,8 +4,10 @@ Theory of operation: a throwaway cluster is started for the run (``tests/pgserve
 in a temp dir, TCP on 127.0.0.1 with a password; fsync on, as a real server) unless ``--url``
 names a database to use (it must be empty; it is cleaned after each measurement; the peers
 then share it). Every figure below is measured on that one server in that one run; compared
-runs are interleaved round by round and medians are reported. Durability is the default of
-each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"``).
+runs are interleaved round by round and medians are reported. Before every end-to-end and
+lateness run the server makes a ``CHECKPOINT`` (none pays for the one before). Durability
+is the default of each system everywhere: ``synchronous_commit=on`` (durajobs
+``durability="full"``).
 
 1. ``run_due`` group commit, FULL and NORMAL:
 
@@ -37,7 +39,8 @@ each system everywhere: ``synchronous_commit=on`` (durajobs ``durability="full"`
    due times on the same schedule and records its own lateness: the machine's noise in the
    same window, without a database. Then again with alarms due at once (``ahead`` 0: the
    send, its commit and the notification are inside the figure). ``--rounds`` rounds of each,
-   interleaved; the median of each percentile over the rounds.
+   interleaved; the median of each percentile over the rounds. Measured twice: first, on a
+   server that has done nothing yet, and again after the write-heavy phases (1, 2, 5).
 
 4. Takeover after ``kill -9``: daemon A runs ``hang-k``'s ``execute``, which sleeps an hour on
    its first entry (an ``O_EXCL`` marker file tells the first entry from later ones); daemon B
@@ -317,6 +320,25 @@ def helper(*args: str, timeout: float, env: dict[str, str] | None = None) -> dic
         return dict(json.loads(lines[-1]))
 
 
+ADMIN: list[str] = []  # a superuser URL for CHECKPOINT (our throwaway server), if any
+
+
+def settle(url: str) -> None:
+    """CHECKPOINT before a measurement, so that none pays for the dirty pages and WAL of the
+    one before (as superuser on our own server; tried as the role with ``--url``)."""
+    import psycopg
+
+    with contextlib.suppress(psycopg.Error), psycopg.connect((ADMIN or [url])[0]) as conn:
+        conn.autocommit = True
+        conn.execute("CHECKPOINT")
+
+
+def checkpoints(url: str) -> int:
+    """Checkpoints the server has made so far (timed and requested)."""
+    (count,) = query(url, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+    return int(count)
+
+
 def query(url: str, sql: str) -> tuple[Any, ...]:
     import psycopg
 
@@ -526,6 +548,7 @@ def end_to_end(
     """Tasks/s: ``n`` jobs enqueued by a producer process (``batch`` per transaction) while the
     worker(s) run; and the producer's own enqueue rate."""
     system.clean()
+    settle(system.url)
     with system.workers():
         helper(*_produce_args(system, 1, f"warm{prefix}"), timeout=60)  # warm-up and readiness
         if not wait_until(lambda: system.left(1) == 0, timeout=60, interval=0.005):
@@ -602,6 +625,8 @@ def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) ->
     bare process (``timer-floor``) sleeps until the same kind of due times and records its own
     lateness: the machine's wake-up noise in the same window, no database, no durajobs."""
     clean(url)
+    settle(url)
+    before = checkpoints(url)
     out = base / f"late-{time.monotonic_ns()}.txt"
     out.touch()
     timer_cmd = [sys.executable, str(Path(__file__).resolve()), "timer-floor", "--rate",
@@ -628,7 +653,7 @@ def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) ->
     return {**{k: v * 1000 for k, v in summary.items() if k != "n"}, "n": sent,
             "rate": made["rate"], "bare_p50": bare["p50"] * 1000,
             "bare_p99": bare["p99"] * 1000, "bare_max": bare["max"] * 1000,
-            "warm_up": warm}  # fmt: skip
+            "warm_up": warm, "checkpoints": checkpoints(url) - before}  # fmt: skip
 
 
 def timer_floor_main(rate: float, seconds: float, ahead: float) -> dict[str, float]:
@@ -734,6 +759,9 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
         base = Path(tmp)
         Jobs(url, REGISTRY).close()  # create the schema
 
+        # 3. Lateness through LISTEN/NOTIFY, first: on a server that has done nothing yet.
+        res["lateness"], res["lateness_now"] = late_phase(url, base, args)
+
         # 1. run_due group commit vs the raw floor.
         group: dict[str, dict[str, float]] = {}
         for durability in ("full", "normal"):
@@ -764,14 +792,11 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
                 errors[peer.name] = f"{type(exc).__name__}: {exc}"
         for key, batch in (("e2e", 1), ("e2e_batch", args.batch)):
             res[key] = e2e_rounds(systems, args, batch, errors)
+        for system in systems:  # nothing left for autovacuum to chew on during what follows
+            system.clean()
 
-        # 3. Lateness through LISTEN/NOTIFY.
-        late_runs, now_runs = [], []
-        for _ in range(args.rounds):  # 200 ms ahead and due at once, interleaved
-            late_runs.append(lateness(url, base, args.rate, args.late_seconds, 0.2))
-            _progress(f"lateness p99 {late_runs[-1]['p99']:.2f} ms")
-            now_runs.append(lateness(url, base, args.rate, args.late_seconds, 0.0))
-        res["lateness"], res["lateness_now"] = _median_runs(late_runs), _median_runs(now_runs)
+        # 3. Lateness through LISTEN/NOTIFY, again after the write-heavy phases.
+        res["lateness_after"], res["lateness_now_after"] = late_phase(url, base, args)
 
         # 4. Takeover after kill -9.
         trials = takeover(url, base, args.trials)
@@ -812,6 +837,16 @@ def e2e_rounds(
             "enqueue": enqueue, "ratio_to_peer": ratios}  # fmt: skip
 
 
+def late_phase(url: str, base: Path, args: argparse.Namespace) -> tuple[Any, Any]:
+    """``args.rounds`` rounds of lateness, 200 ms ahead and due at once, interleaved."""
+    late_runs, now_runs = [], []
+    for _ in range(args.rounds):
+        late_runs.append(lateness(url, base, args.rate, args.late_seconds, 0.2))
+        _progress(f"lateness p99 {late_runs[-1]['p99']:.2f} ms")
+        now_runs.append(lateness(url, base, args.rate, args.late_seconds, 0.0))
+    return _median_runs(late_runs), _median_runs(now_runs)
+
+
 def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Lateness rounds: the median of each figure, the rounds themselves, the first warm-up."""
     keys = ("p50", "p90", "p99", "max", "rate", "bare_p50", "bare_p99", "bare_max")
@@ -819,6 +854,7 @@ def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         **{k: statistics.median(r[k] for r in runs) for k in keys},
         "n": sum(r["n"] for r in runs), "rounds": len(runs), "warm_up": runs[0]["warm_up"],
         "p99s": [r["p99"] for r in runs], "bare_p99s": [r["bare_p99"] for r in runs],
+        "checkpoints": [r["checkpoints"] for r in runs],
     }  # fmt: skip
 
 
@@ -887,6 +923,32 @@ def peer_rows(e2e: dict[str, Any], how: str) -> list[Row]:
     return rows
 
 
+def late_rows(late: dict[str, Any], now: dict[str, Any], when: str) -> list[Row]:
+    """The table's rows for one lateness phase."""
+    rows: list[Row] = []
+    rows.append((
+        f"Alarm lateness through LISTEN/NOTIFY (200 ms ahead), {when}",
+        f"p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms", "p99 < 5 ms", late["p99"] < 5.0,
+        f"medians of {late['rounds']} rounds of {late['n'] / late['rounds']:.0f} alarms at "
+        f"{late['rate']:.0f}/s from another process, one daemon; per-round p99 "
+        + ", ".join(f"{x:.2f}" for x in late["p99s"])
+        + f" ms; max {late['max']:.2f} ms; after {WARMUP_ALARMS} warm-up alarms, late by "
+        + ", ".join(f"{x:.1f}" for x in late["warm_up"])
+        + " ms (a daemon's first steps); a bare sleeping process in the same window (no database): "
+        f"p50 {late['bare_p50']:.2f}, p99 {late['bare_p99']:.2f} ms (per round "
+        + ", ".join(f"{x:.2f}" for x in late["bare_p99s"])
+        + "); server checkpoints during the rounds: "
+        + ", ".join(str(x) for x in late["checkpoints"]),
+    ))  # fmt: skip
+    rows.append((
+        f"Lateness, due at once (send to handler), {when}", f"p50 {now['p50']:.2f} ms, "
+        f"p99 {now['p99']:.2f} ms", "-", None, "includes the producer's own `task.send` commit "
+        "and the NOTIFY round; per-round p99 " + ", ".join(f"{x:.2f}" for x in now["p99s"])
+        + f" ms; bare sleeper p99 {now['bare_p99']:.2f} ms",
+    ))  # fmt: skip
+    return rows
+
+
 def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     """RESULTS-postgres.md."""
     g = res["run_due"]
@@ -912,25 +974,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "one call = claim, read, step, commit, release",
     ))  # fmt: skip
     rows += e2e_rows(e2e, "one per transaction")
-    rows.append((
-        "Alarm lateness through LISTEN/NOTIFY (200 ms ahead)",
-        f"p50 {late['p50']:.2f} ms, p99 {late['p99']:.2f} ms", "p99 < 5 ms", late["p99"] < 5.0,
-        f"medians of {late['rounds']} rounds of {late['n'] / late['rounds']:.0f} alarms at "
-        f"{late['rate']:.0f}/s from another process, one daemon; per-round p99 "
-        + ", ".join(f"{x:.2f}" for x in late["p99s"])
-        + f" ms; max {late['max']:.2f} ms; after {WARMUP_ALARMS} warm-up alarms, late by "
-        + ", ".join(f"{x:.1f}" for x in late["warm_up"])
-        + " ms (a daemon's first steps); a bare sleeping process in the same window (no database): "
-        f"p50 {late['bare_p50']:.2f}, p99 {late['bare_p99']:.2f} ms (per round "
-        + ", ".join(f"{x:.2f}" for x in late["bare_p99s"])
-        + ")",
-    ))  # fmt: skip
-    rows.append((
-        "Lateness, due at once (send to handler)", f"p50 {now['p50']:.2f} ms, "
-        f"p99 {now['p99']:.2f} ms", "-", None, "includes the producer's own `task.send` commit "
-        "and the NOTIFY round; per-round p99 " + ", ".join(f"{x:.2f}" for x in now["p99s"])
-        + f" ms; bare sleeper p99 {now['bare_p99']:.2f} ms",
-    ))  # fmt: skip
+    rows += late_rows(late, now, "measured first, on a server that has done nothing yet")
+    rows += late_rows(res["lateness_after"], res["lateness_now_after"],
+                      "measured again after the run_due and end-to-end phases")  # fmt: skip
     rows.append((
         "Takeover after kill -9 mid-handler", f"{take['median'] * 1000:.0f} ms (median)",
         "well under 1 s", take["median"] < 1.0,
@@ -1054,6 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
         server = PgServer(bindir)
         server.start()
         url = server.create_database("bench")
+        ADMIN.append(server.admin_url())
         peer_urls = {"pgq": server.create_database("pgq"), "proc": server.create_database("proc")}
     try:
         res = run_all(args, url, peer_urls)
