@@ -36,9 +36,11 @@ is the default of each system everywhere: ``synchronous_commit=on`` (durajobs
    to wake); ``execute`` first appends ``time.time() - due`` to a file. p50/p99/max, after
    ``WARMUP_ALARMS`` alarms that are not counted (a started daemon's first steps are slower:
    their lateness is reported apart). Meanwhile a bare process (``timer-floor``) sleeps until
-   due times on the same schedule and records its own lateness: the machine's noise in the
-   same window, without a database. Then again with alarms due at once (``ahead`` 0: the
-   send, its commit and the notification are inside the figure). ``--rounds`` rounds of each,
+   due times on the same schedule and records its own lateness (the machine's noise in the
+   same window) and, committing one row at each due time, when that commit returned (the
+   server's and disk's noise: a worker's step commit sits between two alarms). Then again
+   with alarms due at once (``ahead`` 0: the send, its commit and the notification are
+   inside the figure). ``--rounds`` rounds of each,
    interleaved; the median of each percentile over the rounds. Measured twice: first, on a
    server that has done nothing yet, and again after the write-heavy phases (1, 2, 5).
 
@@ -629,8 +631,9 @@ def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) ->
     before = checkpoints(url)
     out = base / f"late-{time.monotonic_ns()}.txt"
     out.touch()
-    timer_cmd = [sys.executable, str(Path(__file__).resolve()), "timer-floor", "--rate",
-                 str(rate), "--seconds", str(seconds), "--ahead", str(max(ahead, 0.2))]  # fmt: skip
+    timer_cmd = [sys.executable, str(Path(__file__).resolve()), "timer-floor", "--url", url,
+                 "--rate", str(rate), "--seconds", str(seconds), "--ahead",
+                 str(max(ahead, 0.2))]  # fmt: skip
     with daemon(url, base, out):
         with Jobs(url, REGISTRY) as jobs:  # warm-up: a started daemon's first steps are slower
             for i in range(WARMUP_ALARMS):
@@ -653,20 +656,31 @@ def lateness(url: str, base: Path, rate: float, seconds: float, ahead: float) ->
     return {**{k: v * 1000 for k, v in summary.items() if k != "n"}, "n": sent,
             "rate": made["rate"], "bare_p50": bare["p50"] * 1000,
             "bare_p99": bare["p99"] * 1000, "bare_max": bare["max"] * 1000,
-            "warm_up": warm, "checkpoints": checkpoints(url) - before}  # fmt: skip
+            "warm_up": warm, "checkpoints": checkpoints(url) - before,
+            "commit_p50": bare["commit"]["p50"] * 1000, "commit_p99": bare["commit"]["p99"] * 1000,
+            "commit_max": bare["commit"]["max"] * 1000}  # fmt: skip
 
 
-def timer_floor_main(rate: float, seconds: float, ahead: float) -> dict[str, float]:
-    """A bare process sleeping until due times ``ahead`` s after a ``rate``/s schedule."""
+def timer_floor_main(url: str, rate: float, seconds: float, ahead: float) -> dict[str, Any]:
+    """A bare process sleeping until due times ``ahead`` s after a ``rate``/s schedule, and
+    committing one single-row ``UPDATE`` (autocommit, ``synchronous_commit=on``) at each: its
+    wake-up lateness, and how long after the due time that commit returned."""
+    import psycopg
+
     signal.alarm(HELPER_LIFETIME)
-    start = time.time()
-    samples = []
-    for i in range(int(rate * seconds)):
-        due = start + i / rate + ahead
-        if due > time.time():
-            time.sleep(due - time.time())
-        samples.append(time.time() - due)
-    return latency_summary(samples)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS late_probe (id int PRIMARY KEY, n bigint)")
+        conn.execute("INSERT INTO late_probe VALUES (1, 0) ON CONFLICT DO NOTHING")
+        start = time.time()
+        woke, committed = [], []
+        for i in range(int(rate * seconds)):
+            due = start + i / rate + ahead
+            if due > time.time():
+                time.sleep(due - time.time())
+            woke.append(time.time() - due)
+            conn.execute("UPDATE late_probe SET n = n + 1 WHERE id = 1")
+            committed.append(time.time() - due)
+    return {**latency_summary(woke), "commit": latency_summary(committed)}
 
 
 def produce_late_main(url: str, rate: float, seconds: float, ahead: float) -> dict[str, float]:
@@ -849,11 +863,13 @@ def late_phase(url: str, base: Path, args: argparse.Namespace) -> tuple[Any, Any
 
 def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Lateness rounds: the median of each figure, the rounds themselves, the first warm-up."""
-    keys = ("p50", "p90", "p99", "max", "rate", "bare_p50", "bare_p99", "bare_max")
+    keys = ("p50", "p90", "p99", "max", "rate", "bare_p50", "bare_p99", "bare_max",
+            "commit_p50", "commit_p99", "commit_max")  # fmt: skip
     return {
         **{k: statistics.median(r[k] for r in runs) for k in keys},
         "n": sum(r["n"] for r in runs), "rounds": len(runs), "warm_up": runs[0]["warm_up"],
         "p99s": [r["p99"] for r in runs], "bare_p99s": [r["bare_p99"] for r in runs],
+        "commit_p99s": [r["commit_p99"] for r in runs],
         "checkpoints": [r["checkpoints"] for r in runs],
     }  # fmt: skip
 
@@ -937,6 +953,9 @@ def late_rows(late: dict[str, Any], now: dict[str, Any], when: str) -> list[Row]
         + " ms (a daemon's first steps); a bare sleeping process in the same window (no database): "
         f"p50 {late['bare_p50']:.2f}, p99 {late['bare_p99']:.2f} ms (per round "
         + ", ".join(f"{x:.2f}" for x in late["bare_p99s"])
+        + "); the same process committing one row at each due time: commit done p50 "
+        f"{late['commit_p50']:.2f}, p99 {late['commit_p99']:.2f} ms after the due time (per round "
+        + ", ".join(f"{x:.2f}" for x in late["commit_p99s"])
         + "); server checkpoints during the rounds: "
         + ", ".join(str(x) for x in late["checkpoints"]),
     ))  # fmt: skip
@@ -1049,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--ahead", type=float, required=True)
     p = sub.add_parser("timer-floor", help="(helper) a bare sleeper's lateness")
+    p.add_argument("--url", required=True)
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--ahead", type=float, required=True)
@@ -1075,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(produce_late_main(args.url, args.rate, args.seconds, args.ahead)))
         return 0
     if args.command == "timer-floor":
-        print(json.dumps(timer_floor_main(args.rate, args.seconds, args.ahead)))
+        print(json.dumps(timer_floor_main(args.url, args.rate, args.seconds, args.ahead)))
         return 0
     if args.command == "proc-worker":
         signal.alarm(HELPER_LIFETIME)
