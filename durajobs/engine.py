@@ -191,11 +191,7 @@ class Engine:
             if inst is None and isinstance(msg, steps.CREATING):
                 base = self.store.last_step(instance_id)
                 env = env._replace(base_step=base)
-            self._running.append(instance_id)
-            try:
-                decision = steps.step(job, inst, msg, env)
-            finally:
-                self._running.pop()
+            decision = self._step(job, inst, msg, env)
             if decision.raise_error is not None:
                 cause = decision.raise_error
                 raise ExecutionError(
@@ -367,11 +363,7 @@ class Engine:
                 # after the last step its id had (this batch's purges included)
                 base = last_steps.get(instance_id, 0)
                 env = env._replace(base_step=base)
-            self._running.append(instance_id)
-            try:
-                decision = steps.step(job, inst, msg, env)
-            finally:
-                self._running.pop()
+            decision = self._step(job, inst, msg, env)
             if decision.raise_error is not None:
                 cause = decision.raise_error
                 raise ExecutionError(
@@ -399,6 +391,15 @@ class Engine:
                 # queue behind them (order kept), for its next step.
                 queued_ids.add(instance_id)
         return results, writes
+
+    def _step(self, job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
+        """``steps.step``, with the instance marked as running in this engine (so that a
+        handler's own client call on it fails at once instead of waiting for itself)."""
+        self._running.append(env.instance_id)
+        try:
+            return steps.step(job, inst, msg, env)
+        finally:
+            self._running.pop()
 
     def _reentered(self, instance_id: str) -> None:
         """A client call made from inside a handler (fan-out): never wait for ourselves.
