@@ -6,9 +6,15 @@ connection, a few microseconds when nobody listens. The signal is only an optimi
 daemon re-reads the database on start-up and whenever its own timer fires, so a lost datagram
 delays nothing that was already due by more than the daemon's next natural wake-up.
 
-On Linux the socket is an abstract one (no file), named after the database's real path: a
-symlink or another spelling of the path wakes the same daemon, and no file can be deleted from
-under a listening daemon. Elsewhere it is the file ``<real path>.wake``.
+The socket is the file ``<real path>.wake`` beside the database, so that a wake-up reaches the
+daemon from every process that can open the database: other network namespaces (containers
+with their own network sharing the volume) and other mount namespaces (the directory
+bind-mounted elsewhere: the socket file is the same inode under every path). A symlink or
+another spelling of the path wakes the same daemon. "One daemon per file" is the kernel lock
+(``ofd_claims``), not the socket: a daemon binds only after it holds that lock, so replacing a
+stale socket file is safe. Where that path is too long for a socket address (108 bytes on
+Linux), Linux uses an abstract socket named after a hash of the path instead (abstract names
+are per network namespace).
 """
 
 from __future__ import annotations
@@ -21,14 +27,14 @@ import sys
 
 __all__ = ["WakeListener", "Waker", "wake_address"]
 
-_MAX_PATH = 100
+_MAX_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS (with its NUL)
 _ABANDONED: list[socket.socket] = []
 
 
 def wake_address(db_path: str) -> str | bytes:
     """The socket address that daemons of ``db_path`` listen on."""
     path = os.path.realpath(db_path) + ".wake"
-    if not sys.platform.startswith("linux") and len(path.encode()) < _MAX_PATH:
+    if len(os.fsencode(path)) < _MAX_PATH or not sys.platform.startswith("linux"):
         return path
     digest = hashlib.blake2b(path.encode(errors="surrogateescape"), digest_size=12).hexdigest()
     return b"\0durajobs-" + digest.encode()
