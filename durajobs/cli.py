@@ -652,6 +652,13 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback --host without a password.")
     ] = False,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="Also answer requests for this host name (repeatable); others get 400.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web dashboard (needs 'durajobs[web]'); Ctrl-C or SIGTERM stops it."""
     try:
@@ -660,7 +667,7 @@ def serve(
         _fail(f"the dashboard needs: pip install 'durajobs[web]' ({exc})", EXIT_FAILED)
     run(
         _db(ctx), host=host, port=port, read_only=read_only, password_file=password_file,
-        insecure=insecure,
+        insecure=insecure, allow_hosts=allow_host or (),
     )  # fmt: skip
 
 

@@ -276,6 +276,30 @@ def test_unknown_and_malformed_instances(client: Client) -> None:
     assert client.get("/instances", {"sort": "alarm", "after": "garbage"}).status == 400
 
 
+def test_a_nul_character_in_any_field_is_a_bad_request(client: Client) -> None:
+    """No store holds a NUL in text (PostgreSQL refuses it outright): 400, never 503."""
+    for path, query in (
+        ("/instances", {"q": "\x00"}),
+        ("/instances", {"job": "orders\x00"}),
+        ("/instances", {"error": "x\x00"}),
+        ("/instances", {"after": "task:orders:a\x00"}),
+        ("/failed", {"q": "bad\x00"}),
+        ("/instance", {"id": "task:t:a\x00b"}),
+        ("/instance", {"id": "task:orders:o-1", "x\x00": "1"}),
+    ):
+        answer = client.get(path, query)
+        assert answer.status == 400, (path, query, answer.text)
+        assert "NUL character" in answer.text
+    for form in (
+        {"id": "task:orders:o-1\x00", "action": "trigger"},
+        {"id": "task:orders:o-1", "action": "terminate", "reason": "bye\x00"},
+    ):
+        assert client.post("/action", form).status == 400, form
+    refused = client.post("/bulk", [("action", "retry"), ("confirm", "1"), ("id", "task:o:\x00")])
+    assert refused.status == 400
+    assert status_of(client, "task:orders:o-1") == "active"  # nothing was terminated
+
+
 def test_security_headers_everywhere(client: Client) -> None:
     for answer in (
         client.get("/"),
@@ -585,27 +609,94 @@ def test_serve_refuses_a_public_host_without_authentication(db: Path, tmp_path: 
     assert missing == 4  # the database is checked before serving
 
 
-def test_serve_runs_and_stops_on_sigterm(db: Path) -> None:
-    import urllib.request
-
+@contextmanager
+def serving(db: Path | str, *args: str) -> Iterator[tuple[str, int]]:
+    """``durajobs serve --port 0 ARGS`` as a subprocess: (host, port); SIGTERM must stop it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "durajobs.cli", "--db", str(db), "serve", "--port", "0"],
+        [sys.executable, "-m", "durajobs.cli", "--db", str(db), "serve", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until the server announces itself
-        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        match = re.search(r"http://(127\.0\.0\.1):(\d+)/", line)
         assert match, line + (proc.stderr.read() if proc.stderr else "")
-        with urllib.request.urlopen(match.group(0) + "failed", timeout=10) as response:
-            assert response.status == 200
-            assert b"task:orders:bad-1" in response.read()
+        yield match.group(1), int(match.group(2))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_runs_and_stops_on_sigterm(db: Path) -> None:
+    import urllib.request
+
+    with (
+        serving(db) as (host, port),
+        urllib.request.urlopen(f"http://{host}:{port}/failed", timeout=10) as response,
+    ):
+        assert response.status == 200
+        assert b"task:orders:bad-1" in response.read()
+
+
+def get_with_host(host: str, port: int, path: str, host_header: str) -> tuple[int, str]:
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host_header)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_serve_answers_only_its_own_host_and_allowed_names(db: Path) -> None:
+    """DNS rebinding: a page on rebind.example re-pointed to 127.0.0.1 is same-origin to the
+    browser; only its Host header tells, and it is refused."""
+    with serving(db, "--allow-host", "dash.example", "--allow-host", "Other.Example") as (
+        host, port,
+    ):  # fmt: skip
+        for name in (f"127.0.0.1:{port}", f"localhost:{port}", "dash.example", "other.example:1"):
+            status, text = get_with_host(host, port, "/failed", name)
+            assert status == 200, (name, text)
+            assert "task:orders:bad-1" in text
+        for name in (f"rebind.example:{port}", "127.0.0.1.rebind.example", "dash.example.evil"):
+            status, text = get_with_host(host, port, "/failed", name)
+            assert status == 400, (name, text)
+            assert "task:orders" not in text
+            assert "--allow-host" in text
+    with serving(db) as (host, port):
+        assert get_with_host(host, port, "/", "dash.example")[0] == 400
+
+
+def test_make_app_with_allowed_hosts_refuses_other_hosts(db: Path) -> None:
+    app = make_app(db, allowed_hosts=["127.0.0.1", "Dash.Example", "[::1]"])
+    client = Client(app)
+    for host in ("127.0.0.1", "127.0.0.1:8080", "dash.example:8443", "DASH.example", "[::1]:80"):
+        assert client.get("/", Host=host).status == 200, host
+    for host in ("evil.example", "evil.example:8080", "", "[::2]", "0.0.0.0"):
+        answer = client.get("/static/dashboard.css", Host=host)
+        assert answer.status == 400, host
+    # The rebinding page's POST is same-origin to the browser: the Host check refuses it.
+    form = {"id": "task:orders:o-1", "action": "terminate"}
+    assert client.post("/action", form, Host="evil.example").status == 400
+    assert status_of(client, "task:orders:o-1") == "active"
+    app.close()
+    wildcard = make_app(db, allowed_hosts=["0.0.0.0", "jobs.internal"])
+    anywhere = Client(wildcard)
+    for host in ("192.168.1.5:8080", "[fe80::1]", "jobs.internal"):
+        assert anywhere.get("/static/dashboard.css", Host=host).status == 200, host
+    assert anywhere.get("/static/dashboard.css", Host="evil.example").status == 400
+    wildcard.close()
+    with pytest.raises(TypeError):
+        make_app(db, allowed_hosts="dash.example")
+    with pytest.raises(ValueError, match="empty"):
+        make_app(db, allowed_hosts=["dash.example", " "])
 
 
 def test_cli_read_path_does_not_import_the_dashboard() -> None:

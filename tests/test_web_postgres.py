@@ -13,6 +13,7 @@ pytest.importorskip("jinja2")
 from test_web import (
     Client,
     populate,
+    test_a_nul_character_in_any_field_is_a_bad_request,
     test_a_poll_of_an_unchanged_database_swaps_nothing,
     test_bulk_confirm_then_act_with_a_cap,
     test_every_page_renders,
@@ -28,6 +29,7 @@ from test_web import (
 from durajobs.web import make_app
 
 __all__ = [
+    "test_a_nul_character_in_any_field_is_a_bad_request",
     "test_a_poll_of_an_unchanged_database_swaps_nothing",
     "test_bulk_confirm_then_act_with_a_cap",
     "test_every_page_renders",

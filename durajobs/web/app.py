@@ -61,10 +61,11 @@ from durajobs.errors import (
     StorageError,
     ValidationError,
 )
+from durajobs.steps import safe_text
 from durajobs.stores import display_location
 
 from .charts import bar_chart
-from .security import SECURITY_HEADERS, Authorize, same_origin
+from .security import SECURITY_HEADERS, Authorize, host_allowed, host_name, same_origin
 
 __all__ = ["BULK_CAP", "Dashboard", "make_app", "mount"]
 
@@ -158,13 +159,27 @@ class Request:
             ctype = str(self.environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
             if body and ctype != "application/x-www-form-urlencoded":
                 raise HTTPError(400, "expected a form (application/x-www-form-urlencoded)")
-            self._form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            _check_text("form field", ((k, v) for k, values in form.items() for v in values))
+            self._form = form
         return self._form
 
     def field(self, name: str, default: str = "") -> str:
         """One POSTed field (the last one of that name)."""
         values = self.form().get(name)
         return values[-1] if values else default
+
+
+def _check_text(what: str, fields: Iterable[tuple[str, str]]) -> None:
+    """Refuse a NUL character: no store holds one in text (PostgreSQL refuses it outright), so
+    it is bad input (400), never a database failure (503).
+
+    Raises:
+        HTTPError: a name or value holds a NUL character (400).
+    """
+    for name, value in fields:
+        if "\x00" in name or "\x00" in value:
+            raise HTTPError(400, f"the {what} {safe_text(name)!r} contains a NUL character")
 
 
 Handler = Callable[["Dashboard", Request], Response]
@@ -194,10 +209,12 @@ class Dashboard:
         read_only: bool = False,
         authorize: Authorize | None = None,
         clock: Clock | None = None,
+        allowed_hosts: frozenset[str] | None = None,
     ) -> None:
         self.location = location
         self.read_only = read_only
         self.authorize = authorize
+        self.allowed_hosts = allowed_hosts
         self.clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -351,6 +368,14 @@ class Dashboard:
         return [b""] if head else [response.body]
 
     def _respond(self, environ: dict[str, Any]) -> Response:
+        if self.allowed_hosts is not None and not host_allowed(environ, self.allowed_hosts):
+            name = host_name(str(environ.get("HTTP_HOST")))
+            return Response(
+                400,
+                f"Host {name!r} is not allowed here (no DNS rebinding): start durajobs serve "
+                f"with --allow-host {name} (make_app's allowed_hosts) to answer it\n".encode(),
+                "text/plain; charset=utf-8",
+            )
         role = "read_only" if self.read_only else "admin"
         if self.authorize is not None:
             granted = self.authorize(environ)
@@ -364,6 +389,7 @@ class Dashboard:
         request = Request(environ, role)
         method = "GET" if request.method == "HEAD" else request.method
         try:
+            _check_text("query parameter", request.query.items())
             if request.path.startswith("/static/") and method == "GET":
                 return self._static_file(request.path.removeprefix("/static/"))
             handler = _ROUTES.get((method, request.path))
@@ -698,6 +724,7 @@ def make_app(
     read_only: bool = False,
     authorize: Authorize | None = None,
     clock: Clock | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Dashboard:
     """The dashboard of one database as a WSGI application.
 
@@ -715,10 +742,26 @@ def make_app(
             the app is admitted (fine on 127.0.0.1, or behind the host application's own
             authentication).
         clock: the clock for "due now" and relative times (tests pass a ``FakeClock``).
+        allowed_hosts: the names and addresses a request's ``Host`` may name (the port is not
+            compared); any other is answered 400, so that a page whose name is re-pointed to
+            this server (DNS rebinding) reads and does nothing. ``"0.0.0.0"`` or ``"::"``
+            allow every address literal. ``None`` answers every ``Host``: mounted in another
+            application, that application checks it (Django's ``ALLOWED_HOSTS``).
 
     Raises:
-        TypeError: ``authorize`` is not callable.
+        TypeError: ``authorize`` is not callable, or ``allowed_hosts`` is one string.
+        ValueError: an empty entry in ``allowed_hosts``.
     """
     if authorize is not None and not callable(authorize):
         raise TypeError("authorize must be a callable taking the WSGI environ")
-    return Dashboard(os.fspath(location), read_only=read_only, authorize=authorize, clock=clock)
+    hosts = None
+    if allowed_hosts is not None:
+        if isinstance(allowed_hosts, str):
+            raise TypeError("allowed_hosts is a list of names, e.g. ['dash.example.com']")
+        hosts = frozenset(host_name(host) for host in allowed_hosts)
+        if "" in hosts:
+            raise ValueError("allowed_hosts holds an empty name")
+    return Dashboard(
+        os.fspath(location), read_only=read_only, authorize=authorize, clock=clock,
+        allowed_hosts=hosts,
+    )  # fmt: skip

@@ -11,6 +11,13 @@ Decisions (also in the README):
   header is refused: browsers always send one of them on a POST, so only a non-browser client
   (curl, a script) lacks both, and it can add ``Origin`` itself; refusing costs such a client one
   header and leaves no gap for an old or unusual browser.
+- *DNS rebinding.* A page on a name its owner re-points to 127.0.0.1 is same-origin to the
+  browser, so the cross-site checks cannot see it; only its ``Host`` header gives it away.
+  With ``allowed_hosts`` (``durajobs serve`` always gives them: the address it binds,
+  ``localhost`` on a loopback address, and each ``--allow-host``), a request whose ``Host``
+  names anything else is refused (400). The port is not compared (a proxy may add or drop it).
+  Allowing a wildcard address (``0.0.0.0``, ``::``) allows every address literal, never a
+  name: rebinding needs a name. A request without ``Host`` (HTTP/1.0) comes from no browser.
 - *Authentication* is the ``authorize(environ)`` hook's: ``"admin"``, ``"read_only"``, or
   ``None`` (refused: 401 with a Basic challenge). ``basic_auth`` builds one from a password file.
 - *Headers*: a strict Content-Security-Policy (scripts and styles only from the dashboard's own
@@ -24,7 +31,7 @@ import binascii
 import hmac
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +40,8 @@ __all__ = [
     "SECURITY_HEADERS",
     "Authorize",
     "basic_auth",
+    "host_allowed",
+    "host_name",
     "is_loopback",
     "read_password_file",
     "same_origin",
@@ -75,6 +84,41 @@ def same_origin(environ: Mapping[str, Any]) -> bool:
     if scheme not in _DEFAULT_PORTS:
         return False
     return _authority(parts.netloc, parts.scheme) == _authority(str(host), scheme)
+
+
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def host_name(host: str) -> str:
+    """The name or address of a ``Host`` header or an allowed host, without its port, in one
+    spelling: lower case, an address in its standard form (``[::1]:80`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        host = host.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def host_allowed(environ: Mapping[str, Any], allowed: Collection[str]) -> bool:
+    """Whether the request's ``Host`` names one of ``allowed`` (``host_name`` spellings; see
+    the module's decisions)."""
+    host = environ.get("HTTP_HOST")
+    if host is None:
+        return True
+    name = host_name(str(host))
+    if name in allowed:
+        return True
+    if not WILDCARDS.intersection(allowed):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _authority(netloc: str, scheme: str) -> str:

@@ -1,14 +1,15 @@
 """``durajobs serve``: the dashboard on waitress, until Ctrl-C or SIGTERM.
 
 Safe by default: it binds 127.0.0.1; any other address needs a password file (HTTP Basic) or an
-explicit ``insecure=True``.
+explicit ``insecure=True``; it answers only requests for the address it binds (and
+``localhost`` on a loopback address) or for a name given in ``allow_hosts`` (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -20,6 +21,7 @@ from .security import basic_auth, is_loopback, read_password_file
 __all__ = ["serve"]
 
 THREADS = 4
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def serve(
@@ -30,16 +32,18 @@ def serve(
     read_only: bool = False,
     password_file: str | os.PathLike[str] | None = None,
     insecure: bool = False,
+    allow_hosts: Iterable[str] = (),
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the dashboard of ``location`` on ``host:port`` until SIGINT or SIGTERM.
 
     ``port=0`` picks a free port; ``announce`` receives the line with the URL (default: print
-    it on stdout).
+    it on stdout). Requests are answered only for ``host``, ``localhost`` when ``host`` is a
+    loopback address, and the names in ``allow_hosts`` (others: 400).
 
     Raises:
         ValidationError: a non-loopback ``host`` without ``password_file`` or ``insecure``; or
-            a malformed password file.
+            a malformed password file; an empty name in ``allow_hosts``.
         StorageError: the database cannot be opened or is not a durajobs database.
         OSError: the password file cannot be read, or the address cannot be bound.
     """
@@ -54,7 +58,13 @@ def serve(
             authorize = basic_auth(read_password_file(password_file))
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
-    app = make_app(location, read_only=read_only, authorize=authorize)
+    allowed = [host, *allow_hosts]
+    if is_loopback(host):
+        allowed += LOOPBACK_NAMES
+    try:
+        app = make_app(location, read_only=read_only, authorize=authorize, allowed_hosts=allowed)
+    except ValueError as exc:
+        raise ValidationError(f"--allow-host: {exc}") from None
     try:
         app.check()
         from waitress.server import create_server
