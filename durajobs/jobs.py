@@ -65,11 +65,13 @@ class Jobs:
             never fire again (its years are past).
 
     A ``Jobs`` may be shared by any number of threads: each thread gets its own connection
-    and claim handle, opened on its first call (the library starts no thread). One created
-    before ``fork()`` works in the child without any call: the child never uses the parent's
-    connection, claim handle or wake socket (it opens its own on first use). Steps of one
-    instance stay serialized across threads, processes and daemons. Checks happen before
-    anything is opened: a ``Jobs()`` that raises leaves no file behind.
+    and claim handle, opened on its first call and closed when the thread ends (the library
+    starts no thread; a server that starts a thread per request keeps no more connections
+    than it has live threads). One created before ``fork()`` works in the child without any
+    call: the child never uses the parent's connection, claim handle or wake socket (it opens
+    its own on first use). Steps of one instance stay serialized across threads, processes and
+    daemons. Checks happen before anything is opened: a ``Jobs()`` that raises leaves no file
+    behind.
     """
 
     def __init__(
@@ -124,17 +126,21 @@ class Jobs:
         self.history_retention = parse_duration(history_retention, field="history_retention")
         self.key_window = parse_duration(key_window, field="key_window")
         self._last_prune = float("-inf")
-        # One engine (connection + claim handle + wake socket) per thread, opened on first use;
-        # all of them are listed for close(). ``_handles_lock`` guards the list, never a step.
+        # One engine (connection + claim handle + wake socket) per thread, opened on first use
+        # and held by a ``_ThreadEngine`` in ``_local``: when the thread ends, Python frees its
+        # thread-local data and the holder closes the engine (no thread of ours watches).
+        # ``_handles`` lists the open engines for close(); whoever takes an engine out of it
+        # closes it. ``_handles_lock`` guards the list, never a step (re-entrant: a holder may
+        # be freed by the garbage collector inside the locked region).
         self._local = threading.local()
-        self._handles: list[Engine] = []
-        self._handles_lock = threading.Lock()
+        self._handles: set[Engine] = set()
+        self._handles_lock = threading.RLock()
         self._clients: dict[tuple[str, str], Any] = {}
         files = [] if is_postgres(self.location) else _created_files(self.location)
         existed = {p for p in files if os.path.lexists(p)}
         self._closed = False
         try:
-            self._local.engine = self._open_engine()  # the database is checked at construction
+            self._local.held = _ThreadEngine(self, self._open_engine())  # checks the database
         except BaseException:
             self._closed = True
             for leftover in files:
@@ -164,23 +170,33 @@ class Jobs:
             on_records=self._deliver if hooks else None, waker=waker, codecs=self._codecs,
         )  # fmt: skip
         with self._handles_lock:
-            self._handles.append(engine)
+            self._handles.add(engine)
         return engine
 
     @property
     def engine(self) -> Engine:
-        """The calling thread's engine (opened on its first call in this thread or process).
+        """The calling thread's engine (opened on its first call in this thread or process;
+        closed when the thread ends).
 
         Raises:
             InvalidStateError: this ``Jobs`` is closed.
             StorageError: the database cannot be opened.
         """
-        engine: Engine | None = getattr(self._local, "engine", None)
-        if engine is None or self._closed:
+        held: _ThreadEngine | None = getattr(self._local, "held", None)
+        if held is None or self._closed:
             if self._closed:
                 raise InvalidStateError(f"{self.path}: this Jobs is closed")
-            engine = self._local.engine = self._open_engine()
-        return engine
+            held = self._local.held = _ThreadEngine(self, self._open_engine())
+        return held.engine
+
+    def _take(self, engine: Engine) -> bool:
+        """Take ``engine`` out of the open ones; ``False`` if ``close()`` or the fork hook
+        took it first (then closing it is theirs)."""
+        with self._handles_lock:
+            if engine not in self._handles:
+                return False
+            self._handles.discard(engine)
+            return True
 
     def _forked(self) -> None:
         """In a child process right after ``fork()``: forget the parent's handles.
@@ -190,9 +206,9 @@ class Jobs:
         claim descriptors are closed at once: they share the parent's locks, and a copy kept
         open would keep a dead parent's claims alive. The child opens its own on first use.
         """
-        self._handles_lock = threading.Lock()  # another thread may have held it at the fork
-        handles, self._handles = self._handles, []
-        self._local = threading.local()
+        self._handles_lock = threading.RLock()  # another thread may have held it at the fork
+        handles, self._handles = self._handles, set()
+        self._local = threading.local()  # the parent threads' holders: see _ThreadEngine
         for engine in handles:
             # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
             # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
@@ -337,14 +353,11 @@ class Jobs:
         if self.tracker is not None:
             self.tracker.close()
         with self._handles_lock:
-            handles, self._handles = self._handles, []
+            handles, self._handles = self._handles, set()
         failure: StorageError | None = None
         for engine in handles:
-            engine.locks.close()
-            if engine.waker is not None:
-                engine.waker.close()
             try:
-                engine.store.close()
+                _close_engine(engine)
             except StorageError as exc:
                 failure = exc
         if failure is not None:
@@ -363,6 +376,46 @@ class Jobs:
 
     def __repr__(self) -> str:
         return f"Jobs({self.path!r}, {sorted(self.registry)!r})"
+
+
+def _close_engine(engine: Engine) -> None:
+    """Close an engine's claim handle, wake socket and connection.
+
+    Raises:
+        StorageError: the final checkpoint failed (the data is safe in the WAL).
+    """
+    engine.locks.close()
+    if engine.waker is not None:
+        engine.waker.close()
+    engine.store.close()
+
+
+class _ThreadEngine:
+    """A thread's engine, held in the thread's ``threading.local`` data: Python frees that
+    data as the thread ends (in the ending thread, before ``join()`` returns), and then this
+    closes the engine -- a server that starts a thread per request leaves no session or
+    descriptor behind. Only in the process that opened it: a forked child frees the copies of
+    its parent's threads' data too, and must never close the parent's connections (the fork
+    hook abandons them instead).
+    """
+
+    __slots__ = ("engine", "jobs", "pid")
+
+    def __init__(self, jobs: Jobs, engine: Engine) -> None:
+        self.engine = engine
+        self.jobs = weakref.ref(jobs)  # no cycle: the Jobs holds the thread-local data
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid != os.getpid():
+            return
+        jobs = self.jobs()
+        if jobs is not None and not jobs._take(self.engine):
+            return  # close() (or the fork hook) has it
+        try:
+            _close_engine(self.engine)
+        except Exception as exc:  # a thread's end must not raise; the data is safe in the WAL
+            log.warning("durajobs: closing an ended thread's connection failed: %s", exc)
 
 
 def _created_files(db_path: str) -> list[str]:
