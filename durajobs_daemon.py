@@ -15,7 +15,9 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   opens its own connection after the fork (``Jobs`` never uses a parent's) and runs the ids it is
   given; group commit happens inside ``run_due``. A batch is as many ids as the jobs' recent
   step times fit in ``BATCH_SECONDS`` (10 ms; at most ``BATCH_MAX``), so fast steps share a
-  commit and a round trip and a slow one delays few others. A batch costs two messages: ``run``
+  commit and a round trip and a slow one delays few others. Only idle workers get a batch, and
+  due work is spread evenly over them; a step of a job not timed yet goes alone (it may be
+  slow: nothing waits behind it while another worker is free). A batch costs two messages: ``run``
   and ``done`` (with one line per committed step); only a step of a job with a ``timeout``
   (and the step after it) is announced with ``start``. The parent reads nothing while every
   worker is busy: the first ``done`` asks for the next read.
@@ -95,10 +97,9 @@ log = logging.getLogger("durajobs.daemon")
 
 # Instance ids per dispatch: as many as the jobs' recent step times fit in BATCH_SECONDS (a
 # slow step delays few others; fast ones share a commit and a round trip), at most BATCH_MAX.
-# A job not timed yet counts UNTIMED_STEP per step.
+# A step of a job not timed yet goes alone (it may be slow, and another worker may be free).
 BATCH_MAX = 128
 BATCH_SECONDS = 0.01
-UNTIMED_STEP = 0.0003
 BATCH_BYTES = 32 * 1024
 BUSY_BACKOFF = (0.05, 2.0)  # an instance claimed by another process: first delay, cap
 STUCK_BACKOFF = (1.0, 60.0)  # due, ran, changed nothing (should not happen): first, cap
@@ -1138,26 +1139,32 @@ class Daemon:
         self.status_dirty = True
 
     def _dispatch(self, candidates: list[Instance], idle: list[WorkerProcess]) -> None:
+        """Hand ``candidates`` out in order, one batch to each idle worker (busy ones get none).
+
+        A batch is spread evenly over the idle workers and holds at most ``BATCH_SECONDS`` of
+        the jobs' recent step times. A step whose time is not known (a job not timed yet, a
+        suspect) runs alone: queued behind it, other steps could wait while a worker is free.
+        """
         if not candidates or not idle:
             return
         per_worker = min(BATCH_MAX, -(-len(candidates) // len(idle)))
-        step_seconds = self.step_seconds
         for worker in idle:
             batch: dict[str, int] = {}
             size, due_at, seconds = 0, 0.0, 0.0
             while candidates and len(batch) < per_worker and size < BATCH_BYTES:
-                suspect = candidates[0].instance_id in self.suspects
-                if suspect and batch:
-                    break  # a suspect runs alone (see _lost)
-                seconds += step_seconds.get(candidates[0].job, UNTIMED_STEP)
-                if seconds > BATCH_SECONDS and batch:
+                row = candidates[0]
+                took = self.step_seconds.get(row.job)
+                if row.instance_id in self.suspects:
+                    took = None  # a suspect runs alone (see _lost)
+                if batch and (took is None or seconds + took > BATCH_SECONDS):
                     break  # enough work for one batch
-                row = candidates.pop(0)
+                candidates.pop(0)
                 batch[row.instance_id] = row.step
                 size += len(row.instance_id) + 3
                 due_at = max(due_at, row.due_at or 0.0)
-                if suspect:
+                if took is None:
                     break
+                seconds += took
             if not batch:
                 break
             worker.batch = batch

@@ -378,6 +378,26 @@ def test_two_workers_overlap_across_instances_never_within_one(
         assert start >= end, spans  # no two steps of slow-c ever overlapped
 
 
+def test_idle_worker_gets_untimed_steps_while_the_other_is_busy(harness: Harness) -> None:
+    # Issue 17 item 16: one worker runs a 0.4 s step; four more of the same job (not timed yet:
+    # the first step has not finished) become due at once. They went to the idle worker as one
+    # batch and ran one after another while the other worker idled. A step of unknown length
+    # now goes alone, so the worker that frees up takes the next one.
+    proc = harness.start("--workers", "2", DAEMON_TEST_SLOW="0.4")
+    client = harness.jobs.task("task")
+    client.send("slow-blocker", Due(time.time()))
+    wait_for(lambda: harness.records("enter", "slow-blocker"), what="first step running")
+    ids = [f"slow-{i}" for i in range(4)]
+    client.send_many([(instance, Due(time.time())) for instance in ids])  # due together
+    wait_for(lambda: len(harness.records("exit")) == 5, what="every step")
+    spans = sorted(
+        (harness.records("enter", i)[0]["t"], harness.records("exit", i)[0]["t"]) for i in ids
+    )
+    overlapping = [(a, b) for a, b in itertools.combinations(spans, 2) if b[0] < a[1]]
+    assert overlapping, spans  # before the fix: four in a row on one worker
+    assert harness.stop(proc) == 0
+
+
 def test_step_past_its_timeout_is_stopped_and_retried(harness: Harness) -> None:
     proc = harness.start()
     client = harness.jobs.continuous("limited")
