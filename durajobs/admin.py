@@ -43,7 +43,7 @@ from .stores import (
     open_store,
     open_waker,
 )
-from .stores.base import Claims
+from .stores.base import END_EVENTS, Claims
 from .stores.ofd_claims import lock_path
 from .stores.sqlite import SCHEMA_VERSION, HistoryRow
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay 
     from .engine import Engine
 
 __all__ = [
+    "FINISHED_STATUSES",
     "KINDS",
     "STATUSES",
     "ActionResult",
@@ -59,6 +60,8 @@ __all__ = [
     "Admin",
     "Check",
     "DoctorReport",
+    "FinishedInstance",
+    "FinishedPage",
     "HistoryEntry",
     "InstanceDetail",
     "InstanceInfo",
@@ -73,6 +76,10 @@ __all__ = [
 
 KINDS = ("continuous", "debounce", "task")
 STATUSES = ("running", "debouncing", "active", "idle", "failed")
+# Instances that are gone, listed from the history: "terminated" (ended by a terminate: the
+# client's, the CLI's, ``ctx.terminate()``, retries exhausted, a schedule that ended) and
+# "purged" (every finished instance: terminated, flushed or cleared).
+FINISHED_STATUSES = ("terminated", "purged")
 OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means checkpoints are being starved
 ERROR_SUMMARY_CHARS = 120
@@ -192,8 +199,22 @@ class InstanceInfo:
         """The last line of ``last_error``."""
         return error_summary(self.last_error)
 
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts of the current run that failed: ``attempt - 1`` (``attempt`` is the number
+        of the next attempt, as in ``status().attempt``). For a parked instance, the attempts
+        it failed before it was parked; ``retry`` starts again at attempt 1."""
+        return max(0, self.attempt - 1)
+
+    @property
+    def attempt_label(self) -> str:
+        """The attempt as people read it: ``"2 failed"`` for a parked instance (no attempt is
+        pending), else the number of the next attempt."""
+        return f"{self.failed_attempts} failed" if self.status == "failed" else str(self.attempt)
+
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON fields of ``durajobs ls --json`` (``last_error`` is the summary)."""
+        """The stable JSON fields of ``durajobs ls --json`` (``last_error`` is the summary;
+        ``attempt`` is the next attempt, ``failed_attempts`` those of the run that failed)."""
         return {
             "instance_id": self.instance_id,
             "kind": self.kind,
@@ -206,6 +227,7 @@ class InstanceInfo:
             "run_count": self.run_count,
             "event_count": self.event_count,
             "attempt": self.attempt,
+            "failed_attempts": self.failed_attempts,
             "last_error": self.error_summary,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
@@ -216,8 +238,8 @@ class InstanceInfo:
 
 _INFO_KEYS = (
     "instance_id", "kind", "job", "id", "status", "next_alarm", "alarm_reason", "scheduled_for",
-    "run_count", "event_count", "attempt", "last_error", "created_at", "started_at",
-    "updated_at", "step",
+    "run_count", "event_count", "attempt", "failed_attempts", "last_error", "created_at",
+    "started_at", "updated_at", "step",
 )  # fmt: skip
 
 
@@ -243,6 +265,13 @@ class HistoryEntry:
             row.attempt, row.duration_ms, row.error, _json(row.data),
         )  # fmt: skip
 
+    @property
+    def reason(self) -> str | None:
+        """The reason the record carries: a terminate's (``"retries exhausted"``, the
+        caller's), a flush's (``"manual"``...), ``"cleared"``; ``None`` if it has none."""
+        reason = self.data.get("reason") if isinstance(self.data, dict) else None
+        return reason if isinstance(reason, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON fields: id, instance_id, at, event, step, attempt, duration_ms, error, data."""
         return {
@@ -258,11 +287,78 @@ class HistoryEntry:
         }
 
 
+_ENDED = {"job.terminated": "terminated", "debounce.flushed": "flushed",
+          "debounce.cleared": "cleared"}  # fmt: skip
+
+
+@attrs.frozen(slots=True)
+class FinishedInstance:
+    """An instance that is gone (purged), as the record that ended it tells.
+
+    ``ended`` is how: ``"terminated"``, ``"flushed"`` (a Debounce batch delivered) or
+    ``"cleared"``; ``reason`` the recorded reason (a terminate's, a flush's); ``error`` the
+    error a purge after exhausted retries recorded. ``record_id`` is the history id.
+    """
+
+    instance_id: str
+    ended: str
+    ended_at: datetime
+    reason: str | None
+    error: str | None
+    run_count: int | None
+    event_count: int | None
+    step: int
+    record_id: int
+
+    @classmethod
+    def from_record(cls, record: HistoryEntry) -> FinishedInstance | None:
+        """From the record that ended an instance; ``None`` for any other record."""
+        ended = _ENDED.get(record.event)
+        if ended is None:
+            return None
+        data = record.data if isinstance(record.data, dict) else {}
+
+        def count(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return cls(
+            record.instance_id, ended, record.at, record.reason, record.error,
+            count("run_count"), count("event_count"), record.step, record.id,
+        )  # fmt: skip
+
+    @property
+    def status(self) -> str:
+        """Always ``"purged"`` (the status ``show`` gives a gone instance)."""
+        return "purged"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields of ``durajobs ls --status terminated|purged --json``: instance_id,
+        kind, job, id, status (``"purged"``), ended, ended_at, end_reason, error, run_count,
+        event_count, step."""
+        kind, job, user_id = self.instance_id.split(":", 2)
+        return {
+            "instance_id": self.instance_id,
+            "kind": kind,
+            "job": job,
+            "id": user_id,
+            "status": self.status,
+            "ended": self.ended,
+            "ended_at": _iso(self.ended_at),
+            "end_reason": self.reason,
+            "error": self.error,
+            "run_count": self.run_count,
+            "event_count": self.event_count,
+            "step": self.step,
+        }
+
+
 @attrs.frozen(slots=True)
 class InstanceDetail:
     """Everything ``durajobs show`` prints.
 
-    ``info`` is ``None`` for an instance that is gone (purged) but still has history.
+    ``info`` is ``None`` for an instance that is gone (purged) but still has history;
+    ``finished`` then says how it ended (with the terminate reason), from its last record.
     """
 
     instance_id: str
@@ -270,6 +366,7 @@ class InstanceDetail:
     state: Any  # decoded JSON, or None; for a purged instance, the final state
     queued_events: int
     history: list[HistoryEntry]
+    finished: FinishedInstance | None = None
 
     @property
     def status(self) -> str:
@@ -277,7 +374,8 @@ class InstanceDetail:
         return self.info.status if self.info is not None else "purged"
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``ls`` fields plus state, traceback, queued events and history (newest last)."""
+        """The ``ls`` fields plus how a gone instance ended (``ended``, ``ended_at``,
+        ``end_reason``), state, traceback, queued events and history (newest last)."""
         kind, job, user_id = self.instance_id.split(":", 2)
         if self.info is not None:
             base = self.info.to_dict()
@@ -285,6 +383,10 @@ class InstanceDetail:
             base = dict.fromkeys(_INFO_KEYS)
             base.update(instance_id=self.instance_id, kind=kind, job=job, id=user_id)
         base["status"] = self.status
+        ended = self.finished
+        base["ended"] = ended.ended if ended is not None else None
+        base["ended_at"] = _iso(ended.ended_at) if ended is not None else None
+        base["end_reason"] = ended.reason if ended is not None else None
         base["last_error_traceback"] = self.info.last_error if self.info is not None else None
         base["state"] = self.state
         base["queued_events"] = self.queued_events
@@ -379,6 +481,14 @@ class InstancePage:
     """
 
     instances: list[InstanceInfo]
+    after: str | None
+
+
+@attrs.frozen(slots=True)
+class FinishedPage:
+    """One page of finished instances, newest first; ``after`` as in ``InstancePage``."""
+
+    instances: list[FinishedInstance]
     after: str | None
 
 
@@ -538,6 +648,29 @@ class Admin:
         )  # fmt: skip
         return [InstanceInfo.from_row(r) for r in rows]
 
+    def all_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due: bool = False,
+    ) -> Iterator[InstanceInfo]:
+        """Every instance ``ls`` lists with these filters, in its order, streamed from one
+        consistent snapshot (read in keyset batches: memory stays flat at any size).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        batches = self.store.scan_instances(
+            kind=kind, job=job, status=status, due_before=self.now() if due else None
+        )
+        try:
+            for batch in batches:
+                yield from (InstanceInfo.from_row(r) for r in batch)
+        finally:
+            batches.close()  # ends the snapshot even when the reader stops early
+
     def get(self, instance_id: str) -> InstanceInfo:
         """One live instance.
 
@@ -562,21 +695,93 @@ class Admin:
         """
         row = self.store.load(instance_id)
         records = [HistoryEntry.from_row(h) for h in self.store.history(instance_id, history)]
-        if row is None and not records:
-            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
         queued = len(self.store.queued(instance_id)) if instance_id.startswith("debounce:") else 0
         if row is not None:
             return InstanceDetail(
                 instance_id, InstanceInfo.from_row(row), _json(row.state), queued, records
             )
-        # Gone: the purge record keeps the final state.
-        final = next(
-            (h.data["final_state"] for h in reversed(records)
-             if isinstance(h.data, dict) and "final_state" in h.data),
-            None,
+        # Gone: its last record (whatever ``history`` asked for) ended it and keeps the state.
+        last = records[-1:] or [
+            HistoryEntry.from_row(h) for h in self.store.history(instance_id, 1)
+        ]
+        if not last:
+            raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+        final = last[0].data.get("final_state") if isinstance(last[0].data, dict) else None
+        return InstanceDetail(
+            instance_id, None, _json(final) if isinstance(final, str) else final, queued,
+            records, FinishedInstance.from_record(last[0]),
         )  # fmt: skip
-        return InstanceDetail(instance_id, None, _json(final) if isinstance(final, str) else final,
-                              queued, records)  # fmt: skip
+
+    def finished(
+        self,
+        *,
+        status: str = "purged",
+        kind: str | None = None,
+        job: str | None = None,
+        search: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> FinishedPage:
+        """One page of finished instances (gone, with history left), newest first, read from
+        the history by a cursor (no counts).
+
+        ``status="terminated"``: those a terminate ended (the caller's, ``ctx.terminate()``,
+        retries exhausted, a schedule that ended); ``"purged"``: every finished instance
+        (terminated, flushed Debounce batches, cleared ones). An id that lives again is not
+        finished. ``search`` is an id prefix (``"KIND:..."``), or a user id prefix with ``job``
+        (and ``kind``). Each page reads an index of the records that end instances; records of
+        ids that live again, and other kinds or jobs than asked, are skipped one by one.
+
+        Raises:
+            ValidationError: an unknown kind or status, ``limit`` < 1, a malformed cursor, or
+                a user id ``search`` without ``job``.
+            StorageError: the file cannot be read.
+        """
+        if status not in FINISHED_STATUSES:
+            raise ValidationError(f"status {status!r} is not one of {', '.join(FINISHED_STATUSES)}")
+        if kind is not None and kind not in KINDS:
+            raise ValidationError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if limit < 1:
+            raise ValidationError(f"limit must be >= 1, got {limit}")
+        before: int | None = None
+        if after:
+            if not after.isdigit():
+                raise ValidationError(f"{after!r} is not a page cursor")
+            before = int(after)
+        prefixes = _finished_prefixes(kind, job, search)
+        if prefixes == []:
+            return FinishedPage([], None)
+        events = ("job.terminated",) if status == "terminated" else END_EVENTS
+        rows = self.store.finished_records(
+            events=events, prefixes=prefixes, before_id=before, limit=limit + 1
+        )
+        more, rows = len(rows) > limit, rows[:limit]
+        found = [FinishedInstance.from_record(HistoryEntry.from_row(r)) for r in rows]
+        return FinishedPage([f for f in found if f is not None], str(rows[-1].id) if more else None)
+
+    def all_finished(
+        self,
+        *,
+        status: str = "purged",
+        kind: str | None = None,
+        job: str | None = None,
+        search: str | None = None,
+    ) -> Iterator[FinishedInstance]:
+        """Every finished instance ``finished`` lists, newest first, page after page.
+
+        Raises:
+            ValidationError: as for ``finished``.
+            StorageError: the file cannot be read.
+        """
+        after: str | None = None
+        while True:
+            page = self.finished(
+                status=status, kind=kind, job=job, search=search, after=after, limit=500
+            )
+            yield from page.instances
+            if page.after is None:
+                return
+            after = page.after
 
     def stats(self, *, overdue_after: float = OVERDUE_AFTER) -> Stats:
         """Counts by kind/job/status, alarms due and overdue, and the last hour's history.
@@ -1062,6 +1267,28 @@ class Admin:
             f"{done}: the work is due now and left for the daemon ({where})",
             left_for_daemon=True, due_at=due, daemon_listening=listening,
         )  # fmt: skip
+
+
+def _finished_prefixes(kind: str | None, job: str | None, search: str | None) -> list[str] | None:
+    """The instance id prefixes ``Admin.finished`` keeps (``None``: all; ``[]``: none).
+
+    Raises:
+        ValidationError: a user id ``search`` without ``job``.
+    """
+    kinds = [kind] if kind is not None else list(KINDS)
+    base = [f"{k}:{job}:" for k in kinds] if job is not None else [f"{k}:" for k in kinds]
+    if not search:
+        return None if kind is None and job is None else base
+    if search.split(":", 1)[0] in KINDS and ":" in search:  # an instance id prefix
+        return [
+            max(p, search, key=len) for p in base if p.startswith(search) or search.startswith(p)
+        ]
+    if job is None:
+        raise ValidationError(
+            f"search {search!r}: finished instances are searched by an id prefix "
+            "(KIND:JOB:ID...) or, with a job, by a user id prefix"
+        )
+    return [p + search for p in base]
 
 
 def _parse_cursor(after: str | None, order: str) -> tuple[str | None, float | None]:

@@ -49,6 +49,7 @@ from durajobs.errors import InvalidStateError, StorageError
 from durajobs.rows import Instance, Queued, Record
 
 __all__ = [
+    "END_EVENTS",
     "TABLES",
     "TABLE_COLUMNS",
     "Claims",
@@ -108,6 +109,11 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 TABLES = tuple(TABLE_COLUMNS)
+
+# The history events that end an instance (its row is purged, the record keeps the final state):
+# the stores index them (``finished_records``). Changing this tuple needs a migration of that
+# index in both stores.
+END_EVENTS = ("job.terminated", "debounce.flushed", "debounce.cleared")
 
 
 class ExportBatch(NamedTuple):
@@ -369,6 +375,46 @@ class Store(Protocol):
         offset: int = 0,
     ) -> list[Instance]:
         """Instances by next alarm (then by id; those without an alarm last), filtered, paged.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def scan_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        batch_size: int = 1000,
+    ) -> Generator[list[Instance]]:
+        """Every instance ``list_instances`` lists with these filters, in its order, from ONE
+        consistent snapshot (as ``export``), in batches of at most ``batch_size`` read by key
+        (keyset pages: no OFFSET). Writers are never blocked; the store must not be used for
+        anything else until the iterator is exhausted or closed.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def finished_records(
+        self,
+        *,
+        events: Sequence[str] = END_EVENTS,
+        prefixes: Sequence[str] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[HistoryRow]:
+        """The final records of finished instances, newest (highest id) first.
+
+        A finished instance has no row, and its newest history record is one of ``events``
+        (a subset of ``END_EVENTS``). Only records with ``id < before_id`` (keyset pages);
+        ``prefixes`` keeps instance ids starting with one of them (``"kind:"``,
+        ``"kind:job:"``). Reads an index of the ``END_EVENTS`` records, newest first; records
+        superseded by a later record or a live row of their instance are skipped one by one.
 
         Raises:
             StorageError: the database cannot be read.

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from durajobs.errors import DuplicateEventError, StorageError
 from durajobs.rows import Instance, Queued, RejectedWrite
 from durajobs.stores.base import (
+    END_EVENTS,
     TABLE_COLUMNS,
     TABLES,
     ExportBatch,
@@ -66,7 +67,7 @@ from durajobs.stores.base import (
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "is_postgres", "signed_hash"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INSTALL_HINT = "PostgreSQL needs psycopg: pip install 'durajobs[postgres]'"
 T = TypeVar("T")
 
@@ -89,6 +90,8 @@ def _write_key(instance_id: str) -> int:
 
 
 MIGRATE_KEY = signed_hash("durajobs:migrate")
+
+SQL_ENDED_TEST = f"event IN ({', '.join(repr(e) for e in END_EVENTS)})"  # history_ended's
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1 (as in sqlite.py).
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -146,6 +149,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
     ),
     ("CREATE INDEX instances_failed ON instances (instance_id) WHERE status = 'failed'",),
+    # Finished instances listed from the records that end them (as in sqlite.py).
+    (f"CREATE INDEX history_ended ON history (event, id) WHERE {SQL_ENDED_TEST}",),
 ]
 
 COLUMNS = (
@@ -300,6 +305,14 @@ SQL_HISTORY_OF = (
 )
 SQL_HISTORY_SINCE = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s ORDER BY id LIMIT %s"
 SQL_HISTORY_RECENT = f"SELECT {_HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT %s"
+SQL_FINISHED = (
+    f"SELECT {_HISTORY_COLUMNS} FROM history AS h "
+    f"WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
+    "AND NOT EXISTS (SELECT 1 FROM history AS later "
+    "WHERE later.instance_id = h.instance_id AND later.id > h.id) "
+    "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
+    "ORDER BY id DESC LIMIT %s"
+)
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 # Dashboard pages (keyset: each page starts after the last row of the previous one; no OFFSET,
 # no count). Filters are joined with AND.
@@ -1166,12 +1179,7 @@ class PostgresStore:
         Raises:
             StorageError: the database cannot be read.
         """
-        where: list[str] = ["TRUE"]
-        params: list[Any] = []
-        for column, value in (("kind", kind), ("job", job), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
+        where, params = _filters(kind, job, status)
         alarmed_where = " AND ".join([*where, "due_at IS NOT NULL"])
         alarmed_params = list(params)
         if due_before is not None:
@@ -1206,6 +1214,58 @@ class PostgresStore:
         ]
         return rows
 
+    def scan_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        batch_size: int = 1000,
+    ) -> Generator[list[Instance]]:
+        """Every instance ``list_instances`` lists, in its order, from one ``REPEATABLE READ
+        READ ONLY`` transaction (one snapshot), in keyset batches: the alarmed ones by
+        ``(due_at, instance_id)``, then the others by id.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        where, params = _filters(kind, job, status)
+        alarmed, alarmed_params = [*where, "due_at IS NOT NULL"], list(params)
+        if due_before is not None:
+            alarmed.append("due_at <= %s")
+            alarmed_params.append(due_before)
+        phases: list[tuple[str, tuple[str, ...], list[Any]]] = [
+            (f"SELECT {COLUMNS} FROM instances WHERE {' AND '.join(alarmed)}",
+             ("due_at", "instance_id"), alarmed_params),
+        ]  # fmt: skip
+        if due_before is None:  # then those without an alarm
+            idle = " AND ".join([*where, "due_at IS NULL"])
+            phases.append(
+                (f"SELECT {COLUMNS} FROM instances WHERE {idle}", ("instance_id",), params)
+            )
+        link = self._link
+        conn = self._connection()
+        try:
+            conn.execute(SQL_BEGIN_SNAPSHOT)
+            for select, keys, values in phases:
+                order = ", ".join(keys)
+                after = f" AND ({order}) > ({', '.join(['%s'] * len(keys))})"
+                last: tuple[Any, ...] = ()
+                while True:
+                    sql = f"{select}{after if last else ''} ORDER BY {order} LIMIT %s"
+                    rows = [Instance(*r) for r in conn.execute(sql, (*values, *last, batch_size))]
+                    if rows:
+                        yield rows
+                    if len(rows) < batch_size:
+                        break
+                    last = tuple(getattr(rows[-1], key) for key in keys)
+        except self._psycopg.Error as exc:
+            link.drop()
+            raise link.error(exc, "read") from None
+        finally:
+            self._rollback(conn)
+
     def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
         """The latest ``limit`` history records of an instance (live or purged), oldest first.
 
@@ -1230,6 +1290,27 @@ class PostgresStore:
             StorageError: the database cannot be read.
         """
         return [HistoryRow(*r) for r in reversed(self._rows(SQL_HISTORY_RECENT, (limit,)))]
+
+    def finished_records(
+        self,
+        *,
+        events: Sequence[str] = END_EVENTS,
+        prefixes: Sequence[str] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[HistoryRow]:
+        """The final records of finished instances (no row, no later record), newest first,
+        with ``id < before_id``; one keyset range of the history_ended index per event.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        before = (1 << 63) - 1 if before_id is None else before_id
+        rows: list[HistoryRow] = []
+        for event in events:
+            sql, params = _for_jobs(SQL_FINISHED, prefixes, (event, before, limit))
+            rows += [HistoryRow(*r) for r in self._rows(sql, params)]
+        return sorted(rows, key=lambda r: r.id, reverse=True)[:limit]
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:
         """``(kind, job, status, count)`` for every combination present (a full scan).
@@ -1586,6 +1667,17 @@ def _first_id(cur: Any, since: float) -> int | None:
         else:
             high = middle
     return low
+
+
+def _filters(kind: str | None, job: str | None, status: str | None) -> tuple[list[str], list[Any]]:
+    """The WHERE terms and parameters of ``list_instances``' filters."""
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
+    for column, value in (("kind", kind), ("job", job), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    return where, params
 
 
 def _for_jobs(

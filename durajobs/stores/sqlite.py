@@ -32,6 +32,7 @@ import apsw
 from durajobs.errors import DuplicateEventError, StorageError
 from durajobs.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.stores.base import (  # store-neutral; HistoryRow and Write re-exported here
+    END_EVENTS,
     TABLE_COLUMNS,
     TABLES,
     ExportBatch,
@@ -43,9 +44,13 @@ from durajobs.stores.base import (  # store-neutral; HistoryRow and Write re-exp
 
 __all__ = ["HistoryRow", "Store", "Write"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_NAP = 0.00005  # first nap of the busy handler (seconds); doubles per try
 BUSY_NAP_MAX = 0.001
+
+# The partial index's predicate, repeated word for word in the queries that use it (SQLite uses
+# a partial index only for a query whose WHERE contains its terms).
+SQL_ENDED_TEST = f"event IN ({', '.join(repr(e) for e in END_EVENTS)})"
 
 # Forward migrations: MIGRATIONS[n] takes a database at user_version n to n + 1.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -101,6 +106,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 1 -> 2: find parked instances without walking the whole table (`durajobs ls --status
     # failed`, `doctor`); tiny, since it holds only the failed rows.
     ("CREATE INDEX instances_failed ON instances(instance_id) WHERE status = 'failed'",),
+    # 2 -> 3: list finished instances (`durajobs ls --status terminated`, the dashboard) from
+    # the records that end them, newest first, without reading the rest of the history.
+    (f"CREATE INDEX history_ended ON history(event, id) WHERE {SQL_ENDED_TEST}",),
 ]
 
 COLUMNS = (
@@ -227,6 +235,16 @@ SQL_HISTORY_COUNTS = (
     "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
 )
 SQL_HISTORY_RECENT = f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
+# The final records of finished instances (no row, no later record), newest first: a keyset range
+# of one event in the history_ended index, each candidate checked by two primary-key probes.
+SQL_FINISHED = (
+    f"SELECT {HISTORY_COLUMNS} FROM history AS h INDEXED BY history_ended "
+    f"WHERE {SQL_ENDED_TEST} AND event = ? AND id < ? "
+    "AND NOT EXISTS (SELECT 1 FROM history AS later "
+    "WHERE later.instance_id = h.instance_id AND later.id > h.id) "
+    "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
+    "ORDER BY id DESC LIMIT ?"
+)
 # Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
 # reads only its own rows from an index: no OFFSET, no count). Filters are joined with AND.
 SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT ?"
@@ -933,6 +951,58 @@ class Store:
             ]
             return rows
 
+    def scan_instances(
+        self,
+        *,
+        kind: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        due_before: float | None = None,
+        batch_size: int = 1000,
+    ) -> Generator[list[Instance]]:
+        """Every instance ``list_instances`` lists, in its order, from one read transaction
+        (one WAL snapshot), in keyset batches: the alarmed ones from the due_at index, then
+        the others by id.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        where, params = self._filters(kind, job, status)
+        alarmed, alarmed_params = [*where, "due_at IS NOT NULL"], list(params)
+        if due_before is not None:
+            alarmed.append("due_at <= ?")
+            alarmed_params.append(due_before)
+        alarmed_sql = f"SELECT {COLUMNS} FROM instances INDEXED BY instances_due WHERE "
+        phases: list[tuple[str, tuple[str, ...], list[Any]]] = [
+            (alarmed_sql + " AND ".join(alarmed), ("due_at", "instance_id"), alarmed_params)
+        ]
+        if due_before is None:  # then those without an alarm
+            idle = " AND ".join([*where, "due_at IS NULL"])
+            phases.append(
+                (f"SELECT {COLUMNS} FROM instances WHERE {idle}", ("instance_id",), params)
+            )
+        conn = self._conn
+        with self._mapped("read"):
+            conn.execute("BEGIN")  # deferred: the snapshot is taken by the first read
+        try:
+            for select, keys, values in phases:
+                order = ", ".join(keys)
+                after = f" AND ({order}) > ({', '.join('?' * len(keys))})"
+                last: tuple[Any, ...] = ()
+                while True:
+                    sql = f"{select}{after if last else ''} ORDER BY {order} LIMIT ?"
+                    with self._mapped("read"):
+                        rows = [Instance(*r) for r in self._rows(sql, (*values, *last, batch_size))]
+                    if rows:
+                        yield rows
+                    if len(rows) < batch_size:
+                        break
+                    last = tuple(getattr(rows[-1], key) for key in keys)
+        finally:
+            if not conn.get_autocommit():
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+
     @staticmethod
     def _filters(
         kind: str | None, job: str | None, status: str | None
@@ -971,6 +1041,27 @@ class Store:
         """
         rows = self.query(SQL_HISTORY_RECENT, (limit,))
         return [HistoryRow(*r) for r in reversed(rows)]
+
+    def finished_records(
+        self,
+        *,
+        events: Sequence[str] = END_EVENTS,
+        prefixes: Sequence[str] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[HistoryRow]:
+        """The final records of finished instances (no row, no later record), newest first,
+        with ``id < before_id``; one keyset range of the history_ended index per event.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        before = (1 << 63) - 1 if before_id is None else before_id
+        rows: list[HistoryRow] = []
+        for event in events:
+            sql, params = self._for_jobs(SQL_FINISHED, prefixes, (event, before, limit))
+            rows += [HistoryRow(*r) for r in self.query(sql, params)]
+        return sorted(rows, key=lambda r: r.id, reverse=True)[:limit]
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:
         """``(kind, job, status, count)`` for every combination present (a full scan).
