@@ -371,6 +371,50 @@ def test_filters_live_in_the_url(client: Client) -> None:
     assert 'value="warehouse"' in page
 
 
+def test_job_filter_offers_the_known_jobs_and_matches_exactly(client: Client) -> None:
+    page = client.get("/instances").text
+    assert '<input name="job"' not in page  # no free text that silently matches nothing
+    select = re.search(r'<select name="job">(.*?)</select>', page, re.S)
+    assert select, page
+    groups = re.findall(r'<optgroup label="(\w+)">(.*?)</optgroup>', select.group(1), re.S)
+    assert [(kind, re.findall(r'value="(\w+)"', options)) for kind, options in groups] == [
+        ("continuous", ["refresher"]), ("debounce", ["hooks"]), ("task", ["orders"])
+    ]  # fmt: skip
+    chosen = client.get("/instances", {"job": "orders"})
+    assert '<option value="orders" selected>' in chosen.text
+    assert {i.rsplit(":", 1)[0] for i in ids_on(chosen)} == {"task:orders"}
+    unknown = client.get("/instances", {"job": "order"})  # exact: no prefix match
+    assert ids_on(unknown) == []
+    assert '<option value="order" selected>order (no instances)</option>' in unknown.text
+    failed = client.get("/failed").text
+    assert '<select name="job">' in failed
+
+
+def test_known_jobs_visits_each_job_once(tmp_path: Path) -> None:
+    from durajobs.web.app import known_jobs
+
+    names = ["a", "a-b", "a;b", "ab", "a\U0010ffff", "é"]
+    db = tmp_path / "names.db"
+    orders = registry()["orders"]
+    with Jobs(db, dict.fromkeys(names, orders)) as jobs:
+        for name in names:
+            for user in ("1", "2", "\U0010ffff", "\U0010ffff;x", "~"):
+                jobs.task(name).send(user, Event("x"))
+    with Admin(db) as admin:
+        found = known_jobs(admin)
+        assert found == [("task", name) for name in sorted(names)]
+        assert known_jobs(admin, limit=2) == [("task", "a"), ("task", "a-b")]  # id order
+
+
+def test_the_list_says_how_it_is_ordered(client: Client) -> None:
+    by_id = client.get("/instances", {"kind": "continuous"})
+    assert ids_on(by_id) == [
+        "continuous:refresher:user-1", "continuous:refresher:user-10", "continuous:refresher:user-2"
+    ]  # fmt: skip
+    assert "by id as text: user-10 comes before user-2" in by_id.text
+    assert "by next alarm" in client.get("/instances", {"sort": "alarm"}).text
+
+
 def test_keyset_pagination_walks_every_instance_once(client: Client) -> None:
     for order in ("", "alarm"):
         expected = ids_on(client.get("/instances", {"sort": order, "limit": "100"}))
@@ -432,8 +476,10 @@ def test_terminate_and_refusals(client: Client) -> None:
         "/action", {"id": "task:orders:o-1", "action": "terminate", "reason": "<i>bye</i>"}
     )
     assert answer.status == 303
-    page = client.get("/instance", {"id": "task:orders:o-1"}).text
+    assert answer.headers["Location"] == "/instance?id=task%3Aorders%3Ao-1&done=terminate"
+    page = client.get("/instance", urlsplit(answer.headers["Location"]).query).text
     assert "status-purged" in page
+    assert page.count('class="notice"') == 1  # one banner says it is gone
     assert "job.terminated" in page
     assert "<i>bye" not in page
     refused = client.post("/action", {"id": "continuous:refresher:user-1", "action": "clear"})

@@ -177,5 +177,49 @@ def test_live_toggle_and_a_phone_sized_screen(browser: Browser, served: tuple[st
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, (path, overflow)
+    phone.goto(base + "instance?id=task:orders:bad-2")
+    phone.locator("details.confirm > summary").click()  # the terminate form, open
+    expect(phone.get_by_label("Reason")).to_be_visible()
+    overflow = phone.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, overflow
     context.close()
     assert errors == []
+
+
+def test_terminate_asks_in_a_panel_then_one_banner(
+    page: Page, served: tuple[str, Path], shots: Path
+) -> None:
+    base, _ = served
+    page.goto(base + "instance?id=task:orders:o-idle")
+    trigger = page.get_by_role("button", name="Trigger")
+    summary = page.locator("details.confirm > summary")
+    summary.click()
+    form = page.locator("details.confirm form")
+    expect(form).to_be_visible()
+    page.screenshot(path=str(shots / "terminate-confirm.png"), full_page=True)
+    asks, beside, panel = summary.bounding_box(), trigger.bounding_box(), form.bounding_box()
+    card = page.locator("section.actions").bounding_box()
+    assert asks is not None
+    assert beside is not None
+    assert panel is not None
+    assert card is not None
+    assert asks["width"] < 200, asks  # still a button, not a full-width red bar
+    assert abs(asks["y"] - beside["y"]) < 2, (asks, beside)  # beside the other actions
+    assert panel["width"] < card["width"] * 0.75, (panel, card)
+    page.get_by_label("Reason").fill("no longer needed")
+    page.get_by_role("button", name="Terminate this instance").click()
+    expect(page.locator(".title-row .status")).to_have_text("purged")
+    expect(page.locator(".notice")).to_have_count(1)  # one banner says it is gone
+    expect(page.locator(".notice")).to_contain_text("gone")
+
+
+def test_job_filter_is_a_choice_of_known_jobs(page: Page, served: tuple[str, Path]) -> None:
+    base, _ = served
+    page.goto(base + "instances")
+    page.locator("select[name=job]").select_option("hooks")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"[?&]job=hooks(&|$)"))
+    expect(page.get_by_role("link", name="debounce:hooks:repo-1")).to_be_visible()
+    expect(page.locator("table.list tbody tr")).to_have_count(1)

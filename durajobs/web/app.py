@@ -86,8 +86,8 @@ DONE = {
     "trigger": "Triggered: the run is due now and left for the daemon.",
     "flush": "Flush requested: it is due now and left for the daemon.",
     "clear": "Cleared: the batch was discarded.",
-    "terminate": "Terminated: the instance was purged (its history remains).",
-}
+}  # a terminate needs no banner: the page of a gone instance says so
+JOB_CHOICES = 200  # job names the Job filter offers at most
 
 
 @attrs.frozen(slots=True)
@@ -572,10 +572,33 @@ def _instance_list(app: Dashboard, request: Request, title: str, *, failed: bool
     return app.render(
         request, "instances.html", title, "_instances.html",
         poll=app.poll_url(request, token), trigger=POLL_LIST, page=page, filters=filters,
+        jobs=[] if request.query.get("fragment") else known_jobs(app.admin()),
         first_url=request.url(request.path, **shown) if after else None,
         next_url=request.url(request.path, **shown, after=page.after) if page.after else None,
         failed_page=failed, bulk_cap=BULK_CAP,
     )  # fmt: skip
+
+
+def known_jobs(admin: Admin, limit: int = JOB_CHOICES) -> list[tuple[str, str]]:
+    """``(kind, job)`` of the jobs that have instances, sorted; at most ``limit`` (the first in
+    instance id order).
+
+    It skips from job to job along the instance id order (``"KIND:JOB;"`` sorts after every id
+    of that job, as ``;`` follows ``:``): one short read a job, however many instances.
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
+    found: list[tuple[str, str]] = []
+    after = None
+    while len(found) < limit:
+        page = admin.instances(after=after, limit=1)
+        if not page.instances:
+            break
+        first = page.instances[0]
+        found.append((first.kind, first.job))
+        after = f"{first.kind}:{first.job};"
+    return sorted(found)
 
 
 @route("GET", "/instances")
