@@ -1,16 +1,21 @@
 """The README's "In web applications" recipes, run as written (examples/web/).
 
-Each recipe file must appear verbatim in the README; then each is exercised with its framework:
-Flask's test client from several threads, Django's RequestFactory, FastAPI's TestClient (sync
-and async endpoints), a real gunicorn with ``--preload`` and two workers, and the bulk import
-run twice (the second run applies nothing again).
+Each recipe file must appear verbatim in the README; then each server command the README shows
+is run as written, from the repository's root, on a free port: gunicorn with ``--preload``
+serving Flask, Django's runserver, uvicorn serving FastAPI, and the daemon that runs the
+reminders. Concurrent HTTP requests go to each; the bulk import runs twice (the second run
+applies nothing again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,14 +29,18 @@ from typing import Any
 
 import pytest
 
+from durajobs import FakeClock, Jobs, Task
+
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "examples" / "web"
-MODULES = ("shop", "flask_app", "fastapi_app", "django_views", "bulk_import")
+MODULES = ("shop", "flask_app", "fastapi_app", "django_views", "django_site", "bulk_import")
 
 
 @pytest.mark.parametrize(
-    "name", ["shop.py", "flask_app.py", "django_views.py", "fastapi_app.py", "bulk_import.py"]
-)
+    "name",
+    ["shop.py", "flask_app.py", "django_views.py", "django_site.py", "fastapi_app.py",
+     "bulk_import.py"],
+)  # fmt: skip
 def test_the_readme_shows_the_recipe_as_run(name: str) -> None:
     readme = (ROOT / "README.md").read_text()
     assert (RECIPES / name).read_text().rstrip() in readme
@@ -57,68 +66,55 @@ def recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         sys.modules.pop(name, None)
 
 
-def test_flask_recipe_from_many_threads(recipes: Any) -> None:
-    pytest.importorskip("flask")
-    app = recipes("flask_app").app
-    shop = recipes("shop")
-    errors: list[BaseException] = []
+def _readme_command(program: str) -> tuple[dict[str, str], list[str]]:
+    """The README's console line that runs ``program``: its variables and its words."""
+    found = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        words = shlex.split(line[2:], comments=True) if line.startswith("$ ") else []
+        variables = {}
+        while words and "=" in words[0] and not words[0].startswith("-"):
+            name, _, value = words.pop(0).partition("=")
+            variables[name] = value
+        if words and words[0] == program:
+            found.append((variables, words))
+    assert len(found) == 1, f"the README shows {len(found)} `$ {program} ...` lines"
+    variables, words = found[0]
+    executable = shutil.which(program, path=str(Path(sys.executable).parent))
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{program} is not installed (pip install -e '.[test]')")
+        pytest.skip(f"{program} is not installed")
+    return variables, [executable, *words[1:]]
 
-    def shopper(n: int) -> None:
+
+@contextlib.contextmanager
+def _running(argv: list[str], env: dict[str, str], root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` run as from the repository's root, in a copy at ``root``; stopped with SIGTERM.
+
+    No ``SHOP_DB``: the recipes' default ``shop.db`` is ``root/shop.db`` for every command that
+    runs from the root (the file the test reads). A session of its own, so that the whole
+    process group stops (Django's autoreloader serves from a child); no traceback in the log.
+    """
+    if not (root / "examples" / "web").exists():
+        shutil.copytree(RECIPES, root / "examples" / "web")
+    log = root / f"{Path(argv[0]).name}.log"
+    environ = {key: value for key, value in os.environ.items() if key != "SHOP_DB"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=root, env={**environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
-            client = app.test_client()
-            for i in range(10):
-                response = client.post("/orders/o-1/items", json={"sku": f"{n}-{i}"})
-                assert response.status_code == 200, response.text
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=shopper, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(shop.jobs.task("orders").get_state("o-1").items) == 80
-    response = app.test_client().post("/orders/o-1/paid", json={"amount": 12.5})
-    assert response.json == {"status": "idle"}
-
-
-def test_django_recipe(recipes: Any) -> None:
-    pytest.importorskip("django")
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(DEBUG=True, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__)
-    import django
-
-    django.setup()
-    from django.test import RequestFactory
-
-    views = recipes("django_views")
-    request = RequestFactory().post("/orders/o-2/items", b'{"sku": "A-1"}', "application/json")
-    response = views.add_item(request, "o-2")
-    assert response.status_code == 200
-    assert b"task:orders:o-2" in response.content
-    assert recipes("shop").jobs.task("orders").get_state("o-2").items == ["A-1"]
-
-
-urlpatterns: list[Any] = []  # ROOT_URLCONF of the Django test
-
-
-def test_fastapi_recipe_sync_and_async_endpoints(recipes: Any) -> None:
-    pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-
-    app = recipes("fastapi_app").app
-    with TestClient(app) as client:
-        for i in range(5):
-            response = client.post("/orders/o-3/items", params={"sku": f"S-{i}"})
-            assert response.status_code == 200, response.text
-        response = client.post("/orders/o-3/paid", params={"amount": 3.0})
-        assert response.json() == {"status": "idle"}
-    order = recipes("shop").jobs.task("orders").get_state("o-3")
-    assert order.items == [f"S-{i}" for i in range(5)]
-    assert order.paid
+            proc.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a child that outlived its parent
+    assert b"Traceback" not in log.read_bytes(), log.read_text(errors="replace")
 
 
 def _free_port() -> int:
@@ -127,32 +123,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _post(url: str, body: bytes) -> int:
+def _post(url: str, body: str) -> Any:
     request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        url, data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        return int(response.status)
+        assert response.status == 200
+        return json.load(response)
 
 
-def test_gunicorn_preload_recipe(recipes: Any, tmp_path: Path) -> None:
-    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
-    if gunicorn is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("gunicorn is not installed (pip install -e '.[test]')")
-        pytest.skip("gunicorn is not installed")
+# The server each recipe's README line starts, and the words that put it on a free port.
+SERVERS = {
+    "gunicorn": ["--bind", "127.0.0.1:{port}"],  # flask_app.py, --preload, 2 workers x 4 threads
+    "django-admin": ["127.0.0.1:{port}"],  # runserver with django_site.py and django_views.py
+    "uvicorn": ["--port", "{port}"],  # fastapi_app.py: async and sync endpoints
+}
+
+
+@pytest.mark.parametrize("program", list(SERVERS))
+def test_web_recipe_served_as_the_readme_runs_it(
+    program: str, recipes: Any, tmp_path: Path
+) -> None:
+    variables, argv = _readme_command(program)
     port = _free_port()
-    proc = subprocess.Popen(
-        [gunicorn, "--preload", "--workers", "2", "--threads", "4", "--chdir", str(RECIPES),
-         "--bind", f"127.0.0.1:{port}", "flask_app:app"],
-        env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:  # wait until it serves (not a fixed sleep)
+    argv += [word.format(port=port) for word in SERVERS[program]]
+    base = f"http://127.0.0.1:{port}/orders"
+    with _running(argv, variables, tmp_path) as proc:
+        deadline = time.monotonic() + 60
+        while True:  # until it serves (not a fixed sleep)
             try:
-                _post(f"{base}/orders/warm/items", b'{"sku": "warm"}')
+                _post(f"{base}/warm-up/items", '{"sku": "warm-up"}')
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -163,9 +163,8 @@ def test_gunicorn_preload_recipe(recipes: Any, tmp_path: Path) -> None:
         def shopper(n: int) -> None:
             try:
                 for i in range(10):
-                    assert (
-                        _post(f"{base}/orders/o-4/items", f'{{"sku": "{n}-{i}"}}'.encode()) == 200
-                    )
+                    reply = _post(f"{base}/o-1/items", json.dumps({"sku": f"{n}-{i}"}))
+                    assert reply["order"] == "task:orders:o-1"
             except BaseException as exc:
                 errors.append(exc)
 
@@ -175,12 +174,32 @@ def test_gunicorn_preload_recipe(recipes: Any, tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
         assert errors == []
-    finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
-    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
-    order = recipes("shop").jobs.task("orders").get_state("o-4")
+        assert _post(f"{base}/o-1/paid", '{"amount": 12.5}') == {"status": "idle"}
+    order = recipes("shop").jobs.task("orders").get_state("o-1")
+    assert order is not None, "the server's orders are not in ./shop.db"
     assert sorted(order.items) == sorted(f"{n}-{i}" for n in range(6) for i in range(10))
+    assert order.paid
+
+
+def test_daemon_recipe_runs_the_reminders(recipes: Any, tmp_path: Path) -> None:
+    shop = recipes("shop")
+    jobs = shop.jobs.task("orders")
+    registry = {
+        "orders": Task(
+            state=shop.Order, event=shop.ItemAdded | shop.Paid, on_event=shop.on_event,
+            execute=shop.remind,
+        )
+    }  # fmt: skip
+    with Jobs(tmp_path / "shop.db", registry, clock=FakeClock(time.time() - 600)) as past:
+        past.task("orders").send("o-5", shop.ItemAdded("A-1"))  # unpaid: reminder 5 min ago
+    variables, argv = _readme_command("durajobs-daemon")
+    with _running(argv, variables, tmp_path) as proc:
+        deadline = time.monotonic() + 60
+        while not jobs.get_state("o-5").reminded:  # the daemon runs the overdue reminder
+            assert proc.poll() is None, (tmp_path / "durajobs-daemon.log").read_text()
+            assert time.monotonic() < deadline, "no reminder within 60 s"
+            time.sleep(0.05)
+    assert proc.returncode == 0
 
 
 def test_bulk_import_recipe_twice(recipes: Any, tmp_path: Path) -> None:
