@@ -489,6 +489,50 @@ def test_terminate_and_refusals(client: Client) -> None:
     assert client.post("/action", {"id": "task:orders:zz", "action": "trigger"}).status == 404
 
 
+def test_finished_instances_and_the_terminate_reason(client: Client) -> None:
+    reason = "<i>no longer needed</i>"
+    form = {"id": "task:orders:o-1", "action": "terminate", "reason": reason}
+    assert client.post("/action", form).status == 303
+    page = client.get("/instance", {"id": "task:orders:o-1"}).text
+    notice = re.search(r'<p class="notice" role="status">(.*?)</p>', page, re.S)
+    assert notice, page
+    assert "gone: terminated" in notice.group(1)
+    assert "&lt;i&gt;no longer needed&lt;/i&gt;" in notice.group(1)  # shown, escaped
+    timeline = page.split('<ol class="timeline">')[1]
+    assert "reason: <q>&lt;i&gt;no longer needed&lt;/i&gt;</q>" in timeline
+    assert "<i>no" not in page
+    assert "task:orders:o-1" not in ids_on(client.get("/instances"))  # not a live one
+    for status in ("terminated", "purged"):
+        gone = client.get("/instances", {"status": status})
+        assert gone.status == 200, gone.text
+        assert ids_on(gone) == ["task:orders:o-1"]
+        assert "&lt;i&gt;no longer needed&lt;/i&gt;" in gone.text
+        assert f'<option value="{status}" selected>' in gone.text
+    narrowed = client.get("/instances", {"status": "terminated", "kind": "task", "job": "orders",
+                                         "q": "o-"})  # fmt: skip
+    assert ids_on(narrowed) == ["task:orders:o-1"]
+    assert ids_on(client.get("/instances", {"status": "terminated", "kind": "debounce"})) == []
+    for wrong in ({"error": "x"}, {"sort": "alarm"}, {"q": "o-"}):  # a user id needs a job
+        answer = client.get("/instances", {"status": "terminated", **wrong})
+        assert answer.status == 400, (wrong, answer.text)
+    poll = urlsplit(poll_url(client.get("/instances", {"status": "terminated"})))
+    assert client.get(poll.path, poll.query).status == 204
+
+
+def test_a_parked_instance_shows_its_failed_attempts(client: Client) -> None:
+    """``attempt`` is the next attempt; a parked instance has none: its failed ones show."""
+    listed = client.get("/failed").text
+    row = re.search(r"task:orders:bad-1</a></td>(.*?)</tr>", listed, re.S)
+    assert row, listed
+    assert '<td class="n opt">1 failed</td>' in row.group(1)
+    page = client.get("/instance", {"id": "task:orders:bad-1"}).text
+    assert re.search(r"<dt>Failed attempts</dt><dd>1 ", page)
+    assert "Next attempt" not in page
+    assert "attempt 2" not in page  # the history says attempt 1 failed; nothing says 2
+    live = client.get("/instance", {"id": "task:orders:o-1"}).text
+    assert "<dt>Next attempt</dt><dd>1</dd>" in live
+
+
 @pytest.mark.parametrize(
     ("headers", "allowed"),
     [

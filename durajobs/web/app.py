@@ -41,13 +41,17 @@ import attrs
 import jinja2
 
 from durajobs.admin import (
+    FINISHED_STATUSES,
     KINDS,
     STATUSES,
     ActionResult,
     ActivityBucket,
     Admin,
+    FinishedPage,
     InstanceDetail,
+    InstancePage,
     Stats,
+    error_summary,
     parse_instance_id,
     relative,
     short_duration,
@@ -236,6 +240,8 @@ class Dashboard:
         self.templates.filters["at"] = _at
         self.templates.filters["ms"] = _ms
         self.templates.globals["STATUSES"] = STATUSES
+        self.templates.globals["FINISHED_STATUSES"] = FINISHED_STATUSES
+        self.templates.filters["summary"] = error_summary
         self.templates.globals["KINDS"] = KINDS
 
     # -- connections ------------------------------------------------------------------
@@ -533,11 +539,18 @@ def _list_filters(request: Request) -> dict[str, Any]:
     status = query.get("status") or None
     if kind is not None and kind not in KINDS:
         raise ValidationError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    if status is not None and status not in STATUSES:
-        raise ValidationError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if status is not None and status not in STATUSES + FINISHED_STATUSES:
+        known = ", ".join(STATUSES + FINISHED_STATUSES)
+        raise ValidationError(f"status {status!r} is not one of {known}")
     order = query.get("sort") or "id"
     if order not in ("id", "alarm"):
         raise ValidationError(f"sort {order!r} is not 'id' or 'alarm'")
+    error = query.get("error", "").strip() or None
+    if status in FINISHED_STATUSES and (error or order != "id"):
+        raise ValidationError(
+            f"status {status}: finished instances are listed newest first, without the "
+            "error filter or another order"
+        )
     try:
         limit = int(query.get("limit") or PAGE_SIZE)
     except ValueError:
@@ -549,7 +562,7 @@ def _list_filters(request: Request) -> dict[str, Any]:
         "job": query.get("job") or None,
         "status": status,
         "q": query.get("q", "").strip() or None,
-        "error": query.get("error", "").strip() or None,
+        "error": error,
         "sort": order if order != "id" else None,
         "limit": limit if limit != PAGE_SIZE else None,
     }
@@ -563,14 +576,24 @@ def _instance_list(app: Dashboard, request: Request, title: str, *, failed: bool
     if unchanged:
         return unchanged
     after = request.query.get("after") or None
-    page = app.admin().instances(
-        kind=filters["kind"], job=filters["job"], status=filters["status"],
-        search=filters["q"], error=filters["error"], order=filters["sort"] or "id",
-        after=after, limit=filters["limit"] or PAGE_SIZE,
-    )  # fmt: skip
+    admin = app.admin()
+    page: InstancePage | FinishedPage
+    if filters["status"] in FINISHED_STATUSES:  # gone: read from the history
+        fragment = "_finished.html"
+        page = admin.finished(
+            status=filters["status"], kind=filters["kind"], job=filters["job"],
+            search=filters["q"], after=after, limit=filters["limit"] or PAGE_SIZE,
+        )  # fmt: skip
+    else:
+        fragment = "_instances.html"
+        page = admin.instances(
+            kind=filters["kind"], job=filters["job"], status=filters["status"],
+            search=filters["q"], error=filters["error"], order=filters["sort"] or "id",
+            after=after, limit=filters["limit"] or PAGE_SIZE,
+        )  # fmt: skip
     shown = {k: v for k, v in filters.items() if not (failed and k == "status")}
     return app.render(
-        request, "instances.html", title, "_instances.html",
+        request, "instances.html", title, fragment, list_template=fragment,
         poll=app.poll_url(request, token), trigger=POLL_LIST, page=page, filters=filters,
         jobs=[] if request.query.get("fragment") else known_jobs(app.admin()),
         first_url=request.url(request.path, **shown) if after else None,
