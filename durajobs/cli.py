@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
+from . import _typer_values  # noqa: F401  # typer >= 0.29: option values without pydantic
 from .errors import (
     DurajobsError,
     InstanceBusyError,
