@@ -73,6 +73,7 @@ from common import (
 from dj_app import REGISTRY, Due, Item, Tick
 
 from durajobs import FakeClock, Jobs
+from durajobs.engine import BULK_MAX_INSTANCES
 
 # The daemon script; $DJ_BENCH_DAEMON points at another checkout's (before/after comparisons,
 # with $PYTHONPATH choosing that checkout's library: the daemon inherits it).
@@ -346,7 +347,9 @@ def daemon_drain(
     """The daemon alone: N tasks already due when it starts; executes/s (FULL)."""
     db = base / f"drain-{workers}.db"
     with Jobs(db, REGISTRY, durability="normal", wake=False) as setup:
-        setup.task("e2e").send_many([(f"t{i:07d}", Item(i)) for i in range(tasks)])
+        for start in range(0, tasks, BULK_MAX_INSTANCES):  # the most one bulk call takes
+            ids = range(start, min(tasks, start + BULK_MAX_INSTANCES))
+            setup.task("e2e").send_many([(f"t{i:07d}", Item(i)) for i in ids])
     with Jobs(db, REGISTRY) as jobs, daemon(db, base, workers=workers) as proc:
         # READY comes after the first poll has dispatched: time from READY is a lower bound.
         t0 = time.perf_counter()

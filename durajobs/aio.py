@@ -98,10 +98,13 @@ class AsyncDebounceClient(Generic[E, S]):
         return await _off_loop(self.sync.add, user_id, event, key=key)
 
     async def add_many(
-        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+        self,
+        items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
+        *,
+        on_duplicate: str = "raise",
     ) -> list[AddResult]:
         """See ``DebounceClient.add_many``."""
-        return await _off_loop(self.sync.add_many, list(items))
+        return await _off_loop(self.sync.add_many, list(items), on_duplicate=on_duplicate)
 
     async def flush(self, user_id: str) -> FlushResult:
         """See ``DebounceClient.flush``."""
@@ -135,10 +138,13 @@ class AsyncTaskClient(Generic[E, S]):
         return await _off_loop(self.sync.send, user_id, event, key=key)
 
     async def send_many(
-        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+        self,
+        items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
+        *,
+        on_duplicate: str = "raise",
     ) -> list[SendResult]:
         """See ``TaskClient.send_many``."""
-        return await _off_loop(self.sync.send_many, list(items))
+        return await _off_loop(self.sync.send_many, list(items), on_duplicate=on_duplicate)
 
     async def trigger(self, user_id: str) -> TaskTriggerResult:
         """See ``TaskClient.trigger``."""

@@ -84,6 +84,7 @@ class AddResult:
     created: bool
     event_count: int
     will_flush_at: datetime | None
+    skipped: bool = False  # add_many(on_duplicate="skip"): the key was taken, nothing changed
 
 
 @attrs.frozen
@@ -115,6 +116,7 @@ class SendResult:
     instance_id: str
     created: bool
     scheduled_at: datetime | None
+    skipped: bool = False  # send_many(on_duplicate="skip"): the key was taken, nothing changed
 
 
 @attrs.frozen
@@ -172,6 +174,16 @@ def _bulk_items(items: Iterable[Any], what: str) -> list[tuple[str, Any, str | N
             )
         triples.append((item[0], item[1], item[2] if len(item) == 3 else None))
     return triples
+
+
+def _skip_duplicates(on_duplicate: str) -> bool:
+    """
+    Raises:
+        ValueError: ``on_duplicate`` is neither ``"raise"`` nor ``"skip"``.
+    """
+    if on_duplicate not in ("raise", "skip"):
+        raise ValueError(f"on_duplicate must be 'raise' or 'skip', got {on_duplicate!r}")
+    return on_duplicate == "skip"
 
 
 def _item_error(index: int, instance_id: str, exc: BaseException) -> BaseException:
@@ -317,11 +329,13 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
 
         Each item is its own ``start`` (first runs with ``start_immediately`` happen here,
         outside the transaction); the results are ``start``'s, in order. All or nothing: if
-        an item fails validation nothing is stored and the error names the item.
+        an item fails validation nothing is stored and the error names the item. At most
+        ``BULK_MAX_INSTANCES`` (2,000) distinct ids per call: split larger sets.
 
         Raises:
             TypeError: an item is not an ``(id, state)`` tuple.
-            ValidationError: an item's state does not fit the state type (index and id named).
+            ValidationError: an item's state does not fit the state type (index and id named),
+                or the items name more than 2,000 distinct ids (nothing ran).
             InstanceBusyError: another step held an instance past ``wait_timeout``.
             StorageError: the database failed; nothing was stored.
         """
@@ -333,7 +347,7 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         )  # fmt: skip
         outcomes = engine.run_many(self.kind, self.name, self.job, calls)
         results = []
-        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
+        for (user_id, _, _), (decision, before, _, _) in zip(triples, outcomes, strict=True):
             instance_id = instance_id_of(self.kind, self.name, user_id)
             assert decision is not None
             if not decision.changed:
@@ -431,7 +445,10 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         return _add_result(instance_id, decision, before)
 
     def add_many(
-        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+        self,
+        items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
+        *,
+        on_duplicate: str = "raise",
     ) -> list[AddResult]:
         """Add many events in ONE transaction (one fsync): ``(id, event)`` or
         ``(id, event, key)`` items.
@@ -441,37 +458,49 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         in order. Never waits for a running flush: an instance busy elsewhere gets its events
         queued for its next batch. All or nothing: if an item's reducer raises (without
         ``on_error``), its key is a duplicate or it fails validation, nothing is stored and the
-        error names the item (its index and id).
+        error names the item (its index and id). With ``on_duplicate="skip"`` an item whose
+        key was already accepted (or repeats one earlier in the call) is skipped instead: its
+        result has ``skipped=True``, ``created=False``, ``event_count=0`` and no flush time,
+        and the other items are stored. At most ``BULK_MAX_INSTANCES`` (2,000) distinct ids per
+        call (items for one id count once): split larger imports into several calls.
 
         Raises:
             TypeError: an item is not such a tuple.
-            ValidationError: an item's event does not fit the event type.
-            DuplicateEventError: an item's key was already accepted (or repeats in the batch).
+            ValueError: ``on_duplicate`` is neither ``"raise"`` nor ``"skip"``.
+            ValidationError: an item's event does not fit the event type, or the items name
+                more than 2,000 distinct ids (nothing ran).
+            DuplicateEventError: an item's key was already accepted (or repeats in the batch),
+                with ``on_duplicate="raise"``.
             ExecutionError: an item's reducer raised (and there is no ``on_error``).
             StorageError: the database failed; nothing was stored.
         """
+        skip = _skip_duplicates(on_duplicate)
         triples = _bulk_items(items, "add_many")
         engine = self._engine
         calls = self._bulk_calls(triples, "event for", engine.codecs(self.name)[1], steps.Add)
-        outcomes = engine.run_many(self.kind, self.name, self.job, calls, queue_busy=True)
+        outcomes = engine.run_many(
+            self.kind, self.name, self.job, calls, queue_busy=True, skip_duplicates=skip
+        )
         # Events queued behind a running flush: this call's are the last ``added`` of the queue
         # read after the commit; each result counts the queue as of its own event.
         added: dict[str, int] = {}
-        for (user_id, _, _), (decision, position) in zip(triples, outcomes, strict=True):
-            if decision is None:
-                added[user_id] = max(added.get(user_id, 0), int(position))  # type: ignore[arg-type]
+        for (user_id, _, _), outcome in zip(triples, outcomes, strict=True):
+            if outcome.queued:
+                added[user_id] = max(added.get(user_id, 0), outcome.queued)
         queues = {u: engine.store.queued(self._id(u)) for u in added}
         results: list[AddResult] = []
-        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
+        for (user_id, _, _), outcome in zip(triples, outcomes, strict=True):
             instance_id = instance_id_of(self.kind, self.name, user_id)
-            if decision is None:
+            if outcome.skipped:
+                results.append(AddResult(instance_id, False, 0, None, skipped=True))
+            elif outcome.decision is None:
                 queue = queues[user_id]
-                count = len(queue) - added[user_id] + int(before)  # type: ignore[arg-type]
+                count = len(queue) - added[user_id] + outcome.queued
                 first, last = queue[0].added_at, queue[max(count, 1) - 1].added_at
                 will_flush = _dt(steps.flush_time(self.job, first, last))
                 results.append(AddResult(instance_id, False, count, will_flush))
             else:
-                results.append(_add_result(instance_id, decision, before))  # type: ignore[arg-type]
+                results.append(_add_result(instance_id, outcome.decision, outcome.before))
         return results
 
     def flush(self, user_id: str) -> FlushResult:
@@ -575,7 +604,10 @@ class TaskClient(_Client[Task], Generic[E, S]):
         return SendResult(instance_id, before is None, None if row is None else _dt(row.due_at))
 
     def send_many(
-        self, items: Iterable[tuple[str, E] | tuple[str, E, str | None]]
+        self,
+        items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
+        *,
+        on_duplicate: str = "raise",
     ) -> list[SendResult]:
         """Send many events in ONE transaction (one fsync): ``(id, event)`` or
         ``(id, event, key)`` items.
@@ -584,31 +616,41 @@ class TaskClient(_Client[Task], Generic[E, S]):
         transaction); items for one id apply in order, each seeing the one before; the results
         are ``send``'s, in order. All or nothing: if an item's ``on_event`` raises (without
         ``on_error``), its key is a duplicate or it fails validation, nothing is stored and the
-        error names the item (its index and id).
+        error names the item (its index and id). With ``on_duplicate="skip"`` an item whose
+        key was already accepted (or repeats one earlier in the call) is skipped instead (its
+        ``on_event`` does not run): its result has ``skipped=True``, ``created=False`` and no
+        ``scheduled_at``, and the other items are stored. At most ``BULK_MAX_INSTANCES``
+        (2,000) distinct ids per call (items for one id count once): split larger imports into
+        several calls.
 
         Raises:
             TypeError: an item is not such a tuple.
-            ValidationError: an item's event does not fit the event type.
-            DuplicateEventError: an item's key was already accepted (or repeats in the batch).
+            ValueError: ``on_duplicate`` is neither ``"raise"`` nor ``"skip"``.
+            ValidationError: an item's event does not fit the event type, or the items name
+                more than 2,000 distinct ids (nothing ran).
+            DuplicateEventError: an item's key was already accepted (or repeats in the batch),
+                with ``on_duplicate="raise"``.
             ExecutionError: an item's ``on_event`` raised and there is no ``on_error``.
             InstanceBusyError: another step held an instance past ``wait_timeout``.
             StorageError: the database failed; nothing was stored.
         """
+        skip = _skip_duplicates(on_duplicate)
         triples = _bulk_items(items, "send_many")
         engine = self._engine
         calls = self._bulk_calls(
             triples, "event for", engine.codecs(self.name)[1], lambda event, text: steps.Send(event)
         )
-        outcomes = engine.run_many(self.kind, self.name, self.job, calls)
+        outcomes = engine.run_many(self.kind, self.name, self.job, calls, skip_duplicates=skip)
         results = []
-        for (user_id, _, _), (decision, before) in zip(triples, outcomes, strict=True):
-            assert decision is not None
-            row = decision.instance
+        for (user_id, _, _), outcome in zip(triples, outcomes, strict=True):
+            instance_id = instance_id_of(self.kind, self.name, user_id)
+            if outcome.decision is None:  # skipped (a task's events never queue)
+                results.append(SendResult(instance_id, False, None, skipped=True))
+                continue
+            row = outcome.decision.instance
             results.append(
                 SendResult(
-                    instance_id_of(self.kind, self.name, user_id),
-                    before is None,
-                    None if row is None else _dt(row.due_at),
+                    instance_id, outcome.before is None, None if row is None else _dt(row.due_at)
                 )
             )
         return results

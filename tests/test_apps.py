@@ -25,6 +25,7 @@ import pytest
 
 from durajobs import Debounce, FakeClock, Jobs, Task
 from durajobs.aio import AsyncJobs
+from durajobs.client import SendResult
 from durajobs.errors import DuplicateEventError, ExecutionError, ValidationError
 
 LOG = "DURAJOBS_TEST_LOG"
@@ -533,3 +534,91 @@ def test_a_handler_calling_into_its_own_bulk_call_fails_at_once(tmp_path: Path) 
         assert time.monotonic() - started < 5  # not wait_timeout
         assert "item 0" in str(raised.value)
         assert jobs.task("t").status("b").status == "not_found"
+
+
+def test_a_bulk_call_past_the_cap_is_refused_before_anything_runs(jobs: Jobs, log: Path) -> None:
+    """The regression: a bulk call held one claim per distinct id with no cap (20,000 items
+    took 19 s on PostgreSQL, quadratic, and could fill the server's lock table)."""
+    from durajobs.engine import BULK_MAX_INSTANCES
+
+    items = [(f"o-{i}", Event(i)) for i in range(BULK_MAX_INSTANCES + 1)]
+    with pytest.raises(ValidationError, match=r"at most 2,000 distinct .* 2,001 .* split"):
+        jobs.task("orders").send_many(items)
+    with pytest.raises(ValidationError, match="at most 2,000"):
+        jobs.debounce("batch").add_many(items)
+    assert log.read_text() == ""  # not one handler ran
+    assert jobs.task("orders").status("o-0").status == "not_found"
+    # items for one instance count once: many items on few instances are fine
+    results = jobs.task("orders").send_many([(f"o-{i % 3}", Event(i)) for i in range(2_500)])
+    assert len(results) == 2_500
+    assert len(jobs.task("orders").send_many(items[:-1])) == BULK_MAX_INSTANCES  # at the cap
+
+
+def test_bulk_calls_skip_duplicates_on_request(jobs: Jobs, log: Path) -> None:
+    """The regression: a rerun whose batch mixed stored and new keys could only fail whole
+    (DuplicateEventError), so a recipe that suppressed it dropped the new rows."""
+    orders = jobs.task("orders")
+    orders.send("a", Event(0), key="k0")
+    items = [("a", Event(1), "k0"), ("b", Event(2), "k2"), ("b", Event(3), "k2"), ("c", Event(4))]
+    results = orders.send_many(items, on_duplicate="skip")
+    assert [r.skipped for r in results] == [True, False, True, False]
+    assert results[0] == SendResult("task:orders:a", False, None, skipped=True)
+    assert (results[1].created, results[3].created) == (True, True)
+    assert orders.get_state("a") == Order([0])  # the skipped item's on_event never ran
+    assert orders.get_state("b") == Order([2])
+    assert orders.get_state("c") == Order([4])
+    assert assert_no_overlap(log) == 3  # a's first send, b's, c's
+    with pytest.raises(DuplicateEventError, match="item 0"):  # the default still raises
+        orders.send_many(items)
+    with pytest.raises(ValueError, match="on_duplicate must be 'raise' or 'skip'"):
+        orders.send_many(items, on_duplicate="ignore")
+
+    batch = jobs.debounce("batch")
+    batch.add("x", Event(1), key="e1")
+    added = batch.add_many(
+        [("x", Event(1), "e1"), ("x", Event(2), "e2"), ("y", Event(3), "e1")], on_duplicate="skip"
+    )
+    assert [(r.skipped, r.event_count) for r in added] == [(True, 0), (False, 2), (False, 1)]
+    assert batch.get_state("x") == [1, 2]
+
+    async def main() -> None:
+        ajobs = AsyncJobs(jobs)
+        again = await ajobs.task("orders").send_many(items, on_duplicate="skip")
+        assert [r.skipped for r in again] == [True, True, True, False]
+        more = await ajobs.debounce("batch").add_many([("x", Event(2), "e2")], on_duplicate="skip")
+        assert more[0].skipped
+
+    asyncio.run(main())
+    assert orders.get_state("c") == Order([4, 4])
+
+
+def test_add_many_skips_a_key_taken_while_it_runs(tmp_path: Path) -> None:
+    """An ``add`` made while ``add_many`` holds the instance queues its event (with its key)
+    at once; if that key is one of the batch's, the batch's commit is refused: with
+    on_duplicate="skip" the batch is stepped again without that item, nothing is lost."""
+    late: list[bool] = []
+    holder: dict[str, Jobs] = {}
+
+    def fold(ctx: Any) -> list[int]:
+        if ctx.event.n == 2 and not late:  # its key was checked: free until now
+            late.append(True)  # another request adds the same keyed event meanwhile
+            other = threading.Thread(
+                target=lambda: holder["jobs"].debounce("racy").add("x", Event(99), key="late")
+            )
+            other.start()
+            other.join()
+        return [*(ctx.state or []), ctx.event.n]
+
+    racy = Debounce(event=Event, state=list[int], on_event=fold, execute=lambda ctx: None,
+                    flush_after="1h")  # fmt: skip
+    with Jobs(tmp_path / "jobs.db", {"racy": racy}) as jobs:
+        holder["jobs"] = jobs
+        results = jobs.debounce("racy").add_many(
+            [("x", Event(1), "first"), ("x", Event(2), "late")], on_duplicate="skip"
+        )
+        assert late == [True]
+        assert [r.skipped for r in results] == [False, True]
+        # both kept: the other request's event (folded first: queued before the batch's
+        # second pass) and the batch's
+        assert jobs.debounce("racy").get_state("x") == [99, 1]
+        assert jobs.debounce("racy").status("x").event_count == 2

@@ -1,25 +1,29 @@
-import contextlib
 import csv
+import os
 import sys
 
 from shop import ItemAdded, jobs
 
-from durajobs.errors import DuplicateEventError
-
 
 def send(batch):
-    # DuplicateEventError: imported by an earlier run (a batch is stored whole or not at all)
-    with contextlib.suppress(DuplicateEventError):
-        jobs.task("orders").send_many(batch)  # one transaction, one fsync
+    # one transaction, one fsync; rows an earlier run stored are skipped, the others stored
+    results = jobs.task("orders").send_many(batch, on_duplicate="skip")
+    return sum(result.skipped for result in results)
 
 
-# a key per row: running the import again (after a crash) applies each row exactly once
-with open(sys.argv[1], newline="") as rows:
+# A key per row (the file's name and the row's number): running the import again, after a
+# crash or on the file with rows appended, stores each row exactly once. Keys are remembered
+# for Jobs(key_window=...), a day by default.
+path = sys.argv[1]
+count = skipped = 0
+with open(path, newline="") as file:
     batch = []
-    for line, row in enumerate(csv.DictReader(rows)):
-        batch.append((row["order"], ItemAdded(row["sku"]), f"import:{line}"))
-        if len(batch) == 1000:
-            send(batch)
+    for count, row in enumerate(csv.DictReader(file), start=1):
+        key = f"{os.path.basename(path)}:{count}"
+        batch.append((row["order"], ItemAdded(row["sku"]), key))
+        if len(batch) == 1000:  # at most 2,000 distinct orders per call
+            skipped += send(batch)
             batch = []
     if batch:
-        send(batch)
+        skipped += send(batch)
+print(f"{path}: {count - skipped} rows imported, {skipped} imported before")
