@@ -240,8 +240,9 @@ class Engine:
                         (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:
                     raise InvalidStateError(
-                        f"{instance_id}: the instance changed under a step that held its claim "
-                        "(is another durajobs version writing to this file?)"
+                        f"{instance_id}: this step lost its claim on the instance (e.g. its "
+                        "database session ended) and another step changed the instance "
+                        "meanwhile; this step was not committed"
                     )
         finally:
             locks.release(token)
@@ -331,8 +332,9 @@ class Engine:
                             "already accepted; nothing of the batch was stored"
                         ) from None
                     raise InvalidStateError(
-                        f"item {index} ({ids[user_id]}): the instance changed under a step "
-                        "that held its claim; nothing of the batch was stored"
+                        f"item {index} ({ids[user_id]}): the claim on the instance was lost "
+                        "(e.g. its database session ended) and another step changed the "
+                        "instance meanwhile; nothing of the batch was stored"
                     ) from None
                 except RejectedWrite as rejected:
                     index = writes[rejected.index][1]
@@ -763,7 +765,10 @@ class Engine:
                 )  # fmt: skip
                 (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
                 if not ok:
-                    raise InvalidStateError(f"{instance_id}: changed under its claim")
+                    raise InvalidStateError(
+                        f"{instance_id}: the claim on the instance was lost (e.g. its database "
+                        "session ended) and another step changed it meanwhile; nothing changed"
+                    )
         finally:
             self.locks.release(token)
         if decision.changed and inst is not None:

@@ -6,14 +6,17 @@ Against a throwaway cluster (``tests/pgserver.py``); nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +25,24 @@ import test_crash_state_machine as csm
 from hypothesis import settings
 from hypothesis.stateful import rule, run_state_machine_as_test
 from pgserver import PgServer, route_jobs_to_postgres
-from test_stores import C1, T0, row, write
+from test_stores import C1, C2, T0, row, write
 
-from durajobs.errors import DurajobsError, StorageError
+from durajobs import Task
+from durajobs.errors import DurajobsError, InvalidStateError, StorageError
 from durajobs.rows import RejectedWrite
-from durajobs.stores import open_claims, open_listener, open_store, open_waker
+from durajobs.stores import display_location, open_claims, open_listener, open_store, open_waker
+from durajobs.stores.base import TABLES
 from durajobs.stores.pg_claims import AdvisoryClaims
 from durajobs.stores.postgres import SCHEMA_VERSION, PostgresStore
 
 ROOT = Path(__file__).parent.parent
+
+
+def _add(event: int, ctx: Any) -> None:
+    ctx.state = (ctx.state or 0) + event
+
+
+SUMS = {"t": Task(state=int, event=int, on_event=_add, execute=lambda ctx: None)}
 
 
 def _db(url: str) -> str:
@@ -119,15 +131,69 @@ def test_the_password_is_not_in_the_store_path(pg_url: str) -> None:
 
 
 def test_display_location_hides_the_password(pg_url: str) -> None:
-    from durajobs.stores import display_location
-
     shown = display_location(pg_url)
     assert "pw-" not in shown
     assert shown.startswith("postgresql://durajobs_test@127.0.0.1:")
     assert display_location("postgres://u:p%40ss@h/db?sslmode=require&password=x") == (
         "postgres://u@h/db?sslmode=require"
     )
+    # As libpq reads it: '#' and '?' are plain characters of a password there (urlsplit
+    # made "pa" the port of "postgresql://u:pa").
+    assert display_location("postgresql://u:pa#ss@h/db") == "postgresql://u@h/db"
+    assert display_location("postgresql://u:pa?ss@h:5/db") == "postgresql://u@h:5/db"
+    assert display_location("postgresql://[::1]:5/db") == "postgresql://[::1]:5/db"
     assert display_location("jobs.db") == "jobs.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("postgresql://u:p@ss@h/db", ["p@ss", "ss@h"]),  # libpq: password "p", host "ss@h"
+        ("postgresql://u:Zq7pa/55w0rd@h/db", ["Zq7pa", "55w0rd"]),
+        ("postgresql://u:a%zz@h/db", ["a%zz"]),  # unparsable: libpq quotes the token
+        ("postgresql://h/db?password=b%zz", ["b%zz"]),
+    ],
+)
+def test_nothing_between_the_scheme_and_the_at_sign_is_shown(url: str, secrets: list[str]) -> None:
+    shown = [display_location(url)]
+    with pytest.raises(StorageError) as caught:
+        open_store(url)
+    shown.append(str(caught.value))
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_a_password_with_an_unencoded_slash_is_never_shown(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """The regression: ``postgresql://user:Zq7pa/55w0rd@host:port/db`` (libpq reads host
+    ``user``, port ``Zq7pa``, database ``55w0rd@host:port/db``) was printed whole by every
+    command and by ``Jobs()``. Now no piece of it is shown, and the message says what to do."""
+    from durajobs import Jobs
+
+    url = f"postgresql://{pg_server.role}:Zq7pa/55w0rd@127.0.0.1:{pg_server.port}/{_db(pg_url)}"
+    shown = [display_location(url)]
+    attempts: list[Any] = [
+        open_store, lambda u: open_claims(u).try_acquire(C1), open_listener,
+        lambda u: Jobs(u, SUMS),
+    ]  # fmt: skip
+    for attempt in attempts:
+        with pytest.raises(StorageError) as caught:
+            attempt(url)
+        shown.append(str(caught.value))
+    script = shutil.which("durajobs", path=str(Path(sys.executable).parent))
+    assert script is not None
+    for command in (["ls"], ["doctor"], ["show", C1], ["tail", "-f"]):
+        done = subprocess.run(
+            [script, "--db", url, *command], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode != 0
+        shown.append(done.stdout + done.stderr)
+    for text in shown:
+        assert "percent-encode" in text
+        assert "Zq7pa" not in text
+        assert "55w0rd" not in text
 
 
 def test_missing_psycopg_says_what_to_install(tmp_path: Path) -> None:
@@ -256,20 +322,52 @@ def test_durability_normal_turns_synchronous_commit_off(pg_url: str) -> None:
 # -- lost connections -----------------------------------------------------------------------------
 
 
-def test_the_store_reconnects_after_its_session_is_terminated(
+def test_a_session_ended_while_idle_is_reopened_without_failing_the_call(
     pg_server: PgServer, pg_url: str
 ) -> None:
     store = _pg(pg_url)
+    claims = AdvisoryClaims(pg_url)
     store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
-    _terminate(pg_server, _backend_pid(store))
-    with pytest.raises(StorageError) as caught:
-        store.load(C1)
-    message = str(caught.value)
-    assert f"127.0.0.1:{pg_server.port}/{_db(pg_url)}" in message
-    assert pg_server.password not in message
-    assert store.load(C1) == row(C1, 1)  # the next call reconnects
+    token = claims.try_acquire(C1)
+    assert token is not None
+    pids = _backend_pid(store), _backend_pid(claims)
+    for pid in pids:
+        _terminate(pg_server, pid)
+    assert store.load(C1) == row(C1, 1)  # the regression: StorageError, then the next call
+    assert claims.try_acquire(C2) is not None  # ... and the claims' next call failed too
+    assert claims.try_acquire(C1) is not None  # the claim died with its session
     assert store.commit([write(row(C1, 2), 1)], T0, 100) == [True]
+    assert (_backend_pid(store), _backend_pid(claims)) != pids
     store.close()
+    claims.close()
+
+
+def test_a_session_lost_inside_a_transaction_fails_that_call_only(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """Inside a transaction a lost session is not retried (something was written): the call
+    raises StorageError naming the server (never the password), nothing of it is stored, and
+    the next call reconnects."""
+    source = _pg(pg_url)
+    source.commit([write(row(C1, 1), 0, new=True), write(row(C2, 1), 0, new=True)], T0, 100)
+    batches = list(source.export(batch_size=1))
+    source.close()
+    target_url = pg_server.create_database()
+    target = _pg(target_url)
+
+    def cut_midway() -> Iterator[Any]:
+        yield batches[0]
+        _terminate(pg_server, _backend_pid(target))  # the import's transaction is open
+        yield from batches[1:]
+
+    with pytest.raises(StorageError) as caught:
+        target.import_batches(cut_midway())
+    assert f"127.0.0.1:{pg_server.port}/{_db(target_url)}" in str(caught.value)
+    assert pg_server.password not in str(caught.value)
+    assert target.table_counts() == dict.fromkeys(TABLES, 0)  # reconnected; nothing stored
+    assert target.import_batches(batches)["instances"] == 2
+    target.close()
+    pg_server.drop_database(target_url)
 
 
 def test_everything_works_again_after_a_server_restart(pg_server: PgServer, pg_url: str) -> None:
@@ -280,9 +378,7 @@ def test_everything_works_again_after_a_server_restart(pg_server: PgServer, pg_u
     assert token is not None
     store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
     pg_server.restart()
-    with pytest.raises(StorageError):
-        store.load(C1)
-    assert store.load(C1) == row(C1, 1)
+    assert store.load(C1) == row(C1, 1)  # reopened: the call does not fail for it
     # The claim died with the session; the stale token is forgotten harmlessly.
     claims.release(token)
     assert claims.try_acquire(C1) is not None
@@ -297,6 +393,39 @@ def test_everything_works_again_after_a_server_restart(pg_server: PgServer, pg_u
     listener.close()
     claims.close()
     store.close()
+
+
+def test_after_a_server_restart_no_thread_fails_a_call(pg_server: PgServer, pg_url: str) -> None:
+    """The regression: after a restart each thread's next two calls failed, one per
+    connection (claims, then store). Every connection was idle: no call fails now."""
+    from durajobs import Jobs
+
+    threads = 4
+    ready, restarted = threading.Barrier(threads + 1), threading.Event()
+    failures: list[BaseException] = []
+
+    def caller(n: int) -> None:
+        try:
+            tasks = jobs.task("t")
+            tasks.send(f"u{n}", 1)  # this thread's claim and store sessions are open
+            ready.wait(30)
+            assert restarted.wait(60)
+            for value in (2, 3):
+                tasks.send(f"u{n}", value)
+            assert tasks.get_state(f"u{n}") == 6
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    with Jobs(pg_url, SUMS) as jobs:
+        workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        ready.wait(30)
+        pg_server.restart()
+        restarted.set()
+        for worker in workers:
+            worker.join(60)
+    assert failures == []
 
 
 def test_a_commit_computed_under_a_lost_claim_is_fenced_out(
@@ -328,6 +457,34 @@ def test_a_commit_computed_under_a_lost_claim_is_fenced_out(
         handle.close()
 
 
+def test_a_step_that_lost_its_claim_says_so_and_is_not_committed(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """A client call whose claim session ends while its handler runs, and another process
+    steps the instance meanwhile: the call's commit is fenced out. The regression: the error
+    asked "is another durajobs version writing to this file?"."""
+    from durajobs import Jobs
+
+    def on_event(event: int, ctx: Any) -> None:
+        ctx.state = (ctx.state or 0) + event
+        if event == 1:
+            _terminate(pg_server, _backend_pid(jobs.engine.locks))  # the claim is gone
+            other.task("t").send("x", 100)  # so another process steps the instance
+
+    registry = {"t": Task(state=int, event=int, on_event=on_event, execute=lambda ctx: None)}
+    with Jobs(pg_url, registry) as jobs, Jobs(pg_url, registry) as other:
+        jobs.task("t").send("x", 10)
+        with pytest.raises(InvalidStateError) as caught:
+            jobs.task("t").send("x", 1)
+        message = str(caught.value)
+        assert message.startswith("task:t:x: this step lost its claim on the instance")
+        assert message.endswith("this step was not committed")
+        assert "version" not in message
+        assert jobs.task("t").get_state("x") == 110  # the other step's, not this one's
+        jobs.task("t").send("x", 2)  # its claims work again
+        assert other.task("t").get_state("x") == 112
+
+
 def test_the_store_counts_listening_daemons(pg_url: str) -> None:
     store = _pg(pg_url)
     assert store.listeners() == 0
@@ -352,7 +509,9 @@ def test_a_listener_whose_session_is_terminated_reconnects(
 ) -> None:
     listener = open_listener(pg_url)
     _terminate(pg_server, _backend_pid(listener))
-    assert listener.drain() == 1  # reconnected: rescan
+    # The server's goodbye and the end of the stream may arrive apart (a busy machine): a
+    # drain that reads only the first reports nothing; the one that reads the end reconnects.
+    assert _wait(lambda: listener.drain() == 1)  # reconnected: rescan
     waker = open_waker(pg_url)
     with selectors.DefaultSelector() as selector:
         selector.register(listener.fileno(), selectors.EVENT_READ)
@@ -415,9 +574,8 @@ class PgCrashMachine(csm.CrashMachine):
     checked against the same model after every rule. The fault-injecting VFS and power cuts
     are SQLite's; here the server instead ends every session between two calls
     (``sessions_killed``) or crashes and restarts (``server_crashed``: ``pg_ctl stop -m
-    immediate``, then WAL recovery): the calls that hit a dead session may raise
-    ``StorageError`` and must change nothing; the next ones reconnect and the world is exactly
-    the acknowledged one.
+    immediate``, then WAL recovery): sessions idle when they ended are reopened without failing
+    a call, and the world is exactly the acknowledged one.
     """
 
     server: PgServer
@@ -475,14 +633,11 @@ class PgCrashMachine(csm.CrashMachine):
         for jobs in (self.jobs, self.jobs2):
             assert jobs is not None
             engine = jobs.engine
-            # The first call on each dead session fails and changes nothing...
-            for probe in (engine.store.load, engine.locks.try_acquire):
-                try:
-                    token = probe(C1)
-                except StorageError:
-                    continue
-                if isinstance(token, int):
-                    engine.locks.release(token)
+            # Each session was idle when it ended: it is reopened without failing a call...
+            engine.store.load(C1)
+            token = engine.locks.try_acquire(C1)
+            if token is not None:
+                engine.locks.release(token)
         # ...and the invariant (read through both Jobs) sees the acknowledged world.
 
 
@@ -600,6 +755,94 @@ def test_concurrent_adds_and_flushes_deliver_every_event_exactly_once(
     (queued_ever,) = store.query("SELECT pg_sequence_last_value('inbox_seq_seq')")[0]
     assert (queued_ever or 0) > 0
     store.close()
+
+
+# -- following the history without gaps -----------------------------------------------------------
+
+SQL_RECORD = (
+    "INSERT INTO history (instance_id, at, event, step) VALUES (%s, 0, 'job.executed', 1) "
+    "RETURNING id"
+)
+
+
+def test_following_never_skips_a_record_committed_after_a_later_one(pg_url: str) -> None:
+    """Two real transactions: the first takes a history id and stays open while the second
+    takes the next id and commits. The regression: history_since handed out the second, the
+    follower moved past it, and the first record, committed later, was never seen."""
+    import psycopg
+
+    reader = _pg(pg_url)
+    with (
+        psycopg.connect(pg_url) as first,
+        psycopg.connect(pg_url, autocommit=True) as second,
+        psycopg.connect(pg_url) as unrelated,
+    ):
+        unrelated.execute("CREATE TEMP TABLE scratch (n int)")
+        unrelated.execute("INSERT INTO scratch VALUES (1)")  # a writer, not of history: open
+        early = first.execute(SQL_RECORD, (C1,)).fetchone()[0]  # type: ignore[index]
+        late = second.execute(SQL_RECORD, (C2,)).fetchone()[0]  # type: ignore[index]
+        assert late > early
+        assert reader.history_since(0) == []  # the late one waits for the early one's fate
+        assert reader.recent_history(5) == []  # where ``tail -f`` starts: before both
+        first.commit()
+        assert [h.id for h in reader.history_since(0)] == [early, late]
+        assert [h.id for h in reader.recent_history(1)] == [late]
+        # Ids of a transaction that rolls back are a gap that holds nothing back after it.
+        first.execute(SQL_RECORD, (C1,))
+        last = second.execute(SQL_RECORD, (C2,)).fetchone()[0]  # type: ignore[index]
+        first.rollback()
+        assert [h.id for h in reader.history_since(late)] == [last]
+    reader.close()
+
+
+def test_tail_follow_shows_every_record_of_concurrent_transactions(pg_url: str) -> None:
+    """``durajobs tail -f`` (its own process) while two transactions commit out of id order."""
+    import queue
+
+    import psycopg
+
+    _pg(pg_url).close()  # the schema
+    script = shutil.which("durajobs", path=str(Path(sys.executable).parent))
+    assert script is not None
+    name = "tail-under-test"
+    tail = subprocess.Popen(
+        [script, "--db", f"{pg_url}?application_name={name}", "tail", "-f", "-n", "0",
+         "--jsonl", "--interval", "0.02"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        for line in tail.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    admin = _pg(pg_url)
+
+    def polled_since(moment: Any) -> bool:
+        sql = (
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND state = 'idle' "
+            "AND query_start > %s"
+        )
+        return bool(admin.query(sql, (name, moment)))
+
+    try:
+        with psycopg.connect(pg_url) as first, psycopg.connect(pg_url, autocommit=True) as second:
+            early = first.execute(SQL_RECORD, (C1,)).fetchone()[0]  # type: ignore[index]
+            late = second.execute(SQL_RECORD, (C2,)).fetchone()[0]  # type: ignore[index]
+            (committed,) = admin.query("SELECT clock_timestamp()")[0]
+            deadline = time.monotonic() + 30
+            while not polled_since(committed):  # tail has read since the late commit
+                assert time.monotonic() < deadline
+                assert tail.poll() is None
+                time.sleep(0.01)
+            first.commit()
+            shown = [json.loads(lines.get(timeout=30))["id"] for _ in range(2)]
+        assert shown == [early, late]
+    finally:
+        tail.terminate()
+        tail.wait(30)
+        admin.close()
 
 
 # -- Jobs on a URL --------------------------------------------------------------------------------

@@ -430,7 +430,9 @@ class Store(Protocol):
         ...
 
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
-        """Records with ``id > after_id`` (all instances), by id.
+        """Records with ``id > after_id`` (all instances), by id, without gaps: once a record
+        is returned, no record with a lower id appears later (one whose transaction is still
+        open holds back the records after it; a later call returns them).
 
         Raises:
             StorageError: the database cannot be read.
@@ -438,7 +440,8 @@ class Store(Protocol):
         ...
 
     def recent_history(self, limit: int) -> list[HistoryRow]:
-        """The latest ``limit`` records of all instances, oldest first.
+        """The latest ``limit`` records of all instances, oldest first, of those
+        ``history_since`` would return (following on from the last one misses none).
 
         Raises:
             StorageError: the database cannot be read.

@@ -18,7 +18,8 @@ a second time (``_held``), as the OFD claims refuse re-entrant use.
 
 If the claim connection is lost while claims are held (``pg_terminate_backend``, a server
 restart), the server has released them: the steps that believed they held them are harmless
-because every commit is fenced on the step number. The next call reconnects, forgetting them.
+because every commit is fenced on the step number. The next claim reconnects, forgetting them
+(without failing when the session was lost while idle: ``Link.run``).
 """
 
 from __future__ import annotations
@@ -125,12 +126,10 @@ class AdvisoryClaims:
         return conn
 
     def _run(self, doing: str, sql: str, params: Any) -> Any:
-        conn = self._connection()
-        try:
-            return conn.execute(sql, params).fetchone()[0]
-        except self._psycopg.Error as exc:
-            self._link.drop()
-            raise self._link.error(exc, doing) from None
+        # A claim dies with its session: a statement is safe to retry on a new one (Link.run).
+        return self._link.run(
+            doing, lambda conn: conn.execute(sql, params).fetchone()[0], self._connection
+        )
 
     # -- Claims ---------------------------------------------------------------------------
 
@@ -174,14 +173,10 @@ class AdvisoryClaims:
         if not wanted:
             return [None] * len(keys)
         halves = [_halves(k) for k in wanted]
-        conn = self._connection()
-        try:
-            rows = conn.execute(
-                SQL_TRY_CLAIMS, (wanted, [h for h, _ in halves], [lo for _, lo in halves])
-            ).fetchall()
-        except self._psycopg.Error as exc:
-            self._link.drop()
-            raise self._link.error(exc, "claim") from None
+        params = (wanted, [h for h, _ in halves], [lo for _, lo in halves])
+        rows = self._link.run(
+            "claim", lambda conn: conn.execute(SQL_TRY_CLAIMS, params).fetchall(), self._connection
+        )
         granted = {k for k, (ok,) in zip(wanted, rows, strict=True) if ok}
         self._held.update(granted)
         tokens: list[int | None] = []

@@ -20,8 +20,8 @@ starting at once migrate exactly once. Times are epoch seconds in ``double preci
 REAL of the SQLite schema), counters ``bigint``, history ids and queue seqs identity columns.
 
 Errors: every psycopg error becomes ``StorageError`` naming ``postgresql host:port/database``
-and the server's reason; the password never appears (it is also scrubbed from any message). A
-lost connection is noticed by the call that hits it (which raises) and reopened by the next.
+and the server's reason; the password never appears (it is also scrubbed from any message), nor
+anything between ``://`` and ``@`` when libpq did not read it as the user info (``_describe``).
 
 Poolers: every connection checks, when it opens, that its server session is its own
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
@@ -36,8 +36,14 @@ statement, only for the rows that passed); any other write (Debounce, keyed, new
 batched write that did not apply) goes one statement at a time with its exact semantics. The
 claims are released in one round trip (``release_many``).
 
-Not yet: history ids come from a sequence, so ``history_since`` may skip a record whose
-transaction committed after a later id was read.
+Following the history (``history_since``, ``durajobs tail -f``): ids come from a sequence and
+transactions commit in any order, so records are handed out only up to an id that no
+transaction still writing can precede (``SQL_HISTORY_SINCE``).
+
+Lost connections: a connection found broken by the first statement of a call that opened no
+transaction (idle when the server restarted or ended its session) is reopened and the
+statement run again (``Link.run``): a call fails for a lost connection only when it was inside
+a transaction, or the server is still away.
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import select
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from durajobs.errors import DuplicateEventError, StorageError
 from durajobs.rows import Instance, Queued, RejectedWrite
@@ -303,8 +310,31 @@ _HISTORY_COLUMNS = "id, instance_id, at, event, step, attempt, duration_ms, erro
 SQL_HISTORY_OF = (
     f"SELECT {_HISTORY_COLUMNS} FROM history WHERE instance_id = %s ORDER BY id DESC LIMIT %s"
 )
-SQL_HISTORY_SINCE = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s ORDER BY id LIMIT %s"
-SQL_HISTORY_RECENT = f"SELECT {_HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT %s"
+# Following the history without gaps (``history_since``): ids come from a sequence, so a
+# transaction can commit a record after a record with a higher id was read. Read only ids that
+# are final: every id up to the sequence's last value V was taken by a transaction holding a
+# write lock on ``history`` before V was read; once none of the holders seen right after V
+# (their virtual transaction ids) holds it anymore, each id up to V is committed (and visible
+# to every later snapshot) or never will be. One statement: the rows up to the bound known
+# before it (its snapshot), then V and the holders (read after V: the correlated subquery).
+_FINAL_IDS = (
+    "SELECT s.last_id, s.writers, h.* FROM (SELECT last_id, ARRAY(SELECT virtualtransaction "
+    "FROM pg_locks WHERE last_id IS NOT NULL AND locktype = 'relation' "
+    "AND relation = 'history'::regclass AND database = (SELECT oid FROM pg_database "
+    "WHERE datname = current_database()) AND mode IN ('RowExclusiveLock', "
+    "'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')) AS writers "
+    "FROM (SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('history', 'id')"
+    "::regclass), 0) AS last_id) AS v) AS s LEFT JOIN LATERAL "
+)
+SQL_HISTORY_SINCE = (
+    f"{_FINAL_IDS}(SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s AND id <= %s "
+    "ORDER BY id LIMIT %s) AS h ON true ORDER BY h.id"
+)
+SQL_HISTORY_RECENT_FINAL = (
+    f"{_FINAL_IDS}(SELECT {_HISTORY_COLUMNS} FROM history WHERE id <= %s "
+    "ORDER BY id DESC LIMIT %s) AS h ON true ORDER BY h.id"
+)
+FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
 SQL_FINISHED = (
     f"SELECT {_HISTORY_COLUMNS} FROM history AS h "
     f"WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
@@ -429,20 +459,16 @@ class Link:
         application_name: str = "durajobs",
     ) -> None:
         self.location = location
-        psycopg = _psycopg(_redact(location))
+        self._psycopg = psycopg = _psycopg(_redact(location))
         try:
             params = psycopg.conninfo.conninfo_to_dict(location)
         except psycopg.Error as exc:
+            shown = _describe(location, None)
             raise StorageError(
-                f"{_redact(location)}: not a valid PostgreSQL URL: {_scrub(str(exc), location)}"
+                f"{shown.url}: not a valid PostgreSQL URL: {_unquoted(str(exc).strip(), shown)}"
             ) from None
-        self._password = str(params.get("password") or "")
-        host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
-        if host.startswith("/"):
-            host = f"socket {host}"
-        port = params.get("port") or os.environ.get("PGPORT") or "5432"
-        dbname = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or ""
-        self.where = f"postgresql {host}:{port}/{dbname}"
+        self._shown = _describe(location, params)
+        self.where = self._shown.where
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = max(1, round(connect_timeout))
@@ -463,7 +489,7 @@ class Link:
 
     def scrub(self, text: str) -> str:
         """``text`` with the password (and the URL) removed."""
-        return _scrub(text, self.location, self._password)
+        return _scrub(text, self._shown)
 
     def connection(self) -> Any:
         """The live connection, (re)opened if it is missing, lost, or the parent's.
@@ -483,6 +509,33 @@ class Link:
         if conn is None:
             conn = self._open()
         return conn
+
+    def run(self, doing: str, work: Callable[[Any], T], connect: Callable[[], Any]) -> T:
+        """``work(connect())``, psycopg's errors raised as ``StorageError``.
+
+        A connection that broke while idle (the server restarted, or ended the session, since
+        its last use) shows only when ``work``'s first statement fails on it: then, if no
+        transaction was open, it is reopened and ``work`` runs once more, so that the call
+        does not fail for it. ``work`` must be safe to run again after its session died under
+        it: reads, ``BEGIN``, claims (they die with the session). No extra round trip.
+
+        Raises:
+            StorageError: ``work`` failed, or the connection cannot be reopened.
+        """
+        psycopg = self._psycopg
+        conn = connect()
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        try:
+            return work(conn)
+        except psycopg.Error as exc:
+            self.drop()
+            if not idle or self._conn is not None:  # in a transaction, or a live session's error
+                raise self.error(exc, doing) from None
+        try:
+            return work(connect())
+        except psycopg.Error as exc:
+            self.drop()
+            raise self.error(exc, doing) from None
 
     def _open(self) -> Any:
         psycopg = _psycopg(self.where)
@@ -596,30 +649,104 @@ def _disown(conn: Any) -> None:
     _ABANDONED.append(conn)
 
 
+NOT_SHOWN = (
+    "(URL not shown: its user name or password holds an unencoded '/' or '@'; "
+    "percent-encode them: '/' as %2F, '@' as %40)"
+)
+
+
+class _Shown(NamedTuple):
+    """What messages may show of a location, and what they never may."""
+
+    url: str  # the URL without its password, rebuilt from libpq's reading of it
+    where: str  # ``postgresql host:port/database``
+    secrets: tuple[str, ...]  # texts scrubbed from every message, longest first
+
+
+def _describe(location: str, params: dict[str, Any] | None) -> _Shown:
+    """Describe ``location`` from what libpq's URL parser made of it (``params``; ``None``:
+    unparsable, or psycopg missing), never showing what was between ``://`` and ``@``.
+
+    A password holding an unencoded ``/`` (or ``@``) ends libpq's user info early: its pieces
+    then come out as host, port or database (``postgres:pa/ss@h/db`` is host ``postgres``,
+    port ``pa``, database ``ss@h/db``). Such a URL is described without any of them.
+    """
+    scheme, _, rest = location.partition("://")
+    credentials = rest.rpartition("@")[0]
+    secrets = {credentials, urllib.parse.unquote(credentials), credentials.partition(":")[2]}
+    for parameter in rest.partition("?")[2].split("&"):  # ?password=...
+        name, _, value = parameter.partition("=")
+        if name == "password":
+            secrets |= {value, urllib.parse.unquote(value)}
+    if params is not None:
+        password = str(params.get("password") or "")
+        secrets |= {password, urllib.parse.quote(password, safe="")}
+    if "/" in credentials or "@" in credentials:
+        secrets |= {str(v) for k, v in (params or {}).items() if k in _URL_PARTS}
+        return _Shown(f"{scheme}://{NOT_SHOWN}", f"postgresql {NOT_SHOWN}", _longest(secrets))
+    if params is None:  # no parser's reading: what follows the user info, without parameters
+        after = rest.rpartition("@")[2].partition("?")[0]
+        return _Shown(f"{scheme}://{after}", f"postgresql {after}", _longest(secrets))
+    user, host, port, dbname = (str(params.get(k) or "") for k in _URL_PARTS[:4])
+    shown_host = host or os.environ.get("PGHOST") or "localhost"
+    if shown_host.startswith("/"):
+        shown_host = f"socket {shown_host}"
+    shown_port = port or os.environ.get("PGPORT") or "5432"
+    shown_db = dbname or os.environ.get("PGDATABASE") or user
+    where = f"postgresql {shown_host}:{shown_port}/{shown_db}"
+    query = {k: str(v) for k, v in params.items() if k not in _URL_PARTS}
+    netloc = urllib.parse.quote(user, safe="") + "@" if user else ""
+    if "/" in host or "," in host:  # a socket directory, several hosts: as libpq's parameters
+        query = {"host": host, **({"port": port} if port else {}), **query}
+    else:
+        netloc += f"[{host}]" if ":" in host else urllib.parse.quote(host, safe="")
+        netloc += f":{port}" if port else ""
+    url = f"{scheme}://{netloc}/{urllib.parse.quote(dbname, safe='')}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query, safe="/,", quote_via=urllib.parse.quote)
+    return _Shown(url, where, _longest(secrets))
+
+
+_URL_PARTS = ("user", "host", "port", "dbname", "password")
+
+
+def _longest(texts: set[str]) -> tuple[str, ...]:
+    return tuple(sorted((t for t in texts if t), key=len, reverse=True))
+
+
 def _redact(location: str) -> str:
     """The location without its password (for messages and ``Store.path``)."""
     try:
-        parts = urllib.parse.urlsplit(location)
-    except ValueError:
-        return "postgresql://(unparsable URL)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}@{hostport}" if user else hostport
-    query = "&".join(
-        p for p in parts.query.split("&") if p and not p.lower().startswith("password=")
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        import psycopg
+    except ImportError:
+        return _describe(location, None).url
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(location)
+    except psycopg.Error:
+        params = None
+    return _describe(location, params).url
 
 
-def _scrub(text: str, location: str, password: str = "") -> str:
-    if location and location in text:
-        text = text.replace(location, _redact(location))
-    if password:
-        for secret in {password, urllib.parse.quote(password, safe="")}:
+def _scrub(text: str, shown: _Shown) -> str:
+    """``text`` without any of ``shown``'s secrets (a short one only as a whole word)."""
+    for secret in shown.secrets:
+        if len(secret) >= 4:
             text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
     return text
+
+
+def _unquoted(reason: str, shown: _Shown) -> str:
+    """libpq's complaint about an unparsable URL, without the quoted pieces of it that touch
+    a secret (libpq quotes the offending token, or the whole URL)."""
+
+    def hide(match: re.Match[str]) -> str:
+        token = match.group(1)
+        touches = "@" in token or any(token in s or s in token for s in shown.secrets)
+        return '"***"' if touches else match.group(0)
+
+    return _scrub(re.sub(r'"([^"]*)"', hide, reason), shown)
 
 
 class PostgresStore:
@@ -668,6 +795,8 @@ class PostgresStore:
         self._link = Link(location, setup, connect_timeout=busy_timeout)
         self._psycopg = _psycopg(self.path)
         self._migrated_generation = -1
+        self._final_id = 0  # every history id up to this one is final (history_since)
+        self._follow_pending: list[tuple[int, frozenset[str]]] = []
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -727,19 +856,14 @@ class PostgresStore:
             return 0
         return int(conn.execute(SQL_SCHEMA_VERSION).fetchone()[0])
 
-    @contextlib.contextmanager
-    def _mapped(self, doing: str) -> Iterator[Any]:
-        """The connection, with psycopg errors mapped to ``StorageError``."""
-        conn = self._connection()
-        try:
-            yield conn
-        except self._psycopg.Error as exc:
-            self._link.drop()
-            raise self._link.error(exc, doing) from None
+    def _read(self, work: Callable[[Any], T], doing: str = "read") -> T:
+        """``work(connection)`` outside any transaction, errors raised as ``StorageError``; a
+        connection found lost while idle is reopened without failing the call (``Link.run``).
+        """
+        return self._link.run(doing, work, self._connection)
 
     def _rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        with self._mapped("read") as conn:
-            return list(conn.execute(sql, params).fetchall())
+        return self._read(lambda conn: list(conn.execute(sql, params).fetchall()))
 
     def _transaction(self, doing: str, body: Callable[[Any], T], probe: Callable[[Any], bool]) -> T:
         """The one write-transaction helper: ``BEGIN``, ``body(cursor)``, ``COMMIT``.
@@ -749,13 +873,13 @@ class PostgresStore:
         """
         psycopg = self._psycopg
         link = self._link
-        conn = self._connection()
-        try:
+
+        def begin(conn: Any) -> tuple[Any, Any]:
             cur = conn.cursor()
             cur.execute("BEGIN")
-        except psycopg.Error as exc:
-            link.drop()
-            raise link.error(exc, doing) from None
+            return conn, cur
+
+        conn, cur = link.run(doing, begin, self._connection)  # nothing written yet: may retry
         try:
             result = body(cur)
         except BaseException as exc:
@@ -797,8 +921,7 @@ class PostgresStore:
         Raises:
             StorageError: the server cannot be reached.
         """
-        with self._mapped("notify") as conn:
-            conn.execute(SQL_NOTIFY, (channel,))
+        self._read(lambda conn: conn.execute(SQL_NOTIFY, (channel,)), "notify")
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -1276,20 +1399,61 @@ class PostgresStore:
         return [HistoryRow(*r) for r in reversed(rows)]
 
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
-        """History records with ``id > after_id`` (all instances), oldest first.
+        """History records with ``id > after_id`` (all instances), by id, without gaps: only
+        records no transaction still writing can precede (``SQL_HISTORY_SINCE``); the others
+        come in a later call. One round trip, two or three when new records are final.
 
         Raises:
             StorageError: the database cannot be read.
         """
-        return [HistoryRow(*r) for r in self._rows(SQL_HISTORY_SINCE, (after_id, limit))]
+        found: list[HistoryRow] = []
+
+        def more(bound: int) -> bool:
+            start = found[-1].id if found else after_id
+            rows = self._final_rows(SQL_HISTORY_SINCE, (start, bound, limit - len(found)))
+            found.extend(rows)
+            return len(found) < limit
+
+        self._up_to_final(more)
+        return found
+
+    def _up_to_final(self, read: Callable[[int], bool]) -> None:
+        """``read(bound)`` (a statement of ``_final_rows``) until ``_final_id`` stops moving
+        (three times at most), or ``read`` says it has enough."""
+        for _ in range(3):
+            bound = self._final_id
+            if not read(bound) or self._final_id == bound:
+                return
+
+    def _final_rows(self, sql: str, params: tuple[Any, ...]) -> list[HistoryRow]:
+        rows = self._rows(sql, params)
+        self._writers_seen(int(rows[0][0]), frozenset(rows[0][1]))
+        return [HistoryRow(*r[2:]) for r in rows if r[2] is not None]
+
+    def _writers_seen(self, last_id: int, writers: frozenset[str]) -> None:
+        """Move ``_final_id`` on: the ids up to a last id read earlier are final once none of
+        the writers seen then is seen now; up to ``last_id`` at once when nobody writes."""
+        pending = [*self._follow_pending, (last_id, writers)]
+        final = [self._final_id, *(i for i, w in pending if not w & writers)]
+        self._final_id = max(final)
+        still = [(i, w) for i, w in pending if i > self._final_id and w & writers]
+        self._follow_pending = still[-FOLLOW_PENDING_MAX:]
 
     def recent_history(self, limit: int) -> list[HistoryRow]:
-        """The latest ``limit`` history records of all instances, oldest first.
+        """The latest ``limit`` history records of all instances, oldest first: of the records
+        ``history_since`` would hand out, so that following on from the last one misses none.
 
         Raises:
             StorageError: the database cannot be read.
         """
-        return [HistoryRow(*r) for r in reversed(self._rows(SQL_HISTORY_RECENT, (limit,)))]
+        found: list[HistoryRow] = []
+
+        def latest(bound: int) -> bool:
+            found[:] = self._final_rows(SQL_HISTORY_RECENT_FINAL, (bound, limit))
+            return True
+
+        self._up_to_final(latest)
+        return found
 
     def finished_records(
         self,
@@ -1344,12 +1508,15 @@ class PostgresStore:
         Raises:
             StorageError: the database cannot be read.
         """
-        with self._mapped("read") as conn:
+
+        def counts(conn: Any) -> tuple[int, int, int]:
             cur = conn.cursor()
             low = _first_id(cur, since)
             if low is None:
                 return 0, 0, 0
-            records, failures, steps = cur.execute(SQL_HISTORY_COUNTS, (low, since)).fetchone()
+            return tuple(cur.execute(SQL_HISTORY_COUNTS, (low, since)).fetchone())
+
+        records, failures, steps = self._read(counts)
         return int(records), int(failures), int(steps)
 
     def schema_version(self) -> int:
@@ -1358,8 +1525,7 @@ class PostgresStore:
         Raises:
             StorageError: the database cannot be read.
         """
-        with self._mapped("read") as conn:
-            return self._version(conn)
+        return self._read(self._version)
 
     # -- inspection (dashboard) -----------------------------------------------------------
 
@@ -1461,14 +1627,16 @@ class PostgresStore:
         buckets = [(0, 0)] * count
         if count <= 0:
             return buckets
-        with self._mapped("read") as conn:
+
+        def read(conn: Any) -> list[tuple[Any, ...]]:
             cur = conn.cursor()
             low = _first_id(cur, since)
             if low is None:
-                return buckets
+                return []
             params = {"low": low, "since": since, "width": width, "until": since + width * count}
-            rows = cur.execute(SQL_HISTORY_BUCKETS, params).fetchall()
-        for bucket, steps, failures in rows:
+            return list(cur.execute(SQL_HISTORY_BUCKETS, params).fetchall())
+
+        for bucket, steps, failures in self._read(read):
             if 0 <= bucket < count:
                 buckets[bucket] = (int(steps), int(failures))
         return buckets
@@ -1481,8 +1649,9 @@ class PostgresStore:
         Raises:
             StorageError: the database cannot be read.
         """
-        with self._mapped("read") as conn:
-            return {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+        return self._read(
+            lambda conn: {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
+        )
 
     def export(self, batch_size: int = 5000) -> Generator[ExportBatch]:
         """Every row of every table from one ``REPEATABLE READ READ ONLY`` transaction (one
@@ -1492,9 +1661,8 @@ class PostgresStore:
             StorageError: the database cannot be read.
         """
         link = self._link
-        conn = self._connection()
+        conn = link.run("export", _begin_snapshot, self._connection)
         try:
-            conn.execute(SQL_BEGIN_SNAPSHOT)
             counts = {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
             for table in TABLES:
                 first, after, keys = SQL_EXPORT[table]
@@ -1642,6 +1810,11 @@ class PostgresStore:
             f"{more} (end them with pg_terminate_backend(pid); set "
             f"idle_in_transaction_session_timeout){unseen}",
         )
+
+
+def _begin_snapshot(conn: Any) -> Any:
+    conn.execute(SQL_BEGIN_SNAPSHOT)
+    return conn
 
 
 def _fenced_out(index: int) -> Exception:
