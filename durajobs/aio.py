@@ -27,6 +27,7 @@ from .client import (
     DebounceClient,
     DebounceStatus,
     FlushResult,
+    OnDuplicate,
     ResumeResult,
     SendResult,
     StartResult,
@@ -101,7 +102,7 @@ class AsyncDebounceClient(Generic[E, S]):
         self,
         items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
         *,
-        on_duplicate: str = "raise",
+        on_duplicate: OnDuplicate = "raise",
     ) -> list[AddResult]:
         """See ``DebounceClient.add_many``."""
         return await _off_loop(self.sync.add_many, list(items), on_duplicate=on_duplicate)
@@ -141,7 +142,7 @@ class AsyncTaskClient(Generic[E, S]):
         self,
         items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
         *,
-        on_duplicate: str = "raise",
+        on_duplicate: OnDuplicate = "raise",
     ) -> list[SendResult]:
         """See ``TaskClient.send_many``."""
         return await _off_loop(self.sync.send_many, list(items), on_duplicate=on_duplicate)

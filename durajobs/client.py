@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
@@ -27,6 +27,7 @@ __all__ = [
     "DebounceClient",
     "DebounceStatus",
     "FlushResult",
+    "OnDuplicate",
     "ResumeResult",
     "SendResult",
     "StartResult",
@@ -39,6 +40,7 @@ __all__ = [
 
 S = TypeVar("S")
 E = TypeVar("E")
+OnDuplicate = Literal["raise", "skip"]  # bulk calls: what an item whose key was taken does
 
 
 @attrs.frozen
@@ -448,7 +450,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         self,
         items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
         *,
-        on_duplicate: str = "raise",
+        on_duplicate: OnDuplicate = "raise",
     ) -> list[AddResult]:
         """Add many events in ONE transaction (one fsync): ``(id, event)`` or
         ``(id, event, key)`` items.
@@ -607,7 +609,7 @@ class TaskClient(_Client[Task], Generic[E, S]):
         self,
         items: Iterable[tuple[str, E] | tuple[str, E, str | None]],
         *,
-        on_duplicate: str = "raise",
+        on_duplicate: OnDuplicate = "raise",
     ) -> list[SendResult]:
         """Send many events in ONE transaction (one fsync): ``(id, event)`` or
         ``(id, event, key)`` items.

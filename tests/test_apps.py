@@ -227,7 +227,7 @@ def test_an_ended_threads_server_sessions_end_with_it(pg_server: Any, pg_url: st
 
     def sessions() -> int:
         query = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
-        return int(pg_server.admin_query(query)[0][0])  # type: ignore[call-overload]
+        return int(pg_server.admin_query(query)[0][0])
 
     with Jobs(pg_url, REGISTRY) as jobs:
         jobs.task("orders").send("warm", Event(0))
@@ -571,7 +571,7 @@ def test_bulk_calls_skip_duplicates_on_request(jobs: Jobs, log: Path) -> None:
     with pytest.raises(DuplicateEventError, match="item 0"):  # the default still raises
         orders.send_many(items)
     with pytest.raises(ValueError, match="on_duplicate must be 'raise' or 'skip'"):
-        orders.send_many(items, on_duplicate="ignore")
+        orders.send_many(items, on_duplicate="ignore")  # type: ignore[arg-type]
 
     batch = jobs.debounce("batch")
     batch.add("x", Event(1), key="e1")
