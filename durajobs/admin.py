@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -328,6 +328,21 @@ class FinishedInstance:
         )  # fmt: skip
 
     @property
+    def kind(self) -> str:
+        """The kind, from the instance id."""
+        return self.instance_id.split(":", 2)[0]
+
+    @property
+    def job(self) -> str:
+        """The job name, from the instance id."""
+        return self.instance_id.split(":", 2)[1]
+
+    @property
+    def id(self) -> str:
+        """The user id, from the instance id."""
+        return self.instance_id.split(":", 2)[2]
+
+    @property
     def status(self) -> str:
         """Always ``"purged"`` (the status ``show`` gives a gone instance)."""
         return "purged"
@@ -336,12 +351,11 @@ class FinishedInstance:
         """JSON fields of ``durajobs ls --status terminated|purged --json``: instance_id,
         kind, job, id, status (``"purged"``), ended, ended_at, end_reason, error, run_count,
         event_count, step."""
-        kind, job, user_id = self.instance_id.split(":", 2)
         return {
             "instance_id": self.instance_id,
-            "kind": kind,
-            "job": job,
-            "id": user_id,
+            "kind": self.kind,
+            "job": self.job,
+            "id": self.id,
             "status": self.status,
             "ended": self.ended,
             "ended_at": _iso(self.ended_at),
@@ -655,7 +669,7 @@ class Admin:
         job: str | None = None,
         status: str | None = None,
         due: bool = False,
-    ) -> Iterator[InstanceInfo]:
+    ) -> Generator[InstanceInfo]:
         """Every instance ``ls`` lists with these filters, in its order, streamed from one
         consistent snapshot (read in keyset batches: memory stays flat at any size).
 
@@ -766,7 +780,7 @@ class Admin:
         kind: str | None = None,
         job: str | None = None,
         search: str | None = None,
-    ) -> Iterator[FinishedInstance]:
+    ) -> Generator[FinishedInstance]:
         """Every finished instance ``finished`` lists, newest first, page after page.
 
         Raises:

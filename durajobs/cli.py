@@ -7,7 +7,8 @@ over :mod:`durajobs.admin`, which does the work.
 Commands::
 
     ls        instances sorted by next alarm (--kind --job --status --due --limit --offset,
-              --json: one array, --jsonl: one object per line)
+              --json: one array, --jsonl: one object per line; every row unless --limit);
+              --status terminated|purged: finished instances from the history, newest first
     show      every field of one instance, its state as JSON, last error, recent history (--json)
     terminate cancel the alarm and purge the instance (asks on a TTY unless --yes)
     trigger   make a Continuous/Task run due now; the daemon runs it
@@ -50,8 +51,8 @@ Errors print one line on stderr (``durajobs: error: ...``), never a traceback. E
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
@@ -70,7 +71,7 @@ from .errors import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .admin import Admin, HistoryEntry, InstanceDetail, InstanceInfo, Stats
+    from .admin import Admin, FinishedInstance, HistoryEntry, InstanceDetail, InstanceInfo, Stats
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_STORAGE", "EXIT_USAGE", "app", "main"]
 
@@ -105,13 +106,15 @@ class Kind(StrEnum):
 
 
 class Status(StrEnum):
-    """Stored statuses (for ``--status``)."""
+    """Stored statuses, and those of finished instances (for ``--status``)."""
 
     running = "running"
     debouncing = "debouncing"
     active = "active"
     idle = "idle"
     failed = "failed"
+    terminated = "terminated"  # finished: ended by a terminate (from the history)
+    purged = "purged"  # finished: terminated, flushed or cleared (from the history)
 
 
 # -- plumbing -------------------------------------------------------------------------------
@@ -199,6 +202,18 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _print_json_array(items: Iterable[dict[str, Any]]) -> None:
+    """What ``_print_json(list(items))`` prints, written item by item as they come."""
+    import json
+
+    write = sys.stdout.write  # not typer.echo: a million rows pay for every call
+    opening = "[\n  "
+    for item in items:
+        write(opening + json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  "))
+        opening = ",\n  "
+    write("[]\n" if opening == "[\n  " else "\n]\n")
+
+
 def _plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> None:
     widths = [len(h) for h in headers]
     for row in rows:
@@ -283,34 +298,72 @@ def ls(
     ctx: typer.Context,
     kind: Annotated[Kind | None, typer.Option(help="Only this kind.")] = None,
     job: Annotated[str | None, typer.Option(help="Only this job name.")] = None,
-    status: Annotated[Status | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[
+        Status | None,
+        typer.Option(help="Only this status; terminated, purged: finished instances."),
+    ] = None,
     due: Annotated[bool, typer.Option("--due", help="Only alarms due now.")] = False,
-    limit: Annotated[int, typer.Option(min=1, help="Rows per page.")] = 50,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Rows [default: 50 in a table, every row with --json/--jsonl]."),
+    ] = None,
     offset: Annotated[int, typer.Option(min=0, help="Rows to skip.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
     as_jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
 ) -> None:
-    """List instances, sorted by next alarm (those without one last)."""
+    """List instances, sorted by next alarm (those without one last); with --status
+    terminated or purged, the finished ones from the history, newest first."""
     import json
+    from itertools import islice
 
+    from .admin import FINISHED_STATUSES
+
+    if limit is None and not (as_json or as_jsonl):
+        limit = 50  # a page for people; scripts get every row
+    finished = status is not None and status.value in FINISHED_STATUSES
+    if finished and due:
+        _fail("--due lists alarms; finished instances have none", EXIT_USAGE)
+    selected = status.value if status else None
+    filters = {"kind": kind.value if kind else None, "job": job}
     with _admin(ctx) as admin:
-        rows = admin.ls(
-            kind=kind.value if kind else None, job=job, status=status.value if status else None,
-            due=due, limit=limit + 1, offset=offset,
-        )  # fmt: skip
         now = admin.now()
+        rows: Generator[FinishedInstance | InstanceInfo]
+        skip = offset
+        if finished:
+            rows = admin.all_finished(status=str(selected), **filters)
+        elif limit is None:
+            rows = admin.all_instances(status=selected, due=due, **filters)
+        else:  # one page, read with its offset
+            listed = admin.ls(status=selected, due=due, limit=limit + 1, offset=offset, **filters)
+            rows, skip = (row for row in listed), 0
+        with closing(rows):  # ends the read snapshot before the database is closed
+            page = islice(rows, skip, None if limit is None else skip + limit + 1)
+            if as_json:
+                _print_json_array(row.to_dict() for row in islice(page, limit))
+            elif as_jsonl:
+                write = sys.stdout.write
+                for row in islice(page, limit):
+                    write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            else:
+                _ls_page(list(page), limit or 0, offset, now)
+
+
+def _ls_page(
+    rows: "Sequence[FinishedInstance | InstanceInfo]", limit: int, offset: int, now: float
+) -> None:
+    from .admin import FinishedInstance
+
     more, rows = len(rows) > limit, rows[:limit]
-    if as_json:
-        _print_json([r.to_dict() for r in rows])
-    elif as_jsonl:
-        for r in rows:
-            typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
-    elif not rows:
+    if not rows:
         typer.echo("no instances match" if offset == 0 else "no more instances", err=True)
+        return
+    finished = [r for r in rows if isinstance(r, FinishedInstance)]
+    if finished:
+        _finished_table(finished)
     else:
-        _ls_table(rows, now)
-        if more:
-            typer.echo(f"(more: --offset {offset + limit})", err=True)
+        _ls_table([r for r in rows if not isinstance(r, FinishedInstance)], now)
+    if more:
+        typer.echo(f"(more: --offset {offset + limit})", err=True)
 
 
 def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
@@ -323,11 +376,20 @@ def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
             alarm += f" [{r.alarm_reason}]"
         cells.append([
             r.instance_id, r.kind, r.job, r.status, alarm, f"{r.run_count}/{r.event_count}",
-            str(r.attempt), r.error_summary or "-",
+            r.attempt_label, r.error_summary or "-",
         ])  # fmt: skip
         late = r.next_alarm is not None and r.next_alarm.timestamp() < now - 60
         styles.append("red" if r.status == "failed" else "yellow" if late else None)
     _table(headers, cells, styles)
+
+
+def _finished_table(rows: "Sequence[FinishedInstance]") -> None:
+    headers = ["INSTANCE", "KIND", "JOB", "ENDED", "AT (UTC)", "REASON", "ERROR"]
+    cells = []
+    for r in rows:
+        cells.append([r.instance_id, r.kind, r.job, r.ended, _at(r.ended_at), r.reason or "-",
+                      r.error or "-"])  # fmt: skip
+    _table(headers, cells)
 
 
 @_command
@@ -356,6 +418,12 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
               ("status", detail.status)]  # fmt: skip
     info = detail.info
     if info is None:
+        ended = detail.finished
+        if ended is not None:
+            fields += [("ended", ended.ended), ("ended at", _when(ended.ended_at, now)),
+                       ("reason", ended.reason or "-")]  # fmt: skip
+            if ended.error:
+                fields.append(("error", ended.error))
         return [
             *fields,
             ("note", "the instance is gone (purged); the state below is its final one"),
@@ -369,7 +437,7 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
         ("runs", str(info.run_count)),
         ("events", str(info.event_count)),
         ("queued events", str(detail.queued_events)),
-        ("attempt", str(info.attempt)),
+        _attempt_field(info),
         ("created", _at(info.created_at)),
         ("batch started", _at(info.started_at)),
         ("updated", _at(info.updated_at)),
@@ -379,15 +447,27 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
     return fields
 
 
+def _attempt_field(info: "InstanceInfo") -> tuple[str, str]:
+    """``attempt`` is the next one; a parked instance has none pending: its failed ones."""
+    if info.status == "failed":
+        return "failed attempts", (
+            f"{info.failed_attempts} (parked; `durajobs retry` starts again at attempt 1)"
+        )
+    if info.failed_attempts:
+        return "attempt", f"{info.attempt} (next; {info.failed_attempts} failed)"
+    return "attempt", str(info.attempt)
+
+
 def _history_cells(entries: "Sequence[HistoryEntry]") -> list[list[str]]:
     cells = []
     for h in entries:
         ms = "-" if h.duration_ms is None else f"{h.duration_ms:.1f} ms"
-        cells.append([_at(h.at), h.event, str(h.step), str(h.attempt or "-"), ms, h.error or "-"])
+        cells.append([_at(h.at), h.event, str(h.step), str(h.attempt or "-"), ms,
+                      h.reason or "-", h.error or "-"])  # fmt: skip
     return cells
 
 
-HISTORY_HEADERS = ["AT (UTC)", "EVENT", "STEP", "ATTEMPT", "DURATION", "ERROR"]
+HISTORY_HEADERS = ["AT (UTC)", "EVENT", "STEP", "ATTEMPT", "DURATION", "REASON", "ERROR"]
 
 
 def _show_plain(detail: "InstanceDetail", now: float) -> None:
@@ -547,6 +627,8 @@ def _tail_line(entry: "HistoryEntry") -> str:
         parts[-1] += f" attempt={entry.attempt}"
     if entry.duration_ms is not None:
         parts[-1] += f" {entry.duration_ms:.1f}ms"
+    if entry.reason:
+        parts.append(f"reason: {entry.reason}")
     if entry.error:
         parts.append(f"error: {entry.error}")
     return "  ".join(parts)

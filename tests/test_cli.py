@@ -27,11 +27,12 @@ import attrs
 import pytest
 from typer.testing import CliRunner
 
-from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
+from durajobs import Continuous, Debounce, FakeClock, Jobs, Retry, Task, every
 from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
 from durajobs.stores.ofd_claims import InstanceLocks
+from durajobs.stores.sqlite import SQL_FINISHED
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 
@@ -751,3 +752,229 @@ def test_read_only_directory(cli: Runner, application: App, tmp_path: Path) -> N
         assert sorted(p.name for p in folder.iterdir()) == ["jobs.db"]  # nothing was created
     with Admin(db) as admin:
         assert admin.get("task:orders:o-1").status == "active"  # and nothing changed
+
+
+# -- issue 17: attempts, every row for scripts, finished instances ----------------------------
+
+
+def park_after_two_attempts(db: Path) -> Any:
+    """A Task whose execute always fails, ``Retry(max_attempts=2)``, parked when exhausted;
+    returns its ``status()``."""
+    clock = FakeClock(time.time())
+
+    def fail(ctx: Any) -> None:
+        raise RuntimeError("warehouse down")
+
+    def on_order(event: Event, ctx: Any) -> None:
+        ctx.state = Counter()
+
+    registry = {
+        "orders": Task(
+            state=Counter, event=Event, on_event=on_order, execute=fail,
+            retry=Retry(max_attempts=2, delay="1s"), on_exhausted="park",
+        )
+    }  # fmt: skip
+    with Jobs(db, registry, clock=clock) as jobs:
+        orders = jobs.task("orders")
+        orders.send("o-1", Event("placed"))
+        assert orders.trigger("o-1").retry_scheduled  # attempt 1 failed
+        clock.advance("2s")
+        assert jobs.run_due() == 1  # attempt 2 failed: parked
+        return orders.status("o-1")
+
+
+def test_a_parked_instance_shows_its_failed_attempts_as_its_history_does(
+    cli: Runner, tmp_path: Path
+) -> None:
+    db = tmp_path / "parked.db"
+    status = park_after_two_attempts(db)
+    assert (status.status, status.attempt) == ("failed", 3)  # the contract: the next attempt
+    shown = cli("--db", str(db), "show", "task:orders:o-1", "--json").json()
+    parked = [h for h in shown["history"] if h["event"] == "job.parked"]
+    assert [h["attempt"] for h in parked] == [2]
+    assert (shown["attempt"], shown["failed_attempts"]) == (3, 2)
+    (row,) = cli("--db", str(db), "ls", "--json").json()
+    assert (row["attempt"], row["failed_attempts"]) == (3, 2)
+    # People read the failed attempts, as the history counts them, never "attempt 3".
+    header, line = cli("--db", str(db), "ls").stdout.splitlines()
+    assert line[header.index("ATTEMPT") :].startswith("2 failed ")
+    text = cli("--db", str(db), "show", "task:orders:o-1").stdout
+    assert "failed attempts  2 (parked; `durajobs retry` starts again at attempt 1)" in text
+    assert "attempt          3" not in text
+    with Admin(db) as admin:
+        assert admin.get("task:orders:o-1").attempt_label == "2 failed"
+
+
+def test_ls_json_and_jsonl_give_every_row_without_limit(tmp_path: Path) -> None:
+    application = App(tmp_path / "many.db")
+    with application.jobs() as jobs:
+        jobs.continuous("refresher").start_many((f"user-{i:03}", Counter()) for i in range(120))
+
+    def ls(*args: str) -> Run:
+        run = run_in_process("--db", str(application.db), "ls", *args)
+        assert run.code == 0, run.stderr
+        return run
+
+    everything = ls("--json")
+    rows = everything.json()
+    assert len(rows) == 120  # not the table's page of 50
+    assert everything.stderr == ""
+    assert everything.stdout == json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    lines = ls("--jsonl").stdout.splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    assert ls("--json", "--limit", "7").json() == rows[:7]
+    assert [json.loads(line) for line in ls("--jsonl", "--offset", "100").stdout.splitlines()] == (
+        rows[100:]
+    )
+    assert ls("--json", "--job", "nope").stdout == "[]\n"
+    table = ls()  # a table keeps its page
+    assert len(table.stdout.splitlines()) == 51
+    assert "(more: --offset 50)" in table.stderr
+
+
+def start_refreshers(jobs: Jobs, count: int) -> None:
+    """``count`` refresher instances, ``user-0000``..., a thousand per bulk call."""
+    for low in range(0, count, 1000):
+        ids = range(low, min(count, low + 1000))
+        jobs.continuous("refresher").start_many((f"user-{i:04}", Counter()) for i in ids)
+
+
+def test_every_row_comes_from_one_snapshot_in_batches(tmp_path: Path) -> None:
+    application = App(tmp_path / "snapshot.db")
+    with application.jobs() as jobs:
+        start_refreshers(jobs, 2500)
+    with Admin(application.db) as admin:
+        before = [info.instance_id for info in admin.all_instances()]
+        rows = admin.all_instances()
+        first = next(rows)
+        with application.jobs() as jobs:  # commits while the listing is half read
+            for instance_id in before[-1200:]:
+                kind, job, user_id = instance_id.split(":", 2)
+                if kind == "continuous":
+                    jobs.continuous(job).terminate(user_id)
+            jobs.continuous("refresher").start("user-new", Counter())
+        listed = [first.instance_id, *(info.instance_id for info in rows)]
+        assert listed == before  # the snapshot the listing started with, in ls's order
+        assert len(list(admin.all_instances())) == len(before) - 1200 + 1
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="the durajobs console script is not installed")
+def test_ls_jsonl_streams_and_stops_quietly_when_the_reader_goes(tmp_path: Path) -> None:
+    application = App(tmp_path / "stream.db")
+    with application.jobs() as jobs:
+        start_refreshers(jobs, 3000)
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; '{SCRIPT}' --db '{application.db}' ls --jsonl | head -1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no BrokenPipeError, no "Exception ignored" from the snapshot
+    assert json.loads(done.stdout)["instance_id"] == "continuous:refresher:user-0000"
+
+
+def test_the_terminate_reason_is_shown_by_show_and_tail(db: Path, application: App) -> None:
+    with application.jobs() as jobs:
+        jobs.task("orders").terminate("o-1", reason="customer cancelled")
+    text = run_in_process("--db", str(db), "show", "task:orders:o-1").stdout
+    fields = dict(line.split(None, 1) for line in text.splitlines()[:9] if " " in line.strip())
+    assert fields["reason"].strip() == "customer cancelled"
+    assert "ended     terminated" in text
+    terminated = next(line for line in text.splitlines() if "job.terminated" in line)
+    assert "customer cancelled" in terminated  # the history table's REASON column
+    quiet = run_in_process("--db", str(db), "show", "task:orders:o-1", "-n", "0", "--json").json()
+    assert (quiet["ended"], quiet["end_reason"], quiet["state"]) == (
+        "terminated", "customer cancelled", {"n": 0},
+    )  # fmt: skip
+    tail = run_in_process("--db", str(db), "tail", "-n", "1").stdout
+    assert "task:orders:o-1  job.terminated" in tail
+    assert tail.rstrip().endswith("reason: customer cancelled")
+
+
+def test_ls_lists_finished_instances_from_the_history(
+    cli: Runner, db: Path, application: App
+) -> None:
+    with application.jobs() as jobs:
+        refresher = jobs.continuous("refresher")
+        refresher.terminate("user-1", reason="moved")
+        refresher.start("user-1", Counter())  # lives again: not finished
+        jobs.task("orders").terminate("o-1", reason="customer cancelled")
+        refresher.terminate("user-2")
+        assert jobs.debounce("hooks").flush("repo-1").flushed  # purged by its flush
+
+    def ls(*args: str) -> list[dict[str, Any]]:
+        run = cli("--db", str(db), "ls", *args, "--json")
+        assert run.code == 0, run.stderr
+        rows: list[dict[str, Any]] = run.json()
+        return rows
+
+    terminated = ls("--status", "terminated")
+    assert [r["instance_id"] for r in terminated] == [
+        "continuous:refresher:user-2",
+        "task:orders:o-1",
+    ]  # fmt: skip  (newest first)
+    o1 = terminated[1]
+    assert (o1["status"], o1["ended"], o1["end_reason"]) == (
+        "purged",
+        "terminated",
+        "customer cancelled",
+    )
+    assert (o1["kind"], o1["job"], o1["id"]) == ("task", "orders", "o-1")
+    purged = ls("--status", "purged")
+    assert [(r["instance_id"], r["ended"]) for r in purged] == [
+        ("debounce:hooks:repo-1", "flushed"), ("continuous:refresher:user-2", "terminated"),
+        ("task:orders:o-1", "terminated"),
+    ]  # fmt: skip
+    assert purged[0]["end_reason"] == "manual"
+    assert [r["id"] for r in ls("--status", "purged", "--kind", "task")] == ["o-1"]
+    assert [r["id"] for r in ls("--status", "terminated", "--job", "refresher")] == ["user-2"]
+    assert [r["id"] for r in ls("--status", "purged", "--limit", "1", "--offset", "1")] == [
+        "user-2"
+    ]
+    table = cli("--db", str(db), "ls", "--status", "terminated")
+    header, *lines = table.stdout.splitlines()
+    assert header.split()[:4] == ["INSTANCE", "KIND", "JOB", "ENDED"]
+    assert "customer cancelled" in lines[1]
+    assert cli("--db", str(db), "ls", "--status", "terminated", "--due").code == 2
+
+    with Admin(db) as admin:  # the dashboard's pages: keyset, each finished instance once
+        seen, after = [], None
+        while True:
+            page = admin.finished(after=after, limit=1)
+            seen += [f.instance_id for f in page.instances]
+            if page.after is None:
+                break
+            after = page.after
+        assert seen == [r["instance_id"] for r in purged]
+        assert [f.id for f in admin.finished(search="task:orders:o").instances] == ["o-1"]
+        assert admin.finished(kind="debounce", search="task:").instances == []
+        found = admin.finished(job="refresher", search="user-").instances
+        assert [f.instance_id for f in found] == ["continuous:refresher:user-2"]
+        with pytest.raises(ValidationError):
+            admin.finished(after="not-a-cursor")
+        with pytest.raises(ValidationError):
+            admin.finished(status="running")
+        # Each page reads the index of the records that end instances, newest first.
+        sql = SQL_FINISHED.format(prefixes="1")
+        plan = admin.store.query(f"EXPLAIN QUERY PLAN {sql}", ("job.terminated", 1, 1))
+        assert any("USING INDEX history_ended" in str(step) for step in plan), plan
+
+
+def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) -> None:
+    """The newest records that end instances may all belong to ids that live again: a page
+    reads on, chunk after chunk of the index, until it has its finished instances."""
+    application = App(tmp_path / "churn.db")
+    with application.jobs() as jobs:
+        refresher = jobs.continuous("refresher")
+        refresher.start("old", Counter())
+        refresher.terminate("old", reason="long ago")
+        for i in range(150):  # more than a chunk of candidates (64 for a page of 1)
+            refresher.start(f"back-{i}", Counter())
+            refresher.terminate(f"back-{i}", reason="restarted")
+            refresher.start(f"back-{i}", Counter())
+    with Admin(application.db) as admin:
+        page = admin.finished(limit=1)
+        assert [(f.instance_id, f.reason) for f in page.instances] == [
+            ("continuous:refresher:old", "long ago")
+        ]
+        assert page.after is None
+        assert admin.finished(job="refresher", search="back-").instances == []

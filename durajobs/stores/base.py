@@ -40,7 +40,7 @@ transaction, keeping history ids and queue seqs.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
@@ -62,6 +62,7 @@ __all__ = [
     "Waker",
     "Write",
     "check_import_counts",
+    "newest_finished",
     "not_empty_error",
 ]
 
@@ -151,6 +152,37 @@ def check_import_counts(
                 f"{where}: import: {table}: the source snapshot has {want} rows, "
                 f"{written[table]} were read and {stored[table]} are stored; nothing was copied"
             )
+
+
+def newest_finished(
+    candidates: Callable[[str, int, int], list[tuple[Any, ...]]],
+    events: Sequence[str],
+    before_id: int | None,
+    limit: int,
+) -> list[HistoryRow]:
+    """The walk of ``Store.finished_records``, shared by the stores.
+
+    ``candidates(event, before, count)`` reads up to ``count`` records of ``event`` with
+    ``id < before``, newest first, straight from the index of ending records (no filter in
+    the WHERE clause: a planner then never trades the ordered index scan for a sort), each
+    row the ``HistoryRow`` columns and a last one, true when the record still ends a finished
+    instance that the filters keep. Per event, chunks are read until ``limit`` rows qualify;
+    the newest ``limit`` of all events are returned.
+    """
+    chunk = min(max(2 * limit, 64), 1000)
+    found: list[HistoryRow] = []
+    for event in events:
+        before, kept = (1 << 63) - 1 if before_id is None else before_id, 0
+        while kept < limit:
+            rows = candidates(event, before, chunk)
+            for *columns, finished in rows:
+                if finished:
+                    found.append(HistoryRow(*columns))
+                    kept += 1
+            if len(rows) < chunk:
+                break
+            before = rows[-1][0]
+    return sorted(found, key=lambda r: r.id, reverse=True)[:limit]
 
 
 @attrs.frozen(slots=True)
@@ -413,8 +445,9 @@ class Store(Protocol):
         A finished instance has no row, and its newest history record is one of ``events``
         (a subset of ``END_EVENTS``). Only records with ``id < before_id`` (keyset pages);
         ``prefixes`` keeps instance ids starting with one of them (``"kind:"``,
-        ``"kind:job:"``). Reads an index of the ``END_EVENTS`` records, newest first; records
-        superseded by a later record or a live row of their instance are skipped one by one.
+        ``"kind:job:"``). Reads an index of the ``END_EVENTS`` records, newest first, in
+        chunks (``newest_finished``); records superseded by a later record or a live row of
+        their instance, and ids the prefixes leave out, are skipped one by one.
 
         Raises:
             StorageError: the database cannot be read.

@@ -69,6 +69,7 @@ from durajobs.stores.base import (
     HistoryRow,
     Write,
     check_import_counts,
+    newest_finished,
     not_empty_error,
 )
 
@@ -336,11 +337,10 @@ SQL_HISTORY_RECENT_FINAL = (
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
 SQL_FINISHED = (
-    f"SELECT {_HISTORY_COLUMNS} FROM history AS h "
-    f"WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
-    "AND NOT EXISTS (SELECT 1 FROM history AS later "
+    f"SELECT {_HISTORY_COLUMNS}, ({{prefixes}}) AND NOT EXISTS (SELECT 1 FROM history AS later "
     "WHERE later.instance_id = h.instance_id AND later.id > h.id) "
     "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
+    f"FROM history AS h WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
     "ORDER BY id DESC LIMIT %s"
 )
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
@@ -1464,17 +1464,22 @@ class PostgresStore:
         limit: int = 50,
     ) -> list[HistoryRow]:
         """The final records of finished instances (no row, no later record), newest first,
-        with ``id < before_id``; one keyset range of the history_ended index per event.
+        with ``id < before_id``: chunks of one keyset range of the history_ended index per
+        event (``newest_finished``).
 
         Raises:
             StorageError: the database cannot be read.
         """
-        before = (1 << 63) - 1 if before_id is None else before_id
-        rows: list[HistoryRow] = []
-        for event in events:
-            sql, params = _for_jobs(SQL_FINISHED, prefixes, (event, before, limit))
-            rows += [HistoryRow(*r) for r in self._rows(sql, params)]
-        return sorted(rows, key=lambda r: r.id, reverse=True)[:limit]
+        if prefixes is None:
+            test, flat = "TRUE", []
+        else:
+            test = " OR ".join(["left(h.instance_id, %s) = %s"] * len(prefixes)) or "FALSE"
+            flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
+        sql = SQL_FINISHED.format(prefixes=test)
+        return newest_finished(
+            lambda event, before, count: self._rows(sql, (*flat, event, before, count)),
+            events, before_id, limit,
+        )  # fmt: skip
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:
         """``(kind, job, status, count)`` for every combination present (a full scan).

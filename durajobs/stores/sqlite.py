@@ -39,6 +39,7 @@ from durajobs.stores.base import (  # store-neutral; HistoryRow and Write re-exp
     HistoryRow,
     Write,
     check_import_counts,
+    newest_finished,
     not_empty_error,
 )
 
@@ -235,14 +236,14 @@ SQL_HISTORY_COUNTS = (
     "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
 )
 SQL_HISTORY_RECENT = f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
-# The final records of finished instances (no row, no later record), newest first: a keyset range
-# of one event in the history_ended index, each candidate checked by two primary-key probes.
+# Candidate final records of finished instances, newest first: a keyset range of one event in the
+# history_ended index; the last column says whether the record still ends its instance (no later
+# record, no row: two index probes) and matches the id prefixes (see base.newest_finished).
 SQL_FINISHED = (
-    f"SELECT {HISTORY_COLUMNS} FROM history AS h INDEXED BY history_ended "
-    f"WHERE {SQL_ENDED_TEST} AND event = ? AND id < ? "
-    "AND NOT EXISTS (SELECT 1 FROM history AS later "
+    f"SELECT {HISTORY_COLUMNS}, ({{prefixes}}) AND NOT EXISTS (SELECT 1 FROM history AS later "
     "WHERE later.instance_id = h.instance_id AND later.id > h.id) "
     "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
+    f"FROM history AS h INDEXED BY history_ended WHERE {SQL_ENDED_TEST} AND event = ? AND id < ? "
     "ORDER BY id DESC LIMIT ?"
 )
 # Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
@@ -1051,17 +1052,22 @@ class Store:
         limit: int = 50,
     ) -> list[HistoryRow]:
         """The final records of finished instances (no row, no later record), newest first,
-        with ``id < before_id``; one keyset range of the history_ended index per event.
+        with ``id < before_id``: chunks of one keyset range of the history_ended index per
+        event (``newest_finished``).
 
         Raises:
             StorageError: the file cannot be read.
         """
-        before = (1 << 63) - 1 if before_id is None else before_id
-        rows: list[HistoryRow] = []
-        for event in events:
-            sql, params = self._for_jobs(SQL_FINISHED, prefixes, (event, before, limit))
-            rows += [HistoryRow(*r) for r in self.query(sql, params)]
-        return sorted(rows, key=lambda r: r.id, reverse=True)[:limit]
+        if prefixes is None:
+            test, flat = "1", []
+        else:
+            test = " OR ".join(["substr(h.instance_id, 1, ?) = ?"] * len(prefixes)) or "0"
+            flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
+        sql = SQL_FINISHED.format(prefixes=test)
+        return newest_finished(
+            lambda event, before, count: self.query(sql, (*flat, event, before, count)),
+            events, before_id, limit,
+        )  # fmt: skip
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:
         """``(kind, job, status, count)`` for every combination present (a full scan).
