@@ -978,3 +978,25 @@ def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) 
         ]
         assert page.after is None
         assert admin.finished(job="refresher", search="back-").instances == []
+
+
+def test_a_file_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
+    db: Path, application: App
+) -> None:
+    """Schema 3 adds the index of the records that end instances; the CLI only reads, so it
+    says what to do with a file of schema 2, and the application's next open migrates it."""
+    with application.jobs() as jobs:
+        jobs.task("orders").terminate("o-1", reason="customer cancelled")
+    conn = apsw.Connection(str(db))
+    conn.execute("DROP INDEX history_ended")
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    run = run_in_process("--db", str(db), "ls", "--status", "terminated")
+    assert run.code == 4
+    assert "schema version 2 is older than this durajobs (3)" in one_line_error(run)
+    with application.jobs():
+        pass  # the application (or the daemon) of this version opens it: migrated
+    listed = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json").json()
+    assert [(r["instance_id"], r["end_reason"]) for r in listed] == [
+        ("task:orders:o-1", "customer cancelled")
+    ]

@@ -261,3 +261,26 @@ def test_attempts_every_row_and_finished_instances_on_postgresql(
     for text in cli.seen:
         for secret in SECRETS:
             assert secret not in text
+
+
+def test_a_database_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
+    database: str, pg_server: PgServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = Outputs(database, capsys)
+    with Jobs(database, REGISTRY) as jobs:
+        jobs.task("orders").terminate("o-1", reason="customer cancelled")
+    name = urllib.parse.urlsplit(database).path.lstrip("/")
+    pg_server.admin_execute("DROP INDEX history_ended", name)
+    pg_server.admin_execute("DELETE FROM durajobs_schema WHERE version = 3", name)
+    code, _, err = cli.run("ls", "--status", "terminated")
+    assert code == EXIT_STORAGE
+    assert "schema version 2 is older than this durajobs (3)" in err
+    with Jobs(database, REGISTRY):
+        pass  # the application (or the daemon) of this version opens it: migrated
+    listed = json.loads(cli.ok("ls", "--status", "terminated", "--json"))
+    assert [(r["instance_id"], r["end_reason"]) for r in listed] == [
+        ("task:orders:o-1", "customer cancelled")
+    ]
+    for text in cli.seen:
+        for secret in SECRETS:
+            assert secret not in text

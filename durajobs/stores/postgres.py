@@ -827,8 +827,14 @@ class PostgresStore:
             )
         if version == SCHEMA_VERSION:
             return
-        if self.readonly:
-            raise StorageError(f"{self.where}: not a durajobs database (schema version 0)")
+        if self.readonly:  # inspection never migrates: a writer of this version must
+            raise StorageError(
+                f"{self.where}: not a durajobs database (schema version 0)"
+                if version == 0
+                else f"{self.where}: schema version {version} is older than this durajobs "
+                f"({SCHEMA_VERSION}); it is migrated when the application or the daemon of "
+                "this version opens it"
+            )
         with conn.transaction():
             # Every process that starts on an old schema queues here; the first migrates,
             # the others find the work done.

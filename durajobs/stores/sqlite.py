@@ -461,8 +461,14 @@ class Store:
         version = self._check_schema()
         if version == SCHEMA_VERSION:
             return
-        if self.readonly:
-            raise StorageError(f"{self.path}: not a durajobs database (schema version 0)")
+        if self.readonly:  # inspection never migrates: a writer of this version must
+            raise StorageError(
+                f"{self.path}: not a durajobs database (schema version 0)"
+                if version == 0
+                else f"{self.path}: schema version {version} is older than this durajobs "
+                f"({SCHEMA_VERSION}); it is migrated when the application or the daemon of "
+                "this version opens it"
+            )
         conn.execute("BEGIN IMMEDIATE")
         try:
             current: int = conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
