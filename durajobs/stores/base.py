@@ -155,26 +155,38 @@ def check_import_counts(
 
 
 def newest_finished(
-    candidates: Callable[[str, int, int], list[tuple[Any, ...]]],
+    query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
+    statement: str,
+    prefix_test: tuple[str, str, str],
+    *,
     events: Sequence[str],
+    prefixes: Sequence[str] | None,
     before_id: int | None,
     limit: int,
 ) -> list[HistoryRow]:
-    """The walk of ``Store.finished_records``, shared by the stores.
+    """``Store.finished_records``, the walk both stores share.
 
-    ``candidates(event, before, count)`` reads up to ``count`` records of ``event`` with
-    ``id < before``, newest first, straight from the index of ending records (no filter in
-    the WHERE clause: a planner then never trades the ordered index scan for a sort), each
-    row the ``HistoryRow`` columns and a last one, true when the record still ends a finished
-    instance that the filters keep. Per event, chunks are read until ``limit`` rows qualify;
-    the newest ``limit`` of all events are returned.
+    ``statement`` (``{prefixes}`` to fill, then the parameters ``event``, ``before``,
+    ``count``) reads up to ``count`` records of ``event`` with ``id < before``, newest first,
+    straight from the index of ending records: no filter in its WHERE clause, so that a
+    planner never trades the ordered index scan for a sort. Its rows are the ``HistoryRow``
+    columns and a last one, true when the record still ends a finished instance that the
+    prefixes keep. ``prefix_test`` is the dialect's ``(one prefix's test with its length and
+    text as parameters, true, false)``. Per event, chunks are read until ``limit`` rows
+    qualify; the newest ``limit`` of all events are returned.
     """
+    term, true, false = prefix_test
+    if prefixes is None:
+        sql, flat = statement.format(prefixes=true), []
+    else:
+        sql = statement.format(prefixes=" OR ".join([term] * len(prefixes)) or false)
+        flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
     chunk = min(max(2 * limit, 64), 1000)
     found: list[HistoryRow] = []
     for event in events:
         before, kept = (1 << 63) - 1 if before_id is None else before_id, 0
         while kept < limit:
-            rows = candidates(event, before, chunk)
+            rows = query(sql, (*flat, event, before, chunk))
             for *columns, finished in rows:
                 if finished:
                     found.append(HistoryRow(*columns))

@@ -343,6 +343,8 @@ SQL_FINISHED = (
     f"FROM history AS h WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
     "ORDER BY id DESC LIMIT %s"
 )
+# One prefix's test of SQL_FINISHED (its length and text as parameters), true, false.
+SQL_FINISHED_PREFIX = ("left(h.instance_id, %s) = %s", "TRUE", "FALSE")
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 # Dashboard pages (keyset: each page starts after the last row of the previous one; no OFFSET,
 # no count). Filters are joined with AND.
@@ -1476,15 +1478,9 @@ class PostgresStore:
         Raises:
             StorageError: the database cannot be read.
         """
-        if prefixes is None:
-            test, flat = "TRUE", []
-        else:
-            test = " OR ".join(["left(h.instance_id, %s) = %s"] * len(prefixes)) or "FALSE"
-            flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
-        sql = SQL_FINISHED.format(prefixes=test)
         return newest_finished(
-            lambda event, before, count: self._rows(sql, (*flat, event, before, count)),
-            events, before_id, limit,
+            self._rows, SQL_FINISHED, SQL_FINISHED_PREFIX, events=events, prefixes=prefixes,
+            before_id=before_id, limit=limit,
         )  # fmt: skip
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:

@@ -246,6 +246,8 @@ SQL_FINISHED = (
     f"FROM history AS h INDEXED BY history_ended WHERE {SQL_ENDED_TEST} AND event = ? AND id < ? "
     "ORDER BY id DESC LIMIT ?"
 )
+# One prefix's test of SQL_FINISHED (its length and text as parameters), true, false.
+SQL_FINISHED_PREFIX = ("substr(h.instance_id, 1, ?) = ?", "1", "0")
 # Dashboard pages (keyset: each page starts after the last row of the previous one, so a page
 # reads only its own rows from an index: no OFFSET, no count). Filters are joined with AND.
 SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT ?"
@@ -1064,15 +1066,9 @@ class Store:
         Raises:
             StorageError: the file cannot be read.
         """
-        if prefixes is None:
-            test, flat = "1", []
-        else:
-            test = " OR ".join(["substr(h.instance_id, 1, ?) = ?"] * len(prefixes)) or "0"
-            flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
-        sql = SQL_FINISHED.format(prefixes=test)
         return newest_finished(
-            lambda event, before, count: self.query(sql, (*flat, event, before, count)),
-            events, before_id, limit,
+            self.query, SQL_FINISHED, SQL_FINISHED_PREFIX, events=events, prefixes=prefixes,
+            before_id=before_id, limit=limit,
         )  # fmt: skip
 
     def count_by_status(self) -> list[tuple[str, str, str, int]]:
