@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -19,7 +18,8 @@ from .clock import Clock, SystemClock
 from .definitions import Continuous, Debounce, Definition, Task
 from .durations import parse_duration, to_datetime
 from .engine import Engine, check_types
-from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError
+from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
+from .perthread import PerThread
 from .schedules import check_fires_after
 from .stores import display_location, is_postgres, open_claims, open_store, open_waker
 from .stores.ofd_claims import lock_path
@@ -127,20 +127,14 @@ class Jobs:
         self.key_window = parse_duration(key_window, field="key_window")
         self._last_prune = float("-inf")
         # One engine (connection + claim handle + wake socket) per thread, opened on first use
-        # and held by a ``_ThreadEngine`` in ``_local``: when the thread ends, Python frees its
-        # thread-local data and the holder closes the engine (no thread of ours watches).
-        # ``_handles`` lists the open engines for close(); whoever takes an engine out of it
-        # closes it. ``_handles_lock`` guards the list, never a step (re-entrant: a holder may
-        # be freed by the garbage collector inside the locked region).
-        self._local = threading.local()
-        self._handles: set[Engine] = set()
-        self._handles_lock = threading.RLock()
+        # and closed when the thread ends (``durajobs.perthread``: no thread of ours watches).
+        self._engines = PerThread(self._open_engine, _close_engine)
         self._clients: dict[tuple[str, str], Any] = {}
         files = [] if is_postgres(self.location) else _created_files(self.location)
         existed = {p for p in files if os.path.lexists(p)}
         self._closed = False
         try:
-            self._local.held = _ThreadEngine(self, self._open_engine())  # checks the database
+            self._engines.get()  # checks the database
         except BaseException:
             self._closed = True
             for leftover in files:
@@ -164,14 +158,11 @@ class Jobs:
             store.close()
             raise
         hooks = self.on_record is not None or self.tracker is not None
-        engine = Engine(
+        return Engine(
             store, claims, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
             history_limit=options["history_limit"],
             on_records=self._deliver if hooks else None, waker=waker, codecs=self._codecs,
         )  # fmt: skip
-        with self._handles_lock:
-            self._handles.add(engine)
-        return engine
 
     @property
     def engine(self) -> Engine:
@@ -182,21 +173,9 @@ class Jobs:
             InvalidStateError: this ``Jobs`` is closed.
             StorageError: the database cannot be opened.
         """
-        held: _ThreadEngine | None = getattr(self._local, "held", None)
-        if held is None or self._closed:
-            if self._closed:
-                raise InvalidStateError(f"{self.path}: this Jobs is closed")
-            held = self._local.held = _ThreadEngine(self, self._open_engine())
-        return held.engine
-
-    def _take(self, engine: Engine) -> bool:
-        """Take ``engine`` out of the open ones; ``False`` if ``close()`` or the fork hook
-        took it first (then closing it is theirs)."""
-        with self._handles_lock:
-            if engine not in self._handles:
-                return False
-            self._handles.discard(engine)
-            return True
+        if self._closed:
+            raise InvalidStateError(f"{self.path}: this Jobs is closed")
+        return self._engines.get()
 
     def _forked(self) -> None:
         """In a child process right after ``fork()``: forget the parent's handles.
@@ -206,10 +185,7 @@ class Jobs:
         claim descriptors are closed at once: they share the parent's locks, and a copy kept
         open would keep a dead parent's claims alive. The child opens its own on first use.
         """
-        self._handles_lock = threading.RLock()  # another thread may have held it at the fork
-        handles, self._handles = self._handles, set()
-        self._local = threading.local()  # the parent threads' holders: see _ThreadEngine
-        for engine in handles:
+        for engine in self._engines.forget():
             # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
             # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
             engine.locks.close()
@@ -352,16 +328,9 @@ class Jobs:
         _LIVE.discard(self)
         if self.tracker is not None:
             self.tracker.close()
-        with self._handles_lock:
-            handles, self._handles = self._handles, set()
-        failure: StorageError | None = None
-        for engine in handles:
-            try:
-                _close_engine(engine)
-            except StorageError as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
+        failures = self._engines.close_all()
+        if failures:
+            raise failures[-1]
 
     def __enter__(self) -> Jobs:
         return self
@@ -388,34 +357,6 @@ def _close_engine(engine: Engine) -> None:
     if engine.waker is not None:
         engine.waker.close()
     engine.store.close()
-
-
-class _ThreadEngine:
-    """A thread's engine, held in the thread's ``threading.local`` data: Python frees that
-    data as the thread ends (in the ending thread, before ``join()`` returns), and then this
-    closes the engine -- a server that starts a thread per request leaves no session or
-    descriptor behind. Only in the process that opened it: a forked child frees the copies of
-    its parent's threads' data too, and must never close the parent's connections (the fork
-    hook abandons them instead).
-    """
-
-    __slots__ = ("engine", "jobs", "pid")
-
-    def __init__(self, jobs: Jobs, engine: Engine) -> None:
-        self.engine = engine
-        self.jobs = weakref.ref(jobs)  # no cycle: the Jobs holds the thread-local data
-        self.pid = os.getpid()
-
-    def __del__(self) -> None:
-        if self.pid != os.getpid():
-            return
-        jobs = self.jobs()
-        if jobs is not None and not jobs._take(self.engine):
-            return  # close() (or the fork hook) has it
-        try:
-            _close_engine(self.engine)
-        except Exception as exc:  # a thread's end must not raise; the data is safe in the WAL
-            log.warning("durajobs: closing an ended thread's connection failed: %s", exc)
 
 
 def _created_files(db_path: str) -> list[str]:

@@ -170,7 +170,7 @@ def test_close_from_the_owner_closes_every_threads_connection(tmp_path: Path) ->
     for thread in threads:
         thread.start()
     inside.wait()
-    engines = list(jobs._handles)
+    engines = list(jobs._engines._values)
     assert len(engines) == 5  # the owner's and one per live thread
     jobs.close()
     done.set()
@@ -216,7 +216,7 @@ def test_an_ended_threads_connections_close_with_it(jobs: Jobs) -> None:
     before = _open_descriptors()
     _one_call_per_thread(jobs, 120)
     assert _open_descriptors() - before <= 2  # not 3 x 120
-    assert len(jobs._handles) == 1  # the owner's
+    assert len(jobs._engines._values) == 1  # the owner's
     assert jobs.task("orders").status("r-119").event_count == 1  # the owner's still works
 
 

@@ -251,6 +251,24 @@ def test_every_page_renders(client: Client) -> None:
     assert "Next execute" in client.get("/instance", {"id": "task:orders:o-1"}).text
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_an_ended_threads_connection_closes_with_it(client: Client) -> None:
+    """A server that starts a thread per request (Flask's and Django's development servers):
+    each request thread's connection closed with it (they stayed open until close())."""
+    assert client.get("/").status == 200  # the owner's connection is open
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for _ in range(60):
+        thread = threading.Thread(target=client.get, args=("/instances",))
+        thread.start()
+        thread.join()
+    assert descriptors() - before <= 2  # not one (or more) per request thread
+    assert client.get("/").status == 200
+
+
 def test_instance_page_shows_error_traceback_and_timeline(client: Client) -> None:
     page = client.get("/instance", {"id": "task:orders:bad-1"}).text
     assert "RuntimeError: warehouse rejected bad-1" in page

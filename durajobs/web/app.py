@@ -65,6 +65,7 @@ from durajobs.errors import (
     StorageError,
     ValidationError,
 )
+from durajobs.perthread import PerThread
 from durajobs.steps import safe_text
 from durajobs.stores import display_location
 
@@ -220,9 +221,10 @@ class Dashboard:
         self.authorize = authorize
         self.allowed_hosts = allowed_hosts
         self.clock = clock
-        self._local = threading.local()
+        # One Admin per thread, closed when its thread ends (a server may start a thread per
+        # request: no connection may outlive its thread).
+        self._admins = PerThread(lambda: Admin(self.location, clock=self.clock), Admin.close)
         self._lock = threading.Lock()
-        self._admins: list[Admin] = []
         self._watcher: Admin | None = None
         self._seen_version: int | None = None
         self._generation = 0
@@ -252,13 +254,7 @@ class Dashboard:
         Raises:
             StorageError: the database cannot be opened.
         """
-        admin: Admin | None = getattr(self._local, "admin", None)
-        if admin is None:
-            admin = Admin(self.location, clock=self.clock)
-            self._local.admin = admin
-            with self._lock:
-                self._admins.append(admin)
-        return admin
+        return self._admins.get()
 
     def check(self) -> None:
         """Open the database now (``durajobs serve`` reports a bad location before serving).
@@ -271,13 +267,10 @@ class Dashboard:
     def close(self) -> None:
         """Close every connection the app opened (idempotent)."""
         with self._lock:
-            admins, self._admins = self._admins, []
-            if self._watcher is not None:
-                admins.append(self._watcher)
-                self._watcher = None
-        for admin in admins:
-            admin.close()
-        self._local = threading.local()
+            watcher, self._watcher = self._watcher, None
+        self._admins.close_all()
+        if watcher is not None:
+            watcher.close()
 
     def token(self) -> str:
         """The change token of live regions (see the module's theory of operation).
