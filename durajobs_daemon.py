@@ -86,9 +86,9 @@ from typing import Any, ClassVar, NoReturn
 import attrs
 
 from durajobs import Jobs, SystemClock
+from durajobs.core.steps import Instance
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
-from durajobs.steps import Instance
 from durajobs.stores import is_postgres, open_listener
 
 __all__ = ["main"]

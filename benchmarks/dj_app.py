@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from durajobs import Continuous, Debounce, Jobs, Task, every
-from durajobs.definitions import Definition
+from durajobs.core.definitions import Definition
 
 NOW = timedelta(0)
 

@@ -38,43 +38,43 @@ if TYPE_CHECKING:
         TriggerResult,
     )
     from .clock import FakeClock, SystemClock
-    from .contexts import ContinuousContext, DebounceContext, DebounceEventContext, TaskContext
-    from .definitions import Continuous, Debounce, Task
+    from .core.contexts import ContinuousContext, DebounceContext, DebounceEventContext, TaskContext
+    from .core.definitions import Continuous, Debounce, Task
+    from .core.retry import Backoff, Retry
+    from .core.schedules import cron, every
     from .jobs import Jobs
-    from .retry import Backoff, Retry
-    from .schedules import cron, every
     from .tracker import Tracker
 
 # Everything else loads on first use (PEP 562): ``durajobs ls`` should not pay for cattrs,
 # croniter and the step machinery it never touches.
 _LAZY = {
     "AddResult": "client",
-    "Backoff": "retry",
+    "Backoff": "core.retry",
     "ClearResult": "client",
-    "Continuous": "definitions",
-    "ContinuousContext": "contexts",
+    "Continuous": "core.definitions",
+    "ContinuousContext": "core.contexts",
     "ContinuousStatus": "client",
-    "Debounce": "definitions",
-    "DebounceContext": "contexts",
-    "DebounceEventContext": "contexts",
+    "Debounce": "core.definitions",
+    "DebounceContext": "core.contexts",
+    "DebounceEventContext": "core.contexts",
     "DebounceStatus": "client",
     "FakeClock": "clock",
     "FlushResult": "client",
     "Jobs": "jobs",
     "ResumeResult": "client",
-    "Retry": "retry",
+    "Retry": "core.retry",
     "SendResult": "client",
     "StartResult": "client",
     "SystemClock": "clock",
-    "Task": "definitions",
-    "TaskContext": "contexts",
+    "Task": "core.definitions",
+    "TaskContext": "core.contexts",
     "TaskStatus": "client",
     "TaskTriggerResult": "client",
     "TerminateResult": "client",
     "Tracker": "tracker",
     "TriggerResult": "client",
-    "cron": "schedules",
-    "every": "schedules",
+    "cron": "core.schedules",
+    "every": "core.schedules",
 }
 
 

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .clock import Clock, SystemClock
-from .durations import to_datetime
+from .core.durations import to_datetime
+from .core.rows import Instance
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
-from .rows import Instance
 from .stores import (
     display_location,
     health,
@@ -48,7 +48,7 @@ from .stores.ofd_claims import lock_path
 from .stores.sqlite import SCHEMA_VERSION, HistoryRow
 
 if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light
-    from . import steps
+    from .core import steps
     from .engine import Engine
 
 __all__ = [
@@ -1360,6 +1360,6 @@ def relative(when: float, now: float) -> str:
 
 def _steps() -> Any:
     """The step module, imported on first use (actions only)."""
-    from . import steps
+    from .core import steps
 
     return steps

@@ -12,12 +12,12 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
-from . import steps
-from .definitions import Continuous, Debounce, Definition, Task
-from .durations import to_datetime as _dt
+from .core import steps
+from .core.definitions import Continuous, Debounce, Definition, Task
+from .core.durations import to_datetime as _dt
+from .core.steps import Instance
 from .engine import Engine, instance_id_of
 from .errors import DuplicateEventError, InstanceNotFoundError, ValidationError
-from .steps import Instance
 
 __all__ = [
     "AddResult",

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from .durations import parse_duration
+from .core.durations import parse_duration
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
 

@@ -23,9 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from . import steps
-from .codec import Codec, TypeCodec
-from .definitions import Debounce, Definition
+from .core import steps
+from .core.codec import Codec, TypeCodec
+from .core.definitions import Debounce, Definition
+from .core.rows import FencedOut, RejectedWrite
+from .core.steps import Decision, Env, Instance, Message
 from .errors import (
     DuplicateEventError,
     ExecutionError,
@@ -33,8 +35,6 @@ from .errors import (
     JobNotFoundError,
     ValidationError,
 )
-from .rows import FencedOut, RejectedWrite
-from .steps import Decision, Env, Instance, Message
 from .stores.base import Claims, Store, Waker, Write
 
 __all__ = ["BULK_MAX_INSTANCES", "BulkOutcome", "Engine", "RecordHook"]

@@ -12,15 +12,15 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from . import steps
 from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
 from .clock import Clock, SystemClock
-from .definitions import Continuous, Debounce, Definition, Task
-from .durations import parse_duration, to_datetime
+from .core import steps
+from .core.definitions import Continuous, Debounce, Definition, Task
+from .core.durations import parse_duration, to_datetime
+from .core.schedules import check_fires_after
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
 from .perthread import PerThread
-from .schedules import check_fires_after
 from .stores import display_location, is_postgres, open_claims, open_store, open_waker
 from .stores.ofd_claims import lock_path
 from .tracker import Tracker

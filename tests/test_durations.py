@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from durajobs import durations
-from durajobs.durations import (
+from durajobs.core import durations
+from durajobs.core.durations import (
     format_duration,
     from_datetime,
     parse_duration,

@@ -10,14 +10,15 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "durajobs"
 PURE = [
-    "definitions",
-    "schedules",
-    "durations",
-    "retry",
-    "codec",
-    "contexts",
-    "steps",
-    "rows",
+    "core/__init__",
+    "core/definitions",
+    "core/schedules",
+    "core/durations",
+    "core/retry",
+    "core/codec",
+    "core/contexts",
+    "core/steps",
+    "core/rows",
     "errors",
 ]
 FORBIDDEN = {"apsw", "os", "time", "socket", "signal", "fcntl", "threading", "subprocess",
@@ -54,7 +55,7 @@ def test_reading_a_database_does_not_import_the_step_machinery() -> None:
 
     code = (
         "import sys, durajobs.cli; "
-        "print(sorted(m for m in ('cattrs', 'croniter', 'durajobs.steps', 'durajobs.engine') "
+        "print(sorted(m for m in ('cattrs', 'croniter', 'durajobs.core.steps', 'durajobs.engine') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -28,8 +28,8 @@ from pgserver import PgServer, route_jobs_to_postgres
 from test_stores import C1, C2, T0, row, write
 
 from durajobs import Task
+from durajobs.core.rows import RejectedWrite
 from durajobs.errors import DurajobsError, InvalidStateError, StorageError
-from durajobs.rows import RejectedWrite
 from durajobs.stores import display_location, open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import TABLES
 from durajobs.stores.pg_claims import AdvisoryClaims

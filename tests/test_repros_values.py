@@ -17,8 +17,8 @@ import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, cron, every
 from durajobs.admin import Admin
+from durajobs.core.schedules import check_fires_after
 from durajobs.errors import ExecutionError, SchedulerError, ValidationError
-from durajobs.schedules import check_fires_after
 
 START = datetime(2026, 12, 31, 8, tzinfo=UTC)
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from durajobs import retry
+from durajobs.core import retry
+from durajobs.core.retry import MAX_DELAY, Backoff, Retry
 from durajobs.errors import SchedulerError, ValidationError
-from durajobs.retry import MAX_DELAY, Backoff, Retry
 
 # --- Backoff --------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ import apsw
 import attrs
 import pytest
 
-from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every, steps
+from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
+from durajobs.core import steps
 from durajobs.errors import InvalidStateError, StorageError, ValidationError
 from durajobs.stores import sqlite as sqlite_store
 from durajobs.stores.ofd_claims import InstanceLocks, lock_path

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from durajobs import schedules
+from durajobs.core import schedules
+from durajobs.core.schedules import Cron, Every, Schedule, cron, every, first_run, missed_ticks
 from durajobs.errors import SchedulerError
-from durajobs.schedules import Cron, Every, Schedule, cron, every, first_run, missed_ticks
 
 BERLIN = "Europe/Berlin"
 NEW_YORK = "America/New_York"
@@ -272,7 +272,7 @@ def test_cron_without_a_further_time_has_no_next_time() -> None:
 
 
 # --- DST ----------------------------------------------------------------------------------
-# The rule (module header of durajobs.schedules): a wall-clock time runs at most once; a
+# The rule (module header of durajobs.core.schedules): a wall-clock time runs at most once; a
 # repeated one runs at its first occurrence; a skipped one runs at the end of the gap.
 
 DST_CASES = [

@@ -22,9 +22,9 @@ import attrs
 import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Task, every
+from durajobs.core.rows import Instance, RejectedWrite
 from durajobs.engine import Engine
 from durajobs.errors import DuplicateEventError, InstanceBusyError
-from durajobs.rows import Instance, RejectedWrite
 from durajobs.stores import open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import Claims, Store, Write
 
@@ -219,7 +219,7 @@ def test_a_rejected_write_in_a_group_of_updates_is_named(store: Store) -> None:
 
 
 def test_an_atomic_group_of_updates_with_a_fenced_write_applies_nothing(store: Store) -> None:
-    from durajobs.rows import FencedOut
+    from durajobs.core.rows import FencedOut
 
     a, b, c, _ = _four_rows(store)
     with pytest.raises(FencedOut) as caught:
@@ -241,7 +241,7 @@ def test_a_group_of_updates_trims_history_every_32nd_step(store: Store) -> None:
 
 
 def test_an_atomic_commit_is_all_or_nothing(store: Store) -> None:
-    from durajobs.rows import FencedOut
+    from durajobs.core.rows import FencedOut
 
     store.commit([write(row(C1, 1), 0, new=True)], T0, 100)
     with pytest.raises(FencedOut) as caught:

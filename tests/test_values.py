@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
-from durajobs.codec import Codec
+from durajobs.core.codec import Codec
 from durajobs.errors import ExecutionError, ValidationError
 
 # -- generated types and values -------------------------------------------------------------

@@ -45,8 +45,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
+from durajobs.core.rows import Instance, Queued, Record
 from durajobs.errors import InvalidStateError, StorageError
-from durajobs.rows import Instance, Queued, Record
 
 __all__ = [
     "END_EVENTS",

@@ -58,8 +58,8 @@ import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from durajobs.core.rows import Instance, Queued, RejectedWrite
 from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.rows import Instance, Queued, RejectedWrite
 from durajobs.stores.base import (
     END_EVENTS,
     TABLE_COLUMNS,
@@ -1825,7 +1825,7 @@ def _begin_snapshot(conn: Any) -> Any:
 
 
 def _fenced_out(index: int) -> Exception:
-    from durajobs.rows import FencedOut  # the engine's signal for all-or-nothing commits
+    from durajobs.core.rows import FencedOut  # the engine's signal for all-or-nothing commits
 
     return FencedOut(index)
 

@@ -29,8 +29,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import apsw
 
+from durajobs.core.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.stores.base import (  # store-neutral; HistoryRow and Write re-exported here
     END_EVENTS,
     TABLE_COLUMNS,

@@ -57,6 +57,7 @@ from durajobs.admin import (
     short_duration,
 )
 from durajobs.clock import Clock
+from durajobs.core.steps import safe_text
 from durajobs.errors import (
     DurajobsError,
     InstanceBusyError,
@@ -66,7 +67,6 @@ from durajobs.errors import (
     ValidationError,
 )
 from durajobs.perthread import PerThread
-from durajobs.steps import safe_text
 from durajobs.stores import display_location
 
 from .charts import bar_chart

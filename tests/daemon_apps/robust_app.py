@@ -12,7 +12,7 @@ import os
 import attrs
 
 from durajobs import Continuous, Jobs, Task, every
-from durajobs.contexts import ContinuousContext, TaskContext
+from durajobs.core.contexts import ContinuousContext, TaskContext
 
 BAD_NAME = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
 

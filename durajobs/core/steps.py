@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from durajobs.errors import InstanceNotFoundError, InvalidStateError, SchedulerError
+
 from .codec import TypeCodec, dumps
 from .contexts import (
     ContinuousContext,
@@ -43,7 +45,6 @@ from .contexts import (
     _StateContext,
 )
 from .definitions import Continuous, Debounce, Definition, Task
-from .errors import InstanceNotFoundError, InvalidStateError, SchedulerError
 from .rows import Instance, Queued, Record
 from .schedules import missed_ticks
 

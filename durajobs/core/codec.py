@@ -53,7 +53,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from .errors import ValidationError
+from durajobs.errors import ValidationError
 
 __all__ = ["Codec", "TypeCodec"]
 

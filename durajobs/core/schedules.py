@@ -9,7 +9,7 @@ again after every run, so scheduling is anchored to due times, not to completion
 
 A schedule can run out: ``next_after`` returns ``None`` when there is no schedule time after
 ``after`` — a cron whose year field has passed, or a grid point past
-:data:`~durajobs.durations.LATEST` (9999-12-31T23:59:59Z, where ``datetime`` ends). The step
+:data:`~durajobs.core.durations.LATEST` (9999-12-31T23:59:59Z, where ``datetime`` ends). The step
 then ends the instance (it is not an error). Schedules that can never fire again are refused
 when they are made (``every`` periods above 1000 years, cron expressions that name no time at
 all), and :func:`check_fires_after` refuses, given the ``Jobs`` clock's now, a cron whose times
@@ -64,7 +64,7 @@ from zoneinfo import ZoneInfo
 import attrs
 from croniter import CroniterBadDateError, croniter
 
-from durajobs.durations import LATEST, MAX_PERIOD, parse_period
+from durajobs.core.durations import LATEST, MAX_PERIOD, parse_period
 from durajobs.errors import SchedulerError
 
 __all__ = [
@@ -143,7 +143,7 @@ class Every:
 
         Returns:
             The smallest ``anchor + k * period`` (integer ``k``) that is ``> after``, or
-            ``None`` when that lies past :data:`~durajobs.durations.LATEST` (the schedule has
+            ``None`` when that lies past :data:`~durajobs.core.durations.LATEST` (the schedule has
             run out).
         """
         nxt = anchor + _first_index_after(anchor, self.period, after) * self.period
@@ -158,7 +158,7 @@ class Every:
 
         Yields:
             Successive grid points, each greater than the one before, up to
-            :data:`~durajobs.durations.LATEST`.
+            :data:`~durajobs.core.durations.LATEST`.
         """
         k = _first_index_after(anchor, self.period, after)
         while (nxt := anchor + k * self.period) <= LATEST:
@@ -307,7 +307,7 @@ class Cron:
         Yields:
             Successive schedule times (epoch seconds), each greater than the one before; the
             iterator ends when the expression has no further time (a year field) or the next
-            time lies past :data:`~durajobs.durations.LATEST`.
+            time lies past :data:`~durajobs.core.durations.LATEST`.
         """
         zone, template = _compile(self.expr, self.tz)
         walls = copy.copy(template)  # croniter objects are stateful; the template is shared

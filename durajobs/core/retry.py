@@ -31,7 +31,7 @@ from typing import Final, Literal, TypeAlias
 
 import attrs
 
-from durajobs.durations import parse_duration
+from durajobs.core.durations import parse_duration
 from durajobs.errors import SchedulerError, ValidationError
 
 __all__ = ["MAX_DELAY", "Backoff", "Retry"]
