@@ -4,9 +4,10 @@ typer 0.29 converts every parameter's value through a pydantic ``TypeAdapter``, 
 parameter is first processed -- unset options too -- so every command but ``--version`` imported
 pydantic: ~70 ms of CPU a command, more than the rest of ``durajobs ls`` together
 (benchmarks/FINDINGS.md). The values the CLI takes need none of it: text, whole and decimal
-numbers with bounds, enum choices and lists of these. Importing this module makes typer build
-its converter for those here (as click did for typer <= 0.28) and leaves any other value (a
-bool or a path given as text, a clamped number) to typer's own converter, built on first use.
+numbers with bounds, enum choices and lists of these. ``install()`` (called by the ``durajobs``
+command's ``main``, never on import) makes typer build its converter for those here (as click
+did for typer <= 0.28) and leaves any other value (a bool or a path given as text, a clamped
+number) to typer's own converter, built on first use.
 
 It does nothing on typer < 0.29 (no such step), nor on a typer whose internals moved: the
 command then stays correct, only slower. typer's converter is module state, so this applies to
@@ -48,7 +49,9 @@ def _convert(annotation: Any, info: Any, value: Any, choose: Callable[..., Any],
     return number
 
 
-def _install() -> None:
+@functools.cache  # once per process
+def install() -> None:
+    """Convert the CLI's option values here from now on (idempotent; nothing on typer < 0.29)."""
     try:
         core: Any = importlib.import_module("typer.core")
         coercion = importlib.import_module("typer._coercion")
@@ -93,6 +96,3 @@ def _install() -> None:
         )  # fmt: skip
 
     core.build_runtime_param = build
-
-
-_install()

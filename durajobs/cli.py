@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
-from . import _typer_values  # noqa: F401  # typer >= 0.29: option values without pydantic
+from . import _typer_values
 from .errors import (
     DurajobsError,
     InstanceBusyError,
@@ -772,6 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "use UTF-8 (check the terminal's encoding, e.g. LANG=C.UTF-8)\n"
             )
             return EXIT_USAGE
+    _typer_values.install()  # typer >= 0.29: option values without pydantic (fast start-up)
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="durajobs")

@@ -70,9 +70,22 @@ print(json.dumps({{"codes": codes, "pydantic": "pydantic" in sys.modules}}))
     assert [row["id"] for row in json.loads(listed)] == ["user-1", "user-2"]
 
 
+def test_importing_the_cli_changes_no_other_typer_app() -> None:
+    """An application that imports durajobs (even its CLI module) keeps typer as it is: the
+    conversion is installed by the ``durajobs`` command's ``main()`` only."""
+    code = (
+        "import typer.core; before = typer.core.build_runtime_param; import durajobs.cli; "
+        "print(typer.core.build_runtime_param is before)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() in ("True", ""), out.stderr  # "" on typer < 0.29 (no such step)
+
+
 def test_other_values_are_still_typers_own() -> None:
     """What ``_typer_values`` does not convert (a path, a clamp, a bool as text) typer does."""
-    import durajobs.cli  # noqa: F401  # installs the conversion
+    from durajobs import _typer_values
+
+    _typer_values.install()  # as the durajobs command's main() does
 
     app = typer.Typer()
     seen = {}
