@@ -13,14 +13,12 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   it reads the database (which instances are due, the earliest alarm), hands instance ids to
   idle workers over a socketpair (one JSON object per line) and enforces timeouts. Each worker
   opens its own connection after the fork (``Jobs`` never uses a parent's) and runs the ids it is
-  given; group commit happens inside ``run_due``. A batch is as many ids as the jobs' recent
-  step times fit in ``BATCH_SECONDS`` (10 ms; at most ``BATCH_MAX``), so fast steps share a
-  commit and a round trip and a slow one delays few others. Only idle workers get a batch, and
-  due work is spread evenly over them; a step of a job not timed yet goes alone (it may be
-  slow: nothing waits behind it while another worker is free). A batch costs two messages: ``run``
-  and ``done`` (with one line per committed step); only a step of a job with a ``timeout``
-  (and the step after it) is announced with ``start``. The parent reads nothing while every
-  worker is busy: the first ``done`` asks for the next read.
+  given; group commit happens inside ``run_due``. Which ids go to which idle worker, and when
+  to read again, is decided by ``durajobs.dispatch.Dispatcher`` (pure: batching by the jobs'
+  recent step times, backoffs, the reclaim gap, suspects, stuck instances, pacing); this file
+  tells it what happened and does what it says. A batch costs two messages: ``run`` and
+  ``done`` (with one line per committed step: its outcome, attempt, duration and error);
+  only a step of a job with a ``timeout`` (and the step after it) is announced with ``start``.
 * **Sleeping.** The parent sleeps in ``selectors`` on the wake socket, the workers' sockets, a
   self-pipe for signals (``signal.set_wakeup_fd``) and, on Linux, a ``CLOCK_REALTIME`` timerfd
   armed at the earliest alarm that is not already in flight. Alarms are wall-clock epoch
@@ -33,19 +31,12 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   monotonic. With nothing to do the parent makes no wake-ups at all; the only periodic one is
   ``WATCHDOG=1`` when systemd asks for it.
 * **Waking.** Clients poke the wake socket after commits that set an alarm; the parent then
-  re-reads. The poke is an optimisation only: the parent re-reads on start, when its timer
-  fires, after every batch and after SIGHUP, so a lost datagram loses nothing. Under a stream
-  of pokes the reads they ask for are paced: not sooner than ``WAKE_WINDOW`` (5 ms) after the
-  last hand-out, so a daemon that keeps up with its clients still runs their steps in groups
-  (one worker commit, one fsync, per window instead of per send). The timer's reads (alarms)
-  are never paced.
-* **Claims.** Steps of an instance are serialized by the engine's OFD claims, which the kernel
-  drops when a process dies. An instance that another process holds (``busy``) is retried on
-  the next wake datagram or after a backoff (50 ms doubling to 2 s). A killed worker's
-  instances are due again at once (if it died in a step it had not announced, those
-  instances are handed out one per batch until each ran once, so a step that keeps killing
-  workers is found and backed off). An instance whose step just committed is not handed out
-  again for ``RECLAIM_GAP`` (25 ms), so a client waiting for its claim gets in between steps.
+  re-reads (paced by the dispatcher: ``WAKE_WINDOW``). The poke is an optimisation only: the
+  parent re-reads on start, when its timer fires, after every batch and after SIGHUP, so a
+  lost datagram loses nothing.
+* **Claims.** Steps of an instance are serialized by the engine's claims, which die with
+  their process. An instance that another process holds (``busy``) is retried on the next
+  wake datagram or after a backoff. A killed worker's instances are due again at once.
 * **Timeouts.** A worker tells the parent which step of a job with a ``timeout`` it starts.
   Past it, the parent SIGKILLs the worker, reaps it, forks a replacement and has the
   replacement record the timeout (``engine.time_out``) as a failed attempt under the job's
@@ -86,7 +77,7 @@ from typing import Any, ClassVar, NoReturn
 import attrs
 
 from durajobs import Jobs, SystemClock
-from durajobs.core.steps import Instance
+from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.stores import is_postgres, open_listener
@@ -95,31 +86,10 @@ __all__ = ["main"]
 
 log = logging.getLogger("durajobs.daemon")
 
-# Instance ids per dispatch: as many as the jobs' recent step times fit in BATCH_SECONDS (a
-# slow step delays few others; fast ones share a commit and a round trip), at most BATCH_MAX.
-# A step of a job not timed yet goes alone (it may be slow, and another worker may be free).
-BATCH_MAX = 128
-BATCH_SECONDS = 0.01
-BATCH_BYTES = 32 * 1024
-BUSY_BACKOFF = (0.05, 2.0)  # an instance claimed by another process: first delay, cap
-STUCK_BACKOFF = (1.0, 60.0)  # due, ran, changed nothing (should not happen): first, cap
-ERROR_BACKOFF = (0.5, 30.0)  # the database failed: first delay, cap
 STATUS_EVERY = 1.0  # seconds between two STATUS= updates
 # An alarm is handed to a worker this long before it is due; the worker sleeps the rest. The
 # parent's wake-up, its read and the hand-over then cost no lateness (about 0.6 ms otherwise).
 DISPATCH_LEAD = 0.002
-# After a step of an instance commits, the same instance is not handed out again for this
-# long, even if it is due at once (a handler slower than its schedule): a client waiting for
-# the instance's claim retries every 20 ms at most, so this lets it in between two steps.
-RECLAIM_GAP = 0.025
-# Pacing of work that clients send: a poll that a wake-up asks for, or that a worker's "done"
-# asks for while wake-ups came during its batch, is not made sooner than WAKE_WINDOW after the
-# last hand-out. A daemon that keeps up with a stream of sends then still hands them out (and
-# its worker commits them) in groups, one commit per window instead of one per send: each
-# commit costs an fsync and makes every client's connection re-read its pages. The timer's
-# polls (alarms), a "done" while due work waits (a backlog) and a wake-up a window after the
-# last hand-out are answered at once.
-WAKE_WINDOW = 0.005
 WORKER_START_FAILED = 3  # a worker's exit code when it cannot open the database
 EARLY_DEATHS_MAX = 5  # workers killed before they were ready, in a row, before giving up
 ERROR_TEXT_MAX = 500
@@ -476,16 +446,18 @@ class WallTimer:
 # -- what a step did, in one line --------------------------------------------------------------
 
 
-def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[list[Any]]:
-    """History records of committed steps -> ``[instance_id, outcome, attempt, ms, error]`` each.
+def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[StepReport]:
+    """History records of committed steps -> one report per step (in the worker, which sends
+    the reports to the parent as they are).
 
-    Outcomes: ``ok``, ``retry`` (failed, a retry is scheduled), ``failed`` (failed, no retry:
-    handled or skipped), ``exhausted``, ``parked``, ``terminated``, ``skipped``.
+    The seam for a typed outcome: the engine's record hook gets a step's history records, not
+    its decision, so the outcome is read here from the records' event names. Once the engine
+    hands the hook each step's ``Decision`` with its outcome, take it from there instead.
     """
     steps: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for record in records:
         steps.setdefault((record["instance_id"], record["step"]), []).append(record)
-    lines: list[list[Any]] = []
+    reports: list[StepReport] = []
     for (instance_id, _), group in steps.items():
         events = {record["event"] for record in group}
         failed = next((r for r in group if r["event"] == "job.failed"), None)
@@ -510,11 +482,11 @@ def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[list[Any]]:
         else:
             outcome = "ok"
         error = main["error"]
-        lines.append([
+        reports.append(StepReport(
             instance_id, outcome, main["attempt"],
             (timed or main)["duration_ms"], None if error is None else _clip(str(error)),
-        ])  # fmt: skip
-    return lines
+        ))  # fmt: skip
+    return reports
 
 
 def _clip(text: str) -> str:
@@ -522,11 +494,12 @@ def _clip(text: str) -> str:
     return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
 
 
-def format_step(line: Sequence[Any]) -> str:
+def format_step(step: StepReport) -> str:
     """``<instance id> <outcome> attempt=<n> <duration>ms [error=...]``."""
-    instance_id, outcome, attempt, duration_ms, error = line
-    duration = "-" if duration_ms is None else f"{duration_ms:.1f}ms"
-    text = f"{instance_id} {outcome} attempt={attempt} {duration}"
+    ms = step.duration_ms
+    text = f"{step.instance_id} {step.outcome} attempt={step.attempt} "
+    text += "-" if ms is None else f"{ms:.1f}ms"
+    error = step.error
     return text if error is None else f"{text} error={json.dumps(error, ensure_ascii=False)}"
 
 
@@ -676,9 +649,9 @@ class Worker:
     def on_records(self, records: list[dict[str, Any]]) -> None:
         """After a commit: keep each step's line for the parent (which logs it), then the
         app's hook (user code: the lines go out before it runs)."""
-        for line in summarize(records, self.jobs):
-            self._lines.append(line)
-            self._lines_size += len(line[0]) + len(line[4] or "") + 40
+        for report in summarize(records, self.jobs):
+            self._lines.append(list(attrs.astuple(report)))
+            self._lines_size += len(report.instance_id) + len(report.error or "") + 40
             if self._lines_size > BATCH_BYTES:
                 self._flush_lines()
         if self._user_hook is not None:
@@ -705,27 +678,15 @@ class WorkerProcess:
 
     pid: int
     channel: Channel
-    batch: dict[str, int] | None = None  # instance id -> the step it was dispatched at
     current: str | None = None  # the step with a deadline, if any
     current_step: int | None = None
     timeout: float | None = None
     deadline: float | None = None  # monotonic
-    dispatched_at: float = -math.inf  # monotonic time its batch was handed out
-    timing_out: bool = False  # running engine.time_out, not steps
     ready: bool = False  # it has opened the database
 
 
-@attrs.define
-class Backoff:
-    """When to try a due instance again; ``retry_at=None``: now (the delay is kept to double)."""
-
-    retry_at: float | None  # monotonic
-    delay: float
-    why: str
-
-
 class Daemon:
-    """The parent process: the loop, the workers, the signals."""
+    """The parent process: the loop, the workers, the signals; ``self.dispatch`` decides."""
 
     def __init__(self, jobs: Jobs, *, workers: int, grace: float) -> None:
         self.jobs = jobs
@@ -744,30 +705,14 @@ class Daemon:
         os.environ.pop("WATCHDOG_USEC", None)  # the app's subprocesses must not inherit these
         os.environ.pop("WATCHDOG_PID", None)
         self.workers: list[WorkerProcess] = []
-        self.backoff: dict[str, Backoff] = {}
-        self.ignored: set[str] = set()  # due instances of jobs this app does not define
-        self.ran_at: dict[str, int] = {}  # instance id -> step a worker ran it at (stuck check)
-        self.crashes: dict[str, int] = {}
-        # Instances of a batch whose worker died in a step that was not announced: each is
-        # handed out alone until it has run once (then a death names its step).
-        self.suspects: set[str] = set()
+        self.dispatch = Dispatcher(note=log.log)  # monotonic time
         self.early_deaths = 0  # workers that died before they were ready, in a row
         self.next_alarm: float | None = None  # the earliest alarm not handed out yet
-        self.recent: dict[str, float] = {}  # instance id -> when its last step committed
-        self.held_until: float | None = None  # when an instance held back by RECLAIM_GAP frees
-        self.poll_needed = True
-        self.poll_at: float | None = None  # a paced poll (monotonic; WAKE_WINDOW)
-        self.dispatched_at = -math.inf  # monotonic time of the last hand-out
-        self.woken_at = -math.inf  # monotonic time of the last wake-up
-        self.backlog = False  # the last poll left due work undispatched
-        self.poll_error: Backoff | None = None
-        self.stopping = False
         self.stop_deadline = math.inf
         self.exit_code: int | None = None
         self.due_count = 0
         self.steps_done = 0
-        self.last_line: list[Any] | None = None  # the last step a worker reported
-        self.step_seconds: dict[str, float] = {}  # job -> moving average of its step time
+        self.last_report: StepReport | None = None  # the last step a worker reported
         self.status_dirty = False
         self.status_sent = -math.inf
         self.next_ping = math.inf
@@ -817,19 +762,20 @@ class Daemon:
 
     def _tick(self) -> None:
         """Everything that is due after a wake-up: deadlines, the poll, pings."""
-        if not self.announced and not self.stopping and all(w.ready for w in self.workers):
+        stopping = self.dispatch.stopping
+        if not self.announced and not stopping and all(w.ready for w in self.workers):
             self._announce()
         now = time.monotonic()
         for worker in list(self.workers):
             if worker.deadline is not None and now >= worker.deadline:
                 self._time_out(worker)
-        if self.stopping:
+        if stopping:
             if not self.workers:
                 self.exit_code = 0 if self.exit_code is None else self.exit_code
                 log.info("stopped")
                 return
             if now >= self.stop_deadline:
-                running = [w.current or ",".join(w.batch or ()) for w in self.workers]
+                running = [w.current or ",".join(self._batch(w)) for w in self.workers]
                 log.warning(
                     "grace period of %gs over: killing %d worker(s) still running %s (those "
                     "steps run again later)", self.grace, len(self.workers), "; ".join(running),
@@ -838,24 +784,15 @@ class Daemon:
                 self.exit_code = 0
                 return
         else:
-            if any(b.retry_at is not None and b.retry_at <= now for b in self.backoff.values()):
-                self.poll_needed = True
-            if self.poll_error is not None and (self.poll_error.retry_at or 0.0) <= now:
-                self.poll_needed = True
             retry = self.listener_retry
             if retry is not None and (retry.retry_at or 0.0) <= now:
                 self._relisten()
                 if self.listener_retry is not None:  # still away: poll as if woken
-                    self.poll_needed = True
-            if self.timer is None and self.next_alarm is not None:
-                self.poll_needed |= time.time() >= self.next_alarm - DISPATCH_LEAD
-            if self.held_until is not None and now >= self.held_until:
-                self.poll_needed = True
-            if self.poll_at is not None and now >= self.poll_at:
-                self.poll_needed = True
-            # With every worker busy nothing could be handed out: the poll waits for the
-            # first worker to finish (its "done" asks for one).
-            if self.poll_needed and self._any_idle():
+                    self.dispatch.on_alarm()
+            alarm = self.next_alarm
+            if self.timer is None and alarm is not None and time.time() >= alarm - DISPATCH_LEAD:
+                self.dispatch.on_alarm()
+            if self.dispatch.should_read(now):
                 self._poll()
             self._maybe_prune()
         if self.status_dirty and self.notifier.enabled and now >= self.status_sent + STATUS_EVERY:
@@ -867,29 +804,23 @@ class Daemon:
 
     def _sleep_for(self) -> float | None:
         """Seconds until the next thing the loop must do by itself; ``None``: nothing."""
-        # Wake-ups that only lead to a poll are of no use while every worker is busy.
-        can_poll = not self.stopping and self._any_idle()
-        if self.poll_needed and can_poll:
-            return 0.0
         now = time.monotonic()
+        read_at = self.dispatch.next_wakeup(now)
+        if read_at is not None and read_at <= now:
+            return 0.0
         wake_at = [w.deadline for w in self.workers if w.deadline is not None]
         wake_at.append(self.next_ping)
-        if self.stopping:
+        if self.dispatch.stopping:
             wake_at.append(self.stop_deadline)
         elif self.listener_retry is not None and self.listener_retry.retry_at is not None:
             wake_at.append(self.listener_retry.retry_at)
-        if can_poll:
-            wake_at.extend(b.retry_at for b in self.backoff.values() if b.retry_at is not None)
-            if self.poll_error is not None and self.poll_error.retry_at is not None:
-                wake_at.append(self.poll_error.retry_at)
-            if self.held_until is not None:
-                wake_at.append(self.held_until)
-            if self.poll_at is not None:
-                wake_at.append(self.poll_at)
+        if read_at is not None:
+            wake_at.append(read_at)
         if self.status_dirty and self.notifier.enabled:
             wake_at.append(self.status_sent + STATUS_EVERY)
         first = min(wake_at, default=math.inf) - now
-        if self.timer is None and self.next_alarm is not None and can_poll:
+        # Wake-ups that only lead to a poll are of no use while every worker is busy.
+        if self.timer is None and self.next_alarm is not None and self.dispatch.can_read():
             first = min(first, self.next_alarm - DISPATCH_LEAD - time.time())
         if math.isinf(first):
             return None
@@ -911,6 +842,7 @@ class Daemon:
         child_sock.close()
         worker = WorkerProcess(pid, Channel(parent_sock))
         self.workers.append(worker)
+        self.dispatch.add_worker(pid)
         self.selector.register(parent_sock, selectors.EVENT_READ, self._on_worker(worker))
         log.debug("worker %d started", pid)
         return worker
@@ -952,39 +884,36 @@ class Daemon:
                 timeout = message["timeout"]
                 worker.deadline = None if timeout is None else message["at"] + timeout
                 continue
-            for line in message.get("steps", ()):
-                self._log_step(line)
-                if line[0] == worker.current:
-                    worker.deadline = None
+            reports = self._reports([message])
+            if any(r.instance_id == worker.current for r in reports):
+                worker.deadline = None
             if "done" in message:
-                self._batch_done(worker, message)
-            elif "ready" in message:
-                worker.ready = True
+                self._batch_done(worker, reports, message)
+            else:
+                self.dispatch.on_steps(reports, time.monotonic())
+                worker.ready |= "ready" in message
         if not alive:
             self._lost(worker, timed_out=False)
 
-    def _batch_done(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
-        batch = worker.batch or {}
-        worker.batch, worker.current, worker.deadline = None, None, None
-        busy = set(message["busy"])
-        now = time.monotonic()
-        for instance_id in busy:
-            self._back_off(instance_id, BUSY_BACKOFF, "claimed by another process", now)
-        if message["error"] is not None:
-            log.error("worker %d: %s", worker.pid, message["error"])
-            for instance_id in batch:
-                self._back_off(instance_id, ERROR_BACKOFF, message["error"], now)
-        elif not worker.timing_out:
-            for instance_id, step in batch.items():
-                if instance_id not in busy:
-                    self.ran_at[instance_id] = step
-        worker.timing_out = False
-        if self.backlog or self.woken_at < worker.dispatched_at:
-            self.poll_needed = True  # more is due than was handed out, or nothing was sent since
-        else:
-            self._paced_poll(now)  # clients keep sending: gather their work for a window
+    def _reports(self, messages: list[dict[str, Any]]) -> list[StepReport]:
+        """The steps that ``messages`` report, each logged."""
+        reports = [StepReport(*line) for m in messages for line in m.get("steps", ())]
+        for report in reports:
+            self._log_step(report)
+        return reports
+
+    def _batch_done(
+        self, worker: WorkerProcess, reports: list[StepReport], message: dict[str, Any]
+    ) -> None:
+        worker.current, worker.deadline = None, None
+        error = message["error"]
+        if error is not None:
+            log.error("worker %d: %s", worker.pid, error)
+        self.dispatch.on_done(
+            worker.pid, reports, time.monotonic(), busy=set(message["busy"]), error=error
+        )
         self.status_dirty = True
-        if self.stopping:
+        if self.dispatch.stopping:
             _shut(worker)
 
     def _time_out(self, worker: WorkerProcess) -> None:
@@ -999,8 +928,7 @@ class Daemon:
         request = {"time_out": [instance_id, seconds, step]}
         if replacement is not None:
             # Recorded by a worker: exhausting the retries may call the app's on_error.
-            replacement.batch = {instance_id: -1}
-            replacement.timing_out = True
+            self.dispatch.assign_time_out(replacement.pid, instance_id)
             self._send(replacement, request)
         else:  # stopping: no new worker; record it here rather than lose the attempt
             try:
@@ -1016,17 +944,15 @@ class Daemon:
         """A worker died (or was killed): reap it, free its instances, maybe replace it."""
         self._kill(worker)  # EOF on its channel with the process alive (closed fds?): end it
         _, status = os.waitpid(worker.pid, 0)
-        # Reports it sent before dying (a step that committed just before the kill).
         self.workers.remove(worker)
-        messages, _ = worker.channel.receive(block=False)
-        for message in messages:
-            if "steps" in message:
-                for line in message["steps"]:
-                    self._log_step(line)
+        # Reports it sent before dying (a step that committed just before the kill).
+        now = time.monotonic()
+        self.dispatch.on_steps(self._reports(worker.channel.receive(block=False)[0]), now)
         self.selector.unregister(worker.channel.sock)
         worker.channel.close()
-        self.poll_needed = True
         self.status_dirty = True
+        stopping = self.dispatch.stopping
+        crashed = not timed_out and not (stopping and os.WIFEXITED(status))
         if not worker.ready:
             failed_start = os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_START_FAILED
             self.early_deaths += 1
@@ -1035,27 +961,18 @@ class Daemon:
                 log.error(
                     "worker %d %s before it was ready: exiting", worker.pid, _describe(status)
                 )
+                self.dispatch.on_lost(worker.pid, now, crashed=False)
                 self.exit_code = 1
                 return None
             log.warning("worker %d %s before it was ready: replacing it", worker.pid,
                         _describe(status))  # fmt: skip
         else:
             self.early_deaths = 0
-        if not timed_out and not (self.stopping and os.WIFEXITED(status)):
-            what = worker.current or ", ".join(worker.batch or ()) or "nothing"
+        if crashed:
+            what = worker.current or ", ".join(self._batch(worker)) or "nothing"
             log.error("worker %d %s while running %s", worker.pid, _describe(status), what)
-            current = worker.current
-            if current is None and worker.batch is not None and len(worker.batch) == 1:
-                (current,) = worker.batch
-            if current is not None:
-                crashes = self.crashes[current] = self.crashes.get(current, 0) + 1
-                if crashes > 1:  # the step keeps killing workers: do not loop on it
-                    self._back_off(current, STUCK_BACKOFF, "its worker died", None)
-            elif worker.batch:
-                # Which step killed it is not known (only steps with a timeout are announced):
-                # the batch's instances go out one by one until each has run once.
-                self.suspects.update(worker.batch)
-        if self.stopping:
+        self.dispatch.on_lost(worker.pid, now, crashed=crashed, current=worker.current)
+        if stopping:
             return None
         return self._spawn()
 
@@ -1066,6 +983,11 @@ class Daemon:
             self.selector.unregister(worker.channel.sock)
             worker.channel.close()
             self.workers.remove(worker)
+            self.dispatch.on_lost(worker.pid, time.monotonic(), crashed=False)
+
+    def _batch(self, worker: WorkerProcess) -> Sequence[str]:
+        """The instance ids ``worker`` runs (none when idle)."""
+        return list(self.dispatch.batch_of(worker.pid) or ())
 
     def _send(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # it died: its EOF reaches _lost, which frees the batch
@@ -1075,125 +997,25 @@ class Daemon:
 
     def _poll(self) -> None:
         """Read what is due, hand it to idle workers, and arm the timer for the next alarm."""
-        self.poll_needed = False
-        self.poll_at = None
         now, now_m = time.time(), time.monotonic()
-        idle = [w for w in self.workers if w.batch is None]
-        in_flight = {i for w in self.workers if w.batch is not None for i in w.batch}
-        waiting = set()
-        for instance_id, backoff in self.backoff.items():
-            if backoff.retry_at is not None and backoff.retry_at <= now_m:
-                backoff.retry_at = None  # its time has come: eligible from this poll on
-                self.ran_at.pop(instance_id, None)  # hand it out once, as the log line said
-            if backoff.retry_at is not None:
-                waiting.add(instance_id)
-        skip = in_flight | waiting | self.ignored
-        limit = len(skip) + max(len(idle), 1) * BATCH_MAX + 1
-        for instance_id in [i for i, t in self.recent.items() if now_m - t >= RECLAIM_GAP]:
-            del self.recent[instance_id]
-        self.held_until = None
+        limit = self.dispatch.begin_read(now_m)
+        prefixes = self.jobs.engine.prefixes
         try:
-            rows = self.store.due(now + DISPATCH_LEAD, limit, self.jobs.engine.prefixes)
+            rows = self.store.due(now + DISPATCH_LEAD, limit, prefixes)
             seen_all = len(rows) < limit
-            upcoming = self.store.next_due(len(rows), self.jobs.engine.prefixes) if seen_all else []
+            upcoming = self.store.next_due(len(rows), prefixes) if seen_all else []
         except StorageError as exc:
-            delay = ERROR_BACKOFF[0] if self.poll_error is None else self.poll_error.delay * 2
-            delay = min(delay, ERROR_BACKOFF[1])
-            log.error("reading the database failed (retrying in %gs): %s", delay, exc)
-            self.poll_error = Backoff(now_m + delay, delay, str(exc))
+            self.dispatch.on_read_failed(now_m, str(exc))
             return
-        self.poll_error = None
-        candidates: list[Instance] = []
-        for row in rows:
-            instance_id = row.instance_id
-            if instance_id in skip:
-                continue
-            job = self.jobs.registry.get(row.job)
-            if job is None or job.kind != row.kind:
-                log.warning("%s is due but the app defines no %s job %r", instance_id, row.kind,
-                            row.job)  # fmt: skip
-                self.ignored.add(instance_id)
-                continue
-            if self.ran_at.get(instance_id) == row.step:
-                self._back_off(instance_id, STUCK_BACKOFF, "ran but is still due", now_m)
-                continue
-            committed_at = self.recent.get(instance_id)
-            if committed_at is not None:
-                free_at = committed_at + RECLAIM_GAP
-                self.held_until = min(self.held_until or free_at, free_at)
-                continue
-            candidates.append(row)
-        if seen_all:  # forget what is no longer due
-            due_now = {row.instance_id for row in rows}
-            for table in (self.backoff, self.ran_at, self.crashes):
-                for instance_id in [i for i in table if i not in due_now]:
-                    del table[instance_id]
-            self.ignored &= due_now
-            self.suspects &= due_now
-        self.due_count = len(rows) - len(self.ignored)
-        self._dispatch(candidates, idle)
-        self.backlog = bool(candidates) or not seen_all
+        self.dispatch.on_due(rows, now_m, complete=seen_all)
+        for pid, batch in self.dispatch.assignments(time.monotonic()):
+            worker = next(w for w in self.workers if w.pid == pid)
+            self._send(worker, {"run": list(batch.steps), "at": batch.due_at})
+        self.due_count = len(rows)
         self.next_alarm = upcoming[len(rows)] if len(upcoming) > len(rows) else None
         if self.timer is not None:
             self.timer.arm(None if self.next_alarm is None else self.next_alarm - DISPATCH_LEAD)
         self.status_dirty = True
-
-    def _dispatch(self, candidates: list[Instance], idle: list[WorkerProcess]) -> None:
-        """Hand ``candidates`` out in order, one batch to each idle worker (busy ones get none).
-
-        A batch is spread evenly over the idle workers and holds at most ``BATCH_SECONDS`` of
-        the jobs' recent step times. A step whose time is not known (a job not timed yet, a
-        suspect) runs alone: queued behind it, other steps could wait while a worker is free.
-        """
-        if not candidates or not idle:
-            return
-        per_worker = min(BATCH_MAX, -(-len(candidates) // len(idle)))
-        for worker in idle:
-            batch: dict[str, int] = {}
-            size, due_at, seconds = 0, 0.0, 0.0
-            while candidates and len(batch) < per_worker and size < BATCH_BYTES:
-                row = candidates[0]
-                took = self.step_seconds.get(row.job)
-                if row.instance_id in self.suspects:
-                    took = None  # a suspect runs alone (see _lost)
-                if batch and (took is None or seconds + took > BATCH_SECONDS):
-                    break  # enough work for one batch
-                candidates.pop(0)
-                batch[row.instance_id] = row.step
-                size += len(row.instance_id) + 3
-                due_at = max(due_at, row.due_at or 0.0)
-                if took is None:
-                    break
-                seconds += took
-            if not batch:
-                break
-            worker.batch = batch
-            self._send(worker, {"run": list(batch), "at": due_at})
-            self.dispatched_at = worker.dispatched_at = time.monotonic()
-
-    def _paced_poll(self, now: float) -> None:
-        """Poll at once, or WAKE_WINDOW after the last hand-out if that is later."""
-        at = self.dispatched_at + WAKE_WINDOW
-        if now >= at:
-            self.poll_needed = True
-        elif self.poll_at is None or at < self.poll_at:
-            self.poll_at = at
-
-    def _any_idle(self) -> bool:
-        return any(worker.batch is None for worker in self.workers)
-
-    def _back_off(
-        self, instance_id: str, policy: tuple[float, float], why: str, now: float | None
-    ) -> None:
-        now = time.monotonic() if now is None else now
-        previous = self.backoff.get(instance_id)
-        if previous is None or previous.why != why:
-            delay = policy[0]
-            level = logging.DEBUG if policy is BUSY_BACKOFF else logging.WARNING
-            log.log(level, "%s: %s; trying again in %gs", instance_id, why, delay)
-        else:
-            delay = min(previous.delay * 2, policy[1])
-        self.backoff[instance_id] = Backoff(now + delay, delay, why)
 
     def _maybe_prune(self) -> None:
         """Prune old history and keys when awake anyway and no alarm is about to fire."""
@@ -1234,7 +1056,7 @@ class Daemon:
         retry.delay = min(max(retry.delay * 2, 0.05), 5.0)
         retry.retry_at = time.monotonic() + retry.delay
         self.listener_retry = retry
-        self.poll_needed = True
+        self.dispatch.on_alarm()
 
     def _relisten(self) -> None:
         try:
@@ -1245,7 +1067,7 @@ class Daemon:
             return
         log.info("wake-ups back")
         self.listener_retry = None
-        self.poll_needed = True  # a notification may have been missed: rescan
+        self.dispatch.on_alarm()  # a notification may have been missed: rescan
 
     def _on_wake(self, _key: selectors.SelectorKey) -> None:
         try:
@@ -1253,19 +1075,12 @@ class Daemon:
             self._listen()
         except (StorageError, OSError) as exc:
             self._listener_lost(exc)
-        if self.stopping:
-            return
-        now = time.monotonic()
-        for backoff in self.backoff.values():
-            if backoff.why == "claimed by another process":
-                backoff.retry_at = now  # the other process may have finished: try now
-        self.woken_at = now
-        self._paced_poll(now)
+        self.dispatch.on_wake(time.monotonic())
 
     def _on_timer(self, _key: selectors.SelectorKey) -> None:
         assert self.timer is not None
         self.timer.clear()
-        self.poll_needed = True
+        self.dispatch.on_alarm()
 
     def _on_signals(self, _key: selectors.SelectorKey) -> None:
         try:
@@ -1274,8 +1089,7 @@ class Daemon:
             return
         for signum in data:
             if signum == signal.SIGHUP:
-                self.poll_needed = not self.stopping
-                if not self.stopping:
+                if not self.dispatch.stopping:
                     self._poll()
                 log.info("SIGHUP: %s", self._status_text())
                 self.notifier.send(f"STATUS={self._status_text()}")
@@ -1284,55 +1098,48 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self.stopping:
+        if self.dispatch.stopping:
             log.warning("second %s: killing %d worker(s), exiting at once with %d", name,
                         len(self.workers), 128 + signum)  # fmt: skip
             self._kill_all()
             self.exit_code = 128 + signum
             return
-        self.stopping = True
+        self.dispatch.on_stop()
         self.stop_deadline = time.monotonic() + self.grace
         self.notifier.send("STOPPING=1")
         if self.timer is not None:
             self.timer.arm(None)
-        running = [w for w in self.workers if w.batch is not None]
         log.info("%s: stopping; waiting up to %gs for %d running batch(es)", name, self.grace,
-                 len(running))  # fmt: skip
+                 self.dispatch.busy())  # fmt: skip
         for worker in self.workers:
-            if worker.batch is None:
+            if not self._batch(worker):
                 _shut(worker)
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def _log_step(self, line: list[Any]) -> None:
-        self.recent[line[0]] = time.monotonic()
+    def _log_step(self, step: StepReport) -> None:
         self.steps_done += 1
-        self.crashes.pop(line[0], None)
-        self.suspects.discard(line[0])
-        self.last_line = line
+        self.last_report = step
         self.status_dirty = True
-        job_name = line[0].split(":", 2)[1]
-        if line[3] is not None:
-            took = line[3] / 1000
-            average = self.step_seconds.get(job_name, took)
-            self.step_seconds[job_name] = 0.8 * average + 0.2 * took
-        level = logging.INFO if line[4] is None else OUTCOME_LEVEL.get(line[1], logging.ERROR)
+        level = (
+            logging.INFO if step.error is None else OUTCOME_LEVEL.get(step.outcome, logging.ERROR)
+        )
         if not log.isEnabledFor(level):
             return
-        job = self.jobs.registry.get(job_name)
+        job = self.jobs.registry.get(step.job)
         threshold = JOB_LOG_LEVEL.get(job.logging or "", logging.DEBUG) if job else logging.DEBUG
         if level >= threshold:  # the job's own ``logging`` level, e.g. "warning" or "off"
-            log.log(level, "%s", format_step(line))
+            log.log(level, "%s", format_step(step))
 
     def _last_step(self) -> str:
-        if self.last_line is None:
+        if self.last_report is None:
             return "none yet"
-        text = format_step(self.last_line)
+        text = format_step(self.last_report)
         return text if len(text) < 200 else text[:199] + "…"
 
     def _status_text(self) -> str:
-        busy = sum(1 for w in self.workers if w.batch is not None)
-        state = "stopping" if self.stopping else "serving"
+        busy = self.dispatch.busy()
+        state = "stopping" if self.dispatch.stopping else "serving"
         return (
             f"{state}: {busy}/{len(self.workers)} workers busy, {self.due_count} due, next alarm "
             f"{_when(self.next_alarm)}, {self.steps_done} steps; last: {self._last_step()}"
