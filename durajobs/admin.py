@@ -36,16 +36,17 @@ from .core.durations import to_datetime
 from .core.rows import Instance
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .stores import (
+    claims_may_exist,
+    daemon_listening,
     display_location,
     health,
-    is_postgres,
     open_claims,
     open_store,
     open_waker,
+    refuse_directory,
+    serving,
 )
-from .stores.base import END_EVENTS, Claims
-from .stores.ofd_claims import lock_path
-from .stores.sqlite import SCHEMA_VERSION, HistoryRow
+from .stores.base import END_EVENTS, Claims, HistoryRow, Store
 
 if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay light
     from .core import steps
@@ -81,7 +82,6 @@ STATUSES = ("running", "debouncing", "active", "idle", "failed")
 # "purged" (every finished instance: terminated, flushed or cleared).
 FINISHED_STATUSES = ("terminated", "purged")
 OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
-WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means checkpoints are being starved
 ERROR_SUMMARY_CHARS = 120
 
 
@@ -599,10 +599,8 @@ class Admin:
         self.clock: Clock = clock or SystemClock()
         self.wait_timeout = wait_timeout
         self.history_limit = history_limit
-        self.postgres = is_postgres(self.location)
-        if not self.postgres and os.path.isdir(self.location):
-            raise StorageError(f"{self.path}: is a directory, not a database file")
-        self.store: Any = open_store(self.location, readonly=True)
+        refuse_directory(self.location)
+        self.store: Store = open_store(self.location, readonly=True)
         self._engine: Engine | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -835,12 +833,7 @@ class Admin:
             StorageError: never for a damaged file (that is a failed check); only if the
                 connection itself breaks.
         """
-        checks: list[Check] = []
-        if self.postgres:
-            # The server's own findings: connection, schema, clock skew, sessions.
-            checks += [Check(f.check, f.level, f.detail) for f in health(self.store)]
-        else:
-            checks += self._file_checks()
+        checks = [Check(f.check, f.level, f.detail) for f in health(self.location, self.store)]
         overdue: list[Overdue] = []
         try:
             overdue = self._overdue(overdue_after, limit)
@@ -863,72 +856,8 @@ class Admin:
                         "`durajobs ls --status failed`, resume with `durajobs retry ID`",
                     )
                 )  # fmt: skip
-        if self.postgres:
-            try:
-                daemons = int(self.store.listeners())
-                checks.append(Check("daemon", "info", f"{daemons} daemon(s) listening"))
-            except StorageError as exc:
-                checks.append(Check("daemon", "fail", str(exc)))
-            checks.append(
-                Check(
-                    "claims", "ok",
-                    "claims are session advisory locks, released by the server the moment "
-                    "their session ends: none can be stale",
-                )
-            )  # fmt: skip
-        else:
-            listening = self.daemon_listening()
-            checks.append(
-                Check(
-                    "daemon", "info",
-                    f"a daemon is listening on {_address(self.location)}" if listening
-                    else f"no daemon is listening on {_address(self.location)}",
-                )
-            )  # fmt: skip
-            checks.append(
-                Check(
-                    "claims", "ok",
-                    f"claims are kernel OFD locks on {lock_path(self.location)}, released when "
-                    "their process dies: none can be stale",
-                )
-            )  # fmt: skip
+        checks += [Check(f.check, f.level, f.detail) for f in serving(self.location, self.store)]
         return DoctorReport(self.path, checks, overdue)
-
-    def _file_checks(self) -> list[Check]:
-        """SQLite: integrity, schema version, WAL size."""
-        checks: list[Check] = []
-        try:
-            lines = self.store.integrity_check()
-            if lines == ["ok"]:
-                checks.append(Check("integrity", "ok", "PRAGMA integrity_check: ok"))
-            else:
-                shown = "; ".join(lines[:5]) + (
-                    f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
-                )
-                checks.append(Check("integrity", "fail", f"PRAGMA integrity_check: {shown}"))
-        except StorageError as exc:
-            checks.append(Check("integrity", "fail", str(exc)))
-        try:
-            version = self.store.schema_version()
-            level = "ok" if version == SCHEMA_VERSION else "fail"
-            checks.append(
-                Check(
-                    "schema", level, f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
-                )
-            )
-        except StorageError as exc:
-            checks.append(Check("schema", "fail", str(exc)))
-        wal = self.store.wal_bytes()
-        checks.append(
-            Check(
-                "wal",
-                "warn" if wal > WAL_WARN_BYTES else "ok",
-                f"WAL {_size(wal)}"
-                + (" (large: a long-running reader may be blocking checkpoints)"
-                   if wal > WAL_WARN_BYTES else ""),
-            )
-        )  # fmt: skip
-        return checks
 
     def _overdue_checks(
         self, overdue: list[Overdue], overdue_after: float, limit: int
@@ -963,15 +892,15 @@ class Admin:
         if not rows:
             return []
         locks: Claims | None = None
-        lock_file = "" if self.postgres else lock_path(self.location)
+        # No process ever claimed a step (no lock file): none is running.
+        claimed = claims_may_exist(self.location)
         if self._engine is not None:
             locks = self._engine.locks
-        elif self.postgres or os.path.exists(lock_file):
+        elif claimed:
             try:
                 locks = open_claims(self.location)
             except StorageError:
                 locks = None  # cannot open it (permissions): say "unknown"
-        # No lock file at all: no process ever claimed a step, so none is running.
         try:
             result = []
             for row in rows:
@@ -980,7 +909,7 @@ class Admin:
                 if locks is not None:
                     running: bool | None = locks.is_locked(row.instance_id)
                 else:
-                    running = None if self.postgres or os.path.exists(lock_file) else False
+                    running = None if claimed else False
                 result.append(
                     Overdue(row.instance_id, _at(row.due_at), now - row.due_at, running)
                 )  # fmt: skip
@@ -1117,26 +1046,8 @@ class Admin:
                 time.sleep(interval)
 
     def daemon_listening(self) -> bool:
-        """Whether a daemon serves this database: bound to the file's wake socket (sends it one
-        harmless wake-up), or on PostgreSQL, listening for wake-ups on the server."""
-        if self.postgres:
-            try:
-                return int(self.store.listeners()) > 0
-            except StorageError:
-                return False
-        try:
-            import socket  # only doctor asks: ``durajobs ls`` starts without it
-
-            from .wake import wake_address
-
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)
-                sock.sendto(b"", wake_address(self.location))
-        except BlockingIOError:
-            return True  # its queue is full: it is there (and awake)
-        except OSError:
-            return False
-        return True
+        """Whether a daemon serves this database (``durajobs.stores.daemon_listening``)."""
+        return daemon_listening(self.location, self.store)
 
     # -- actions --------------------------------------------------------------------------
 
@@ -1319,21 +1230,6 @@ def _parse_cursor(after: str | None, order: str) -> tuple[str | None, float | No
     if not instance_id or not math.isfinite(value):
         raise ValidationError(f"{after!r} is not a page cursor")
     return instance_id, value
-
-
-def _address(path: str) -> str:
-    from .wake import wake_address
-
-    address = wake_address(path)
-    return address if isinstance(address, str) else "@" + address[1:].decode()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def short_duration(seconds: float) -> str:

@@ -24,7 +24,13 @@ from typing import TextIO
 import attrs
 
 from durajobs.errors import InvalidStateError, StorageError
-from durajobs.stores import display_location, is_postgres, open_store
+from durajobs.stores import (
+    display_location,
+    new_database_files,
+    open_store,
+    refuse_directory,
+    same_database,
+)
 from durajobs.stores.base import TABLES, ExportBatch, Store, not_empty_error
 
 __all__ = ["CopyResult", "Progress", "copy_database"]
@@ -104,16 +110,6 @@ class Progress:
             self.stream.flush()
 
 
-def _same_file(source: str, destination: str) -> bool:
-    if is_postgres(source) or is_postgres(destination):
-        return False
-    return os.path.realpath(source) == os.path.realpath(destination)
-
-
-def _sqlite_files(location: str) -> list[str]:
-    return [location, location + "-wal", location + "-shm"]
-
-
 def copy_database(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -143,27 +139,24 @@ def copy_database(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     source, destination = os.fspath(source), os.fspath(destination)
     shown_source, shown_destination = display_location(source), display_location(destination)
-    if _same_file(source, destination):
+    if same_database(source, destination):
         raise InvalidStateError(f"{shown_destination}: the destination is the source itself")
-    if not is_postgres(destination) and os.path.isdir(destination):
-        raise StorageError(f"{shown_destination}: is a directory, not a database file")
+    refuse_directory(destination)
     started = time.monotonic()
-    created = not is_postgres(destination) and not os.path.lexists(destination)
+    created = new_database_files(destination)  # removed again if the copy fails
     with contextlib.ExitStack() as stack:
         src: Store = open_store(source, readonly=True)
         stack.callback(src.close)
         try:
             dst: Store = open_store(destination)
         except BaseException:
-            if created:
-                _remove(destination)
+            _remove(created)
             raise
         try:
             with contextlib.closing(dst):
                 counts = _copy(src, dst, batch_size, progress)
         except BaseException:
-            if created:
-                _remove(destination)
+            _remove(created)
             raise
     return CopyResult(shown_source, shown_destination, counts, time.monotonic() - started)
 
@@ -196,7 +189,7 @@ def _copy(
     return {t: stored[t] for t in TABLES}
 
 
-def _remove(location: str) -> None:
-    for path in _sqlite_files(location):
+def _remove(paths: list[str]) -> None:
+    for path in paths:
         with contextlib.suppress(OSError):
             os.unlink(path)

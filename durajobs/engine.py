@@ -47,9 +47,9 @@ StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, st
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
 SLOW_STEP = 0.005  # a job whose steps take longer commits what is pending before its handlers
-# Claims that offer ``try_acquire_many`` and set ``batch_claims`` (PostgreSQL's advisory claims,
-# where each claim and each read is a round trip): run_due claims up to this many due instances
-# in one call and reads their rows in one ``load_many``, after the claims are granted.
+# Claims with ``batch_claims`` (PostgreSQL's advisory claims, where each claim and each read is
+# a round trip): run_due claims up to this many due instances in one ``try_acquire_many`` and
+# reads their rows in one ``load_many``, after the claims are granted.
 CLAIM_AHEAD = 64
 # A bulk call holds the claim of every distinct instance it names until its one commit: all or
 # nothing (a claim let go before the commit would let another step of that instance commit in
@@ -530,7 +530,7 @@ class Engine:
         locks = self.locks
         step_seconds = self._step_seconds
         poisoned = self._poisoned
-        ahead = getattr(locks, "batch_claims", False)
+        ahead = locks.batch_claims
         try:
             for position, candidate in enumerate(rows):
                 instance_id = candidate.instance_id
@@ -636,7 +636,7 @@ class Engine:
             if len(chunk) >= CLAIM_AHEAD:
                 break
         ids = [c.instance_id for c in chunk]
-        tokens = self.locks.try_acquire_many(ids)  # type: ignore[attr-defined]
+        tokens = self.locks.try_acquire_many(ids)
         granted = [(i, t) for i, t in zip(ids, tokens, strict=True) if t is not None]
         try:
             debounce = any(c.kind == "debounce" for c in chunk)

@@ -21,8 +21,7 @@ from .core.schedules import check_fires_after
 from .engine import Engine, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
 from .perthread import PerThread
-from .stores import display_location, is_postgres, open_claims, open_store, open_waker
-from .stores.ofd_claims import lock_path
+from .stores import created_files, display_location, open_claims, open_store, open_waker
 from .tracker import Tracker
 
 __all__ = ["Jobs"]
@@ -130,7 +129,7 @@ class Jobs:
         # and closed when the thread ends (``durajobs.perthread``: no thread of ours watches).
         self._engines = PerThread(self._open_engine, _close_engine)
         self._clients: dict[tuple[str, str], Any] = {}
-        files = [] if is_postgres(self.location) else _created_files(self.location)
+        files = created_files(self.location)
         existed = {p for p in files if os.path.lexists(p)}
         self._closed = False
         try:
@@ -189,9 +188,8 @@ class Jobs:
             # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
             # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
             engine.locks.close()
-            abandon = getattr(engine.waker, "abandon", None)
-            if abandon is not None:
-                abandon()
+            if engine.waker is not None:
+                engine.waker.abandon()
             _ABANDONED.append(engine)
 
     def with_path(self, path: str | os.PathLike[str], **overrides: Any) -> Jobs:
@@ -209,6 +207,8 @@ class Jobs:
     @property
     def is_postgres(self) -> bool:
         """Whether this ``Jobs`` runs on PostgreSQL."""
+        from .stores import is_postgres
+
         return is_postgres(self.location)
 
     def _engine_for_call(self) -> Engine:
@@ -357,11 +357,6 @@ def _close_engine(engine: Engine) -> None:
     if engine.waker is not None:
         engine.waker.close()
     engine.store.close()
-
-
-def _created_files(db_path: str) -> list[str]:
-    """What opening a database may create (removed again when ``Jobs()`` fails)."""
-    return [db_path, db_path + "-wal", db_path + "-shm", db_path + "-journal", lock_path(db_path)]
 
 
 _LIVE: weakref.WeakSet[Jobs] = weakref.WeakSet()  # for the fork hook

@@ -120,3 +120,7 @@ class WakeListener:
         if isinstance(self.address, str):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)
+
+    def detach(self) -> None:
+        """In a forked child: close the socket, leaving the file to the parent."""
+        self.sock.close()

@@ -13,19 +13,32 @@ is imported only for a PostgreSQL location.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
-from durajobs.stores.base import Claims, Finding, HealthCheckable, Store, WakeListener, Waker
+from durajobs.errors import StorageError
+from durajobs.stores.base import Claims, Finding, Store, WakeListener, Waker
+
+if TYPE_CHECKING:
+    from durajobs.stores.postgres import PostgresStore
+    from durajobs.stores.sqlite import Store as SqliteStore
 
 __all__ = [
+    "claims_may_exist",
+    "created_files",
+    "daemon_listening",
     "display_location",
     "health",
-    "is_postgres",
+    "new_database_files",
     "open_claims",
     "open_listener",
     "open_store",
     "open_waker",
+    "refuse_directory",
+    "same_database",
+    "serving",
 ]
+
+WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means checkpoints are being starved
 
 
 def is_postgres(location: str | os.PathLike[str]) -> bool:
@@ -98,12 +111,9 @@ def open_claims(location: str | os.PathLike[str], store: Store | None = None) ->
         from durajobs.stores.pg_claims import AdvisoryClaims
 
         return AdvisoryClaims(str(location))
-    from durajobs.stores import ofd_claims
+    from durajobs.stores.ofd_claims import InstanceLocks, lock_path
 
-    path = os.fspath(location)
-    # The claim file beside the database's real path (``ofd_claims.lock_path``, where present).
-    lock_path = getattr(ofd_claims, "lock_path", lambda p: p + ".lock")
-    return ofd_claims.InstanceLocks(lock_path(path))
+    return InstanceLocks(lock_path(os.fspath(location)))
 
 
 def open_waker(location: str | os.PathLike[str], store: Store | None = None) -> Waker:
@@ -141,24 +151,168 @@ def open_listener(location: str | os.PathLike[str]) -> WakeListener:
     return SocketListener(os.fspath(location))
 
 
-def health(store: Any) -> list[Finding]:
-    """The store's health findings (``durajobs doctor``): ``store.health()`` where the store
-    has it; for SQLite, ``PRAGMA integrity_check`` and the WAL size.
+# -- what differs around a location -----------------------------------------------------------
+
+
+def created_files(location: str) -> list[str]:
+    """The files that opening a ``Jobs`` on ``location`` (its store and claims) may create,
+    for ``Jobs()`` to remove those it created when it fails: none on PostgreSQL."""
+    if is_postgres(location):
+        return []
+    from durajobs.stores.ofd_claims import lock_path
+
+    suffixes = ("", "-wal", "-shm", "-journal")
+    return [location + suffix for suffix in suffixes] + [lock_path(location)]
+
+
+def new_database_files(location: str) -> list[str]:
+    """When opening ``location`` will create a new database (a SQLite path where nothing is
+    yet), the files to remove if filling it fails; else none (never on PostgreSQL)."""
+    if is_postgres(location) or os.path.lexists(location):
+        return []
+    return [location, location + "-wal", location + "-shm"]
+
+
+def refuse_directory(location: str) -> None:
+    """Refuse a SQLite location that is a directory (before opening anything).
+
+    Raises:
+        StorageError: ``location`` is a directory.
+    """
+    if not is_postgres(location) and os.path.isdir(location):
+        raise StorageError(f"{display_location(location)}: is a directory, not a database file")
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two locations name one database: the same file (however spelled), or the same
+    URL."""
+    if is_postgres(a) or is_postgres(b):
+        return a == b
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def claims_may_exist(location: str) -> bool:
+    """Whether some process may have claimed an instance of ``location`` (SQLite: its lock file
+    exists, which opening its claims would create; PostgreSQL: always)."""
+    if is_postgres(location):
+        return True
+    from durajobs.stores.ofd_claims import lock_path
+
+    return os.path.exists(lock_path(location))
+
+
+def daemon_listening(location: str, store: Store) -> bool:
+    """Whether a daemon serves ``location``: bound to the file's wake socket (sends it one
+    harmless wake-up), or on PostgreSQL, listening for wake-ups on the server."""
+    if is_postgres(location):
+        try:
+            return cast("PostgresStore", store).listeners() > 0
+        except StorageError:
+            return False
+    import socket  # only doctor asks: ``durajobs ls`` starts without it
+
+    from durajobs.wake import wake_address
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"", wake_address(location))
+    except BlockingIOError:
+        return True  # its queue is full: it is there (and awake)
+    except OSError:
+        return False
+    return True
+
+
+def health(location: str, store: Store) -> list[Finding]:
+    """The store's own findings (``durajobs doctor``): on SQLite ``PRAGMA integrity_check``, the
+    schema version and the WAL size; on PostgreSQL the connection, the schema version, the
+    clock skew between this host and the server, and sessions idle in a transaction.
 
     Never raises for a damaged database: failures are findings.
     """
-    if isinstance(store, HealthCheckable):
-        return store.health()
-    from durajobs.errors import StorageError
+    if is_postgres(location):
+        return cast("PostgresStore", store).health()
+    from durajobs.stores.sqlite import SCHEMA_VERSION
 
+    sqlite = cast("SqliteStore", store)
     findings: list[Finding] = []
     try:
-        lines = store.integrity_check()
-        ok = lines == ["ok"]
-        shown = "ok" if ok else "; ".join(lines[:5])
-        findings.append(Finding("integrity", "ok" if ok else "fail", f"integrity_check: {shown}"))
+        lines = sqlite.integrity_check()
+        if lines == ["ok"]:
+            findings.append(Finding("integrity", "ok", "PRAGMA integrity_check: ok"))
+        else:
+            more = f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
+            shown = "; ".join(lines[:5]) + more
+            findings.append(Finding("integrity", "fail", f"PRAGMA integrity_check: {shown}"))
     except StorageError as exc:
         findings.append(Finding("integrity", "fail", str(exc)))
-    wal = int(store.wal_bytes())
-    findings.append(Finding("wal", "ok", f"WAL {wal} bytes"))
+    try:
+        version = sqlite.schema_version()
+        level = "ok" if version == SCHEMA_VERSION else "fail"
+        detail = f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
+        findings.append(Finding("schema", level, detail))
+    except StorageError as exc:
+        findings.append(Finding("schema", "fail", str(exc)))
+    wal = sqlite.wal_bytes()
+    large = " (large: a long-running reader may be blocking checkpoints)"
+    findings.append(
+        Finding(
+            "wal", "warn" if wal > WAL_WARN_BYTES else "ok",
+            f"WAL {_size(wal)}{large if wal > WAL_WARN_BYTES else ''}",
+        )
+    )  # fmt: skip
     return findings
+
+
+def serving(location: str, store: Store) -> list[Finding]:
+    """Who serves ``location`` (``durajobs doctor``): whether daemons listen for its wake-ups,
+    and what its claims are (why none can be stale)."""
+    if is_postgres(location):
+        try:
+            count = cast("PostgresStore", store).listeners()
+            daemon = Finding("daemon", "info", f"{count} daemon(s) listening")
+        except StorageError as exc:
+            daemon = Finding("daemon", "fail", str(exc))
+        kind = "session advisory locks, released by the server the moment their session ends"
+    else:
+        from durajobs.stores.ofd_claims import lock_path
+        from durajobs.wake import wake_address
+
+        address = wake_address(location)
+        shown = address if isinstance(address, str) else "@" + address[1:].decode()
+        who = "a daemon is" if daemon_listening(location, store) else "no daemon is"
+        daemon = Finding("daemon", "info", f"{who} listening on {shown}")
+        kind = f"kernel OFD locks on {lock_path(location)}, released when their process dies"
+    return [daemon, Finding("claims", "ok", f"claims are {kind}: none can be stale")]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _check_conforms() -> None:  # pragma: no cover  (for mypy only)
+    from durajobs.stores.ofd_claims import InstanceLocks
+    from durajobs.stores.pg_claims import AdvisoryClaims
+    from durajobs.stores.postgres import PgListener, PgWaker
+    from durajobs.wake import WakeListener as SocketListener
+    from durajobs.wake import Waker as SocketWaker
+
+    def sqlite(
+        store: SqliteStore, claims: InstanceLocks, waker: SocketWaker, listener: SocketListener
+    ) -> tuple[Store, Claims, Waker, WakeListener]:
+        return store, claims, waker, listener
+
+    def postgres(
+        claims: AdvisoryClaims, waker: PgWaker, listener: PgListener
+    ) -> tuple[Claims, Waker, WakeListener]:
+        return claims, waker, listener
+
+    del sqlite, postgres

@@ -25,12 +25,17 @@ What every method may assume and must guarantee is in its docstring. Two rules h
   (or absent, for a new instance). A fenced-out write changes nothing at all (no row, no
   history, no queue change, no idempotency key) and is reported ``False``.
 
-Health checks are not part of ``Store``: they differ by nature (SQLite has ``integrity_check``,
-``wal_bytes`` and a raw ``query``; PostgreSQL has a server, a clock and a connection). A store
-may offer ``health() -> list[Finding]`` (``HealthCheckable``); ``durajobs.stores.health(store)``
-gives the findings of either store (for SQLite it wraps ``integrity_check`` and ``wal_bytes``).
-``query(sql, params)`` (a read-only raw query) exists on both stores but is not part of the
-protocol: SQL and placeholders differ by store (tests and tools use it; the CLI does not).
+Capabilities: where the stores differ, the interface says so instead of being probed, and no
+module outside ``durajobs/stores/`` asks which store it has (``tests/test_layering.py``). The
+protocols declare what differs as members every implementation has: ``Claims.batch_claims``
+(claims are round trips: claim a group at once with ``try_acquire_many``, a plain loop where
+claims are cheap) and ``Claims.hold_daemon_lock`` (SQLite: one daemon per file, a kernel lock;
+PostgreSQL: any number, always granted); ``Waker.abandon`` and ``WakeListener.detach`` (what a
+forked child does with its parent's). What differs around a location (the files it may
+create, who serves it, its health findings) is answered by functions of ``durajobs.stores``:
+``created_files``, ``new_database_files``, ``refuse_directory``, ``same_database``,
+``claims_may_exist``, ``daemon_listening``, ``health`` and ``serving``. ``query(sql, params)``
+(a read-only raw query, in each store's own dialect) is for tests and tools, not part of it.
 
 Copying a database between stores (``durajobs copy``, ``durajobs.copy``): ``export`` reads one
 consistent snapshot of every table as batches of rows in the store-neutral layout of
@@ -41,7 +46,7 @@ transaction, keeping history ids and queue seqs.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 
@@ -55,7 +60,6 @@ __all__ = [
     "Claims",
     "ExportBatch",
     "Finding",
-    "HealthCheckable",
     "HistoryRow",
     "Store",
     "WakeListener",
@@ -214,7 +218,8 @@ class HistoryRow:
 
 @attrs.frozen(slots=True)
 class Finding:
-    """One health finding: ``check`` names it, ``level`` is ``"ok"``, ``"warn"`` or ``"fail"``."""
+    """One health finding: ``check`` names it, ``level`` is ``"ok"``, ``"info"``, ``"warn"``
+    or ``"fail"``."""
 
     check: str
     level: str
@@ -627,15 +632,6 @@ class Store(Protocol):
         ...
 
 
-@runtime_checkable
-class HealthCheckable(Protocol):
-    """A store that reports its own health (``durajobs doctor``, the dashboard)."""
-
-    def health(self) -> list[Finding]:
-        """Store-specific findings; never raises for a damaged database (that is a finding)."""
-        ...
-
-
 class Claims(Protocol):
     """Per-instance claims: the one thing that serializes the steps of an instance.
 
@@ -649,11 +645,26 @@ class Claims(Protocol):
     (returns ``None``), so a process stepping an instance back to back cannot starve it.
     """
 
+    # Whether a claim costs a round trip (PostgreSQL): then ``run_due`` claims a group of due
+    # instances with one ``try_acquire_many`` and reads their rows with one ``load_many``;
+    # False (SQLite: a claim costs a microsecond): one ``try_acquire`` and one read each.
+    batch_claims: bool
+
     def try_acquire(self, instance_id: str) -> int | None:
         """Claim without waiting: a token, or ``None`` if held elsewhere or someone waits.
 
         Raises:
             StorageError: the claim could not be attempted.
+        """
+        ...
+
+    def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
+        """``try_acquire`` of each instance, in order (one round trip where ``batch_claims``,
+        else a loop): a token or ``None`` for each; ``None`` also for an id named twice (the
+        second time).
+
+        Raises:
+            StorageError: the claims could not be attempted.
         """
         ...
 
@@ -714,6 +725,11 @@ class Waker(Protocol):
         """Release the waker's resources."""
         ...
 
+    def abandon(self) -> None:
+        """In a forked child: let go of the parent's resources without using or closing them
+        (they stay the parent's; the child opens its own)."""
+        ...
+
 
 class WakeListener(Protocol):
     """The daemon's end of the wake-ups, for a ``selectors`` loop.
@@ -738,16 +754,7 @@ class WakeListener(Protocol):
         """Stop listening."""
         ...
 
-
-def _check_sqlite_conforms() -> None:  # pragma: no cover  (for mypy only)
-    from durajobs.stores.ofd_claims import InstanceLocks
-    from durajobs.stores.sqlite import Store as SqliteStore
-    from durajobs.wake import WakeListener as SocketListener
-    from durajobs.wake import Waker as SocketWaker
-
-    def check(
-        store: SqliteStore, claims: InstanceLocks, waker: SocketWaker, listener: SocketListener
-    ) -> tuple[Store, Claims, Waker, WakeListener]:
-        return store, claims, waker, listener
-
-    del check
+    def detach(self) -> None:
+        """In a forked child (a daemon's worker): close this process's copy, leaving the
+        parent listening (SQLite: its socket file stays; PostgreSQL: its session stays)."""
+        ...

@@ -33,6 +33,7 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Sequence
 
 from durajobs.errors import InstanceBusyError, StorageError
 
@@ -155,6 +156,12 @@ class InstanceLocks:
         if self._someone_waits(offset):
             return None
         return self._claim(offset)
+
+    batch_claims = False  # a claim is one system call: claiming ahead would gain nothing
+
+    def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
+        """``try_acquire`` of each instance, in order."""
+        return [self.try_acquire(instance_id) for instance_id in instance_ids]
 
     def anyone_waiting(self) -> bool:
         """Whether any other caller waits for any instance's claim (one system call)."""

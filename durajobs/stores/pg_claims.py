@@ -151,9 +151,7 @@ class AdvisoryClaims:
         self._held.add(key)
         return key
 
-    # The engine may claim a group of due instances with ``try_acquire_many`` (one round trip)
-    # and read their rows with ``load_many``; False: one ``try_acquire`` per instance (the
-    # benchmark's "before", benchmarks/bench_postgres.py).
+    # False: one ``try_acquire`` per instance (the benchmark's "before", bench_postgres.py).
     batch_claims = True
 
     def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
@@ -303,6 +301,10 @@ class AdvisoryClaims:
         return bool(
             self._run("claim check", SQL_IS_LOCKED, (unsigned >> 32, unsigned & 0xFFFFFFFF))
         )
+
+    def hold_daemon_lock(self) -> bool:
+        """Always granted: any number of daemons, on any number of hosts, serve one database."""
+        return True
 
     def close(self) -> None:
         """Release every claim (by ending the session) and close (idempotent)."""

@@ -1906,6 +1906,9 @@ class PgWaker:
         if self._link is not None:
             self._link.close()
 
+    def abandon(self) -> None:
+        """Nothing to do: a ``Link`` never uses a connection opened by another process."""
+
 
 class PgListener:
     """The daemon's end (the ``WakeListener`` protocol): ``LISTEN`` on a connection of its own.
@@ -1965,3 +1968,7 @@ class PgListener:
     def close(self) -> None:
         """Stop listening and close the connection."""
         self._link.close()
+
+    def detach(self) -> None:
+        """``close()``: it leaves a forked copy of the session to the parent."""
+        self.close()
