@@ -32,7 +32,7 @@ from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
 from durajobs.stores.ofd_claims import InstanceLocks
-from durajobs.stores.sqlite import SQL_FINISHED
+from durajobs.stores.sqlite import SqliteStore
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 
@@ -954,7 +954,7 @@ def test_ls_lists_finished_instances_from_the_history(
         with pytest.raises(ValidationError):
             admin.finished(status="running")
         # Each page reads the index of the records that end instances, newest first.
-        sql = SQL_FINISHED.format(prefixes="1")
+        sql = SqliteStore.sql.finished.format(prefixes="1")
         plan = admin.store.query(f"EXPLAIN QUERY PLAN {sql}", ("job.terminated", 1, 1))
         assert any("USING INDEX history_ended" in str(step) for step in plan), plan
 

@@ -24,7 +24,7 @@ from pgserver import PASSWORD, PgServer
 from durajobs import Continuous, Debounce, Jobs, Task, every
 from durajobs.admin import Admin
 from durajobs.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, main
-from durajobs.stores.postgres import SQL_FINISHED
+from durajobs.stores.postgres import SQL
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 SECRETS = (PASSWORD, urllib.parse.quote(PASSWORD, safe=""))
@@ -240,7 +240,7 @@ def test_attempts_every_row_and_finished_instances_on_postgresql(
         assert [first.instance_id, *(info.instance_id for info in rows)] == before
         finished = admin.finished(status="terminated", limit=1)
         assert finished.after is not None
-        sql = SQL_FINISHED.format(prefixes="TRUE")
+        sql = SQL.finished.format(prefixes="TRUE")
         plan = admin.store.query(f"EXPLAIN {sql}", ("job.terminated", 1, 1))
         assert any("history_ended" in str(step) for step in plan), plan
 

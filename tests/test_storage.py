@@ -18,7 +18,7 @@ import pytest
 from faultvfs import FaultVFS
 
 from durajobs import Continuous, FakeClock, Jobs, StorageError, every
-from durajobs.stores.sqlite import SCHEMA_VERSION, Store
+from durajobs.stores.sqlite import SCHEMA_VERSION, SqliteStore
 
 
 @attrs.define
@@ -198,7 +198,7 @@ def test_commit_error_after_the_data_committed_is_not_reported_as_failure(
     with Jobs(path, REGISTRY, clock=FakeClock(), vfs=vfs.vfs_name) as jobs:
         client = jobs.continuous("c")
         client.start("u", Counter())
-        store: Store = jobs.engine.store
+        store: SqliteStore = jobs.engine.store
         store._conn.execute("PRAGMA wal_autocheckpoint=1")
         vfs.fail_after(0, kind="write", error="ioerr", file="db")  # the checkpoint's write
         result = client.trigger("u")  # committed: must not raise

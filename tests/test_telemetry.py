@@ -30,7 +30,7 @@ from durajobs import (
     Tracker,
     every,
 )
-from durajobs.stores.sqlite import Store
+from durajobs.stores.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONTINUOUS = "continuous:beat:c1"
@@ -334,7 +334,7 @@ def test_on_record_receives_each_record_after_commit(
         visible.append((record["event"], record["event"] in committed))
 
     with Jobs(db, registry(switch), clock=clock, on_record=hook) as jobs:
-        reader = Store(db, readonly=True)
+        reader = SqliteStore(db, readonly=True)
         try:
             jobs.continuous("beat").start("c1", Counter())
             jobs.debounce("batch").add("d1", Ping("x"))

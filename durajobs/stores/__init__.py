@@ -20,7 +20,7 @@ from durajobs.stores.base import Claims, Finding, Store, WakeListener, Waker
 
 if TYPE_CHECKING:
     from durajobs.stores.postgres import PostgresStore
-    from durajobs.stores.sqlite import Store as SqliteStore
+    from durajobs.stores.sqlite import SqliteStore
 
 __all__ = [
     "claims_may_exist",
@@ -90,7 +90,7 @@ def open_store(
         return PostgresStore(
             str(location), durability=durability, busy_timeout=busy_timeout, readonly=readonly
         )
-    from durajobs.stores.sqlite import Store as SqliteStore
+    from durajobs.stores.sqlite import SqliteStore
 
     return SqliteStore(
         location, durability=durability, busy_timeout=busy_timeout, readonly=readonly, vfs=vfs

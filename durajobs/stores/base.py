@@ -3,9 +3,13 @@
 Two implementations sit beside this file: ``sqlite`` (one WAL-mode file through apsw, claims as
 OFD byte-range locks in ``ofd_claims``, wake-ups over a Unix datagram socket in ``durajobs.wake``)
 and ``postgres`` (psycopg 3, claims as session-level advisory locks in ``pg_claims``, wake-ups
-through ``LISTEN``/``NOTIFY``). ``durajobs.stores.open_store`` and friends pick one by the
-location string. The protocols below are structural (``typing.Protocol``): the implementations
-do not inherit from them; ``tests/test_stores.py`` runs one suite against both.
+through ``LISTEN``/``NOTIFY``); both stores are ``sql.SqlStore``, which holds the SQL they share.
+``durajobs.stores.open_store`` and friends pick one by the location string. The protocols below
+are structural (``typing.Protocol``); ``tests/test_stores.py`` runs one suite against both.
+
+The store's interface is split by audience: ``StepStore`` (what the engine uses to step
+instances), ``InspectStore`` (what the CLI, the dashboard and ``Admin`` read) and ``CopyStore``
+(``durajobs copy``); ``Store`` is all three, what ``open_store`` returns.
 
 Theory of operation (the one step path, see ``durajobs.engine``)::
 
@@ -45,28 +49,30 @@ transaction, keeping history ids and queue seqs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
 
 from durajobs.core.rows import Instance, Queued, Record
-from durajobs.errors import InvalidStateError, StorageError
+from durajobs.errors import InvalidStateError
 
 __all__ = [
     "END_EVENTS",
     "TABLES",
     "TABLE_COLUMNS",
     "Claims",
+    "CopyStore",
     "ExportBatch",
     "Finding",
     "HistoryRow",
+    "InspectStore",
+    "Opened",
+    "StepStore",
     "Store",
     "WakeListener",
     "Waker",
     "Write",
-    "check_import_counts",
-    "newest_finished",
     "not_empty_error",
 ]
 
@@ -141,66 +147,6 @@ def not_empty_error(where: str, counts: dict[str, int]) -> InvalidStateError:
     )
 
 
-def check_import_counts(
-    where: str, expected: dict[str, int], written: dict[str, int], stored: dict[str, int]
-) -> None:
-    """Raise unless every table holds as many rows as the snapshot had and the import wrote.
-
-    Raises:
-        StorageError: a table's counts differ (the caller rolls back).
-    """
-    for table in TABLES:
-        want = expected.get(table, 0)
-        if not want == written[table] == stored[table]:
-            raise StorageError(
-                f"{where}: import: {table}: the source snapshot has {want} rows, "
-                f"{written[table]} were read and {stored[table]} are stored; nothing was copied"
-            )
-
-
-def newest_finished(
-    query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
-    statement: str,
-    prefix_test: tuple[str, str, str],
-    *,
-    events: Sequence[str],
-    prefixes: Sequence[str] | None,
-    before_id: int | None,
-    limit: int,
-) -> list[HistoryRow]:
-    """``Store.finished_records``, the walk both stores share.
-
-    ``statement`` (``{prefixes}`` to fill, then the parameters ``event``, ``before``,
-    ``count``) reads up to ``count`` records of ``event`` with ``id < before``, newest first,
-    straight from the index of ending records: no filter in its WHERE clause, so that a
-    planner never trades the ordered index scan for a sort. Its rows are the ``HistoryRow``
-    columns and a last one, true when the record still ends a finished instance that the
-    prefixes keep. ``prefix_test`` is the dialect's ``(one prefix's test with its length and
-    text as parameters, true, false)``. Per event, chunks are read until ``limit`` rows
-    qualify; the newest ``limit`` of all events are returned.
-    """
-    term, true, false = prefix_test
-    if prefixes is None:
-        sql, flat = statement.format(prefixes=true), []
-    else:
-        sql = statement.format(prefixes=" OR ".join([term] * len(prefixes)) or false)
-        flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
-    chunk = min(max(2 * limit, 64), 1000)
-    found: list[HistoryRow] = []
-    for event in events:
-        before, kept = (1 << 63) - 1 if before_id is None else before_id, 0
-        while kept < limit:
-            rows = query(sql, (*flat, event, before, chunk))
-            for *columns, finished in rows:
-                if finished:
-                    found.append(HistoryRow(*columns))
-                    kept += 1
-            if len(rows) < chunk:
-                break
-            before = rows[-1][0]
-    return sorted(found, key=lambda r: r.id, reverse=True)[:limit]
-
-
 @attrs.frozen(slots=True)
 class HistoryRow:
     """One history record as stored."""
@@ -226,8 +172,8 @@ class Finding:
     detail: str
 
 
-class Store(Protocol):
-    """Where instances, queued Debounce events, idempotency keys and history live.
+class Opened(Protocol):
+    """An open store, of any audience.
 
     Not shared between threads: ``Jobs`` opens one per thread. After ``fork()`` a store must
     never use its parent's connection: ``Jobs`` drops its handles in the child and opens new
@@ -235,13 +181,37 @@ class Store(Protocol):
 
     Attributes:
         path: the location as given, printable: never contains a password.
-        key_window: seconds an idempotency key is remembered (``Jobs`` sets it after opening).
     """
 
     path: str
-    key_window: float
 
-    # -- reads: no transaction, never wait for writers ---------------------------------------
+    def schema_version(self) -> int:
+        """The schema version the database is at.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the connection (idempotent).
+
+        Raises:
+            StorageError: closing failed (the data is safe either way).
+        """
+        ...
+
+
+class StepStore(Opened, Protocol):
+    """The step path (``durajobs.engine``): where instances, queued Debounce events,
+    idempotency keys and history live. Reads take no transaction and never wait for writers;
+    each write is one transaction.
+
+    Attributes:
+        key_window: seconds an idempotency key is remembered (``Jobs`` sets it after opening).
+    """
+
+    key_window: float
 
     def load(self, instance_id: str) -> Instance | None:
         """The committed row of an instance, or ``None``.
@@ -337,8 +307,6 @@ class Store(Protocol):
         """
         ...
 
-    # -- writes: each one transaction ---------------------------------------------------------
-
     def commit(
         self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
     ) -> list[bool]:
@@ -411,7 +379,10 @@ class Store(Protocol):
         """
         ...
 
-    # -- inspection (CLI, dashboard) -----------------------------------------------------------
+
+class InspectStore(Opened, Protocol):
+    """Inspection (the CLI, the dashboard, ``Admin``): reads that take no transaction and
+    never wait for writers (the scans take one read-only snapshot)."""
 
     def list_instances(
         self,
@@ -463,7 +434,7 @@ class Store(Protocol):
         (a subset of ``END_EVENTS``). Only records with ``id < before_id`` (keyset pages);
         ``prefixes`` keeps instance ids starting with one of them (``"kind:"``,
         ``"kind:job:"``). Reads an index of the ``END_EVENTS`` records, newest first, in
-        chunks (``newest_finished``); records superseded by a later record or a live row of
+        chunks (``sql.newest_finished``); records superseded by a later record or a live row of
         their instance, and ids the prefixes leave out, are skipped one by one.
 
         Raises:
@@ -577,15 +548,9 @@ class Store(Protocol):
         """
         ...
 
-    def schema_version(self) -> int:
-        """The schema version the database is at.
 
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        ...
-
-    # -- copying a whole database (``durajobs copy``) ------------------------------------------
+class CopyStore(Opened, Protocol):
+    """Copying a whole database (``durajobs copy``)."""
 
     def table_counts(self) -> dict[str, int]:
         """How many rows each table of ``TABLES`` holds now.
@@ -623,13 +588,9 @@ class Store(Protocol):
         """
         ...
 
-    def close(self) -> None:
-        """Close the connection (idempotent).
 
-        Raises:
-            StorageError: closing failed (the data is safe either way).
-        """
-        ...
+class Store(StepStore, InspectStore, CopyStore, Protocol):
+    """Every audience's interface: what ``durajobs.stores.open_store`` returns."""
 
 
 class Claims(Protocol):

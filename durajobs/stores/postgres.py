@@ -1,5 +1,10 @@
 """The PostgreSQL store (psycopg 3): the same tables and semantics as ``sqlite``, many hosts.
 
+Everything SQL both stores share is in ``sql``; this module keeps what is PostgreSQL's own: the
+connection (``Link``: reopened when lost, never shared across ``fork()``, no password shown),
+the schema and its migrations, the write transaction, the group commit's fast path, the history
+horizon that ``tail -f`` follows, health, and the wake-ups (``NOTIFY``/``LISTEN``).
+
 Theory of operation. Every durajobs process keeps, per ``Jobs``, one store connection (reads in
 autocommit, each write one explicit transaction), one claim connection (``pg_claims``: session
 advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
@@ -33,8 +38,9 @@ claims (``load_many``), and commits the group in one transaction where the steps
 and Task instances that update their row go in one statement (``SQL_PUT_BATCH``: ``UPDATE ...
 FROM unnest(...)``, each row fenced on its own step, and their history records in the same
 statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
-batched write that did not apply) goes one statement at a time with its exact semantics. The
-claims are released in one round trip (``release_many``).
+batched write that did not apply) goes one statement at a time with its exact semantics, its
+row and records in one statement (``SQL_PUT_RECORDED``). The claims are released in one round
+trip (``release_many``).
 
 Following the history (``history_since``, ``durajobs tail -f``): ids come from a sequence and
 transactions commit in any order, so records are handed out only up to an id that no
@@ -55,34 +61,27 @@ import re
 import select
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from durajobs.core.rows import Instance, Queued, RejectedWrite
-from durajobs.errors import DuplicateEventError, StorageError
-from durajobs.stores.base import (
-    END_EVENTS,
-    TABLE_COLUMNS,
-    TABLES,
-    ExportBatch,
-    Finding,
-    HistoryRow,
-    Write,
-    check_import_counts,
-    newest_finished,
-    not_empty_error,
+from durajobs.errors import StorageError
+from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
+from durajobs.stores.sql import (
+    ENDED_TEST,
+    HISTORY_COLUMNS,
+    SCHEMA_VERSION,
+    Dialect,
+    Read,
+    SqlStore,
+    export_statements,
+    needs_migration,
+    render,
 )
 
-__all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "is_postgres", "signed_hash"]
+__all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "signed_hash"]
 
-SCHEMA_VERSION = 3
 INSTALL_HINT = "PostgreSQL needs psycopg: pip install 'durajobs[postgres]'"
 T = TypeVar("T")
-
-
-def is_postgres(location: str | os.PathLike[str]) -> bool:
-    """Whether a location string names a PostgreSQL database (``postgresql://``/``postgres://``)."""
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
 
 def signed_hash(text: str, person: bytes = b"") -> int:
@@ -99,7 +98,21 @@ def _write_key(instance_id: str) -> int:
 
 MIGRATE_KEY = signed_hash("durajobs:migrate")
 
-SQL_ENDED_TEST = f"event IN ({', '.join(repr(e) for e in END_EVENTS)})"  # history_ended's
+POSTGRES = Dialect(
+    placeholder="%s",
+    limit="?",
+    in_ids="= ANY(?::text[])",  # ids as a text[] parameter
+    least="LEAST",
+    ilike='COLLATE "C" ILIKE',  # folds ASCII only, as SQLite's LIKE
+    bucket="floor((at - ?) / ?)::bigint",
+    by_due="",
+    by_job="",
+    by_end="",
+    # The first transaction id not yet assigned (cluster-wide): unchanged while nobody writes,
+    # moved by every writing transaction.
+    change_token="SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+)
+SQL = render(POSTGRES)
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1 (as in sqlite.py).
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -158,19 +171,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     ("CREATE INDEX instances_failed ON instances (instance_id) WHERE status = 'failed'",),
     # Finished instances listed from the records that end them (as in sqlite.py).
-    (f"CREATE INDEX history_ended ON history (event, id) WHERE {SQL_ENDED_TEST}",),
+    (f"CREATE INDEX history_ended ON history (event, id) WHERE {ENDED_TEST}",),
 ]
 
-COLUMNS = (
-    "instance_id, kind, job, user_id, status, state, due_at, scheduled_for, anchor, reason, "
-    "run_count, attempt, event_count, created_at, started_at, last_error, step, updated_at"
-)
-_NAMES = COLUMNS.split(", ")
-_SET_ALL = ", ".join(f"{c} = EXCLUDED.{c}" for c in _NAMES[4:])
-_SET_BUT_DUE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _NAMES[4:] if c != "due_at")
-_VALUES = ", ".join(["%s"] * 18)
+_NAMES = TABLE_COLUMNS["instances"]
 
-# -- named statements (same names and meaning as in sqlite.py) --------------------------------
+# -- PostgreSQL's own statements --------------------------------------------------------------
 SQL_SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS durajobs_schema (version integer PRIMARY KEY, "
     "applied_at timestamptz NOT NULL DEFAULT now())"
@@ -182,51 +188,6 @@ SQL_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM durajobs_schema"
 SQL_SCHEMA_APPLIED = "INSERT INTO durajobs_schema (version) VALUES (%s)"
 SQL_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s::bigint)"
 SQL_XACT_LOCKS = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
-SQL_LOAD = f"SELECT {COLUMNS} FROM instances WHERE instance_id = %s"
-SQL_LOAD_FLAGGED = (
-    f"SELECT {COLUMNS}, EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = %(id)s) "
-    "FROM instances WHERE instance_id = %(id)s"
-)
-SQL_STEP = "SELECT step FROM instances WHERE instance_id = %s"
-# Bulk calls read all their instances in one statement each (ids as a text[] parameter).
-SQL_LOAD_MANY = f"SELECT {COLUMNS} FROM instances WHERE instance_id = ANY(%s::text[])"
-SQL_QUEUED_MANY = (
-    "SELECT instance_id, seq, event, added_at FROM inbox "
-    "WHERE instance_id = ANY(%s::text[]) ORDER BY instance_id, seq"
-)
-SQL_LAST_STEPS = (
-    "SELECT instance_id, max(step) FROM history WHERE instance_id = ANY(%s::text[]) "
-    "GROUP BY instance_id"
-)
-SQL_LAST_STEP_EXPR = (
-    "SELECT coalesce((SELECT step FROM history WHERE instance_id = %(id)s "
-    "ORDER BY id DESC LIMIT 1), 0)"
-)
-SQL_FIND_RECORD = (
-    "SELECT 1 FROM history WHERE instance_id = %s AND step = %s AND event = %s "
-    "ORDER BY id DESC LIMIT 1"
-)
-SQL_DUE = f"SELECT {COLUMNS} FROM instances WHERE due_at <= %s ORDER BY due_at LIMIT %s"
-SQL_DUE_IDS = "SELECT instance_id FROM instances WHERE due_at <= %s ORDER BY due_at LIMIT %s"
-SQL_NEXT_DUE = "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT %s"
-SQL_QUEUED = "SELECT seq, event, added_at FROM inbox WHERE instance_id = %s ORDER BY seq"
-SQL_HAS_KEY = "SELECT 1 FROM event_keys WHERE instance_id = %s AND key = %s AND at >= %s"
-SQL_PUT = (
-    f"INSERT INTO instances ({COLUMNS}) VALUES ({_VALUES}) "
-    f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = %s"
-)
-# Debounce: events queued (and not consumed by this write), or re-queued by it, need a step
-# soon: the alarm becomes due now unless the row is failed or a retry is pending. The queue
-# changes are applied after this statement (only if the fence held), so the test reads the
-# queue as it will be: rows with seq > consumed, or the re-queued event.
-SQL_PUT_DEBOUNCE = (
-    f"INSERT INTO instances ({COLUMNS}) VALUES ({_VALUES}) "
-    f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_BUT_DUE}, due_at = CASE "
-    "WHEN EXCLUDED.status <> 'failed' AND EXCLUDED.attempt = 1 AND (%s OR EXISTS "
-    "(SELECT 1 FROM inbox WHERE inbox.instance_id = EXCLUDED.instance_id AND inbox.seq > %s)) "
-    "THEN LEAST(coalesce(EXCLUDED.due_at, %s), %s) ELSE EXCLUDED.due_at END "
-    "WHERE instances.step = %s"
-)
 # The row's write and its history records in one statement (one round trip per step): the
 # records are inserted only if the upsert passed its fence (``FROM put``); the statement's
 # row count is then the number of records, 0 when fenced out.
@@ -236,8 +197,8 @@ _RECORDS_FROM_PUT = (
     "unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[]) "
     "AS r(event, attempt, duration_ms, error, data)"
 )
-SQL_PUT_RECORDED = f"WITH put AS ({SQL_PUT} RETURNING 1) {_RECORDS_FROM_PUT}"
-SQL_PUT_DEBOUNCE_RECORDED = f"WITH put AS ({SQL_PUT_DEBOUNCE} RETURNING 1) {_RECORDS_FROM_PUT}"
+SQL_PUT_RECORDED = f"WITH put AS ({SQL.put} RETURNING 1) {_RECORDS_FROM_PUT}"
+SQL_PUT_DEBOUNCE_RECORDED = f"WITH put AS ({SQL.put_debounce} RETURNING 1) {_RECORDS_FROM_PUT}"
 # Group commit (``_apply_batch``): many steps' rows and their history records in one
 # statement. Each row is fenced on its own expected step; records are inserted only for the
 # rows that passed (in the group's order: history ids keep each instance's records in order);
@@ -262,55 +223,6 @@ SQL_PUT_BATCH = (
     "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
     "SELECT instance_id FROM put"
 )
-SQL_DELETE = "DELETE FROM instances WHERE instance_id = %s AND step = %s"
-SQL_HISTORY = (
-    "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-SQL_TRIM_HISTORY = (
-    "DELETE FROM history WHERE instance_id = %(id)s AND id <= (SELECT id FROM history "
-    "WHERE instance_id = %(id)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s)"
-)
-SQL_CONSUME = "DELETE FROM inbox WHERE instance_id = %s AND seq <= %s"
-SQL_ADD_KEY = (
-    "INSERT INTO event_keys (instance_id, key, at) VALUES (%(id)s, %(key)s, %(now)s) "
-    "ON CONFLICT (instance_id, key) DO UPDATE SET at = EXCLUDED.at "
-    "WHERE event_keys.at < %(cutoff)s"
-)
-SQL_REVIVE_QUEUED = (
-    f"INSERT INTO instances ({COLUMNS}) SELECT %(id)s, 'debounce', %(job)s, %(user)s, "
-    "'debouncing', NULL, %(now)s, NULL, NULL, NULL, 0, 1, 0, %(now)s, NULL, NULL, %(step)s, "
-    "%(now)s WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = %(id)s)"
-)
-SQL_ENQUEUE = "INSERT INTO inbox (instance_id, event, added_at) VALUES (%s, %s, %s) RETURNING seq"
-SQL_ENQUEUE_ALARM = (
-    f"INSERT INTO instances ({COLUMNS}) VALUES (%(id)s, 'debounce', %(job)s, %(user)s, "
-    "'debouncing', NULL, %(now)s, NULL, NULL, NULL, 0, 1, 0, %(now)s, NULL, NULL, "
-    f"({SQL_LAST_STEP_EXPR}), %(now)s) "
-    "ON CONFLICT (instance_id) DO UPDATE SET due_at = EXCLUDED.due_at "
-    "WHERE instances.status <> 'failed' "
-    "AND (instances.due_at IS NULL OR instances.due_at > EXCLUDED.due_at)"
-)
-SQL_QUEUE_SIZE = "SELECT count(*), min(added_at) FROM inbox WHERE instance_id = %s"
-SQL_FIND_QUEUED = "SELECT 1 FROM inbox WHERE seq = %s AND instance_id = %s AND event = %s"
-SQL_PRUNE_HISTORY = "DELETE FROM history WHERE id < %s AND at < %s"
-SQL_PRUNE_KEYS = "DELETE FROM event_keys WHERE at < %s"
-SQL_COUNT_BY_STATUS = (
-    "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
-    "ORDER BY kind, job, status"
-)
-SQL_COUNT_DUE = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= %s"
-SQL_NEXT_AFTER = "SELECT min(due_at) FROM instances WHERE due_at > %s"
-SQL_HISTORY_ID_RANGE = "SELECT (SELECT min(id) FROM history), (SELECT max(id) FROM history)"
-SQL_HISTORY_AT_ID = "SELECT at FROM history WHERE id >= %s ORDER BY id LIMIT 1"
-SQL_HISTORY_COUNTS = (
-    "SELECT count(*), count(*) FILTER (WHERE event = 'job.failed'), "
-    "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= %s AND at >= %s"
-)
-_HISTORY_COLUMNS = "id, instance_id, at, event, step, attempt, duration_ms, error, data"
-SQL_HISTORY_OF = (
-    f"SELECT {_HISTORY_COLUMNS} FROM history WHERE instance_id = %s ORDER BY id DESC LIMIT %s"
-)
 # Following the history without gaps (``history_since``): ids come from a sequence, so a
 # transaction can commit a record after a record with a higher id was read. Read only ids that
 # are final: every id up to the sequence's last value V was taken by a transaction holding a
@@ -328,68 +240,22 @@ _FINAL_IDS = (
     "::regclass), 0) AS last_id) AS v) AS s LEFT JOIN LATERAL "
 )
 SQL_HISTORY_SINCE = (
-    f"{_FINAL_IDS}(SELECT {_HISTORY_COLUMNS} FROM history WHERE id > %s AND id <= %s "
+    f"{_FINAL_IDS}(SELECT {HISTORY_COLUMNS} FROM history WHERE id > %s AND id <= %s "
     "ORDER BY id LIMIT %s) AS h ON true ORDER BY h.id"
 )
 SQL_HISTORY_RECENT_FINAL = (
-    f"{_FINAL_IDS}(SELECT {_HISTORY_COLUMNS} FROM history WHERE id <= %s "
+    f"{_FINAL_IDS}(SELECT {HISTORY_COLUMNS} FROM history WHERE id <= %s "
     "ORDER BY id DESC LIMIT %s) AS h ON true ORDER BY h.id"
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
-SQL_FINISHED = (
-    f"SELECT {_HISTORY_COLUMNS}, ({{prefixes}}) AND NOT EXISTS (SELECT 1 FROM history AS later "
-    "WHERE later.instance_id = h.instance_id AND later.id > h.id) "
-    "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
-    f"FROM history AS h WHERE {SQL_ENDED_TEST} AND event = %s AND id < %s "
-    "ORDER BY id DESC LIMIT %s"
-)
-# One prefix's test of SQL_FINISHED (its length and text as parameters), true, false.
-SQL_FINISHED_PREFIX = ("left(h.instance_id, %s) = %s", "TRUE", "FALSE")
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
-# Dashboard pages (keyset: each page starts after the last row of the previous one; no OFFSET,
-# no count). Filters are joined with AND.
-SQL_PAGE_BY_ID = f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY instance_id LIMIT %s"
-SQL_PAGE_BY_JOB = (
-    f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY kind, instance_id LIMIT %s"
-)
-SQL_PAGE_BY_ALARM = (
-    f"SELECT {COLUMNS} FROM instances WHERE {{where}} ORDER BY due_at, instance_id LIMIT %s"
-)
-# The first transaction id not yet assigned (cluster-wide): unchanged while nobody writes, moved
-# by every writing transaction. Reads no table.
-SQL_CHANGE_TOKEN = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-SQL_HISTORY_BUCKETS = (
-    "SELECT floor((at - %(since)s) / %(width)s)::bigint AS bucket, "
-    "count(DISTINCT instance_id || ':' || step), "
-    "count(*) FILTER (WHERE event = 'job.failed') FROM history "
-    "WHERE id >= %(low)s AND at >= %(since)s AND at < %(until)s GROUP BY bucket"
-)
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
 
-# Copying a whole database (``durajobs copy``): one snapshot, each table read in key order a
-# page at a time (keyset), written back with COPY (which keeps the identity columns' values).
+# Copying a whole database (``durajobs copy``): written back with COPY (which keeps the
+# identity columns' values), the tables locked against writers (``EXCLUSIVE``: reads go on).
 SQL_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-_EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
-                "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
-
-
-def _export_sql(table: str) -> tuple[str, str, tuple[int, ...]]:
-    names = TABLE_COLUMNS[table]
-    keys = _EXPORT_KEYS[table]
-    order = ", ".join(keys)
-    after = f"({order}) > ({', '.join(['%s'] * len(keys))})"
-    columns = ", ".join(names)
-    return (
-        f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT %s",
-        f"SELECT {columns} FROM {table} WHERE {after} ORDER BY {order} LIMIT %s",
-        tuple(names.index(k) for k in keys),
-    )
-
-
-SQL_EXPORT = {t: _export_sql(t) for t in TABLES}
 SQL_IMPORT = {t: f"COPY {t} ({', '.join(c)}) FROM STDIN" for t, c in TABLE_COLUMNS.items()}
-SQL_COUNT_ROWS = {t: f"SELECT count(*) FROM {t}" for t in TABLES}
 SQL_LOCK_TABLES = f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE"
 # The identity sequences go on after the copied ids (``is_called`` false: an empty table's
 # next id is 1).
@@ -751,8 +617,8 @@ def _unquoted(reason: str, shown: _Shown) -> str:
     return _scrub(re.sub(r'"([^"]*)"', hide, reason), shown)
 
 
-class PostgresStore:
-    """A durajobs database on a PostgreSQL server (the ``Store`` protocol of ``base``).
+class PostgresStore(SqlStore):
+    """A durajobs database on a PostgreSQL server.
 
     Args:
         location: a libpq URL, ``postgresql://user@host:5432/db`` (or ``postgres://``), with
@@ -771,6 +637,11 @@ class PostgresStore:
         ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
     """
 
+    sql = SQL
+    dialect = POSTGRES
+    exports = export_statements(POSTGRES)
+    import_prologue = (SQL_LOCK_TABLES,)
+    import_epilogue = SQL_RESTART_IDS
     # Group commit in one statement per table (``_apply_batch``); False: one statement per write
     # (the benchmark's "before", benchmarks/bench_postgres.py).
     batch_commit = True
@@ -785,28 +656,25 @@ class PostgresStore:
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
-        self.path = _redact(location)
-        self.durability = durability
-        self.readonly = readonly
-        self.key_window = 86400.0
         setup = [f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}"]
         if durability == "normal":
             setup.append("SET synchronous_commit = off")
         if readonly:
             setup.append("SET default_transaction_read_only = on")
         self._link = Link(location, setup, connect_timeout=busy_timeout)
-        self._psycopg = _psycopg(self.path)
+        super().__init__(_redact(location), self._link.where)
+        self.durability = durability
+        self.readonly = readonly
+        self._psycopg = psycopg = _psycopg(self.path)
+        # A write's values, not the database, at fault: text with NUL (PostgreSQL's text
+        # refuses it), an integer past bigint.
+        self.content_errors = (psycopg.DataError, UnicodeError, OverflowError, TypeError)
         self._migrated_generation = -1
         self._final_id = 0  # every history id up to this one is final (history_since)
         self._follow_pending: list[tuple[int, frozenset[str]]] = []
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
-
-    @property
-    def where(self) -> str:
-        """``postgresql host:port/database`` (for messages)."""
-        return self._link.where
 
     def _connection(self) -> Any:
         link = self._link
@@ -821,22 +689,8 @@ class PostgresStore:
         return conn
 
     def _migrate(self, conn: Any) -> None:
-        version = self._version(conn)
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.where}: schema version {version} is newer than this durajobs "
-                f"understands ({SCHEMA_VERSION}); upgrade durajobs"
-            )
-        if version == SCHEMA_VERSION:
+        if not needs_migration(self.where, self._version(conn), self.readonly):
             return
-        if self.readonly:  # inspection never migrates: a writer of this version must
-            raise StorageError(
-                f"{self.where}: not a durajobs database (schema version 0)"
-                if version == 0
-                else f"{self.where}: schema version {version} is older than this durajobs "
-                f"({SCHEMA_VERSION}); it is migrated when the application or the daemon of "
-                "this version opens it"
-            )
         with conn.transaction():
             # Every process that starts on an old schema queues here; the first migrates,
             # the others find the work done.
@@ -870,15 +724,46 @@ class PostgresStore:
         """
         return self._link.run(doing, work, self._connection)
 
-    def _rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        return self._read(lambda conn: list(conn.execute(sql, params).fetchall()))
+    def _rows(
+        self, sql: str, params: Sequence[Any] = (), doing: str = "read"
+    ) -> list[tuple[Any, ...]]:
+        return self._link.run(
+            doing, lambda conn: conn.execute(sql, params).fetchall(), self._connection
+        )
 
-    def _transaction(self, doing: str, body: Callable[[Any], T], probe: Callable[[Any], bool]) -> T:
-        """The one write-transaction helper: ``BEGIN``, ``body(cursor)``, ``COMMIT``.
+    def _changed(self, cur: Any) -> int:
+        return int(cur.rowcount)
 
-        ``probe(connection)`` re-reads whether the transaction's effect is in the database; it
-        is asked (on a new connection) only when the connection broke during COMMIT.
-        """
+    def _array(self, ids: Sequence[str]) -> list[str]:
+        return list(ids)
+
+    def _import_rows(self, cur: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+        with cur.copy(SQL_IMPORT[table]) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    @contextlib.contextmanager
+    def _snapshot(self, doing: str) -> Iterator[Read]:
+        link = self._link
+        conn = link.run(doing, _begin_snapshot, self._connection)
+
+        def read(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+            try:
+                return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+            except self._psycopg.Error as exc:
+                link.drop()
+                raise link.error(exc, doing) from None
+
+        try:
+            yield read
+        finally:
+            self._rollback(conn)
+
+    def _transaction(
+        self, doing: str, body: Callable[[Any], T], probe: Callable[[Read], bool]
+    ) -> T:
+        """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
+        only when the connection broke during COMMIT: the server may have committed."""
         psycopg = self._psycopg
         link = self._link
 
@@ -902,10 +787,10 @@ class PostgresStore:
             if not conn.broken:
                 self._rollback(conn)
                 raise link.error(exc, doing) from None
-            # The connection died during COMMIT: the server may have committed. Ask.
             link.drop()
             try:
-                committed = probe(self._connection())
+                conn = self._connection()
+                committed = probe(lambda sql, params: conn.execute(sql, params).fetchall())
             except (psycopg.Error, StorageError):
                 link.drop()
                 raise link.error(exc, doing + " (outcome unknown)") from None
@@ -931,185 +816,37 @@ class PostgresStore:
         """
         self._read(lambda conn: conn.execute(SQL_NOTIFY, (channel,)), "notify")
 
-    # -- reads ----------------------------------------------------------------------------
+    def _serialize(self, cur: Any, instance_ids: Sequence[str]) -> None:
+        # Sorted: two transactions never wait on each other.
+        keys = sorted({_write_key(instance_id) for instance_id in instance_ids})
+        if len(keys) == 1:
+            cur.execute(SQL_XACT_LOCK, (keys[0],))
+        elif keys:
+            cur.execute(SQL_XACT_LOCKS, (keys,))
 
-    def load(self, instance_id: str) -> Instance | None:
-        """The committed row of an instance, or ``None``.
+    def _group(
+        self, cur: Any, writes: Sequence[Write], now: float, history_limit: int
+    ) -> Container[int]:
+        # Debounce rows are also written by enqueue, which holds no claim: serialize with it.
+        self._serialize(cur, [w.instance_id for w in writes if w.kind == "debounce"])
+        return self._apply_batch(cur, writes, now, history_limit)
 
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        rows = self._rows(SQL_LOAD, (instance_id,))
-        return Instance(*rows[0]) if rows else None
-
-    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
-        """The row and its queued events (Debounce), with one query when none are queued.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        rows = self._rows(SQL_LOAD_FLAGGED, {"id": instance_id})
-        if not rows:
-            return None, []
-        row = rows[0]
-        return Instance(*row[:-1]), self.queued(instance_id) if row[-1] else []
-
-    def last_step(self, instance_id: str) -> int:
-        """The last step number recorded for an instance id (0 if none).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return int(self._rows(SQL_LAST_STEP_EXPR, {"id": instance_id})[0][0])
-
-    def load_many(
-        self, instance_ids: Sequence[str], *, with_queue: bool = False
-    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
-        """``load_with_queue`` (or ``load``) of many instances in one statement or two (bulk
-        calls): every id maps to its row (or ``None``) and its queued events.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        ids = list(instance_ids)
-        found: dict[str, tuple[Instance | None, list[Queued]]]
-        found = {instance_id: (None, []) for instance_id in ids}
-        for row in self._rows(SQL_LOAD_MANY, (ids,)):
-            found[row[0]] = (Instance(*row), [])
-        if with_queue:
-            for instance_id, *queued in self._rows(SQL_QUEUED_MANY, (ids,)):
-                found[instance_id][1].append(Queued(*queued))
-        return found
-
-    def last_steps(self, instance_ids: Sequence[str]) -> dict[str, int]:
-        """``last_step`` of many instance ids (ids with no history are left out).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        rows = self._rows(SQL_LAST_STEPS, (list(instance_ids),))
-        return {str(i): int(step) for i, step in rows}
-
-    def queued(self, instance_id: str) -> list[Queued]:
-        """Events stored by ``enqueue`` and not yet folded, oldest first.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return [Queued(*row) for row in self._rows(SQL_QUEUED, (instance_id,))]
-
-    def due(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[Instance]:
-        """Instances whose alarm is at or before ``now``, earliest first.
-
-        ``prefixes`` keeps only instance ids starting with one of them (``"kind:job:"``).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        sql, params = _for_jobs(SQL_DUE, prefixes, (now, limit))
-        return [Instance(*row) for row in self._rows(sql, params)]
-
-    def due_ids(self, now: float, limit: int, prefixes: Sequence[str] | None = None) -> list[str]:
-        """Ids of the instances whose alarm is at or before ``now``, earliest first.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        sql, params = _for_jobs(SQL_DUE_IDS, prefixes, (now, limit))
-        return [str(row[0]) for row in self._rows(sql, params)]
-
-    def next_due(self, skip: int = 0, prefixes: Sequence[str] | None = None) -> list[float]:
-        """The earliest ``skip + 1`` alarm times (ascending).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        sql, params = _for_jobs(SQL_NEXT_DUE, prefixes, (skip + 1,))
-        return [float(row[0]) for row in self._rows(sql, params)]
-
-    def has_key(self, instance_id: str, key: str, now: float) -> bool:
-        """Whether an idempotency key was accepted for the instance within ``key_window``.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return bool(self._rows(SQL_HAS_KEY, (instance_id, key, now - self.key_window)))
-
-    # -- writes ---------------------------------------------------------------------------
-
-    def commit(
-        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
-    ) -> list[bool]:
-        """Apply the writes in one transaction; returns, per write, whether its fence held.
-
-        ``atomic``: all or nothing (bulk calls): a fenced-out write or a taken key raises
-        ``FencedOut`` and nothing is applied.
-
-        Raises:
-            StorageError: the transaction was not committed (the database is unchanged), or
-                its outcome could not be learned ("outcome unknown").
-            DuplicateEventError: a single keyed write whose key was taken meanwhile.
-            RejectedWrite: one write's content cannot be stored (text containing NUL, which
-                PostgreSQL's text refuses; an integer out of bigint's range); nothing of the
-                transaction is applied.
-            FencedOut: ``atomic`` and write ``index`` was fenced out or its key was taken.
-        """
-        if not writes:
-            return []
-
-        def body(cur: Any) -> list[bool]:
-            # Debounce rows are also written by enqueue, which holds no claim: serialize
-            # with it per instance (sorted: two transactions never wait on each other).
-            keys = sorted({_write_key(w.instance_id) for w in writes if w.kind == "debounce"})
-            if len(keys) == 1:
-                cur.execute(SQL_XACT_LOCK, (keys[0],))
-            elif keys:
-                cur.execute(SQL_XACT_LOCKS, (keys,))
-            content_errors = (self._psycopg.DataError, UnicodeError, OverflowError, TypeError)
-            batched = self._apply_batch(cur, writes, now, history_limit, content_errors)
-            applied = []
-            for index, write in enumerate(writes):
-                if index in batched:
-                    applied.append(True)
-                    continue
-                try:
-                    if write.key is None:
-                        applied.append(self._apply(cur, write, now, history_limit))
-                    else:
-                        applied.append(self._apply_keyed(cur, write, now, history_limit, writes))
-                except content_errors as exc:
-                    # This write's content (text with NUL, an integer past bigint), not the
-                    # database, is at fault: roll back; the engine records that instance's
-                    # failure and commits the others again.
-                    raise RejectedWrite(index, exc) from None
-                except DuplicateEventError:
-                    if atomic:
-                        raise _fenced_out(index) from None
-                    raise
-                if atomic and not applied[-1]:
-                    raise _fenced_out(index)
-            return applied
-
-        def probe(conn: Any) -> bool:
-            first = writes[0]
-            if first.records:  # step numbers never repeat for an id: its record is proof
-                step = first.row.step if first.row is not None else first.expected_step + 1
-                params = (first.instance_id, step, first.records[-1][0])
-                return bool(conn.execute(SQL_FIND_RECORD, params).fetchall())
-            rows = conn.execute(SQL_STEP, (first.instance_id,)).fetchall()
-            if first.row is not None:
-                return bool(rows) and rows[0][0] == first.row.step
-            return not rows or rows[0][0] != first.expected_step
-
-        return self._transaction("commit", body, probe)
+    def _put(self, cur: Any, write: Write, now: float) -> bool:
+        records = write.records
+        if not records:
+            return super()._put(cur, write, now)
+        row: Any = write.row
+        params: tuple[Any, ...] = (*row,)
+        debounce = write.kind == "debounce"
+        if debounce:
+            params += (write.requeue is not None, write.consumed, now, now)
+        columns = (list(c) for c in zip(*records, strict=True))
+        params += (write.expected_step, write.instance_id, now, row.step, *columns)
+        cur.execute(SQL_PUT_DEBOUNCE_RECORDED if debounce else SQL_PUT_RECORDED, params)
+        return bool(cur.rowcount)
 
     def _apply_batch(
-        self,
-        cur: Any,
-        writes: Sequence[Write],
-        now: float,
-        history_limit: int,
-        content_errors: tuple[type[BaseException], ...],
+        self, cur: Any, writes: Sequence[Write], now: float, history_limit: int
     ) -> set[int]:
         """Group commit's common case in one statement: the steps of Continuous and Task
         instances that replace an existing row (``UPDATE ... FROM unnest(...)``, each row
@@ -1147,273 +884,19 @@ class PostgresStore:
         cur.execute("SAVEPOINT batch")
         try:
             done = {row[0] for row in cur.execute(SQL_PUT_BATCH, params).fetchall()}
-        except content_errors:
+        except self.content_errors:
             cur.execute("ROLLBACK TO SAVEPOINT batch")
             return set()
         for i in indexes:
             write = writes[i]
             step = write.row.step  # type: ignore[union-attr]
             if write.instance_id in done and write.records and step % 32 == 0:
-                cur.execute(SQL_TRIM_HISTORY, {"id": write.instance_id, "keep": history_limit})
+                cur.execute(SQL.trim_history, (write.instance_id, write.instance_id, history_limit))
         return {i for i in indexes if writes[i].instance_id in done}
 
-    def _apply_keyed(
-        self, cur: Any, write: Write, now: float, history_limit: int, writes: Sequence[Write]
-    ) -> bool:
-        cur.execute("SAVEPOINT keyed")
-        ok = self._apply(cur, write, now, history_limit)
-        if ok:
-            cur.execute(SQL_ADD_KEY, {
-                "id": write.instance_id, "key": write.key, "now": now,
-                "cutoff": now - self.key_window,
-            })  # fmt: skip
-            if cur.rowcount == 0:
-                cur.execute("ROLLBACK TO SAVEPOINT keyed")
-                cur.execute("RELEASE SAVEPOINT keyed")
-                if len(writes) == 1:
-                    raise DuplicateEventError(
-                        f"{write.instance_id}: an event with key {write.key!r} was already accepted"
-                    )
-                return False
-        cur.execute("RELEASE SAVEPOINT keyed")
-        return ok
-
-    def _apply(self, cur: Any, write: Write, now: float, history_limit: int) -> bool:
-        """One write; ``False`` (and nothing changed) when its fence fails."""
-        if write.queue_only:  # add_many on a busy instance: queue it, as enqueue does
-            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
-            cur.execute(SQL_ENQUEUE_ALARM, {
-                "id": write.instance_id, "job": write.job, "user": write.user_id, "now": now,
-            })  # fmt: skip
-            return True
-        row = write.row
-        instance_id = write.instance_id
-        debounce = write.kind == "debounce"
-        if row is None:
-            cur.execute(SQL_DELETE, (instance_id, write.expected_step))
-            if cur.rowcount == 0 and not write.new:
-                return False
-            step = write.expected_step + 1
-            if debounce:
-                self._queue_changes(cur, write, now)
-                # Events queued during this step open the next batch, numbered on from here.
-                cur.execute(SQL_REVIVE_QUEUED, {
-                    "id": instance_id, "job": write.job, "user": write.user_id, "now": now,
-                    "step": step,
-                })  # fmt: skip
-        else:
-            step = row.step
-            records = write.records
-            params: tuple[Any, ...] = (*row,)
-            if debounce:
-                params += (write.requeue is not None, write.consumed, now, now)
-            params += (write.expected_step,)
-            if records:
-                columns = list(zip(*records, strict=True))
-                params += (instance_id, now, step, *(list(c) for c in columns))
-                cur.execute(SQL_PUT_DEBOUNCE_RECORDED if debounce else SQL_PUT_RECORDED, params)
-            else:
-                cur.execute(SQL_PUT_DEBOUNCE if debounce else SQL_PUT, params)
-            if cur.rowcount == 0:
-                return False
-            if debounce:
-                self._queue_changes(cur, write, now)
-            if records and step % 32 == 0:
-                cur.execute(SQL_TRIM_HISTORY, {"id": instance_id, "keep": history_limit})
-            return True
-        records = write.records
-        if records:
-            if len(records) == 1:
-                event, *rest = records[0]
-                cur.execute(SQL_HISTORY, (instance_id, now, event, step, *rest))
-            else:
-                cur.executemany(
-                    SQL_HISTORY,
-                    [(instance_id, now, event, step, *rest) for (event, *rest) in records],
-                )
-            if step % 32 == 0:
-                cur.execute(SQL_TRIM_HISTORY, {"id": instance_id, "keep": history_limit})
-        return True
-
-    @staticmethod
-    def _queue_changes(cur: Any, write: Write, now: float) -> None:
-        if write.consumed:
-            cur.execute(SQL_CONSUME, (write.instance_id, write.consumed))
-        if write.requeue is not None:
-            cur.execute(SQL_ENQUEUE, (write.instance_id, write.requeue, now))
-
-    def enqueue(
-        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
-    ) -> tuple[int, float, float]:
-        """Store a Debounce event for an instance busy elsewhere and make it due now.
-
-        Returns the number of queued events and when the first and the last were added.
-
-        Raises:
-            DuplicateEventError: the key was already accepted for this instance.
-            StorageError: the event could not be stored.
-        """
-        seq = [0]
-
-        def body(cur: Any) -> tuple[int, float, float]:
-            cur.execute(SQL_XACT_LOCK, (_write_key(instance_id),))
-            if key is not None:
-                cur.execute(SQL_ADD_KEY, {
-                    "id": instance_id, "key": key, "now": now, "cutoff": now - self.key_window,
-                })  # fmt: skip
-                if cur.rowcount == 0:
-                    raise DuplicateEventError(
-                        f"{instance_id}: an event with key {key!r} was already accepted"
-                    )
-            cur.execute(SQL_ENQUEUE, (instance_id, event, now))
-            seq[0] = int(cur.fetchone()[0])
-            cur.execute(SQL_ENQUEUE_ALARM, {
-                "id": instance_id, "job": job, "user": user_id, "now": now,
-            })  # fmt: skip
-            count, first = cur.execute(SQL_QUEUE_SIZE, (instance_id,)).fetchone()
-            return int(count), float(first), now
-
-        def probe(conn: Any) -> bool:
-            return bool(conn.execute(SQL_FIND_QUEUED, (seq[0], instance_id, event)).fetchall())
-
-        return self._transaction("enqueue", body, probe)
-
-    def prune(self, history_before: float, keys_before: float) -> None:
-        """Delete history records and idempotency keys older than the given times.
-
-        Raises:
-            StorageError: the transaction failed.
-        """
-
-        def body(cur: Any) -> None:
-            low = _first_id(cur, history_before)
-            if low is not None:
-                cur.execute(SQL_PRUNE_HISTORY, (low, history_before))
-            cur.execute(SQL_PRUNE_KEYS, (keys_before,))
-
-        self._transaction("prune", body, lambda _conn: True)
-
-    # -- inspection (CLI) -----------------------------------------------------------------
-
-    def list_instances(
-        self,
-        *,
-        kind: str | None = None,
-        job: str | None = None,
-        status: str | None = None,
-        due_before: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Instance]:
-        """Instances sorted by next alarm (those without one last), filtered and paginated.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        where, params = _filters(kind, job, status)
-        alarmed_where = " AND ".join([*where, "due_at IS NOT NULL"])
-        alarmed_params = list(params)
-        if due_before is not None:
-            alarmed_where += " AND due_at <= %s"
-            alarmed_params.append(due_before)
-        rows = [
-            Instance(*r)
-            for r in self._rows(
-                f"SELECT {COLUMNS} FROM instances WHERE {alarmed_where} "
-                "ORDER BY due_at, instance_id LIMIT %s OFFSET %s",
-                (*alarmed_params, limit, offset),
-            )
-        ]
-        if len(rows) >= limit or due_before is not None:
-            return rows
-        skipped = 0
-        if offset:
-            alarmed = int(
-                self._rows(f"SELECT count(*) FROM instances WHERE {alarmed_where}", alarmed_params)[
-                    0
-                ][0]
-            )
-            skipped = max(0, offset - alarmed)
-        idle_where = " AND ".join([*where, "due_at IS NULL"])
-        rows += [
-            Instance(*r)
-            for r in self._rows(
-                f"SELECT {COLUMNS} FROM instances WHERE {idle_where} "
-                "ORDER BY instance_id LIMIT %s OFFSET %s",
-                (*params, limit - len(rows), skipped),
-            )
-        ]
-        return rows
-
-    def scan_instances(
-        self,
-        *,
-        kind: str | None = None,
-        job: str | None = None,
-        status: str | None = None,
-        due_before: float | None = None,
-        batch_size: int = 1000,
-    ) -> Generator[list[Instance]]:
-        """Every instance ``list_instances`` lists, in its order, from one ``REPEATABLE READ
-        READ ONLY`` transaction (one snapshot), in keyset batches: the alarmed ones by
-        ``(due_at, instance_id)``, then the others by id.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        where, params = _filters(kind, job, status)
-        alarmed, alarmed_params = [*where, "due_at IS NOT NULL"], list(params)
-        if due_before is not None:
-            alarmed.append("due_at <= %s")
-            alarmed_params.append(due_before)
-        phases: list[tuple[str, tuple[str, ...], list[Any]]] = [
-            (f"SELECT {COLUMNS} FROM instances WHERE {' AND '.join(alarmed)}",
-             ("due_at", "instance_id"), alarmed_params),
-        ]  # fmt: skip
-        if due_before is None:  # then those without an alarm
-            idle = " AND ".join([*where, "due_at IS NULL"])
-            phases.append(
-                (f"SELECT {COLUMNS} FROM instances WHERE {idle}", ("instance_id",), params)
-            )
-        link = self._link
-        conn = self._connection()
-        try:
-            conn.execute(SQL_BEGIN_SNAPSHOT)
-            for select, keys, values in phases:
-                order = ", ".join(keys)
-                after = f" AND ({order}) > ({', '.join(['%s'] * len(keys))})"
-                last: tuple[Any, ...] = ()
-                while True:
-                    sql = f"{select}{after if last else ''} ORDER BY {order} LIMIT %s"
-                    rows = [Instance(*r) for r in conn.execute(sql, (*values, *last, batch_size))]
-                    if rows:
-                        yield rows
-                    if len(rows) < batch_size:
-                        break
-                    last = tuple(getattr(rows[-1], key) for key in keys)
-        except self._psycopg.Error as exc:
-            link.drop()
-            raise link.error(exc, "read") from None
-        finally:
-            self._rollback(conn)
-
-    def history(self, instance_id: str, limit: int = 20) -> list[HistoryRow]:
-        """The latest ``limit`` history records of an instance (live or purged), oldest first.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        rows = self._rows(SQL_HISTORY_OF, (instance_id, limit))
-        return [HistoryRow(*r) for r in reversed(rows)]
-
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
-        """History records with ``id > after_id`` (all instances), by id, without gaps: only
-        records no transaction still writing can precede (``SQL_HISTORY_SINCE``); the others
-        come in a later call. One round trip, two or three when new records are final.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
+        """Only records no transaction still writing can precede (``SQL_HISTORY_SINCE``): one
+        round trip, two or three when new records are final."""
         found: list[HistoryRow] = []
 
         def more(bound: int) -> bool:
@@ -1448,12 +931,7 @@ class PostgresStore:
         self._follow_pending = still[-FOLLOW_PENDING_MAX:]
 
     def recent_history(self, limit: int) -> list[HistoryRow]:
-        """The latest ``limit`` history records of all instances, oldest first: of the records
-        ``history_since`` would hand out, so that following on from the last one misses none.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
+        """Of the records ``history_since`` would hand out (up to the horizon)."""
         found: list[HistoryRow] = []
 
         def latest(bound: int) -> bool:
@@ -1463,269 +941,8 @@ class PostgresStore:
         self._up_to_final(latest)
         return found
 
-    def finished_records(
-        self,
-        *,
-        events: Sequence[str] = END_EVENTS,
-        prefixes: Sequence[str] | None = None,
-        before_id: int | None = None,
-        limit: int = 50,
-    ) -> list[HistoryRow]:
-        """The final records of finished instances (no row, no later record), newest first,
-        with ``id < before_id``: chunks of one keyset range of the history_ended index per
-        event (``newest_finished``).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return newest_finished(
-            self._rows, SQL_FINISHED, SQL_FINISHED_PREFIX, events=events, prefixes=prefixes,
-            before_id=before_id, limit=limit,
-        )  # fmt: skip
-
-    def count_by_status(self) -> list[tuple[str, str, str, int]]:
-        """``(kind, job, status, count)`` for every combination present (a full scan).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return [(str(k), str(j), str(s), int(n)) for k, j, s, n in self._rows(SQL_COUNT_BY_STATUS)]
-
-    def count_due(self, before: float) -> tuple[int, float | None]:
-        """How many alarms are at or before ``before``, and the earliest of them.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        count, earliest = self._rows(SQL_COUNT_DUE, (before,))[0]
-        return int(count), earliest
-
-    def next_alarm_after(self, after: float) -> float | None:
-        """The earliest alarm strictly after ``after``, or ``None``.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        value: float | None = self._rows(SQL_NEXT_AFTER, (after,))[0][0]
-        return value
-
-    def history_counts(self, since: float) -> tuple[int, int, int]:
-        """``(records, failures, steps)`` of the history written at or after ``since``.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-
-        def counts(conn: Any) -> tuple[int, int, int]:
-            cur = conn.cursor()
-            low = _first_id(cur, since)
-            if low is None:
-                return 0, 0, 0
-            return tuple(cur.execute(SQL_HISTORY_COUNTS, (low, since)).fetchone())
-
-        records, failures, steps = self._read(counts)
-        return int(records), int(failures), int(steps)
-
     def schema_version(self) -> int:
-        """The highest version recorded in ``durajobs_schema``.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
         return self._read(self._version)
-
-    # -- inspection (dashboard) -----------------------------------------------------------
-
-    def page_instances(
-        self,
-        *,
-        kind: str | None = None,
-        job: str | None = None,
-        status: str | None = None,
-        id_prefix: str | None = None,
-        user_id_prefix: str | None = None,
-        error_contains: str | None = None,
-        order: str = "id",
-        after_id: str | None = None,
-        after_due: float | None = None,
-        limit: int = 50,
-    ) -> list[Instance]:
-        """One page of instances matching every given filter, in a stable order.
-
-        ``order="id"``: all matching instances by ``instance_id``, those after ``after_id``.
-        ``order="alarm"``: only instances with an alarm, by ``(due_at, instance_id)``, those
-        after ``(after_due, after_id)`` (both or neither). ``id_prefix`` matches the start of
-        the instance id, ``user_id_prefix`` the start of the user id (both case-sensitive);
-        ``error_contains`` is a case-insensitive (ASCII) substring of ``last_error``. Ids
-        compare byte-wise (``COLLATE "C"``), as on SQLite.
-
-        Raises:
-            ValueError: an unknown ``order``; ``after_due`` without ``after_id``; or
-                ``order="alarm"`` with ``after_id`` but no ``after_due``.
-            StorageError: the database cannot be read.
-        """
-        if order not in ("id", "alarm"):
-            raise ValueError(f"order must be 'id' or 'alarm', got {order!r}")
-        if after_due is not None and after_id is None:
-            raise ValueError("after_due needs after_id")
-        where: list[str] = []
-        params: list[Any] = []
-
-        def add(term: str, *values: Any) -> None:
-            where.append(term)
-            params.extend(values)
-
-        if kind is not None:
-            add("kind = %s", kind)
-            if not id_prefix:  # an instance id starts with "KIND:": a range of the primary key
-                add("instance_id >= %s AND instance_id < %s", kind + ":", kind + ";")
-        if job is not None:
-            add("job = %s", job)
-        if status == "failed":
-            where.append("status = 'failed'")  # the literal: the instances_failed index
-        elif status is not None:
-            add("status = %s", status)
-        if id_prefix:
-            add("instance_id >= %s AND instance_id < %s", id_prefix, id_prefix + "\U0010ffff")
-        if user_id_prefix:
-            add("user_id >= %s AND user_id < %s", user_id_prefix, user_id_prefix + "\U0010ffff")
-        if error_contains:
-            escaped = error_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            add("last_error COLLATE \"C\" ILIKE %s ESCAPE '\\'", f"%{escaped}%")
-        if order == "alarm":
-            where.append("due_at IS NOT NULL")
-            if after_id is not None:
-                if after_due is None:
-                    raise ValueError("order='alarm' pages after (after_due, after_id)")
-                add("(due_at, instance_id) > (%s, %s)", after_due, after_id)
-            sql = SQL_PAGE_BY_ALARM
-        elif job is not None and kind is None:
-            if after_id is not None:
-                add("(kind, instance_id) > (%s, %s)", after_id.split(":", 1)[0], after_id)
-            sql = SQL_PAGE_BY_JOB
-        else:
-            if after_id is not None:
-                add("instance_id > %s", after_id)
-            sql = SQL_PAGE_BY_ID
-        text = sql.format(where=" AND ".join(where) or "TRUE")
-        return [Instance(*r) for r in self._rows(text, (*params, limit))]
-
-    def change_token(self) -> int:
-        """A number that changes when the database may have changed.
-
-        Two calls return the same number when no transaction wrote in between (here: in the
-        whole cluster, so it may also move for another database's writes). Reads no table.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return int(self._rows(SQL_CHANGE_TOKEN)[0][0])
-
-    def history_buckets(self, since: float, width: float, count: int) -> list[tuple[int, int]]:
-        """Steps and failures per time bucket: ``count`` pairs ``(steps, failures)``.
-
-        Bucket ``i`` covers history written in ``[since + i * width, since + (i + 1) * width)``;
-        ``steps`` counts distinct committed steps (instance, step number) with a record there,
-        ``failures`` the ``job.failed`` records. Reads only the window's records.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        buckets = [(0, 0)] * count
-        if count <= 0:
-            return buckets
-
-        def read(conn: Any) -> list[tuple[Any, ...]]:
-            cur = conn.cursor()
-            low = _first_id(cur, since)
-            if low is None:
-                return []
-            params = {"low": low, "since": since, "width": width, "until": since + width * count}
-            return list(cur.execute(SQL_HISTORY_BUCKETS, params).fetchall())
-
-        for bucket, steps, failures in self._read(read):
-            if 0 <= bucket < count:
-                buckets[bucket] = (int(steps), int(failures))
-        return buckets
-
-    # -- copying a whole database (``durajobs copy``) --------------------------------------
-
-    def table_counts(self) -> dict[str, int]:
-        """How many rows each table holds now.
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return self._read(
-            lambda conn: {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
-        )
-
-    def export(self, batch_size: int = 5000) -> Generator[ExportBatch]:
-        """Every row of every table from one ``REPEATABLE READ READ ONLY`` transaction (one
-        snapshot; writers are not blocked), in batches read by key (keyset pages).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        link = self._link
-        conn = link.run("export", _begin_snapshot, self._connection)
-        try:
-            counts = {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
-            for table in TABLES:
-                first, after, keys = SQL_EXPORT[table]
-                last: tuple[Any, ...] | None = None
-                while True:
-                    if last is None:
-                        rows = conn.execute(first, (batch_size,)).fetchall()
-                    else:
-                        rows = conn.execute(after, (*last, batch_size)).fetchall()
-                    if rows:
-                        yield ExportBatch(table, rows, counts)
-                    if len(rows) < batch_size:
-                        break
-                    last = tuple(rows[-1][i] for i in keys)
-        except self._psycopg.Error as exc:
-            link.drop()
-            raise link.error(exc, "export") from None
-        finally:
-            self._rollback(conn)
-
-    def import_batches(self, batches: Iterable[ExportBatch]) -> dict[str, int]:
-        """Write an export's rows into this empty database in one transaction (``COPY``).
-
-        The tables are locked against writers (``EXCLUSIVE``: reads go on) for the
-        transaction; history ids and queue seqs are kept and the identity sequences moved past
-        them.
-
-        Raises:
-            InvalidStateError: the database already holds instances, events, keys or history.
-            StorageError: the rows could not be written or the counts differ (nothing written).
-        """
-        expected: dict[str, int] = {}
-
-        def body(cur: Any) -> dict[str, int]:
-            cur.execute(SQL_LOCK_TABLES)
-            before = {t: int(cur.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
-            if any(before.values()):
-                raise not_empty_error(self.where, before)
-            written = dict.fromkeys(TABLES, 0)
-            for batch in batches:
-                expected.update(batch.counts)
-                with cur.copy(SQL_IMPORT[batch.table]) as copy:
-                    for row in batch.rows:
-                        copy.write_row(row)
-                written[batch.table] += len(batch.rows)
-            for statement in SQL_RESTART_IDS:
-                cur.execute(statement)
-            after = {t: int(cur.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
-            check_import_counts(self.where, expected, written, after)
-            return after
-
-        def probe(conn: Any) -> bool:
-            counts = {t: int(conn.execute(SQL_COUNT_ROWS[t]).fetchone()[0]) for t in TABLES}
-            return counts == expected
-
-        return self._transaction("import", body, probe)
 
     def listeners(self) -> int:
         """How many daemons listen for wake-ups on this database now (their ``LISTEN``
@@ -1735,16 +952,6 @@ class PostgresStore:
             StorageError: the database cannot be read.
         """
         return int(self._rows(SQL_LISTENERS, (LISTENER_NAME,))[0][0])
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query (PostgreSQL's dialect, ``%s`` placeholders); its rows.
-
-        Not part of the ``Store`` protocol (SQL differs by store); for tests and tools.
-
-        Raises:
-            StorageError: the query failed.
-        """
-        return self._rows(sql, tuple(params))
 
     def setting(self, name: str) -> str:
         """A server setting as this store's sessions see it (e.g. ``synchronous_commit``).
@@ -1822,56 +1029,6 @@ class PostgresStore:
 def _begin_snapshot(conn: Any) -> Any:
     conn.execute(SQL_BEGIN_SNAPSHOT)
     return conn
-
-
-def _fenced_out(index: int) -> Exception:
-    from durajobs.core.rows import FencedOut  # the engine's signal for all-or-nothing commits
-
-    return FencedOut(index)
-
-
-def _first_id(cur: Any, since: float) -> int | None:
-    """The first history id whose record is at or after ``since`` (``None``: no history).
-
-    Ids grow with time (up to clock skew between writers): bisect them, never scan ``at``.
-    """
-    first, last = cur.execute(SQL_HISTORY_ID_RANGE).fetchone()
-    if first is None:
-        return None
-    low, high = int(first), int(last) + 1
-    while low < high:
-        middle = (low + high) // 2
-        found = cur.execute(SQL_HISTORY_AT_ID, (middle,)).fetchone()
-        if found is not None and found[0] < since:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-def _filters(kind: str | None, job: str | None, status: str | None) -> tuple[list[str], list[Any]]:
-    """The WHERE terms and parameters of ``list_instances``' filters."""
-    where: list[str] = ["TRUE"]
-    params: list[Any] = []
-    for column, value in (("kind", kind), ("job", job), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    return where, params
-
-
-def _for_jobs(
-    sql: str, prefixes: Sequence[str] | None, params: tuple[Any, ...]
-) -> tuple[str, tuple[Any, ...]]:
-    """``sql`` restricted to instance ids starting with one of ``prefixes``."""
-    if prefixes is None:
-        return sql, params
-    head, _, tail = sql.partition(" ORDER BY ")
-    joiner = "AND" if " WHERE " in head else "WHERE"
-    # left(): a prefix test that no LIKE wildcard in a job name can widen.
-    test = " OR ".join(["left(instance_id, %s) = %s"] * len(prefixes)) or "FALSE"
-    flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
-    return f"{head} {joiner} ({test}) ORDER BY {tail}", (*params[:-1], *flat, params[-1])
 
 
 class PgWaker:
