@@ -65,21 +65,12 @@ from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from durajobs.errors import StorageError
+from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
-from durajobs.stores.sql import (
-    ENDED_TEST,
-    HISTORY_COLUMNS,
-    SCHEMA_VERSION,
-    Dialect,
-    Read,
-    SqlStore,
-    export_statements,
-    needs_migration,
-    render,
-)
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "signed_hash"]
 
+SCHEMA_VERSION = sql.SCHEMA_VERSION
 INSTALL_HINT = "PostgreSQL needs psycopg: pip install 'durajobs[postgres]'"
 T = TypeVar("T")
 
@@ -98,7 +89,7 @@ def _write_key(instance_id: str) -> int:
 
 MIGRATE_KEY = signed_hash("durajobs:migrate")
 
-POSTGRES = Dialect(
+POSTGRES = sql.Dialect(
     placeholder="%s",
     limit="?",
     in_ids="= ANY(?::text[])",  # ids as a text[] parameter
@@ -112,7 +103,7 @@ POSTGRES = Dialect(
     # moved by every writing transaction.
     change_token="SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
 )
-SQL = render(POSTGRES)
+SQL = sql.render(POSTGRES)
 
 # Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1 (as in sqlite.py).
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -171,7 +162,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     ("CREATE INDEX instances_failed ON instances (instance_id) WHERE status = 'failed'",),
     # Finished instances listed from the records that end them (as in sqlite.py).
-    (f"CREATE INDEX history_ended ON history (event, id) WHERE {ENDED_TEST}",),
+    (f"CREATE INDEX history_ended ON history (event, id) WHERE {sql.ENDED_TEST}",),
 ]
 
 _NAMES = TABLE_COLUMNS["instances"]
@@ -240,11 +231,11 @@ _FINAL_IDS = (
     "::regclass), 0) AS last_id) AS v) AS s LEFT JOIN LATERAL "
 )
 SQL_HISTORY_SINCE = (
-    f"{_FINAL_IDS}(SELECT {HISTORY_COLUMNS} FROM history WHERE id > %s AND id <= %s "
+    f"{_FINAL_IDS}(SELECT {sql.HISTORY_COLUMNS} FROM history WHERE id > %s AND id <= %s "
     "ORDER BY id LIMIT %s) AS h ON true ORDER BY h.id"
 )
 SQL_HISTORY_RECENT_FINAL = (
-    f"{_FINAL_IDS}(SELECT {HISTORY_COLUMNS} FROM history WHERE id <= %s "
+    f"{_FINAL_IDS}(SELECT {sql.HISTORY_COLUMNS} FROM history WHERE id <= %s "
     "ORDER BY id DESC LIMIT %s) AS h ON true ORDER BY h.id"
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
@@ -617,7 +608,7 @@ def _unquoted(reason: str, shown: _Shown) -> str:
     return _scrub(re.sub(r'"([^"]*)"', hide, reason), shown)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(sql.SqlStore, dialect=POSTGRES):
     """A durajobs database on a PostgreSQL server.
 
     Args:
@@ -637,9 +628,6 @@ class PostgresStore(SqlStore):
         ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
     """
 
-    sql = SQL
-    dialect = POSTGRES
-    exports = export_statements(POSTGRES)
     import_prologue = (SQL_LOCK_TABLES,)
     import_epilogue = SQL_RESTART_IDS
     # Group commit in one statement per table (``_apply_batch``); False: one statement per write
@@ -689,7 +677,7 @@ class PostgresStore(SqlStore):
         return conn
 
     def _migrate(self, conn: Any) -> None:
-        if not needs_migration(self.where, self._version(conn), self.readonly):
+        if not sql.needs_migration(self.where, self._version(conn), self.readonly):
             return
         with conn.transaction():
             # Every process that starts on an old schema queues here; the first migrates,
@@ -725,10 +713,10 @@ class PostgresStore(SqlStore):
         return self._link.run(doing, work, self._connection)
 
     def _rows(
-        self, sql: str, params: Sequence[Any] = (), doing: str = "read"
+        self, statement: str, params: Sequence[Any] = (), doing: str = "read"
     ) -> list[tuple[Any, ...]]:
         return self._link.run(
-            doing, lambda conn: conn.execute(sql, params).fetchall(), self._connection
+            doing, lambda conn: conn.execute(statement, params).fetchall(), self._connection
         )
 
     def _changed(self, cur: Any) -> int:
@@ -743,13 +731,13 @@ class PostgresStore(SqlStore):
                 copy.write_row(row)
 
     @contextlib.contextmanager
-    def _snapshot(self, doing: str) -> Iterator[Read]:
+    def _snapshot(self, doing: str) -> Iterator[sql.Read]:
         link = self._link
         conn = link.run(doing, _begin_snapshot, self._connection)
 
-        def read(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        def read(statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
             try:
-                return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+                return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
             except self._psycopg.Error as exc:
                 link.drop()
                 raise link.error(exc, doing) from None
@@ -760,7 +748,7 @@ class PostgresStore(SqlStore):
             self._rollback(conn)
 
     def _transaction(
-        self, doing: str, body: Callable[[Any], T], probe: Callable[[Read], bool]
+        self, doing: str, body: Callable[[Any], T], probe: Callable[[sql.Read], bool]
     ) -> T:
         """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
         only when the connection broke during COMMIT: the server may have committed."""
@@ -790,7 +778,7 @@ class PostgresStore(SqlStore):
             link.drop()
             try:
                 conn = self._connection()
-                committed = probe(lambda sql, params: conn.execute(sql, params).fetchall())
+                committed = probe(lambda text, params: conn.execute(text, params).fetchall())
             except (psycopg.Error, StorageError):
                 link.drop()
                 raise link.error(exc, doing + " (outcome unknown)") from None
@@ -916,8 +904,8 @@ class PostgresStore(SqlStore):
             if not read(bound) or self._final_id == bound:
                 return
 
-    def _final_rows(self, sql: str, params: tuple[Any, ...]) -> list[HistoryRow]:
-        rows = self._rows(sql, params)
+    def _final_rows(self, statement: str, params: tuple[Any, ...]) -> list[HistoryRow]:
+        rows = self._rows(statement, params)
         self._writers_seen(int(rows[0][0]), frozenset(rows[0][1]))
         return [HistoryRow(*r[2:]) for r in rows if r[2] is not None]
 

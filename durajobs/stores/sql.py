@@ -19,6 +19,7 @@ docstrings say what each method must do; this module says only how, where it is 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Container, Generator, Iterable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -287,6 +288,7 @@ _EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
                 "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
 
 
+@functools.cache
 def render(dialect: Dialect) -> Statements:
     """The catalogue in ``dialect``'s SQL."""
     return Statements(*(dialect.render(template) for template in TEMPLATES))
@@ -415,7 +417,11 @@ def first_history_id(read: Read, statements: Statements, since: float) -> int | 
 
 
 class SqlStore:
-    """What the SQLite and PostgreSQL stores share (see the module's docstring)."""
+    """What the SQLite and PostgreSQL stores share (see the module's docstring).
+
+    A store names its dialect when it subclasses: ``class SqliteStore(SqlStore,
+    dialect=SQLITE)`` renders the catalogue for it (``sql``, ``exports``).
+    """
 
     sql: ClassVar[Statements]
     dialect: ClassVar[Dialect]
@@ -423,6 +429,12 @@ class SqlStore:
     content_errors: tuple[type[BaseException], ...]  # a write's values, not the database
     import_prologue: ClassVar[tuple[str, ...]] = ()  # run before an import's rows
     import_epilogue: ClassVar[tuple[str, ...]] = ()  # and after them
+
+    def __init_subclass__(cls, *, dialect: Dialect, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.dialect = dialect
+        cls.sql = render(dialect)
+        cls.exports = export_statements(dialect)
 
     def __init__(self, path: str, where: str) -> None:
         self.path = path  # the location as given, without a password
@@ -433,7 +445,7 @@ class SqlStore:
     # -- what each store provides -------------------------------------------------------------
 
     def _rows(
-        self, sql: str, params: Sequence[Any] = (), doing: str = "read"
+        self, statement: str, params: Sequence[Any] = (), doing: str = "read"
     ) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 

@@ -24,27 +24,17 @@ from typing import Any, TypeVar
 import apsw
 
 from durajobs.errors import StorageError
+from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS
-from durajobs.stores.sql import (
-    COLUMNS,
-    ENDED_TEST,
-    HISTORY_COLUMNS,
-    SCHEMA_VERSION,
-    Dialect,
-    Read,
-    SqlStore,
-    export_statements,
-    needs_migration,
-    render,
-)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
+SCHEMA_VERSION = sql.SCHEMA_VERSION
 BUSY_NAP = 0.00005  # first nap of the busy handler (seconds); doubles per try
 BUSY_NAP_MAX = 0.001
 T = TypeVar("T")
 
-SQLITE = Dialect(
+SQLITE = sql.Dialect(
     placeholder="?",
     # ``LIMIT ?+0``, not ``LIMIT ?``: SQLite (3.54) plans ORDER BY ... LIMIT with the bound value
     # of a plain ``LIMIT ?`` and so re-prepares the statement at every execution (~14 us here);
@@ -116,7 +106,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ("CREATE INDEX instances_failed ON instances(instance_id) WHERE status = 'failed'",),
     # 2 -> 3: list finished instances (`durajobs ls --status terminated`, the dashboard) from
     # the records that end them, newest first, without reading the rest of the history.
-    (f"CREATE INDEX history_ended ON history(event, id) WHERE {ENDED_TEST}",),
+    (f"CREATE INDEX history_ended ON history(event, id) WHERE {sql.ENDED_TEST}",),
 ]
 
 # Text that is not UTF-8 (only another program can have written it) cannot be read as str: the
@@ -125,10 +115,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
 _TEXT_COLUMNS = ("instance_id", "kind", "job", "user_id", "status", "state", "reason",
                  "last_error", "event", "error", "data")  # fmt: skip
 _SAFE_COLUMNS = ", ".join(
-    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in COLUMNS.split(", ")
+    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in sql.COLUMNS.split(", ")
 )
 _SAFE_HISTORY = ", ".join(
-    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in HISTORY_COLUMNS.split(", ")
+    f"CAST({c} AS BLOB)" if c in _TEXT_COLUMNS else c for c in sql.HISTORY_COLUMNS.split(", ")
 )
 SQL_IMPORT = {
     t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
@@ -142,7 +132,7 @@ def _reason(exc: BaseException) -> str:
     return text if name in text else f"{name}: {text}"
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(sql.SqlStore, dialect=SQLITE):
     """A durajobs database file.
 
     Args:
@@ -158,9 +148,6 @@ class SqliteStore(SqlStore):
         ValueError: ``durability`` is not ``"full"`` or ``"normal"``.
     """
 
-    sql = render(SQLITE)
-    dialect = SQLITE
-    exports = export_statements(SQLITE)
     # Errors that a write's values cause while binding (apsw encodes str as UTF-8 and ints as
     # 64-bit), as opposed to failures of the database: they reject that write, not the group.
     content_errors = (
@@ -277,21 +264,21 @@ class SqliteStore(SqlStore):
         return StorageError(f"{self.path}: {doing}: {reason}")
 
     def _check_schema(self) -> bool:
-        """Whether the file is to be migrated (see ``sql.needs_migration``)."""
+        """Whether the file is to be migrated (``sql.needs_migration``)."""
         version: int = self._conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
         if version == 0 and self._has_foreign_tables():
             raise StorageError(f"{self.path}: not a durajobs database (it has other tables)")
-        return needs_migration(self.path, version, self.readonly)
+        return sql.needs_migration(self.path, version, self.readonly)
 
     def _migrate(self) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             current: int = conn.execute("PRAGMA user_version").fetchall()[0][0]  # type: ignore[assignment]
-            for target in range(current, SCHEMA_VERSION):
+            for target in range(current, sql.SCHEMA_VERSION):
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA user_version={sql.SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if not conn.get_autocommit():
@@ -303,14 +290,15 @@ class SqliteStore(SqlStore):
         return any(not name.startswith("sqlite_") for (name,) in rows)
 
     def _rows(
-        self, sql: str, params: Sequence[Any] = (), doing: str = "read"
+        self, statement: str, params: Sequence[Any] = (), doing: str = "read"
     ) -> list[tuple[Any, ...]]:
         try:
-            return self._conn.execute(sql, params).fetchall()
+            return self._conn.execute(statement, params).fetchall()
         except apsw.Error as exc:
             raise self._error(exc, doing) from None
         except UnicodeDecodeError:  # an odd row written by another program: shown escaped
-            safe = sql.replace(COLUMNS, _SAFE_COLUMNS).replace(HISTORY_COLUMNS, _SAFE_HISTORY)
+            safe = statement.replace(sql.COLUMNS, _SAFE_COLUMNS)
+            safe = safe.replace(sql.HISTORY_COLUMNS, _SAFE_HISTORY)
             try:
                 return [
                     tuple(
@@ -332,21 +320,21 @@ class SqliteStore(SqlStore):
         cur.executemany(SQL_IMPORT[table], rows)
 
     @contextlib.contextmanager
-    def _snapshot(self, doing: str) -> Iterator[Read]:
+    def _snapshot(self, doing: str) -> Iterator[sql.Read]:
         conn = self._conn
         try:
             conn.execute("BEGIN")  # deferred: the snapshot is taken by the first read
         except apsw.Error as exc:
             raise self._error(exc, doing) from None
         try:
-            yield lambda sql, params: self._rows(sql, params, doing)
+            yield lambda statement, params: self._rows(statement, params, doing)
         finally:
             if not conn.get_autocommit():
                 with contextlib.suppress(apsw.Error):
                     conn.execute("ROLLBACK")
 
     def _transaction(
-        self, doing: str, body: Callable[[apsw.Cursor], T], probe: Callable[[Read], bool]
+        self, doing: str, body: Callable[[apsw.Cursor], T], probe: Callable[[sql.Read], bool]
     ) -> T:
         """``BEGIN IMMEDIATE``, ``body``, ``COMMIT``. ``probe`` is asked only when COMMIT
         raised yet no transaction is open any more: apsw re-raises errors (such as a failed
@@ -370,7 +358,7 @@ class SqliteStore(SqlStore):
                 self._rollback()
                 raise self._error(exc, doing) from None
             try:
-                committed = probe(lambda sql, params: conn.execute(sql, params).fetchall())
+                committed = probe(lambda text, params: conn.execute(text, params).fetchall())
             except apsw.Error:
                 raise self._error(exc, doing + " (outcome unknown)") from None
             if not committed:
