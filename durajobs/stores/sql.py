@@ -88,199 +88,185 @@ class Dialect(NamedTuple):
 
 
 class Statements(NamedTuple):
-    """The catalogue: every statement both stores run, by name (``TEMPLATES``, neutral; a
-    store's own ``Dialect.render``-ed copy). The parameters are listed where not obvious."""
+    """The catalogue: every statement both stores run, by name. The defaults are the neutral
+    templates (``TEMPLATES``); a store's ``sql`` is their ``Dialect.render``-ed copy. Comments
+    list the parameters where they are not obvious."""
 
-    load: str
+    load: str = f"SELECT {COLUMNS} FROM instances WHERE instance_id = ?"
     # The row and whether events are queued for it (one statement when none are).
-    load_flagged: str
-    step: str
-    load_many: str  # (ids)
-    queued_many: str  # (ids)
-    last_steps: str  # (ids)
-    last_step: str
-    find_record: str  # (instance_id, step, event)
-    due: str  # (now, limit)
+    load_flagged: str = (
+        f"SELECT {COLUMNS}, EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = "
+        "instances.instance_id) FROM instances WHERE instance_id = ?"
+    )
+    step: str = "SELECT step FROM instances WHERE instance_id = ?"
+    # (ids)
+    load_many: str = f"SELECT {COLUMNS} FROM instances WHERE instance_id {{in_ids}}"
+    # (ids)
+    queued_many: str = (
+        "SELECT instance_id, seq, event, added_at FROM inbox WHERE instance_id {in_ids} "
+        "ORDER BY instance_id, seq"
+    )
+    # (ids)
+    last_steps: str = (
+        "SELECT instance_id, max(step) FROM history WHERE instance_id {in_ids} GROUP BY instance_id"
+    )
+    last_step: str = _LAST_STEP
+    # (instance_id, step, event)
+    find_record: str = (
+        "SELECT 1 FROM history WHERE instance_id = ? AND step = ? AND event = ? "
+        "ORDER BY id DESC LIMIT 1"
+    )
+    # (now, limit)
+    due: str = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {{limit}}"
     # Only the key: an index-only scan of instances_due; the row is read after the claim.
-    due_ids: str  # (now, limit)
-    next_due: str  # (limit)
-    queued: str
-    has_key: str  # (instance_id, key, cutoff)
+    # (now, limit)
+    due_ids: str = (
+        "SELECT instance_id FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {limit}"
+    )
+    # (limit)
+    next_due: str = (
+        "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT {limit}"
+    )
+    queued: str = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
+    # (instance_id, key, cutoff)
+    has_key: str = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?"
     # Insert a new instance, or replace the row if it is still at the step the write was
     # computed from (the fence). A row with no events may be a placeholder ``enqueue`` made.
-    put: str  # (*row, expected)
+    # (*row, expected)
+    put: str = (
+        f"INSERT INTO instances ({COLUMNS}) VALUES ({_ROW}) "
+        f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
+    )
     # Debounce: events queued (and not consumed by this write), or re-queued by it, need a step
     # soon: the alarm becomes due now unless the row is failed or a retry is pending. The queue
     # changes are applied after this statement (only if the fence held), so the test reads the
     # queue as it will be: rows with seq > consumed, or the re-queued event.
-    put_debounce: str  # (*row, requeued, consumed, now, now, expected)
-    delete: str  # (instance_id, expected)
-    history: str  # (instance_id, at, event, step, attempt, duration_ms, error, data)
-    trim_history: str  # (instance_id, instance_id, keep)
-    consume: str  # (instance_id, seq)
-    # A key older than the window may be reused: it is refreshed, not rejected.
-    add_key: str  # (instance_id, key, now, cutoff)
-    revive_queued: str  # (instance_id, job, user_id, now, now, step, now, instance_id)
-    enqueue: str  # (instance_id, event, now)
-    enqueue_seq: str  # ditto, returning the seq
-    enqueue_alarm: str  # (instance_id, job, user_id, now, now, instance_id, now)
-    queue_size: str
-    find_queued: str  # (seq, instance_id, event)
-    # ``id < ?`` bounds the delete to the old end of the table (the first id at or after the
-    # cutoff, found by bisecting ids, which grow with time): ``history`` has no index on ``at``,
-    # and a plain ``at < ?`` scans every record ever kept (0.2 s and the write lock for 2 M).
-    prune_history: str  # (first id kept, cutoff)
-    prune_keys: str
-    count_by_status: str
-    count_due: str
-    next_after: str
-    # Two subqueries: SQLite reads min() or max() from the end of the b-tree only when the
-    # query has just one of them; ``SELECT min(id), max(id)`` scans the whole table.
-    history_id_range: str
-    history_at_id: str
-    history_counts: str  # (first id, since)
-    history_of: str  # (instance_id, limit)
-    history_since: str  # (after_id, limit)
-    history_recent: str  # (limit)
-    # Candidate final records of finished instances, newest first: a keyset range of one event
-    # in the history_ended index; the last column says whether the record still ends its
-    # instance (no later record, no row: two index probes) and matches the id prefixes
-    # (``{prefixes}``, see ``base.newest_finished``).
-    finished: str  # (*prefix tests, event, before, limit)
-    prefix_test: str  # one prefix's test (its length and text)
-    # Dashboard pages (keyset: each page starts after the last row of the previous one, so a
-    # page reads only its own rows from an index: no OFFSET, no count). ``{where}``: the filters.
-    page_by_id: str
-    # A job's instances in (kind, instance_id) order read the instances_job index in order; it
-    # is the instance_id order too, since an instance id starts with its kind and no kind is a
-    # prefix of another.
-    page_by_job: str
-    page_by_alarm: str
-    # ``list_instances``/``scan_instances``: alarmed instances from the due_at index in order,
-    # then the others by id.
-    select_alarmed: str
-    select_idle: str
-    count_where: str
-    history_buckets: str  # (since, width, first id, since, until)
-    change_token: str
-
-
-# fmt: off
-TEMPLATES = Statements(
-    load=f"SELECT {COLUMNS} FROM instances WHERE instance_id = ?",
-    load_flagged=(
-        f"SELECT {COLUMNS}, EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = "
-        "instances.instance_id) FROM instances WHERE instance_id = ?"
-    ),
-    step="SELECT step FROM instances WHERE instance_id = ?",
-    load_many=f"SELECT {COLUMNS} FROM instances WHERE instance_id {{in_ids}}",
-    queued_many=(
-        "SELECT instance_id, seq, event, added_at FROM inbox WHERE instance_id {in_ids} "
-        "ORDER BY instance_id, seq"
-    ),
-    last_steps=(
-        "SELECT instance_id, max(step) FROM history WHERE instance_id {in_ids} "
-        "GROUP BY instance_id"
-    ),
-    last_step=_LAST_STEP,
-    find_record=(
-        "SELECT 1 FROM history WHERE instance_id = ? AND step = ? AND event = ? "
-        "ORDER BY id DESC LIMIT 1"
-    ),
-    due=f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {{limit}}",
-    due_ids="SELECT instance_id FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {limit}",
-    next_due="SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT {limit}",
-    queued="SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq",
-    has_key="SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?",
-    put=(
-        f"INSERT INTO instances ({COLUMNS}) VALUES ({_ROW}) "
-        f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_ALL} WHERE instances.step = ?"
-    ),
-    put_debounce=(
+    # (*row, requeued, consumed, now, now, expected)
+    put_debounce: str = (
         f"INSERT INTO instances ({COLUMNS}) VALUES ({_ROW}) "
         f"ON CONFLICT (instance_id) DO UPDATE SET {_SET_BUT_DUE}, due_at = CASE "
         "WHEN excluded.status <> 'failed' AND excluded.attempt = 1 AND (? OR EXISTS "
         "(SELECT 1 FROM inbox WHERE inbox.instance_id = excluded.instance_id AND inbox.seq > ?)) "
         "THEN {least}(coalesce(excluded.due_at, ?), ?) ELSE excluded.due_at END "
         "WHERE instances.step = ?"
-    ),
-    delete="DELETE FROM instances WHERE instance_id = ? AND step = ?",
-    history=(
+    )
+    # (instance_id, expected)
+    delete: str = "DELETE FROM instances WHERE instance_id = ? AND step = ?"
+    # (instance_id, at, event, step, attempt, duration_ms, error, data)
+    history: str = (
         "INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, data) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    ),
-    trim_history=(
+    )
+    # (instance_id, instance_id, keep)
+    trim_history: str = (
         "DELETE FROM history WHERE instance_id = ? AND id <= (SELECT id FROM history "
         "WHERE instance_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
-    ),
-    consume="DELETE FROM inbox WHERE instance_id = ? AND seq <= ?",
-    add_key=(
+    )
+    # (instance_id, seq)
+    consume: str = "DELETE FROM inbox WHERE instance_id = ? AND seq <= ?"
+    # A key older than the window may be reused: it is refreshed, not rejected.
+    # (instance_id, key, now, cutoff)
+    add_key: str = (
         "INSERT INTO event_keys (instance_id, key, at) VALUES (?, ?, ?) "
         "ON CONFLICT (instance_id, key) DO UPDATE SET at = excluded.at WHERE event_keys.at < ?"
-    ),
-    revive_queued=(
+    )
+    # (instance_id, job, user_id, now, now, step, now, instance_id)
+    revive_queued: str = (
         f"INSERT INTO instances ({COLUMNS}) SELECT ?, 'debounce', ?, ?, 'debouncing', NULL, ?, "
         "NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ?, ? "
         "WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?)"
-    ),
-    enqueue="INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?)",
-    enqueue_seq="INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?) RETURNING seq",
-    enqueue_alarm=(
+    )
+    # (instance_id, event, now)
+    enqueue: str = "INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?)"
+    # Ditto, returning the seq
+    enqueue_seq: str = (
+        "INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?) RETURNING seq"
+    )
+    # (instance_id, job, user_id, now, now, instance_id, now)
+    enqueue_alarm: str = (
         f"INSERT INTO instances ({COLUMNS}) VALUES (?, 'debounce', ?, ?, 'debouncing', NULL, ?, "
         f"NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ({_LAST_STEP}), ?) "
         "ON CONFLICT (instance_id) DO UPDATE SET due_at = excluded.due_at "
         "WHERE instances.status <> 'failed' "
         "AND (instances.due_at IS NULL OR instances.due_at > excluded.due_at)"
-    ),
-    queue_size="SELECT count(*), min(added_at) FROM inbox WHERE instance_id = ?",
-    find_queued="SELECT 1 FROM inbox WHERE seq = ? AND instance_id = ? AND event = ?",
-    prune_history="DELETE FROM history WHERE id < ? AND at < ?",
-    prune_keys="DELETE FROM event_keys WHERE at < ?",
-    count_by_status=(
+    )
+    queue_size: str = "SELECT count(*), min(added_at) FROM inbox WHERE instance_id = ?"
+    # (seq, instance_id, event)
+    find_queued: str = "SELECT 1 FROM inbox WHERE seq = ? AND instance_id = ? AND event = ?"
+    # ``id < ?`` bounds the delete to the old end of the table (the first id at or after the
+    # cutoff, found by bisecting ids, which grow with time): ``history`` has no index on ``at``,
+    # and a plain ``at < ?`` scans every record ever kept (0.2 s and the write lock for 2 M).
+    # (first id kept, cutoff)
+    prune_history: str = "DELETE FROM history WHERE id < ? AND at < ?"
+    prune_keys: str = "DELETE FROM event_keys WHERE at < ?"
+    count_by_status: str = (
         "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
         "ORDER BY kind, job, status"
-    ),
-    count_due="SELECT count(*), min(due_at) FROM instances WHERE due_at <= ?",
-    next_after="SELECT min(due_at) FROM instances WHERE due_at > ?",
-    history_id_range="SELECT (SELECT min(id) FROM history), (SELECT max(id) FROM history)",
-    history_at_id="SELECT at FROM history WHERE id >= ? ORDER BY id LIMIT 1",
-    history_counts=(
+    )
+    count_due: str = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= ?"
+    next_after: str = "SELECT min(due_at) FROM instances WHERE due_at > ?"
+    # Two subqueries: SQLite reads min() or max() from the end of the b-tree only when the
+    # query has just one of them; ``SELECT min(id), max(id)`` scans the whole table.
+    history_id_range: str = "SELECT (SELECT min(id) FROM history), (SELECT max(id) FROM history)"
+    history_at_id: str = "SELECT at FROM history WHERE id >= ? ORDER BY id LIMIT 1"
+    # (first id, since)
+    history_counts: str = (
         "SELECT count(*), count(*) FILTER (WHERE event = 'job.failed'), "
         "count(DISTINCT instance_id || ':' || step) FROM history WHERE id >= ? AND at >= ?"
-    ),
-    history_of=(
+    )
+    # (instance_id, limit)
+    history_of: str = (
         f"SELECT {HISTORY_COLUMNS} FROM history WHERE instance_id = ? ORDER BY id DESC LIMIT ?"
-    ),
-    history_since=f"SELECT {HISTORY_COLUMNS} FROM history WHERE id > ? ORDER BY id LIMIT ?",
-    history_recent=f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?",
-    finished=(
+    )
+    # (after_id, limit)
+    history_since: str = f"SELECT {HISTORY_COLUMNS} FROM history WHERE id > ? ORDER BY id LIMIT ?"
+    # (limit)
+    history_recent: str = f"SELECT {HISTORY_COLUMNS} FROM history ORDER BY id DESC LIMIT ?"
+    # Candidate final records of finished instances, newest first: a keyset range of one event
+    # in the history_ended index; the last column says whether the record still ends its
+    # instance (no later record, no row: two index probes) and matches the id prefixes
+    # (``{prefixes}``, see ``base.newest_finished``).
+    # (*prefix tests, event, before, limit)
+    finished: str = (
         f"SELECT {HISTORY_COLUMNS}, ({{{{prefixes}}}}) AND NOT EXISTS (SELECT 1 FROM history "
         "AS later WHERE later.instance_id = h.instance_id AND later.id > h.id) "
         "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.instance_id = h.instance_id) "
         f"FROM history AS h {{by_end}} WHERE {ENDED_TEST} AND event = ? AND id < ? "
         "ORDER BY id DESC LIMIT ?"
-    ),
-    prefix_test="substr(h.instance_id, 1, ?) = ?",
-    page_by_id=f"SELECT {COLUMNS} FROM instances WHERE {{{{where}}}} ORDER BY instance_id LIMIT ?",
-    page_by_job=(
+    )
+    # One prefix's test (its length and text)
+    prefix_test: str = "substr(h.instance_id, 1, ?) = ?"
+    # Dashboard pages (keyset: each page starts after the last row of the previous one, so a
+    # page reads only its own rows from an index: no OFFSET, no count). ``{where}``: the filters.
+    page_by_id: str = (
+        f"SELECT {COLUMNS} FROM instances WHERE {{{{where}}}} ORDER BY instance_id LIMIT ?"
+    )
+    # A job's instances in (kind, instance_id) order read the instances_job index in order; it
+    # is the instance_id order too, since an instance id starts with its kind and no kind is a
+    # prefix of another.
+    page_by_job: str = (
         f"SELECT {COLUMNS} FROM instances {{by_job}} WHERE {{{{where}}}} "
         "ORDER BY kind, instance_id LIMIT ?"
-    ),
-    page_by_alarm=(
+    )
+    page_by_alarm: str = (
         f"SELECT {COLUMNS} FROM instances {{by_due}} WHERE {{{{where}}}} "
         "ORDER BY due_at, instance_id LIMIT ?"
-    ),
-    select_alarmed=f"SELECT {COLUMNS} FROM instances {{by_due}} WHERE {{{{where}}}}",
-    select_idle=f"SELECT {COLUMNS} FROM instances WHERE {{{{where}}}}",
-    count_where="SELECT count(*) FROM instances WHERE {{where}}",
-    history_buckets=(
+    )
+    # ``list_instances``/``scan_instances``: alarmed instances from the due_at index in order,
+    # then the others by id.
+    select_alarmed: str = f"SELECT {COLUMNS} FROM instances {{by_due}} WHERE {{{{where}}}}"
+    select_idle: str = f"SELECT {COLUMNS} FROM instances WHERE {{{{where}}}}"
+    count_where: str = "SELECT count(*) FROM instances WHERE {{where}}"
+    # (since, width, first id, since, until)
+    history_buckets: str = (
         "SELECT {bucket} AS bucket, count(DISTINCT instance_id || ':' || step), "
         "count(*) FILTER (WHERE event = 'job.failed') FROM history "
         "WHERE id >= ? AND at >= ? AND at < ? GROUP BY bucket"
-    ),
-    change_token="{change_token}",
-)
-# fmt: on
+    )
+    change_token: str = "{change_token}"
+
+
+TEMPLATES = Statements()  # the neutral catalogue (its defaults)
 
 # Copying a whole database (``durajobs copy``): each table read in key order, a page at a time
 # (keyset: after the last key of the previous page).
