@@ -33,7 +33,7 @@ import attrs
 
 from .clock import Clock, SystemClock
 from .core.durations import to_datetime
-from .core.rows import Instance
+from .core.rows import Instance, Status
 from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from .stores import (
     claims_may_exist,
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 KINDS = ("continuous", "debounce", "task")
-STATUSES = ("running", "debouncing", "active", "idle", "failed")
+STATUSES: tuple[str, ...] = tuple(Status)
 # Instances that are gone, listed from the history: "terminated" (ended by a terminate: the
 # client's, the CLI's, ``ctx.terminate()``, retries exhausted, a schedule that ended) and
 # "purged" (every finished instance: terminated, flushed or cleared).
@@ -210,7 +210,9 @@ class InstanceInfo:
     def attempt_label(self) -> str:
         """The attempt as people read it: ``"2 failed"`` for a parked instance (no attempt is
         pending), else the number of the next attempt."""
-        return f"{self.failed_attempts} failed" if self.status == "failed" else str(self.attempt)
+        return (
+            f"{self.failed_attempts} failed" if self.status == Status.FAILED else str(self.attempt)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON fields of ``durajobs ls --json`` (``last_error`` is the summary;
@@ -843,7 +845,7 @@ class Admin:
             checks += self._overdue_checks(overdue, overdue_after, limit)
         try:
             parked = sum(
-                n for _, _, status, n in self.store.count_by_status() if status == "failed"
+                n for _, _, status, n in self.store.count_by_status() if status == Status.FAILED
             )
         except StorageError as exc:
             checks.append(Check("parked", "fail", str(exc)))
@@ -1168,7 +1170,7 @@ class Admin:
 
     def _check_not_parked(self, info: InstanceInfo) -> None:
         # An alarm on a parked instance would never run (parked steps wait for a resume).
-        if info.status == "failed":
+        if info.status == Status.FAILED:
             raise InvalidStateError(
                 f"{info.instance_id} is parked after failing: resume it with "
                 f"`durajobs retry {info.instance_id}`"

@@ -679,14 +679,14 @@ class Engine:
                     break
                 except RejectedWrite as rejected:
                     bad = pending[rejected.index]
-                    first = bad.decision.records[0][3] if bad.decision.records else None
-                    if first == _LAST_RESORT:
+                    fallback = bad.decision.fallback
+                    if fallback is steps.Fallback.LAST_RESORT:
                         # Even the last resort was refused: leave the instance alone here.
                         self._poison(bad.write.instance_id, rejected.cause)
                         self.locks.release(bad.token)
                         del pending[rejected.index]
                         continue
-                    if first is not None and first.startswith(_FINISHING):
+                    if fallback is steps.Fallback.FAILURE:
                         decision = steps.park_last_resort(bad.inst, bad.env)
                     else:
                         decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
@@ -811,10 +811,6 @@ class Engine:
                 )
         if records:
             hook(records)
-
-
-_FINISHING = "durajobs could not finish this step"
-_LAST_RESORT = "durajobs could not finish or record this step; see the daemon's log"
 
 
 def _describe(exc: BaseException) -> str:

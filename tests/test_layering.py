@@ -18,6 +18,10 @@ PURE = [
     "core/codec",
     "core/contexts",
     "core/steps",
+    "core/decision",
+    "core/continuous",
+    "core/debounce",
+    "core/task",
     "core/rows",
     "errors",
 ]

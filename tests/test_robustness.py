@@ -22,7 +22,7 @@ import attrs
 import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
-from durajobs.core import steps
+from durajobs.core import continuous, debounce, decision, steps, task
 from durajobs.errors import InvalidStateError, StorageError, ValidationError
 from durajobs.stores import sqlite as sqlite_store
 from durajobs.stores.ofd_claims import InstanceLocks, lock_path
@@ -166,14 +166,18 @@ def test_a_fault_in_each_stage_of_finishing_stays_with_its_instance(
     monkeypatch.setattr(steps, "_step", step)
 
     def only_for_bad(name: str) -> None:
-        original = getattr(steps, name)
+        # every module of the core that uses the helper holds its own name for it
+        modules = [m for m in (decision, continuous, debounce, task) if hasattr(m, name)]
+        assert modules, name
+        for module in modules:
+            original = getattr(module, name)
 
-        def faulty(*args: Any, **kwargs: Any) -> Any:
-            if current[0] == "bad":
-                raise RuntimeError(f"injected fault in {stage}")
-            return original(*args, **kwargs)
+            def faulty(*args: Any, original: Any = original, **kwargs: Any) -> Any:
+                if current[0] == "bad":
+                    raise RuntimeError(f"injected fault in {stage}")
+                return original(*args, **kwargs)
 
-        monkeypatch.setattr(steps, name, faulty)
+            monkeypatch.setattr(module, name, faulty)
 
     if stage == "codec":
         only_for_bad("_commit_state")

@@ -6,11 +6,26 @@ step machinery, cattrs or croniter. Pure: no I/O.
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import attrs
 
-__all__ = ["FencedOut", "Instance", "Queued", "Record", "RejectedWrite"]
+__all__ = ["FencedOut", "Instance", "Queued", "Record", "RejectedWrite", "Status"]
+
+
+class Status(enum.StrEnum):
+    """An instance's status, as stored (a ``str`` enum: the stored text is the value).
+
+    Each kind lives in its own statuses (``steps.TRANSITIONS`` says what each takes); every
+    kind can be ``FAILED``, i.e. parked: no alarm runs until ``durajobs retry`` resumes it.
+    """
+
+    RUNNING = "running"  # Continuous
+    DEBOUNCING = "debouncing"  # Debounce
+    ACTIVE = "active"  # Task, an alarm set
+    IDLE = "idle"  # Task, no alarm
+    FAILED = "failed"  # parked after failing, any kind
 
 
 class Instance(NamedTuple):
