@@ -23,9 +23,10 @@ from durajobs.core.decision import (
     Trigger,
 )
 from durajobs.core.durations import LATEST
+from durajobs.core.rows import Status
 from durajobs.errors import InstanceNotFoundError, InvalidStateError
 
-RUNNING, FAILED = steps.Status.RUNNING, steps.Status.FAILED
+RUNNING, FAILED = Status.RUNNING, Status.FAILED
 OK, NOTHING, RETRIED = Outcome.OK, Outcome.NOTHING, Outcome.RETRY
 
 

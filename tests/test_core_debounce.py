@@ -22,10 +22,10 @@ from durajobs.core.decision import (
     TimedOut,
     Trigger,
 )
-from durajobs.core.rows import Queued
+from durajobs.core.rows import Queued, Status
 from durajobs.errors import InvalidStateError
 
-DEBOUNCING, FAILED = steps.Status.DEBOUNCING, steps.Status.FAILED
+DEBOUNCING, FAILED = Status.DEBOUNCING, Status.FAILED
 OK, NOTHING = Outcome.OK, Outcome.NOTHING
 
 

@@ -23,9 +23,10 @@ from durajobs.core.decision import (
     TimedOut,
     Trigger,
 )
+from durajobs.core.rows import Status
 from durajobs.errors import InstanceNotFoundError, InvalidStateError
 
-ACTIVE, IDLE, FAILED = steps.Status.ACTIVE, steps.Status.IDLE, steps.Status.FAILED
+ACTIVE, IDLE, FAILED = Status.ACTIVE, Status.IDLE, Status.FAILED
 OK, NOTHING = Outcome.OK, Outcome.NOTHING
 
 
@@ -160,7 +161,7 @@ def test_every_status_takes_the_operators_actions_and_only_parked_resumes() -> N
                 continue
             assert {Terminate, Request} <= takes.keys(), (kind, status)
             assert (Resume in takes) is (status == FAILED), (kind, status)
-        assert set(table) - {None} == {s for s in steps.Status if s.value in _STATUSES[kind]}
+        assert set(table) - {None} == {s for s in Status if s.value in _STATUSES[kind]}
 
 
 _STATUSES = {

@@ -33,7 +33,7 @@ from typing import Any
 from durajobs.errors import InstanceNotFoundError, InvalidStateError
 
 from . import continuous, debounce, task
-from .continuous import CATCH_UP_ALL_LIMIT, SCHEDULE_ENDED
+from .continuous import CATCH_UP_ALL_LIMIT
 from .debounce import flush_time
 from .decision import (
     CREATING,
@@ -65,41 +65,14 @@ from .decision import (
     safe_text,
 )
 from .definitions import Definition
-from .rows import Instance, Queued, Record, Status
+from .rows import Instance, Status
 
 __all__ = [
-    "CATCH_UP_ALL_LIMIT",
-    "CREATING",
-    "RESOLUTION",
-    "SCHEDULE_ENDED",
-    "TRANSITIONS",
-    "Add",
-    "Alarm",
-    "Clear",
-    "Decision",
-    "Env",
-    "Fallback",
-    "Flush",
-    "Instance",
-    "Message",
-    "Outcome",
-    "Queued",
-    "Record",
-    "Request",
-    "Resume",
-    "Send",
-    "Start",
-    "Status",
-    "Terminate",
-    "TimedOut",
-    "Trigger",
-    "finishing_failure",
-    "flush_time",
-    "is_due",
-    "park_last_resort",
-    "safe_text",
-    "step",
-]
+    "CATCH_UP_ALL_LIMIT", "CREATING", "RESOLUTION", "TRANSITIONS", "Add", "Alarm", "Clear",
+    "Decision", "Env", "Fallback", "Flush", "Instance", "Message", "Outcome", "Request", "Resume",
+    "Send", "Start", "Terminate", "TimedOut", "Trigger", "finishing_failure", "flush_time",
+    "is_due", "park_last_resort", "safe_text", "step",
+]  # fmt: skip
 
 _HANDLER_FREE = (Terminate, Resume, Request, Clear)  # operators' actions: no user code runs
 
