@@ -33,7 +33,7 @@ from dj_app import Hook, Order, Tokens
 
 from durajobs import FakeClock, Jobs
 from durajobs.admin import Admin
-from durajobs.stores.sqlite import COLUMNS
+from durajobs.stores.sqlite.store import COLUMNS
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 SAMPLE_USERS = 50

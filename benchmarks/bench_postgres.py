@@ -194,8 +194,8 @@ def clean(url: str) -> None:
 def batching(on: bool) -> None:
     """Group commit in one statement per table, claims and reads of a group in one round trip
     each (``on``), or one statement per write and a claim and a read per step (the "before")."""
-    from durajobs.stores.pg_claims import AdvisoryClaims
-    from durajobs.stores.postgres import PostgresStore
+    from durajobs.stores.postgres.claims import AdvisoryClaims
+    from durajobs.stores.postgres.store import PostgresStore
 
     PostgresStore.batch_commit = on
     AdvisoryClaims.batch_claims = on

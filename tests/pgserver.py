@@ -174,8 +174,9 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]
     (absolute path -> URL), filled as paths are used.
     """
     import durajobs.jobs
-    from durajobs.stores.pg_claims import AdvisoryClaims
-    from durajobs.stores.postgres import PgWaker, PostgresStore
+    from durajobs.stores.postgres.claims import AdvisoryClaims
+    from durajobs.stores.postgres.store import PostgresStore
+    from durajobs.stores.postgres.wake import PgWaker
 
     databases: dict[str, str] = {}
 

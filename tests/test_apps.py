@@ -176,7 +176,7 @@ def test_close_from_the_owner_closes_every_threads_connection(tmp_path: Path) ->
     done.set()
     for thread in threads:
         thread.join()
-    from durajobs.stores.sqlite import SqliteStore
+    from durajobs.stores.sqlite.store import SqliteStore
 
     for engine in engines:  # every thread's connection is closed
         if isinstance(engine.store, SqliteStore):  # (a PostgreSQL store would reconnect)
@@ -289,7 +289,7 @@ def test_a_fork_never_closes_the_parents_thread_connections(jobs: Jobs) -> None:
     the holders must leave the parent's connections alone in the child (abandoned, never
     closed: closing a copied SQLite connection could checkpoint the parent's WAL)."""
     from durajobs.jobs import _ABANDONED
-    from durajobs.stores.sqlite import SqliteStore
+    from durajobs.stores.sqlite.store import SqliteStore
 
     ready, resume = threading.Barrier(2), threading.Event()
     engines: list[Any] = []

@@ -31,8 +31,8 @@ from durajobs import Continuous, Debounce, FakeClock, Jobs, Retry, Task, every
 from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
-from durajobs.stores.ofd_claims import InstanceLocks
-from durajobs.stores.sqlite import SqliteStore
+from durajobs.stores.sqlite.claims import InstanceLocks
+from durajobs.stores.sqlite.store import SqliteStore
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 

@@ -32,8 +32,8 @@ from durajobs.core.rows import RejectedWrite
 from durajobs.errors import DurajobsError, InvalidStateError, StorageError
 from durajobs.stores import display_location, open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import TABLES
-from durajobs.stores.pg_claims import AdvisoryClaims
-from durajobs.stores.postgres import SCHEMA_VERSION, PostgresStore
+from durajobs.stores.postgres.claims import AdvisoryClaims
+from durajobs.stores.postgres.store import SCHEMA_VERSION, PostgresStore
 
 ROOT = Path(__file__).parent.parent
 

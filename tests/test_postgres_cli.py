@@ -24,7 +24,7 @@ from pgserver import PASSWORD, PgServer
 from durajobs import Continuous, Debounce, Jobs, Task, every
 from durajobs.admin import Admin
 from durajobs.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, main
-from durajobs.stores.postgres import SQL
+from durajobs.stores.postgres.store import SQL
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 SECRETS = (PASSWORD, urllib.parse.quote(PASSWORD, safe=""))

@@ -39,7 +39,7 @@ from daemon_apps.hosts_app import REGISTRY
 from pgserver import PgServer
 
 from durajobs import Jobs
-from durajobs.stores.pg_claims import CLAIMS_NAME, claim_key
+from durajobs.stores.postgres.claims import CLAIMS_NAME, claim_key
 
 TESTS = Path(__file__).parent
 DAEMON = TESTS.parent / "durajobs_daemon.py"

@@ -202,7 +202,7 @@ def test_an_unsupported_state_type_fails_when_jobs_is_made(path: Path) -> None:
 def test_a_fenced_out_write_leaves_the_queue_alone(path: Path) -> None:
     """The store's contract: a write whose fence fails changes nothing, queued events included."""
     from durajobs.stores.base import Write
-    from durajobs.stores.sqlite import SqliteStore
+    from durajobs.stores.sqlite.store import SqliteStore
 
     store = SqliteStore(path)
     try:

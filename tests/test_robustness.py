@@ -24,8 +24,8 @@ import pytest
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
 from durajobs.core import continuous, debounce, decision, steps, task
 from durajobs.errors import InvalidStateError, StorageError, ValidationError
-from durajobs.stores import sqlite as sqlite_store
-from durajobs.stores.ofd_claims import InstanceLocks, lock_path
+from durajobs.stores.sqlite import store as sqlite_store
+from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -586,7 +586,7 @@ def test_the_cli_lists_every_row_when_one_holds_text_that_is_not_utf8(tmp_path: 
 def test_one_daemon_per_file_even_without_the_wake_socket_file(tmp_path: Path) -> None:
     """repro dapp/run_wake.sh: the wake socket is the same for every spelling of the path, and
     "one daemon per file" is a kernel lock: deleting the socket file admits no second daemon."""
-    from durajobs.wake import wake_address
+    from durajobs.stores.sqlite.wake import wake_address
 
     db = tmp_path / "j.db"
     (tmp_path / "other").mkdir()

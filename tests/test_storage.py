@@ -18,7 +18,7 @@ import pytest
 from faultvfs import FaultVFS
 
 from durajobs import Continuous, FakeClock, Jobs, StorageError, every
-from durajobs.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from durajobs.stores.sqlite.store import SCHEMA_VERSION, SqliteStore
 
 
 @attrs.define
@@ -218,7 +218,7 @@ def test_storage_error_is_an_oserror_and_a_durajobs_error(tmp_path: Path) -> Non
 
 def test_forward_migration_from_schema_1(tmp_path: Path) -> None:
     """A file written by schema version 1 opens, migrates, and keeps its instances."""
-    from durajobs.stores import sqlite as store_module
+    from durajobs.stores.sqlite import store as store_module
 
     path = tmp_path / "v1.db"
     conn = apsw.Connection(str(path))

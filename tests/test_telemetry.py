@@ -30,7 +30,7 @@ from durajobs import (
     Tracker,
     every,
 )
-from durajobs.stores.sqlite import SqliteStore
+from durajobs.stores.sqlite.store import SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONTINUOUS = "continuous:beat:c1"

@@ -1,9 +1,10 @@
 """The stores: where instances, their queued events, idempotency keys and history live.
 
 Two implementations of one interface (``base``): ``sqlite`` (one WAL-mode file through apsw;
-claims as OFD byte-range locks in ``ofd_claims``; wake-ups over a Unix datagram socket in
-``durajobs.wake``) is the embedded default; ``postgres`` (psycopg 3; claims as session advisory
-locks in ``pg_claims``; wake-ups through ``LISTEN``/``NOTIFY``) serves many hosts.
+claims as OFD byte-range locks in ``sqlite.claims``; wake-ups over a Unix datagram socket in
+``sqlite.wake``) is the embedded default; ``postgres`` (psycopg 3; claims as session advisory
+locks in ``postgres.claims``; wake-ups through ``LISTEN``/``NOTIFY`` in ``postgres.wake``) serves
+many hosts.
 
 The location string picks the store: ``postgresql://...`` or ``postgres://...`` is PostgreSQL,
 anything else a SQLite file path. The factories below are the only place that decides; psycopg
@@ -19,8 +20,8 @@ from durajobs.errors import StorageError
 from durajobs.stores.base import Claims, Finding, Store, WakeListener, Waker
 
 if TYPE_CHECKING:
-    from durajobs.stores.postgres import PostgresStore
-    from durajobs.stores.sqlite import SqliteStore
+    from durajobs.stores.postgres.store import PostgresStore
+    from durajobs.stores.sqlite.store import SqliteStore
 
 __all__ = [
     "claims_may_exist",
@@ -53,7 +54,7 @@ def display_location(location: str | os.PathLike[str]) -> str:
     password (``postgresql://user:secret@host/db``) that must never be printed.
     """
     if is_postgres(location):
-        from durajobs.stores.postgres import _redact
+        from durajobs.stores.postgres.store import _redact
 
         return _redact(str(location))
     return os.fspath(location)
@@ -85,12 +86,12 @@ def open_store(
     if is_postgres(location):
         if vfs is not None:
             raise ValueError("vfs is a SQLite option; a PostgreSQL location takes none")
-        from durajobs.stores.postgres import PostgresStore
+        from durajobs.stores.postgres.store import PostgresStore
 
         return PostgresStore(
             str(location), durability=durability, busy_timeout=busy_timeout, readonly=readonly
         )
-    from durajobs.stores.sqlite import SqliteStore
+    from durajobs.stores.sqlite.store import SqliteStore
 
     return SqliteStore(
         location, durability=durability, busy_timeout=busy_timeout, readonly=readonly, vfs=vfs
@@ -108,10 +109,10 @@ def open_claims(location: str | os.PathLike[str], store: Store | None = None) ->
     """
     del store
     if is_postgres(location):
-        from durajobs.stores.pg_claims import AdvisoryClaims
+        from durajobs.stores.postgres.claims import AdvisoryClaims
 
         return AdvisoryClaims(str(location))
-    from durajobs.stores.ofd_claims import InstanceLocks, lock_path
+    from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
     return InstanceLocks(lock_path(os.fspath(location)))
 
@@ -126,11 +127,12 @@ def open_waker(location: str | os.PathLike[str], store: Store | None = None) -> 
         StorageError: psycopg is missing or the URL is invalid.
     """
     if is_postgres(location):
-        from durajobs.stores.postgres import PgWaker, PostgresStore
+        from durajobs.stores.postgres.store import PostgresStore
+        from durajobs.stores.postgres.wake import PgWaker
 
         shared = store if isinstance(store, PostgresStore) else None
         return PgWaker(str(location), shared)
-    from durajobs.wake import Waker as SocketWaker
+    from durajobs.stores.sqlite.wake import Waker as SocketWaker
 
     return SocketWaker(os.fspath(location))
 
@@ -143,10 +145,10 @@ def open_listener(location: str | os.PathLike[str]) -> WakeListener:
         StorageError: PostgreSQL: the server cannot be reached.
     """
     if is_postgres(location):
-        from durajobs.stores.postgres import PgListener
+        from durajobs.stores.postgres.wake import PgListener
 
         return PgListener(str(location))
-    from durajobs.wake import WakeListener as SocketListener
+    from durajobs.stores.sqlite.wake import WakeListener as SocketListener
 
     return SocketListener(os.fspath(location))
 
@@ -159,7 +161,7 @@ def created_files(location: str) -> list[str]:
     for ``Jobs()`` to remove those it created when it fails: none on PostgreSQL."""
     if is_postgres(location):
         return []
-    from durajobs.stores.ofd_claims import lock_path
+    from durajobs.stores.sqlite.claims import lock_path
 
     suffixes = ("", "-wal", "-shm", "-journal")
     return [location + suffix for suffix in suffixes] + [lock_path(location)]
@@ -199,7 +201,7 @@ def claims_may_exist(location: str) -> bool:
     exists, which opening its claims would create; PostgreSQL: always)."""
     if is_postgres(location):
         return True
-    from durajobs.stores.ofd_claims import lock_path
+    from durajobs.stores.sqlite.claims import lock_path
 
     return os.path.exists(lock_path(location))
 
@@ -214,7 +216,7 @@ def daemon_listening(location: str, store: Store) -> bool:
             return False
     import socket  # only doctor asks: ``durajobs ls`` starts without it
 
-    from durajobs.wake import wake_address
+    from durajobs.stores.sqlite.wake import wake_address
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -236,7 +238,7 @@ def health(location: str, store: Store) -> list[Finding]:
     """
     if is_postgres(location):
         return cast("PostgresStore", store).health()
-    from durajobs.stores.sqlite import SCHEMA_VERSION
+    from durajobs.stores.sqlite.store import SCHEMA_VERSION
 
     sqlite = cast("SqliteStore", store)
     findings: list[Finding] = []
@@ -279,8 +281,8 @@ def serving(location: str, store: Store) -> list[Finding]:
             daemon = Finding("daemon", "fail", str(exc))
         kind = "session advisory locks, released by the server the moment their session ends"
     else:
-        from durajobs.stores.ofd_claims import lock_path
-        from durajobs.wake import wake_address
+        from durajobs.stores.sqlite.claims import lock_path
+        from durajobs.stores.sqlite.wake import wake_address
 
         address = wake_address(location)
         shown = address if isinstance(address, str) else "@" + address[1:].decode()
@@ -299,11 +301,11 @@ def _size(n: float) -> str:
 
 
 def _check_conforms() -> None:  # pragma: no cover  (for mypy only)
-    from durajobs.stores.ofd_claims import InstanceLocks
-    from durajobs.stores.pg_claims import AdvisoryClaims
-    from durajobs.stores.postgres import PgListener, PgWaker
-    from durajobs.wake import WakeListener as SocketListener
-    from durajobs.wake import Waker as SocketWaker
+    from durajobs.stores.postgres.claims import AdvisoryClaims
+    from durajobs.stores.postgres.wake import PgListener, PgWaker
+    from durajobs.stores.sqlite.claims import InstanceLocks
+    from durajobs.stores.sqlite.wake import WakeListener as SocketListener
+    from durajobs.stores.sqlite.wake import Waker as SocketWaker
 
     def sqlite(
         store: SqliteStore, claims: InstanceLocks, waker: SocketWaker, listener: SocketListener

@@ -1,8 +1,8 @@
 """The store interface: what the engine, the clients, the daemon and the CLI may ask of a store.
 
 Two implementations sit beside this file: ``sqlite`` (one WAL-mode file through apsw, claims as
-OFD byte-range locks in ``ofd_claims``, wake-ups over a Unix datagram socket in ``durajobs.wake``)
-and ``postgres`` (psycopg 3, claims as session-level advisory locks in ``pg_claims``, wake-ups
+OFD byte-range locks in ``sqlite.claims``, wake-ups over a Unix datagram socket in ``sqlite.wake``)
+and ``postgres`` (psycopg 3, claims as session-level advisory locks in ``postgres.claims``, wake-ups
 through ``LISTEN``/``NOTIFY``); both stores are ``sql.SqlStore``, which holds the SQL they share.
 ``durajobs.stores.open_store`` and friends pick one by the location string. The protocols below
 are structural (``typing.Protocol``); ``tests/test_stores.py`` runs one suite against both.

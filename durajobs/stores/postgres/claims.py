@@ -1,7 +1,7 @@
 """Per-instance claims as PostgreSQL session-level advisory locks (the ``Claims`` protocol).
 
 A claim is ``pg_try_advisory_lock(key)`` on a connection of its own, ``key`` a signed 64-bit
-blake2b hash of the instance id. Like the OFD lock of ``ofd_claims`` it writes nothing, and the
+blake2b hash of the instance id. Like the OFD lock of ``sqlite.claims`` it writes nothing, and the
 server drops it the moment the holding session ends (kill -9 of the process: the server sees
 the socket close within milliseconds; no lease). Two ids whose hashes collide share a claim.
 
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from durajobs.errors import InstanceBusyError
-from durajobs.stores.postgres import Link, _psycopg, signed_hash
+from durajobs.stores.postgres.store import Link, _psycopg, signed_hash
 
 __all__ = ["AdvisoryClaims", "claim_key"]
 

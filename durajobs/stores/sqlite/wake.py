@@ -11,7 +11,7 @@ daemon from every process that can open the database: other network namespaces (
 with their own network sharing the volume) and other mount namespaces (the directory
 bind-mounted elsewhere: the socket file is the same inode under every path). A symlink or
 another spelling of the path wakes the same daemon. "One daemon per file" is the kernel lock
-(``ofd_claims``), not the socket: a daemon binds only after it holds that lock, so replacing a
+(``claims``), not the socket: a daemon binds only after it holds that lock, so replacing a
 stale socket file is safe. Where that path is too long for a socket address (108 bytes on
 Linux), Linux uses an abstract socket named after a hash of the path instead (abstract names
 are per network namespace).

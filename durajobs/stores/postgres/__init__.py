@@ -1,0 +1,2 @@
+"""The PostgreSQL store: ``store`` (psycopg 3), ``claims`` (session advisory locks) and
+``wake`` (``NOTIFY``/``LISTEN``)."""
