@@ -189,9 +189,9 @@ def test_a_fault_in_each_stage_of_finishing_stays_with_its_instance(
     elif stage == "record":
         only_for_bad("_record")
     else:  # the row's write: the store refuses its content (as apsw refuses bad text)
-        if not isinstance(jobs.engine.store, sqlite_store.Store):
+        if not isinstance(jobs.engine.store, sqlite_store.SqliteStore):
             pytest.skip("the fault is injected into the SQLite store")
-        original_apply = sqlite_store.Store._apply
+        original_apply = sqlite_store.SqliteStore._apply
 
         def apply(self: Any, cur: Any, write: Any, now: float, limit: int) -> bool:
             row = write.row
@@ -199,7 +199,7 @@ def test_a_fault_in_each_stage_of_finishing_stays_with_its_instance(
                 raise UnicodeEncodeError("utf-8", BAD_NAME, 3, 4, "surrogates not allowed")
             return original_apply(self, cur, write, now, limit)
 
-        monkeypatch.setattr(sqlite_store.Store, "_apply", apply)
+        monkeypatch.setattr(sqlite_store.SqliteStore, "_apply", apply)
     _assert_isolated(jobs, clock)
 
 
@@ -209,14 +209,14 @@ def test_a_write_even_its_failure_cannot_store_is_skipped_not_looped(
 ) -> None:
     jobs = open_jobs({"tick": ticker()})
     _start_group(jobs, clock)
-    original_apply = sqlite_store.Store._apply
+    original_apply = sqlite_store.SqliteStore._apply
 
     def apply(self: Any, cur: Any, write: Any, now: float, limit: int) -> bool:
         if write.instance_id.endswith(":bad"):
             raise OverflowError("injected: nothing of this instance can be stored")
         return original_apply(self, cur, write, now, limit)
 
-    monkeypatch.setattr(sqlite_store.Store, "_apply", apply)
+    monkeypatch.setattr(sqlite_store.SqliteStore, "_apply", apply)
     assert jobs.run_due() == len(HEALTHY)
     assert jobs.run_due() == 0  # skipped by this process from now on, not retried in a loop
     for user_id in HEALTHY:

@@ -397,6 +397,3 @@ class SqliteStore(sql.SqlStore, dialect=SQLITE):
             return os.path.getsize(self.path + "-wal")
         except OSError:
             return 0
-
-
-Store = SqliteStore  # the old name, for tests/test_robustness.py until it follows (temporary)
