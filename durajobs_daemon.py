@@ -80,7 +80,7 @@ from durajobs import Jobs, SystemClock
 from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
-from durajobs.stores import is_postgres, open_listener
+from durajobs.stores import open_listener, same_database
 
 __all__ = ["main"]
 
@@ -225,7 +225,7 @@ def open_jobs(app: Jobs, db: str | None) -> Jobs:
         AppError: the app's Jobs runs on a virtual clock.
         StorageError: ``db`` cannot be opened.
     """
-    if db is None or _same_file(db, app.location):
+    if db is None or same_database(db, app.location):
         if not isinstance(app.clock, SystemClock):
             raise AppError(
                 f"the app's Jobs uses {type(app.clock).__name__}; the daemon needs the system "
@@ -236,15 +236,6 @@ def open_jobs(app: Jobs, db: str | None) -> Jobs:
     app.tracker = None  # now owned by the new Jobs: closing the app's must not close it
     app.close()
     return jobs
-
-
-def _same_file(a: str, b: str) -> bool:
-    if is_postgres(a) or is_postgres(b):
-        return a == b
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -694,7 +685,7 @@ class Daemon:
         self.size = workers
         self.grace = grace
         jobs.engine.waker = None  # our own writes (pruning) need not wake us
-        self.listener: Any = open_listener(jobs.location)
+        self.listener = open_listener(jobs.location)
         self.listener_fd: int | None = None  # registered with the selector
         self.listener_retry: Backoff | None = None  # PostgreSQL: LISTEN lost, reconnecting
         self.timer = WallTimer.create()
@@ -853,13 +844,7 @@ class Daemon:
         self.selector.close()
         os.close(self.signal_r)
         os.close(self.signal_w)
-        # Not listener.close() on SQLite: that would unlink the parent's socket file; a
-        # PostgreSQL listener's close() leaves a forked copy of its session to the parent.
-        sock = getattr(self.listener, "sock", None)
-        if sock is not None:
-            sock.close()
-        else:
-            self.listener.close()
+        self.listener.detach()  # not close(): the parent keeps listening
         if self.timer is not None:
             self.timer.close()
         self.notifier.close()
@@ -1192,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # One daemon per SQLite file: a kernel lock on the claim file, held while this process
     # lives (whatever happens to the wake socket), released by the kernel when it dies. On
     # PostgreSQL any number of daemons, on any number of hosts, serve one database together.
-    if not jobs.is_postgres and not jobs.engine.locks.hold_daemon_lock():  # type: ignore[attr-defined]
+    if not jobs.engine.locks.hold_daemon_lock():
         print(f"durajobs-daemon: another daemon already serves {jobs.path}", file=sys.stderr)
         raise SystemExit(1)
     try:

@@ -204,13 +204,6 @@ class Jobs:
         options = {**self._options, **overrides}
         return Jobs(path, self.registry, **options)
 
-    @property
-    def is_postgres(self) -> bool:
-        """Whether this ``Jobs`` runs on PostgreSQL."""
-        from .stores import is_postgres
-
-        return is_postgres(self.location)
-
     def _engine_for_call(self) -> Engine:
         return self.engine
 

@@ -1,9 +1,12 @@
 """The functional core imports no I/O: definitions, schedules, durations, retry, codec, contexts
-and the per-kind step functions must not import apsw, os, time, socket, signal (or the shell)."""
+and the per-kind step functions must not import apsw, os, time, socket, signal (or the shell).
+Outside durajobs/stores/ nothing asks which store it has (the stores declare capabilities), and
+no module imports another in a cycle."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,102 @@ def test_sql_lives_only_in_the_store() -> None:
         text = path.read_text()
         for keyword in ("INSERT INTO", "UPDATE instances", "DELETE FROM", "CREATE TABLE"):
             assert keyword not in text, f"{path.name} contains SQL ({keyword})"
+
+
+# -- the stores declare capabilities; nothing outside durajobs/stores/ asks which one it has ------
+
+ROOT = PACKAGE.parent
+STORES = PACKAGE / "stores"
+MODULES = {
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+    for p in PACKAGE.rglob("*.py")
+}
+# What a module outside durajobs/stores/ may import of the stores: the factories and the
+# interface.
+STORE_INTERFACE = {"durajobs.stores", "durajobs.stores.base"}
+PROBED = {"store", "stores", "locks", "claims", "waker", "listener"}
+
+
+def _depends(path: Path, tree: ast.AST) -> set[str]:
+    """The modules of durajobs that ``path`` imports, anywhere in it (functions and
+    ``TYPE_CHECKING`` included), relative imports resolved; ``from pkg import name`` is
+    ``pkg.name`` when that is a module, else ``pkg``."""
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    is_package = path.name == "__init__.py"
+    package = name.removesuffix(".__init__") if is_package else name.rpartition(".")[0]
+    named: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            named.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            named.update(f"{base}.{alias.name}" for alias in node.names)
+    found: set[str] = set()
+    for module in named:
+        known = module
+        while known and known not in MODULES:
+            known = known.rpartition(".")[0]
+        if known:
+            found.add(known)
+    return found
+
+
+def _outside_stores() -> list[Path]:
+    paths = [p for p in MODULES.values() if STORES not in p.parents]
+    return [*sorted(paths), ROOT / "durajobs_daemon.py"]
+
+
+@pytest.mark.parametrize("path", _outside_stores(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_store_is_probed_outside_the_stores(path: Path) -> None:
+    """Outside durajobs/stores/: no ``is_postgres``, no ``getattr``/``hasattr`` probe of a store,
+    its claims, waker or listener, no ``type: ignore[attr-defined]``, and no import of a
+    concrete store (only ``durajobs.stores`` and ``durajobs.stores.base``)."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    where = path.relative_to(ROOT)
+    assert "type: ignore[attr-defined]" not in text, f"{where}: an undeclared attribute"
+    for node in ast.walk(tree):
+        named = (
+            node.id if isinstance(node, ast.Name)
+            else node.attr if isinstance(node, ast.Attribute)
+            else node.name if isinstance(node, ast.FunctionDef | ast.alias)
+            else None
+        )  # fmt: skip
+        assert named != "is_postgres", f"{where}:{getattr(node, 'lineno', '?')}: is_postgres"
+        if (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr") and node.args
+        ):  # fmt: skip
+            words = set(re.findall(r"[a-z]+", ast.unparse(node.args[0]).lower()))
+            assert not words & PROBED, f"{where}:{node.lineno}: {ast.unparse(node)} probes a store"
+    for module in _depends(path, tree):
+        if module.startswith("durajobs.stores"):
+            assert module in STORE_INTERFACE, f"{where} imports {module}: a concrete store"
+
+
+def test_the_store_interface_imports_no_store() -> None:
+    """stores/base.py (the interface) imports neither a concrete store nor the factories."""
+    path = STORES / "base.py"
+    for module in _depends(path, ast.parse(path.read_text())):
+        assert not module.startswith("durajobs.stores"), module
+
+
+def test_no_import_cycle() -> None:
+    """The modules of durajobs import each other without a cycle, lazy imports included."""
+    graph = {name: _depends(path, ast.parse(path.read_text())) for name, path in MODULES.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = [*path[path.index(name) :], name]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if name not in done:
+            for other in sorted(graph[name] - {name}):
+                visit(other, [*path, name])
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

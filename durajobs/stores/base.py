@@ -670,6 +670,16 @@ class Claims(Protocol):
         """
         ...
 
+    def hold_daemon_lock(self) -> bool:
+        """Take the "daemons serving this database" lock for as long as this object is open:
+        ``False`` if another daemon holds it. SQLite: one daemon per file (a kernel lock that
+        dies with its process); PostgreSQL: any number of daemons, so always ``True``.
+
+        Raises:
+            StorageError: the lock could not be attempted.
+        """
+        ...
+
     def close(self) -> None:
         """Release every claim and close (idempotent)."""
         ...
