@@ -24,20 +24,10 @@ if TYPE_CHECKING:
     from durajobs.stores.sqlite.store import SqliteStore
 
 __all__ = [
-    "claims_may_exist",
-    "created_files",
-    "daemon_listening",
-    "display_location",
-    "health",
-    "new_database_files",
-    "open_claims",
-    "open_listener",
-    "open_store",
-    "open_waker",
-    "refuse_directory",
-    "same_database",
-    "serving",
-]
+    "claims_may_exist", "created_files", "daemon_listening", "display_location", "health",
+    "new_database_files", "open_claims", "open_listener", "open_store", "open_waker",
+    "refuse_directory", "same_database", "serving",
+]  # fmt: skip
 
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means checkpoints are being starved
 
@@ -244,12 +234,9 @@ def health(location: str, store: Store) -> list[Finding]:
     findings: list[Finding] = []
     try:
         lines = sqlite.integrity_check()
-        if lines == ["ok"]:
-            findings.append(Finding("integrity", "ok", "PRAGMA integrity_check: ok"))
-        else:
-            more = f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
-            shown = "; ".join(lines[:5]) + more
-            findings.append(Finding("integrity", "fail", f"PRAGMA integrity_check: {shown}"))
+        more = f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
+        shown = f"PRAGMA integrity_check: {'; '.join(lines[:5])}{more}"
+        findings.append(Finding("integrity", "ok" if lines == ["ok"] else "fail", shown))
     except StorageError as exc:
         findings.append(Finding("integrity", "fail", str(exc)))
     try:
@@ -260,13 +247,9 @@ def health(location: str, store: Store) -> list[Finding]:
     except StorageError as exc:
         findings.append(Finding("schema", "fail", str(exc)))
     wal = sqlite.wal_bytes()
-    large = " (large: a long-running reader may be blocking checkpoints)"
-    findings.append(
-        Finding(
-            "wal", "warn" if wal > WAL_WARN_BYTES else "ok",
-            f"WAL {_size(wal)}{large if wal > WAL_WARN_BYTES else ''}",
-        )
-    )  # fmt: skip
+    large = wal > WAL_WARN_BYTES
+    why = " (large: a long-running reader may be blocking checkpoints)" if large else ""
+    findings.append(Finding("wal", "warn" if large else "ok", f"WAL {_size(wal)}{why}"))
     return findings
 
 
