@@ -17,7 +17,8 @@ not committed changes nothing, so a crash anywhere means the step runs again.
 What each kind takes in each status is data: ``TRANSITIONS[kind][status][message type]`` is
 the transition to run (``None`` stands for "no instance yet"). A message missing from the row
 changes nothing: on a missing instance it is ignored (``Resume`` raises
-``InstanceNotFoundError``), on an existing one it raises ``InvalidStateError``. The kinds'
+``InstanceNotFoundError``), on an existing one it raises ``InvalidStateError``. A row in a
+status its kind's table does not know takes only the operators' actions. The kinds'
 transitions live in ``continuous``, ``debounce`` and ``task``; the operators' actions
 (``Terminate``, ``Request``, ``Resume``), which run no handler, are here.
 
@@ -103,7 +104,9 @@ def step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Deci
 
 
 def _step(job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
-    row = TRANSITIONS[job.kind].get(None if inst is None else inst.status, {})
+    row = TRANSITIONS.get(job.kind, {}).get(None if inst is None else inst.status)
+    if row is None:  # a status (or kind) the table does not know: only the operators' actions
+        row = {} if inst is None else _STRAY.get(job.kind, _ANY)
     transition = row.get(type(msg))
     if transition is not None:
         return transition(job, inst, msg, env)
@@ -181,3 +184,7 @@ TRANSITIONS: dict[str, dict[str | None, Row]] = {
 }
 """``TRANSITIONS[kind][status][type(message)]``: the transition a message runs (data, h11's
 way). ``None`` is the status of an instance that does not exist yet."""
+
+# A row in a status its kind's table does not know (written by another version, or by hand)
+# still takes the operators' handler-free actions: ``durajobs terminate`` always works.
+_STRAY: dict[str, Row] = {"debounce": {**_ANY, Clear: debounce.clear}}
