@@ -22,6 +22,7 @@ from typing import Any
 import apsw
 import attrs
 import pytest
+from waiting import wait_for
 
 from durajobs import Debounce, FakeClock, Jobs, Task
 from durajobs.aio import AsyncJobs
@@ -113,15 +114,6 @@ def assert_no_overlap(log: Path) -> int:
         elif what == "exit":
             inside[instance_id] -= 1
     return ran
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        time.sleep(0.005)
-    return value
 
 
 # -- threads ----------------------------------------------------------------------------------
@@ -233,7 +225,7 @@ def test_an_ended_threads_server_sessions_end_with_it(pg_server: Any, pg_url: st
         jobs.task("orders").send("warm", Event(0))
         before = sessions()
         _one_call_per_thread(jobs, 120)
-        assert pg_server.wait_until(lambda: sessions() <= before), sessions()
+        wait_for(lambda: sessions() <= before, timeout=10, what=f"sessions back to {before}")
         assert jobs.task("orders").status("r-119").event_count == 1
 
 
@@ -457,7 +449,7 @@ def test_add_many_during_a_running_flush_queues(
         jobs.debounce("batch").add("x", Event(1))
         flushing = threading.Thread(target=lambda: jobs.debounce("batch").flush("x"))
         flushing.start()
-        wait_for(lambda: "flush" in log.read_text())
+        wait_for(lambda: "flush" in log.read_text(), what="the flush to start")
         results = jobs.debounce("batch").add_many([("x", Event(2)), ("x", Event(3))])
         assert [(r.created, r.event_count) for r in results] == [(False, 1), (False, 2)]
         gate.touch()
@@ -487,7 +479,7 @@ jobs.task("orders").send_many([(f"o-{{i}}", test_apps.Event(i)) for i in range(1
 """
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
-        wait_for(marker.exists)
+        wait_for(marker.exists, what="the handler of item 50")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

@@ -16,13 +16,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_apps.app_defs import Count, Due
 from daemon_apps.copy_app import REGISTRY, Click
+from waiting import wait_for
 
 from durajobs import Jobs
 from durajobs.copy import Progress, copy_database
@@ -33,15 +34,6 @@ from durajobs.stores.base import TABLES, ExportBatch
 TESTS = Path(__file__).parent
 DAEMON = TESTS.parent / "durajobs_daemon.py"
 CLI = [sys.executable, "-m", "durajobs.cli"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
-    return value
 
 
 def records(out: Path, kind: str, instance: str | None = None) -> list[dict[str, Any]]:

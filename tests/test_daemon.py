@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_apps.app_defs import REGISTRY, Count, Due
+from waiting import wait_for
 
 from durajobs import Jobs
 
@@ -33,18 +34,6 @@ TESTS = Path(__file__).parent
 DAEMON = TESTS.parent / "durajobs_daemon.py"
 NO_TIMERFD = TESTS / "daemon_apps" / "run_without_timerfd.py"
 APP = "daemon_apps.app:jobs"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.005)
 
 
 class Notify:

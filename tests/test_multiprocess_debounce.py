@@ -15,12 +15,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from durajobs import Jobs
 
@@ -90,15 +91,6 @@ if __name__ == "__main__":
 """
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll an observable condition with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
 def load_app(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"mp_debounce_app_{os.getpid()}", path)
     assert spec is not None
@@ -143,7 +135,7 @@ class Scene:
                 raise AssertionError(f"the flushing process exited early:\n{err}")
             return self.started.exists()
 
-        wait_for(started, 30.0, "the child's flush to start")
+        wait_for(started, what="the child's flush to start", interval=0.002)
 
 
 @pytest.fixture

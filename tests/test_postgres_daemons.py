@@ -13,27 +13,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_apps.app_defs import REGISTRY, Count, Due
+from waiting import wait_for
 
 from durajobs import Jobs
 
 TESTS = Path(__file__).parent
 DAEMON = TESTS.parent / "durajobs_daemon.py"
 APP = "daemon_apps.app:jobs"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
-    return value
 
 
 class Cluster:

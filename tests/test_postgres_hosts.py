@@ -37,6 +37,7 @@ import pytest
 from daemon_apps.app_defs import Due
 from daemon_apps.hosts_app import REGISTRY
 from pgserver import PgServer
+from waiting import wait_for
 
 from durajobs import Jobs
 from durajobs.stores.postgres.claims import CLAIMS_NAME, claim_key
@@ -45,15 +46,6 @@ TESTS = Path(__file__).parent
 DAEMON = TESTS.parent / "durajobs_daemon.py"
 APP = "daemon_apps.hosts_app:jobs"
 KEEPALIVES = "keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
-    return value
 
 
 def _query(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

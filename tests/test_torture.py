@@ -62,7 +62,8 @@ from typing import Any
 import apsw
 import pytest
 from daemon_apps.torture_app import MAX_EVENTS, Batch, Ev, collect, open_jobs
-from test_daemon import Notify, alive, family, wait_for
+from test_daemon import Notify, alive, family
+from waiting import wait_for
 
 from durajobs import Debounce, Jobs
 

@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from durajobs import Jobs
 
@@ -49,15 +50,6 @@ def _need_unshare() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true: {missing}")
         pytest.skip(missing)
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        time.sleep(0.01)
-    return value
 
 
 def _records(out: Path, kind: str, instance: str) -> list[dict[str, Any]]:
@@ -94,7 +86,7 @@ def sleeping_daemon(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     )  # fmt: skip
     try:
         # It ran what was due, so it is in its loop, asleep until the hourly alarm.
-        _wait_for(lambda: _records(out, "exit", "first"))
+        wait_for(lambda: _records(out, "exit", "first"), what="first executed")
         yield env, out
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -103,7 +95,7 @@ def sleeping_daemon(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
 
 
 def _runs_on_time(out: Path, instance: str) -> None:
-    (done,) = _wait_for(lambda: _records(out, "exit", instance), timeout=30.0)
+    (done,) = wait_for(lambda: _records(out, "exit", instance), what=f"{instance} executed")
     # Due 2 s after the client's call: run at its time, not at the daemon's next known alarm
     # (an hour away) nor at some later unrelated wake-up.
     assert done["lateness"] < 5.0
