@@ -34,7 +34,7 @@ settings.load_profile(os.environ.get("DURAJOBS_HYPOTHESIS_PROFILE", "ci"))
 
 # -- PostgreSQL: one throwaway cluster per session (tests/pgserver.py) --------------------------
 import pytest  # noqa: E402
-from pgserver import PgServer, find_pg_bin  # noqa: E402
+from pgserver import PgServer, find_pg_bin, route_jobs_to_postgres  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +70,40 @@ def pg_url(pg_server):  # type: ignore[no-untyped-def]
     pg_server.drop_database(url)
 
 
-@pytest.fixture(autouse=True)
-def _jobs_on_postgres(request):  # type: ignore[no-untyped-def]
-    """``DURAJOBS_TEST_STORE=postgres``: every ``Jobs`` of the test runs on PostgreSQL."""
-    if os.environ.get("DURAJOBS_TEST_STORE") != "postgres":
-        return
-    if request.node.get_closest_marker("sqlite_only"):
-        pytest.skip("about the SQLite store itself (files, locks, its daemon's file)")
-    from pgserver import route_jobs_to_postgres
+# -- both stores: a ``both_stores`` test runs once per store ------------------------------------
+STORES = ("sqlite", "postgres")
 
-    monkeypatch, server = (request.getfixturevalue(n) for n in ("monkeypatch", "pg_server"))
-    route_jobs_to_postgres(monkeypatch, server)
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_stores`` (most often its module's ``pytestmark``) runs on each
+    store, ids ``[sqlite]`` and ``[postgres]``; one marked ``sqlite_only``, or that asks for the
+    cluster itself (``pg_server``, ``pg_url``), runs once."""
+    definition = metafunc.definition
+    if (
+        definition.get_closest_marker("both_stores")
+        and not definition.get_closest_marker("sqlite_only")
+        and not {"pg_server", "pg_url"} & set(metafunc.fixturenames)
+    ):
+        metafunc.parametrize("store_kind", STORES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The store this run of the test is on: ``"sqlite"``, or ``"postgres"`` in the
+    ``[postgres]`` run of a ``both_stores`` test, where every ``Jobs(path)`` gets a database of
+    the session's cluster instead of the file (``route_jobs_to_postgres``)."""
+    kind: str = getattr(request, "param", "sqlite")
+    if kind == "postgres":
+        monkeypatch, server = (request.getfixturevalue(n) for n in ("monkeypatch", "pg_server"))
+        route_jobs_to_postgres(monkeypatch, server)
+    return kind
+
+
+@pytest.fixture
+def new_database(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """Where this run of the test keeps a new, empty database: ``tmp_path / "jobs.db"``, or a
+    fresh database of the session's cluster (its URL) in the ``[postgres]`` run."""
+    if store_kind == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return tmp_path / "jobs.db"

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PgBouncer", "PgServer", "find_pg_bin"]
+__all__ = ["PgBouncer", "PgServer", "find_pg_bin", "route_jobs_to_postgres"]
 
 ROLE = "durajobs_test"
 PASSWORD = "pw-S3cr3t-never-in-messages"
@@ -168,12 +168,13 @@ class PgServer:
 def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]:
     """Make every ``Jobs(path, ...)`` of a test use a PostgreSQL database instead of the file.
 
-    For running the engine-level suites (``DURAJOBS_TEST_STORE=postgres pytest tests/...``)
-    against the PostgreSQL store before ``Jobs`` picks stores by location itself: each SQLite
-    path maps to a fresh database (the same path, the same database). Returns that mapping
-    (absolute path -> URL), filled as paths are used.
+    The ``[postgres]`` run of a ``both_stores`` test (``conftest.store_kind``): the engine-level
+    suites, written with SQLite paths, run on the PostgreSQL store. Each path maps to a fresh
+    database (the same path, the same database); a PostgreSQL URL stays itself. Returns that
+    mapping (absolute path -> URL), filled as paths are used.
     """
     import durajobs.jobs
+    from durajobs.stores import is_postgres
     from durajobs.stores.postgres.claims import AdvisoryClaims
     from durajobs.stores.postgres.store import PostgresStore
     from durajobs.stores.postgres.wake import PgWaker
@@ -181,6 +182,8 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]
     databases: dict[str, str] = {}
 
     def url_for(path: str) -> str:
+        if is_postgres(path):
+            return path
         path = os.path.abspath(path)
         if path not in databases:
             databases[path] = server.create_database("routed")

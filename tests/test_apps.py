@@ -29,6 +29,8 @@ from durajobs.aio import AsyncJobs
 from durajobs.client import SendResult
 from durajobs.errors import DuplicateEventError, ExecutionError, ValidationError
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 LOG = "DURAJOBS_TEST_LOG"
 
 

@@ -27,6 +27,8 @@ from durajobs import (
     every,
 )
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

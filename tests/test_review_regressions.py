@@ -21,6 +21,8 @@ from durajobs import (
 )
 from durajobs.admin import Admin
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 
 @attrs.define
 class S:

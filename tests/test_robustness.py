@@ -27,6 +27,8 @@ from durajobs.errors import InvalidStateError, StorageError, ValidationError
 from durajobs.stores.sqlite import store as sqlite_store
 from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 5, 12, tzinfo=UTC)
 TESTS = Path(__file__).parent

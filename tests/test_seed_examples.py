@@ -37,6 +37,8 @@ from durajobs import (
     every,
 )
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 

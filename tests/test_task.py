@@ -35,6 +35,8 @@ from durajobs.errors import (
     ValidationError,
 )
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 JOB = "orders"
 IID = "task:orders:o1"

@@ -32,6 +32,8 @@ from durajobs import (
 )
 from durajobs.stores.sqlite.store import SqliteStore
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONTINUOUS = "continuous:beat:c1"
 DEBOUNCE = "debounce:batch:d1"

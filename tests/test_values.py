@@ -32,6 +32,8 @@ from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
 from durajobs.core.codec import Codec
 from durajobs.errors import ExecutionError, ValidationError
 
+pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
+
 # -- generated types and values -------------------------------------------------------------
 
 _names = itertools.count()
