@@ -1,6 +1,7 @@
 """The dashboard through its WSGI interface (no server): pages, filters, keyset pages, escaping,
 the cross-site matrix, read-only, authentication, bulk caps, live polling, and mounting under a
-prefix in Flask and FastAPI. Real SQLite files made through ``durajobs.Jobs``.
+prefix in Flask and FastAPI. Real databases made through ``durajobs.Jobs``: a SQLite file, and
+for the ``both_stores`` tests a database of the session's PostgreSQL cluster as well.
 """
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ def registry() -> dict[str, Any]:
 
 
 @contextmanager
-def jobs_on(db: Path) -> Iterator[Jobs]:
+def jobs_on(db: Path | str) -> Iterator[Jobs]:
     with Jobs(db, registry(), clock=FakeClock(time.time())) as jobs:
         yield jobs
 
 
-def populate(db: Path) -> None:
+def populate(db: Path | str) -> None:
     """Continuous x3, a Debounce batch, Tasks: scheduled, parked x2, idle, and a hostile one."""
     with jobs_on(db) as jobs:
         refresher = jobs.continuous("refresher")
@@ -104,10 +105,11 @@ def populate(db: Path) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.db"
-    populate(path)
-    return path
+def db(new_database: Path | str) -> Path | str:
+    """The sample database: a file, or (the ``[postgres]`` run of a ``both_stores`` test) a
+    database of the session's cluster."""
+    populate(new_database)
+    return new_database
 
 
 # -- a WSGI client ---------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class Links(HTMLParser):
 
 
 @pytest.fixture
-def app(db: Path) -> Iterator[Dashboard]:
+def app(db: Path | str) -> Iterator[Dashboard]:
     dashboard = make_app(db)
     yield dashboard
     dashboard.close()
@@ -223,6 +225,7 @@ def status_of(client: Client, instance_id: str) -> str:
 # -- pages -----------------------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_every_page_renders(client: Client) -> None:
     overview = client.get("/")
     assert overview.status == 200
@@ -251,6 +254,7 @@ def test_every_page_renders(client: Client) -> None:
     assert "Next execute" in client.get("/instance", {"id": "task:orders:o-1"}).text
 
 
+@pytest.mark.both_stores
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
 def test_an_ended_threads_connection_closes_with_it(client: Client) -> None:
     """A server that starts a thread per request (Flask's and Django's development servers):
@@ -269,6 +273,7 @@ def test_an_ended_threads_connection_closes_with_it(client: Client) -> None:
     assert client.get("/").status == 200
 
 
+@pytest.mark.both_stores
 def test_instance_page_shows_error_traceback_and_timeline(client: Client) -> None:
     page = client.get("/instance", {"id": "task:orders:bad-1"}).text
     assert "RuntimeError: warehouse rejected bad-1" in page
@@ -282,6 +287,7 @@ def test_instance_page_shows_error_traceback_and_timeline(client: Client) -> Non
     assert 'value="retry"' in page
 
 
+@pytest.mark.both_stores
 def test_unknown_and_malformed_instances(client: Client) -> None:
     assert client.get("/instance", {"id": "task:orders:nope"}).status == 404
     assert client.get("/instance", {"id": "nonsense"}).status == 400
@@ -294,6 +300,7 @@ def test_unknown_and_malformed_instances(client: Client) -> None:
     assert client.get("/instances", {"sort": "alarm", "after": "garbage"}).status == 400
 
 
+@pytest.mark.both_stores
 def test_a_nul_character_in_any_field_is_a_bad_request(client: Client) -> None:
     """No store holds a NUL in text (PostgreSQL refuses it outright): 400, never 503."""
     for path, query in (
@@ -360,6 +367,7 @@ def test_static_files_ship_in_the_package(client: Client) -> None:
 # -- lists -----------------------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_filters_live_in_the_url(client: Client) -> None:
     def ids(**query: str) -> list[str]:
         answer = client.get("/instances", query)
@@ -433,6 +441,7 @@ def test_the_list_says_how_it_is_ordered(client: Client) -> None:
     assert "by next alarm" in client.get("/instances", {"sort": "alarm"}).text
 
 
+@pytest.mark.both_stores
 def test_keyset_pagination_walks_every_instance_once(client: Client) -> None:
     for order in ("", "alarm"):
         expected = ids_on(client.get("/instances", {"sort": order, "limit": "100"}))
@@ -455,6 +464,7 @@ def test_keyset_pagination_walks_every_instance_once(client: Client) -> None:
 # -- escaping --------------------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_hostile_id_and_state_are_escaped(client: Client) -> None:
     hostile = f"task:orders:{HOSTILE_ID}"
     pages = [
@@ -474,9 +484,24 @@ def test_hostile_id_and_state_are_escaped(client: Client) -> None:
     assert ids_on(pages[1]) == [hostile]
 
 
+def test_no_password_in_any_page(pg_url: str) -> None:
+    """On PostgreSQL, the location's password is shown on no page."""
+    populate(pg_url)
+    app = make_app(pg_url)
+    try:
+        password = pg_url.split(":")[2].split("@", maxsplit=1)[0]
+        for path in ("/", "/instances", "/failed", "/health"):
+            answer = Client(app).get(path)
+            assert answer.status == 200, path
+            assert password not in answer.text
+    finally:
+        app.close()
+
+
 # -- actions ---------------------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_retry_from_the_instance_page(client: Client) -> None:
     assert status_of(client, "task:orders:bad-1") == "failed"
     answer = client.post("/action", {"id": "task:orders:bad-1", "action": "retry"})
@@ -489,6 +514,7 @@ def test_retry_from_the_instance_page(client: Client) -> None:
     assert status_of(client, "task:orders:bad-1") != "failed"
 
 
+@pytest.mark.both_stores
 def test_terminate_and_refusals(client: Client) -> None:
     answer = client.post(
         "/action", {"id": "task:orders:o-1", "action": "terminate", "reason": "<i>bye</i>"}
@@ -507,6 +533,7 @@ def test_terminate_and_refusals(client: Client) -> None:
     assert client.post("/action", {"id": "task:orders:zz", "action": "trigger"}).status == 404
 
 
+@pytest.mark.both_stores
 def test_finished_instances_and_the_terminate_reason(client: Client) -> None:
     reason = "<i>no longer needed</i>"
     form = {"id": "task:orders:o-1", "action": "terminate", "reason": reason}
@@ -537,6 +564,7 @@ def test_finished_instances_and_the_terminate_reason(client: Client) -> None:
     assert client.get(poll.path, poll.query).status == 204
 
 
+@pytest.mark.both_stores
 def test_a_parked_instance_shows_its_failed_attempts(client: Client) -> None:
     """``attempt`` is the next attempt; a parked instance has none: its failed ones show."""
     listed = client.get("/failed").text
@@ -588,6 +616,7 @@ def test_same_origin_with_a_port_in_host() -> None:
     assert same_origin({"HTTP_HOST": "[::1]:8080", "HTTP_ORIGIN": "http://[::1]:8080"})
 
 
+@pytest.mark.both_stores
 def test_bulk_confirm_then_act_with_a_cap(client: Client) -> None:
     ids = ["task:orders:bad-1", "task:orders:bad-2"]
     confirm = client.post("/bulk", [("action", "retry"), *(("id", i) for i in ids)])
@@ -824,7 +853,8 @@ def poll_url(page: Answer) -> str:
     return match.group(1).replace("&amp;", "&")
 
 
-def test_a_poll_of_an_unchanged_database_swaps_nothing(client: Client, db: Path) -> None:
+@pytest.mark.both_stores
+def test_a_poll_of_an_unchanged_database_swaps_nothing(client: Client, db: Path | str) -> None:
     for path, query in (("/", ""), ("/instances", "kind=task"), ("/failed", ""),
                         ("/instance", "id=task:orders:o-1")):  # fmt: skip
         page = client.get(path, query)
