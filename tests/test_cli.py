@@ -21,16 +21,19 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import apsw
 import attrs
 import pytest
+from pgserver import PASSWORD
 from typer.testing import CliRunner
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Retry, Task, every
 from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
+from durajobs.stores.postgres.store import PostgresStore
 from durajobs.stores.sqlite.claims import InstanceLocks
 from durajobs.stores.sqlite.store import SqliteStore
 
@@ -54,7 +57,7 @@ class Event:
 class App:
     """The application's side: its definitions, a record of handler calls, a clock."""
 
-    db: Path
+    db: Path | str
     calls: list[tuple[str, str]] = attrs.Factory(list)
     failing: set[str] = attrs.Factory(lambda: {"broken", "o-bad"})
 
@@ -109,14 +112,16 @@ def populate(application: App, start: float | None = None) -> None:
 
 
 @pytest.fixture
-def application(tmp_path: Path) -> App:
-    application = App(tmp_path / "jobs.db")
+def application(new_database: Path | str) -> App:
+    """The sample application on its database: a file, or (the ``[postgres]`` run of a
+    ``both_stores`` test) a database of the session's cluster."""
+    application = App(new_database)
     populate(application)
     return application
 
 
 @pytest.fixture
-def db(application: App) -> Path:
+def db(application: App) -> Path | str:
     return application.db
 
 
@@ -136,11 +141,18 @@ class Run:
 Runner = Callable[..., Run]
 
 
+def ran(code: int, stdout: str, stderr: str) -> Run:
+    """What a command printed, which never holds a password (the cluster's URLs carry one)."""
+    for secret in (PASSWORD, quote(PASSWORD, safe="")):
+        assert secret not in stdout + stderr
+    return Run(code, stdout, stderr)
+
+
 def run_in_process(*args: str, env: dict[str, str] | None = None) -> Run:
     result = CliRunner().invoke(app, list(args), env=env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
+    return ran(result.exit_code, result.stdout, result.stderr)
 
 
 def run_script(*args: str, env: dict[str, str] | None = None) -> Run:
@@ -150,7 +162,7 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> Run:
     proc = subprocess.run(
         [SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=60, check=False
     )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
+    return ran(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture(params=["in-process", "script"])
@@ -757,7 +769,7 @@ def test_read_only_directory(cli: Runner, application: App, tmp_path: Path) -> N
 # -- issue 17: attempts, every row for scripts, finished instances ----------------------------
 
 
-def park_after_two_attempts(db: Path) -> Any:
+def park_after_two_attempts(db: Path | str) -> Any:
     """A Task whose execute always fails, ``Retry(max_attempts=2)``, parked when exhausted;
     returns its ``status()``."""
     clock = FakeClock(time.time())
@@ -783,10 +795,11 @@ def park_after_two_attempts(db: Path) -> Any:
         return orders.status("o-1")
 
 
+@pytest.mark.both_stores
 def test_a_parked_instance_shows_its_failed_attempts_as_its_history_does(
-    cli: Runner, tmp_path: Path
+    cli: Runner, new_database: Path | str
 ) -> None:
-    db = tmp_path / "parked.db"
+    db = new_database
     status = park_after_two_attempts(db)
     assert (status.status, status.attempt) == ("failed", 3)  # the contract: the next attempt
     shown = cli("--db", str(db), "show", "task:orders:o-1", "--json").json()
@@ -805,8 +818,9 @@ def test_a_parked_instance_shows_its_failed_attempts_as_its_history_does(
         assert admin.get("task:orders:o-1").attempt_label == "2 failed"
 
 
-def test_ls_json_and_jsonl_give_every_row_without_limit(tmp_path: Path) -> None:
-    application = App(tmp_path / "many.db")
+@pytest.mark.both_stores
+def test_ls_json_and_jsonl_give_every_row_without_limit(new_database: Path | str) -> None:
+    application = App(new_database)
     with application.jobs() as jobs:
         jobs.continuous("refresher").start_many((f"user-{i:03}", Counter()) for i in range(120))
 
@@ -839,8 +853,9 @@ def start_refreshers(jobs: Jobs, count: int) -> None:
         jobs.continuous("refresher").start_many((f"user-{i:04}", Counter()) for i in ids)
 
 
-def test_every_row_comes_from_one_snapshot_in_batches(tmp_path: Path) -> None:
-    application = App(tmp_path / "snapshot.db")
+@pytest.mark.both_stores
+def test_every_row_comes_from_one_snapshot_in_batches(new_database: Path | str) -> None:
+    application = App(new_database)
     with application.jobs() as jobs:
         start_refreshers(jobs, 2500)
     with Admin(application.db) as admin:
@@ -872,7 +887,8 @@ def test_ls_jsonl_streams_and_stops_quietly_when_the_reader_goes(tmp_path: Path)
     assert json.loads(done.stdout)["instance_id"] == "continuous:refresher:user-0000"
 
 
-def test_the_terminate_reason_is_shown_by_show_and_tail(db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_the_terminate_reason_is_shown_by_show_and_tail(db: Path | str, application: App) -> None:
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
     text = run_in_process("--db", str(db), "show", "task:orders:o-1").stdout
@@ -886,12 +902,12 @@ def test_the_terminate_reason_is_shown_by_show_and_tail(db: Path, application: A
         "terminated", "customer cancelled", {"n": 0},
     )  # fmt: skip
     tail = run_in_process("--db", str(db), "tail", "-n", "1").stdout
-    assert "task:orders:o-1  job.terminated" in tail
-    assert tail.rstrip().endswith("reason: customer cancelled")
+    assert "task:orders:o-1  job.terminated  step=2 attempt=1  reason: customer cancelled" in tail
 
 
+@pytest.mark.both_stores
 def test_ls_lists_finished_instances_from_the_history(
-    cli: Runner, db: Path, application: App
+    cli: Runner, db: Path | str, application: App
 ) -> None:
     with application.jobs() as jobs:
         refresher = jobs.continuous("refresher")
@@ -954,9 +970,14 @@ def test_ls_lists_finished_instances_from_the_history(
         with pytest.raises(ValidationError):
             admin.finished(status="running")
         # Each page reads the index of the records that end instances, newest first.
-        sql = SqliteStore.sql.finished.format(prefixes="1")
-        plan = admin.store.query(f"EXPLAIN QUERY PLAN {sql}", ("job.terminated", 1, 1))
-        assert any("USING INDEX history_ended" in str(step) for step in plan), plan
+        if isinstance(db, Path):
+            sql = SqliteStore.sql.finished.format(prefixes="1")
+            plan = admin.store.query(f"EXPLAIN QUERY PLAN {sql}", ("job.terminated", 1, 1))
+            assert any("USING INDEX history_ended" in str(step) for step in plan), plan
+        else:
+            sql = PostgresStore.sql.finished.format(prefixes="TRUE")
+            plan = admin.store.query(f"EXPLAIN {sql}", ("job.terminated", 1, 1))
+            assert any("history_ended" in str(step) for step in plan), plan
 
 
 def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) -> None:
@@ -980,17 +1001,23 @@ def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) 
         assert admin.finished(job="refresher", search="back-").instances == []
 
 
-def test_a_file_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
-    db: Path, application: App
+@pytest.mark.both_stores
+def test_a_database_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
+    db: Path | str, application: App, request: pytest.FixtureRequest
 ) -> None:
     """Schema 3 adds the index of the records that end instances; the CLI only reads, so it
-    says what to do with a file of schema 2, and the application's next open migrates it."""
+    says what to do with a database of schema 2, and the application's next open migrates it."""
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
-    conn = apsw.Connection(str(db))
-    conn.execute("DROP INDEX history_ended")
-    conn.execute("PRAGMA user_version=2")
-    conn.close()
+    if isinstance(db, Path):  # schema 2, as each store wrote it
+        conn = apsw.Connection(str(db))
+        conn.execute("DROP INDEX history_ended")
+        conn.execute("PRAGMA user_version=2")
+        conn.close()
+    else:
+        server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
+        server.admin_execute("DROP INDEX history_ended", name)
+        server.admin_execute("DELETE FROM durajobs_schema WHERE version = 3", name)
     run = run_in_process("--db", str(db), "ls", "--status", "terminated")
     assert run.code == 4
     assert "schema version 2 is older than this durajobs (3)" in one_line_error(run)

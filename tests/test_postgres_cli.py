@@ -1,5 +1,6 @@
 """``durajobs --db postgresql://...``: every CLI command on PostgreSQL, with its exit code, and
-never the password in any output.
+never the password in any output (an error names the server, ``PGPASSWORD`` works). The
+commands' outputs on both stores are ``test_cli``'s ``both_stores`` tests.
 
 The database is made through the real library on the session's throwaway cluster
 (``tests/pgserver.py``, whose URLs carry a password); the commands run in process through the
@@ -22,9 +23,7 @@ import pytest
 from pgserver import PASSWORD, PgServer
 
 from durajobs import Continuous, Debounce, Jobs, Task, every
-from durajobs.admin import Admin
 from durajobs.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, main
-from durajobs.stores.postgres.store import SQL
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 SECRETS = (PASSWORD, urllib.parse.quote(PASSWORD, safe=""))
@@ -204,83 +203,3 @@ def test_the_console_script_on_postgresql(
     for result in (listed, by_env, from_env, denied, missing):
         for secret in SECRETS:
             assert secret not in result.stdout + result.stderr
-
-
-def test_attempts_every_row_and_finished_instances_on_postgresql(
-    database: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Issue 17, items 9-11 on PostgreSQL: a parked instance's failed attempts, every row for
-    scripts from one snapshot, the terminate reason, and finished instances listed."""
-    cli = Outputs(database, capsys)
-    parked = json.loads(cli.ok("show", "continuous:parking:broken", "--json"))
-    assert (parked["attempt"], parked["failed_attempts"]) == (2, 1)  # no retry: one attempt
-    assert [h["attempt"] for h in parked["history"] if h["event"] == "job.parked"] == [1]
-    line = next(x for x in cli.ok("ls").splitlines() if "parking:broken" in x)
-    assert " 1 failed " in line
-
-    with Jobs(database, REGISTRY) as jobs:
-        for low in range(0, 2500, 1000):
-            ids = range(low, min(2500, low + 1000))
-            jobs.task("orders").send_many((f"o-{i:04}", Event("x")) for i in ids)
-        jobs.task("orders").terminate("o-1", reason="customer cancelled")
-        jobs.continuous("refresh").terminate("u1", reason="moved")
-        jobs.continuous("refresh").start("u1", Counter())  # lives again: not finished
-        jobs.task("orders").terminate("o-0007")
-    assert len(json.loads(cli.ok("ls", "--json"))) == 5 - 1 + 2500 - 1  # not a page of 50
-    assert len(cli.ok("ls", "--jsonl", "--kind", "task").splitlines()) == 2500 - 1
-
-    with Admin(database) as admin:  # one snapshot, read in keyset batches
-        before = [info.instance_id for info in admin.all_instances()]
-        rows = admin.all_instances()
-        first = next(rows)
-        with Jobs(database, REGISTRY) as jobs:
-            for instance_id in before[-1200:]:
-                if instance_id.startswith("task:orders:"):
-                    jobs.task("orders").terminate(instance_id.split(":", 2)[2])
-        assert [first.instance_id, *(info.instance_id for info in rows)] == before
-        finished = admin.finished(status="terminated", limit=1)
-        assert finished.after is not None
-        sql = SQL.finished.format(prefixes="TRUE")
-        plan = admin.store.query(f"EXPLAIN {sql}", ("job.terminated", 1, 1))
-        assert any("history_ended" in str(step) for step in plan), plan
-
-    terminated = json.loads(cli.ok("ls", "--status", "terminated", "--json", "--job", "orders"))
-    assert len(terminated) == 1 + 1 + len([i for i in before[-1200:] if i.startswith("task:")])
-    o1 = next(r for r in terminated if r["id"] == "o-1")
-    assert (o1["status"], o1["ended"], o1["end_reason"]) == (
-        "purged",
-        "terminated",
-        "customer cancelled",
-    )
-    assert "continuous:refresh:u1" not in cli.ok("ls", "--status", "purged", "--json")
-    assert "customer cancelled" in cli.ok("ls", "--status", "terminated", "--limit", "2000")
-    shown = cli.ok("show", "task:orders:o-1")
-    assert "\nreason    customer cancelled\n" in shown
-    tail = cli.ok("tail", "-n", "5000")
-    assert "task:orders:o-1  job.terminated  step=2 attempt=1  reason: customer cancelled" in tail
-    for text in cli.seen:
-        for secret in SECRETS:
-            assert secret not in text
-
-
-def test_a_database_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
-    database: str, pg_server: PgServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cli = Outputs(database, capsys)
-    with Jobs(database, REGISTRY) as jobs:
-        jobs.task("orders").terminate("o-1", reason="customer cancelled")
-    name = urllib.parse.urlsplit(database).path.lstrip("/")
-    pg_server.admin_execute("DROP INDEX history_ended", name)
-    pg_server.admin_execute("DELETE FROM durajobs_schema WHERE version = 3", name)
-    code, _, err = cli.run("ls", "--status", "terminated")
-    assert code == EXIT_STORAGE
-    assert "schema version 2 is older than this durajobs (3)" in err
-    with Jobs(database, REGISTRY):
-        pass  # the application (or the daemon) of this version opens it: migrated
-    listed = json.loads(cli.ok("ls", "--status", "terminated", "--json"))
-    assert [(r["instance_id"], r["end_reason"]) for r in listed] == [
-        ("task:orders:o-1", "customer cancelled")
-    ]
-    for text in cli.seen:
-        for secret in SECRETS:
-            assert secret not in text
