@@ -26,6 +26,7 @@ from durajobs import (
     cron,
     every,
 )
+from durajobs.admin import Admin
 
 pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
 
@@ -366,6 +367,50 @@ def test_on_error_runs_when_exhausted_and_its_changes_commit(make: Any, clock: F
     assert client.get_state("u") == Tokens("", "reset")
 
 
+@pytest.mark.sqlite_only  # reads the file through Admin/the SQLite store
+def test_a_cli_trigger_does_not_make_retries_endless(
+    make: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def execute(ctx: Any) -> None:
+        calls.append((ctx.run_count, ctx.attempt))
+        raise RuntimeError("down")
+
+    jobs = make(
+        schedule=every("1h"), execute=execute, start_immediately=False,
+        retry=Retry(max_attempts=3, delay=Backoff.fixed(1)),
+    )  # fmt: skip
+    jobs.continuous("tr").start("u", Tokens("", "rt"))
+    with Admin(tmp_path / "jobs.db", clock=clock) as admin:
+        admin.trigger("continuous:tr:u")
+    for _ in range(6):
+        jobs.run_due()
+        clock.advance(1)
+    assert calls == [(1, 1), (1, 2), (1, 3)]
+    assert jobs.continuous("tr").status("u").status == "not_found"  # exhausted: terminate
+
+
+def test_on_error_leaving_a_bad_state_falls_back_to_the_policy(make: Any) -> None:
+    seen: list[int] = []
+
+    def fail(ctx: Any) -> None:
+        raise RuntimeError("down")
+
+    def on_error(error: BaseException, ctx: Any) -> None:
+        seen.append(1)
+        ctx.state = "not a Tokens"
+
+    jobs = make(schedule=every("1h"), execute=fail, on_error=on_error, on_exhausted="park")
+    jobs.continuous("tr").start("u", Tokens("", "rt"))  # must neither recurse nor raise
+    assert seen == [1]
+    status = jobs.continuous("tr").status("u")
+    assert status.status == "failed"
+    assert status.last_error is not None
+    assert "ValidationError" in status.last_error
+    assert jobs.continuous("tr").get_state("u") == Tokens("", "rt")
+
+
 def test_exponential_backoff_delays_are_durable_alarms(
     make: Any, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -548,3 +593,29 @@ def test_step_key_never_repeats_when_an_id_is_started_again(make: Any) -> None:
     keys = [c["step_key"] for c in calls]
     assert len(keys) == 2
     assert len(set(keys)) == 2, keys
+
+
+def test_a_timeout_reported_for_an_old_step_records_nothing(make: Any, clock: FakeClock) -> None:
+    jobs = make(schedule=every("1s"), execute=lambda ctx: None)
+    jobs.continuous("tr").start("u", Tokens("", "rt"))
+    step = jobs.engine.store.load("continuous:tr:u").step  # type: ignore[union-attr]
+    clock.advance(1)
+    jobs.run_due()  # the instance moves on; it is due again later
+    clock.advance(1)
+    assert not jobs.engine.time_out("continuous:tr:u", 5.0, step)
+    assert jobs.continuous("tr").status("u").attempt == 1
+    current = jobs.engine.store.load("continuous:tr:u").step  # type: ignore[union-attr]
+    assert jobs.engine.time_out("continuous:tr:u", 5.0, current)
+    assert jobs.continuous("tr").status("u").last_error is not None
+
+
+def test_run_due_returns_although_a_handler_is_slower_than_its_schedule(
+    make: Any, clock: FakeClock
+) -> None:
+    def slow(ctx: Any) -> None:
+        clock.advance(2)  # the handler takes two periods of its schedule
+
+    jobs = make(schedule=every("1s"), execute=slow, start_immediately=False)
+    jobs.continuous("tr").start("u", Tokens("", "rt"))
+    clock.advance(1)
+    assert jobs.run_due() == 1

@@ -26,6 +26,7 @@ from durajobs import (
     Jobs,
     Retry,
 )
+from durajobs.admin import Admin
 from durajobs.errors import (
     DuplicateEventError,
     ExecutionError,
@@ -1063,3 +1064,68 @@ def test_events_queued_during_a_flush_that_exhausts_and_terminates_survive(
         assert status.event_count == 1
         jobs.run_due()  # folds the queued event into a new batch
         assert jobs.debounce("d").get_state("k") == "second"
+
+
+def test_on_error_of_a_failed_fold_sees_this_steps_key_and_its_bad_state_is_refused(
+    make: Make,
+) -> None:
+    keys: list[str] = []
+    fail_next = [False]
+
+    def reduce(ctx: Any) -> int:
+        keys.append(ctx.step_key)
+        if fail_next[0]:
+            raise RuntimeError("reducer")
+        return int(ctx.event)
+
+    def on_error(error: BaseException, ctx: Any) -> None:
+        keys.append("on_error " + ctx.step_key)
+
+    job = Debounce(event=int, execute=lambda ctx: None, on_event=reduce, on_error=on_error,
+                   flush_after=10)  # fmt: skip
+    jobs, clock = make({"d": job})
+    b, _ = make({"d": job}, clock=clock)
+    jobs.debounce("d").add("u", 1)
+    token = b.engine.locks.try_acquire("debounce:d:u")
+    assert token is not None
+    jobs.debounce("d").add("u", 2)  # queued behind b's claim
+    b.engine.locks.release(token)
+    fail_next[0] = True
+    jobs.run_due()  # folds the queued event: the reducer fails, on_error handles it
+    assert keys[0] == "debounce:d:u#1"
+    assert keys[-1] == "on_error debounce:d:u#2"
+
+
+@pytest.mark.sqlite_only  # reads the file through Admin/the SQLite store
+def test_a_manual_flush_request_is_not_postponed_by_a_later_add(make: Make, tmp_path: Path) -> None:
+    flushed: list[tuple[str, int]] = []
+    job = Debounce(
+        event=int, execute=lambda ctx: flushed.append((ctx.flush_reason, ctx.event_count)),
+        flush_after="1 hour",
+    )  # fmt: skip
+    jobs, clock = make({"d": job})
+    jobs.debounce("d").add("u", 1)
+    with Admin(tmp_path / "jobs.db", clock=clock) as admin:
+        admin.flush("debounce:d:u")
+    jobs.debounce("d").add("u", 2)
+    assert jobs.run_due() == 1
+    assert flushed == [("manual", 2)]
+
+
+def test_a_fenced_out_write_leaves_the_queue_alone(make: Make) -> None:
+    """The store's contract: a write whose fence fails changes nothing, queued events included."""
+    from durajobs.stores.base import Write
+
+    jobs, _ = make({JOB: Debounce(event=Click, execute=Recorder(), flush_after="5s")})
+    store = jobs.engine.store
+    store.enqueue("debounce:d:u", "d", "u", "1", None, 100.0)
+    store.enqueue("debounce:d:u", "d", "u", "2", None, 100.0)
+    row = store.load("debounce:d:u")
+    assert row is not None
+    stale = Write(
+        "debounce:d:u", "debounce", "d", "u", row.step + 7, row._replace(step=row.step + 8),
+        [("x", 1, None, None, None)], consumed=10**9, requeue="3",
+    )  # fmt: skip
+    assert store.commit([stale], 101.0, 100) == [False]
+    assert [q.event for q in store.queued("debounce:d:u")] == ["1", "2"]
+    assert store.history("debounce:d:u") == []

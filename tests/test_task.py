@@ -677,6 +677,33 @@ def test_on_idle_error_after_execute_goes_to_on_error(make: Make) -> None:
     assert client.status("o1").execute_count == 1
 
 
+def test_on_idle_failing_after_on_error_parks_instead_of_looping(make: Make) -> None:
+    executes: list[int] = []
+
+    def on_event(event: Placed, ctx: Any) -> None:
+        ctx.state = Order(amount=event.amount)
+        ctx.schedule("1 second")
+
+    def execute(ctx: Any) -> None:
+        executes.append(1)
+        raise RuntimeError("execute")
+
+    def on_idle(ctx: Any) -> None:
+        raise RuntimeError("idle")
+
+    job = Task(
+        state=Order, event=Placed, on_event=on_event, execute=execute, on_idle=on_idle,
+        on_error=lambda error, ctx: None,
+    )  # fmt: skip
+    jobs, clock = make({JOB: job})
+    jobs.task(JOB).send("u", Placed(1))
+    clock.advance(1)
+    assert jobs.run_due() == 1
+    assert jobs.run_due() == 0
+    assert executes == [1]
+    assert jobs.task(JOB).status("u").status == "failed"
+
+
 def test_send_raises_execution_error_without_on_error_and_changes_nothing(make: Make) -> None:
     script = Script()
     jobs, clock = make({JOB: script.task(idle=True)})

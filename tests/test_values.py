@@ -269,6 +269,12 @@ def test_fieldprobe_unsupported_state_type_is_refused_at_jobs(
         Jobs(str(tmp_path / "j.db"), {"probe": job})
 
 
+def test_an_unsupported_state_type_fails_when_jobs_is_made(tmp_path: Path) -> None:
+    job = Continuous(state=Plain, schedule=every("1h"), execute=lambda ctx: None)
+    with pytest.raises(TypeError, match=r"job 'c'.*cannot store Plain"):
+        Jobs(tmp_path / "j.db", {"c": job})
+
+
 @attrs.define
 class Unresolvable:
     x: Missing  # type: ignore[name-defined]  # noqa: F821 - the point of the test
