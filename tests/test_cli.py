@@ -577,6 +577,32 @@ def test_usage_errors_exit_2(cli: Runner, db: Path) -> None:
         assert cli("--db", str(db), "frobnicate").code == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"terminate", b"task:t:a", b"--yes", b"--reason", b"caf\xe9"],
+        [b"show", b"task:t:caf\xe9"],
+        [b"ls", b"--job", b"\xff"],
+    ],
+)
+def test_arguments_that_are_not_utf8_are_one_line_usage_errors(
+    tmp_path: Path, args: list[bytes]
+) -> None:
+    """repro cli_nonutf8.sh: the shell passes bytes that are not UTF-8."""
+    assert SCRIPT is not None
+    db = str(tmp_path / "j.db")
+    task = Task(state=Counter, event=Event, on_event=lambda e, ctx: None, execute=lambda ctx: None)
+    with Jobs(db, {"t": task}) as jobs:
+        jobs.task("t").send("a", Event("x"))
+    result = subprocess.run([SCRIPT, "--db", db, *args], capture_output=True, check=False)
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.count(b"\n") == 1
+    assert b"not valid UTF-8" in result.stderr
+    with Jobs(db, {"t": task}) as jobs:
+        assert jobs.task("t").status("a").status == "idle"  # not terminated
+
+
 def test_db_from_environment(db: Path) -> None:
     run = run_script("ls", "--json", env={"DURAJOBS_DB": str(db)})
     assert run.code == 0
