@@ -215,7 +215,8 @@ def test_version(cli: Runner) -> None:
     assert run.stdout.startswith("durajobs ")
 
 
-def test_ls_lists_every_instance_sorted_by_alarm(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_ls_lists_every_instance_sorted_by_alarm(cli: Runner, db: Path | str) -> None:
     run = cli("--db", str(db), "ls", "--json")
     assert run.code == 0, run.stderr
     rows = run.json()
@@ -253,7 +254,8 @@ def test_ls_lists_every_instance_sorted_by_alarm(cli: Runner, db: Path) -> None:
     assert [json.loads(line)["instance_id"] for line in jsonl.stdout.splitlines()] == ids
 
 
-def test_ls_filters_and_pages(db: Path) -> None:
+@pytest.mark.both_stores
+def test_ls_filters_and_pages(db: Path | str) -> None:
     def ids(*args: str) -> list[str]:
         run = run_in_process("--db", str(db), "ls", "--json", *args)
         assert run.code == 0, run.stderr
@@ -288,7 +290,8 @@ def test_ls_due_shows_what_is_due_now(tmp_path: Path) -> None:
     assert "task:orders:o-bad" not in due
 
 
-def test_show_every_field_state_error_history(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_show_every_field_state_error_history(cli: Runner, db: Path | str) -> None:
     run = cli("--db", str(db), "show", "continuous:refresher:broken", "--json")
     assert run.code == 0, run.stderr
     detail = run.json()
@@ -317,7 +320,8 @@ def test_show_every_field_state_error_history(cli: Runner, db: Path) -> None:
     assert "debounce.started" in text.stdout
 
 
-def test_show_of_a_purged_instance_has_its_final_state(db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_show_of_a_purged_instance_has_its_final_state(db: Path | str, application: App) -> None:
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
     live = run_in_process("--db", str(db), "show", "task:orders:o-idle", "--json").json()
@@ -330,7 +334,8 @@ def test_show_of_a_purged_instance_has_its_final_state(db: Path, application: Ap
     assert detail["history"][-1]["data"]["reason"] == "customer cancelled"
 
 
-def test_stats(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_stats(cli: Runner, db: Path | str) -> None:
     run = cli("--db", str(db), "stats", "--json")
     assert run.code == 0, run.stderr
     stats = run.json()
@@ -395,7 +400,8 @@ def test_doctor_tells_stuck_from_running(tmp_path: Path) -> None:
     assert "problems found" in text.stdout
 
 
-def test_tail(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_tail(cli: Runner, db: Path | str) -> None:
     run = cli("--db", str(db), "tail", "-n", "3")
     assert run.code == 0, run.stderr
     assert len(run.stdout.splitlines()) == 3
@@ -428,7 +434,8 @@ def read_until(fd: int, wanted: bytes, deadline: float, buffer: bytearray) -> bo
     return True
 
 
-def test_tail_follow_prints_new_records(db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_tail_follow_prints_new_records(db: Path | str, application: App) -> None:
     assert SCRIPT is not None
     proc = subprocess.Popen(
         [SCRIPT, "--db", str(db), "tail", "-f", "-n", "1", "--interval", "0.05"],
@@ -454,7 +461,8 @@ def test_tail_follow_prints_new_records(db: Path, application: App) -> None:
 # -- actions --------------------------------------------------------------------------------
 
 
-def test_terminate(cli: Runner, db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_terminate(cli: Runner, db: Path | str, application: App) -> None:
     run = cli("--db", str(db), "terminate", "continuous:refresher:user-1", "--reason", "moved")
     assert run.code == 0, run.stderr
     assert "terminated continuous:refresher:user-1" in run.stdout
@@ -467,7 +475,8 @@ def test_terminate(cli: Runner, db: Path, application: App) -> None:
     assert last["data"]["reason"] == "moved"
 
 
-def test_clear(cli: Runner, db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_clear(cli: Runner, db: Path | str, application: App) -> None:
     run = cli("--db", str(db), "clear", "debounce:hooks:repo-1")
     assert run.code == 0, run.stderr
     assert "discarded 2 event(s)" in run.stdout
@@ -477,7 +486,10 @@ def test_clear(cli: Runner, db: Path, application: App) -> None:
     assert not [c for c in application.calls if c[0] == "deliver"]  # execute never ran
 
 
-def test_trigger_leaves_a_due_alarm_for_the_daemon(cli: Runner, db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_trigger_leaves_a_due_alarm_for_the_daemon(
+    cli: Runner, db: Path | str, application: App
+) -> None:
     before = time.time()
     run = cli("--db", str(db), "trigger", "continuous:refresher:user-1")
     assert run.code == 0, run.stderr
@@ -500,7 +512,8 @@ def test_trigger_leaves_a_due_alarm_for_the_daemon(cli: Runner, db: Path, applic
     assert status.next_run_at.timestamp() > time.time() + 1000
 
 
-def test_trigger_task(db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_trigger_task(db: Path | str, application: App) -> None:
     run = run_in_process("--db", str(db), "trigger", "task", "orders", "o-1")
     assert run.code == 0, run.stderr
     application.calls.clear()
@@ -510,7 +523,8 @@ def test_trigger_task(db: Path, application: App) -> None:
     assert application.calls == [("ship", "o-1")]
 
 
-def test_flush(cli: Runner, db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_flush(cli: Runner, db: Path | str, application: App) -> None:
     run = cli("--db", str(db), "flush", "debounce:hooks:repo-1")
     assert run.code == 0, run.stderr
     assert "left for the daemon" in run.stdout
@@ -520,7 +534,8 @@ def test_flush(cli: Runner, db: Path, application: App) -> None:
     assert application.calls[-1] == ("deliver", "manual")
 
 
-def test_retry_resumes_a_parked_instance(cli: Runner, db: Path, application: App) -> None:
+@pytest.mark.both_stores
+def test_retry_resumes_a_parked_instance(cli: Runner, db: Path | str, application: App) -> None:
     application.failing.clear()  # the operator fixed the warehouse
     run = cli("--db", str(db), "retry", "task:orders:o-bad")
     assert run.code == 0, run.stderr
@@ -533,6 +548,7 @@ def test_retry_resumes_a_parked_instance(cli: Runner, db: Path, application: App
     assert application.calls[-1] == ("ship", "o-bad")
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize(
     ("command", "instance_id", "says"),
     [
@@ -544,7 +560,7 @@ def test_retry_resumes_a_parked_instance(cli: Runner, db: Path, application: App
     ],
 )
 def test_actions_refused_change_nothing(
-    db: Path, command: str, instance_id: str, says: str
+    db: Path | str, command: str, instance_id: str, says: str
 ) -> None:
     before = run_in_process("--db", str(db), "ls", "--json").json()
     run = run_in_process("--db", str(db), command, instance_id)
@@ -553,7 +569,8 @@ def test_actions_refused_change_nothing(
     assert run_in_process("--db", str(db), "ls", "--json").json() == before
 
 
-def test_unknown_id_exits_3(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_unknown_id_exits_3(cli: Runner, db: Path | str) -> None:
     commands = ["show", "terminate", "trigger", "flush", "clear", "retry"]
     if cli is run_script:
         commands = ["show", "terminate"]  # the same path in process; keep the test fast
@@ -563,14 +580,16 @@ def test_unknown_id_exits_3(cli: Runner, db: Path) -> None:
         assert "task:orders:nope: no such instance" in one_line_error(run)
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize("bad", ["nope", "cron:x:y", "task:orders"])
-def test_malformed_id_is_a_usage_error(db: Path, bad: str) -> None:
+def test_malformed_id_is_a_usage_error(db: Path | str, bad: str) -> None:
     run = run_in_process("--db", str(db), "show", bad)
     assert run.code == 2
     assert "is not an instance id" in one_line_error(run)
 
 
-def test_usage_errors_exit_2(cli: Runner, db: Path) -> None:
+@pytest.mark.both_stores
+def test_usage_errors_exit_2(cli: Runner, db: Path | str) -> None:
     assert cli("--db", str(db), "ls", "--kind", "cron").code == 2
     if cli is run_in_process:  # the same parser either way: once through the script is enough
         assert cli("--db", str(db), "ls", "--limit", "0").code == 2
@@ -603,7 +622,8 @@ def test_arguments_that_are_not_utf8_are_one_line_usage_errors(
         assert jobs.task("t").status("a").status == "idle"  # not terminated
 
 
-def test_db_from_environment(db: Path) -> None:
+@pytest.mark.both_stores
+def test_db_from_environment(db: Path | str) -> None:
     run = run_script("ls", "--json", env={"DURAJOBS_DB": str(db)})
     assert run.code == 0
     assert len(run.json()) == 7
