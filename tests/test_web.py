@@ -397,6 +397,7 @@ def test_filters_live_in_the_url(client: Client) -> None:
     assert 'value="warehouse"' in page
 
 
+@pytest.mark.both_stores
 def test_job_filter_offers_the_known_jobs_and_matches_exactly(client: Client) -> None:
     page = client.get("/instances").text
     assert '<input name="job"' not in page  # no free text that silently matches nothing
@@ -432,6 +433,7 @@ def test_known_jobs_visits_each_job_once(tmp_path: Path) -> None:
         assert known_jobs(admin, limit=2) == [("task", "a"), ("task", "a-b")]  # id order
 
 
+@pytest.mark.both_stores
 def test_the_list_says_how_it_is_ordered(client: Client) -> None:
     by_id = client.get("/instances", {"kind": "continuous"})
     assert ids_on(by_id) == [
@@ -659,7 +661,8 @@ def test_bulk_all_parked_takes_at_most_the_cap(tmp_path: Path) -> None:
 # -- read-only and authentication ------------------------------------------------------------
 
 
-def test_read_only_hides_buttons_and_refuses_posts(db: Path) -> None:
+@pytest.mark.both_stores
+def test_read_only_hides_buttons_and_refuses_posts(db: Path | str) -> None:
     app = make_app(db, read_only=True)
     client = Client(app)
     for path, query in (("/", ""), ("/instances", ""), ("/failed", ""),
@@ -880,6 +883,7 @@ def test_a_poll_of_an_unchanged_database_swaps_nothing(client: Client, db: Path 
     assert client.get(again.path, again.query).status == 204
 
 
+@pytest.mark.both_stores
 def test_threads_get_their_own_connections(app: Dashboard) -> None:
     client = Client(app)
     statuses: list[int] = []
