@@ -75,6 +75,7 @@ def test_cron_year_far_ahead_is_accepted() -> None:
     assert schedule.next_after(0.0, datetime(2099, 6, 1, tzinfo=UTC).timestamp()) is None
 
 
+@pytest.mark.both_stores
 def test_cron_year_all_past_is_refused_at_jobs(
     open_jobs: Callable[[dict[str, Any]], Jobs],
 ) -> None:
@@ -113,6 +114,7 @@ def test_cron_year_that_runs_out_ends_the_instance_and_never_poisons_run_due(
     assert records[-1].data["final_state"] == {"n": 1}  # the last run's state, kept
 
 
+@pytest.mark.both_stores
 def test_cron_year_trigger_and_start_after_the_last_time(
     open_jobs: Callable[[dict[str, Any]], Jobs], clock: FakeClock
 ) -> None:
@@ -152,6 +154,7 @@ def test_bigperiod_debounce_windows_past_year_9999_are_refused(field: str) -> No
         Debounce(event=Count, execute=nothing, **kwargs)
 
 
+@pytest.mark.both_stores
 def test_bigperiod_every_that_runs_past_year_9999_ends_the_instance(
     open_jobs: Callable[[dict[str, Any]], Jobs], clock: FakeClock
 ) -> None:
@@ -169,6 +172,7 @@ def test_bigperiod_every_that_runs_past_year_9999_ends_the_instance(
     assert jobs.continuous("rare").status("u").status == "not_found"
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize(
     "when",
     [
@@ -202,6 +206,7 @@ def test_time_huge_schedule_is_refused_when_set(
     assert jobs.next_alarm() is None
 
 
+@pytest.mark.both_stores
 def test_time_huge_schedule_at_the_end_of_time_is_accepted(
     open_jobs: Callable[[dict[str, Any]], Jobs],
 ) -> None:
