@@ -78,6 +78,7 @@ import attrs
 
 from durajobs import Jobs, SystemClock
 from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
+from durajobs.engine import Hooks
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.stores import open_listener, same_database
@@ -581,10 +582,9 @@ class Worker:
         self.jobs = jobs
         self.channel = channel
         self.engine = jobs.engine
-        self.engine.waker = None  # the parent hears of every step from us; no poke needed
-        self.engine.before_step = self.before_step
-        self._user_hook = self.engine.on_records
-        self.engine.on_records = self.on_records
+        self._user_hook = self.engine.hooks.on_records
+        # No waker: the parent hears of every step from us; no poke needed.
+        self.hooks = Hooks(on_records=self.on_records, before_step=self.before_step)
         self._lines: list[list[Any]] = []  # committed steps not reported yet
         self._lines_size = 0
         self._deadline_armed = False  # the parent watches a deadline of ours
@@ -601,7 +601,7 @@ class Worker:
                 try:
                     if "run" in message:
                         _sleep_until(message["at"])  # handed out up to DISPATCH_LEAD early
-                        committed = engine.run_due(only=message["run"], busy=busy)
+                        committed = engine.run_due(only=message["run"], busy=busy, hooks=self.hooks)
                     else:
                         committed = self.time_out(*message["time_out"])
                 except Exception as exc:  # a StorageError, or a bug: report, keep serving
@@ -657,7 +657,7 @@ class Worker:
     def time_out(self, instance_id: str, seconds: float, step: int | None) -> int:
         """Record the step the parent killed as a failed attempt, unless it committed first
         (the engine checks the step under the instance's claim)."""
-        return int(self.engine.time_out(instance_id, seconds, step))
+        return int(self.engine.time_out(instance_id, seconds, step, self.hooks))
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -684,7 +684,6 @@ class Daemon:
         self.store = jobs.engine.store
         self.size = workers
         self.grace = grace
-        jobs.engine.waker = None  # our own writes (pruning) need not wake us
         self.listener = open_listener(jobs.location)
         self.listener_fd: int | None = None  # registered with the selector
         self.listener_retry: Backoff | None = None  # PostgreSQL: LISTEN lost, reconnecting
@@ -917,7 +916,8 @@ class Daemon:
             self._send(replacement, request)
         else:  # stopping: no new worker; record it here rather than lose the attempt
             try:
-                self.jobs.engine.time_out(instance_id, seconds, step)
+                engine = self.jobs.engine  # our own write need not wake us: no waker
+                engine.time_out(instance_id, seconds, step, engine.hooks._replace(waker=None))
             except DurajobsError as exc:
                 log.error("%s: recording the timeout failed: %s", instance_id, exc)
 

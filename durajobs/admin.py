@@ -613,8 +613,8 @@ class Admin:
         if engine is not None:
             self._engine = None
             engine.locks.close()
-            if engine.waker is not None:
-                engine.waker.close()
+            if engine.hooks.waker is not None:
+                engine.hooks.waker.close()
             engine.store.close()
         self.store.close()
 
@@ -1064,11 +1064,11 @@ class Admin:
             except BaseException:
                 store.close()
                 raise
-            from .engine import Engine
+            from .engine import Engine, Hooks
 
             engine = self._engine = Engine(
                 store, locks, {}, clock=self.clock, wait_timeout=self.wait_timeout,
-                history_limit=self.history_limit, waker=waker,
+                history_limit=self.history_limit, hooks=Hooks(waker=waker),
             )  # fmt: skip
         return engine
 

@@ -237,9 +237,10 @@ class _Client(Generic[D]):
 
     def _step(self, user_id: str, msg: steps.Message, **kw: Any) -> steps.Decision:
         self._id(user_id)
-        result = self._engine.run(self.kind, self.name, user_id, msg, job=self.job, **kw)
-        assert result is not None
-        return result[0]
+        outcome = self._engine.run(self.kind, self.name, user_id, msg, job=self.job, **kw)
+        assert outcome is not None
+        assert outcome.decision is not None
+        return outcome.decision
 
     def _state(self, user_id: str, state_type: Any) -> Any:
         engine = self._engine
@@ -349,8 +350,9 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         )  # fmt: skip
         outcomes = engine.run_many(self.kind, self.name, self.job, calls)
         results = []
-        for (user_id, _, _), (decision, before, _, _) in zip(triples, outcomes, strict=True):
+        for (user_id, _, _), outcome in zip(triples, outcomes, strict=True):
             instance_id = instance_id_of(self.kind, self.name, user_id)
+            decision, before = outcome.decision, outcome.before
             assert decision is not None
             if not decision.changed:
                 status = before.status if isinstance(before, Instance) else "not_found"
@@ -430,21 +432,16 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"
             )
-        result = engine.run(
-            self.kind, self.name, user_id, steps.Add(event, text), wait=False, key=key,
+        outcome = engine.run(
+            self.kind, self.name, user_id, steps.Add(event, text), queue_busy=True, key=key,
             job=self.job,
         )  # fmt: skip
-        if result is None:
-            # A step of this instance (a flush) is running elsewhere: queue for the next batch.
-            count, first, last = engine.store.enqueue(
-                instance_id, self.name, user_id, text, key, engine.clock.time()
-            )
-            if engine.waker is not None:
-                engine.waker.poke()
-            will_flush = steps.flush_time(self.job, first, last)
-            return AddResult(instance_id, False, count, _dt(will_flush))
-        decision, before = result
-        return _add_result(instance_id, decision, before)
+        assert outcome is not None
+        if outcome.added is not None:  # queued behind a running flush, for the next batch
+            will_flush = steps.flush_time(self.job, *outcome.added)
+            return AddResult(instance_id, False, outcome.queued, _dt(will_flush))
+        assert outcome.decision is not None
+        return _add_result(instance_id, outcome.decision, outcome.before)
 
     def add_many(
         self,
@@ -599,11 +596,15 @@ class TaskClient(_Client[Task], Generic[E, S]):
             raise DuplicateEventError(
                 f"{instance_id}: an event with key {key!r} was already accepted"
             )
-        result = engine.run(self.kind, self.name, user_id, steps.Send(event), key=key, job=self.job)
-        assert result is not None
-        decision, before = result
-        row = decision.instance
-        return SendResult(instance_id, before is None, None if row is None else _dt(row.due_at))
+        outcome = engine.run(
+            self.kind, self.name, user_id, steps.Send(event), key=key, job=self.job
+        )
+        assert outcome is not None
+        assert outcome.decision is not None
+        row = outcome.decision.instance
+        return SendResult(
+            instance_id, outcome.before is None, None if row is None else _dt(row.due_at)
+        )
 
     def send_many(
         self,

@@ -12,14 +12,21 @@ User code never runs inside a write transaction: the claim, not the database, ke
 steps of the instance out while a handler runs, so a 10 s handler blocks nobody else.
 ``run_due`` commits many finished steps in one transaction (group commit), holding their claims
 until it has; a crash before that commit loses only handler runs, which run again.
+
+Single calls (``run``), operators' actions (``apply``), bulk calls (``run_many``) and due alarms
+(``run_due``) share the pipeline's parts: ``_claim``, ``_load``, ``_stepped`` (the pure step,
+its refusal, and the write it describes), ``_commit`` (one transaction, with the fallback when
+the store rejects a write) and ``_after`` (wake-up, hooks). What the engine calls around its
+steps (``Hooks``) is passed in at construction, or per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -37,12 +44,25 @@ from .errors import (
 )
 from .stores.base import Claims, Store, Waker, Write
 
-__all__ = ["BULK_MAX_INSTANCES", "BulkOutcome", "Engine", "RecordHook"]
+__all__ = ["BULK_MAX_INSTANCES", "Engine", "Hooks", "RecordHook", "StepOutcome"]
 
 log = logging.getLogger("durajobs")
 
 RecordHook = Callable[[list[dict[str, Any]]], None]
 StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, step)
+
+
+class Hooks(NamedTuple):
+    """What the engine calls around its steps: given at construction (``Jobs``), or for one
+    call (``run_due``, ``time_out``: the daemon's workers), never patched on."""
+
+    on_records: RecordHook | None = None  # after each commit: its history records
+    before_step: StepHook | None = None  # before a due step's handlers (the daemon's watch)
+    waker: Waker | None = None  # poked after commits that may set an alarm
+
+
+NO_HOOKS = Hooks()
+
 
 GROUP_MAX_STEPS = 256
 GROUP_MAX_SECONDS = 0.02
@@ -109,8 +129,7 @@ class Engine:
         clock: Any,
         wait_timeout: float,
         history_limit: int,
-        on_records: RecordHook | None = None,
-        waker: Waker | None = None,
+        hooks: Hooks = NO_HOOKS,
         rng: random.Random | None = None,
         codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] | None = None,
     ) -> None:
@@ -120,9 +139,7 @@ class Engine:
         self.clock = clock
         self.wait_timeout = wait_timeout
         self.history_limit = history_limit
-        self.on_records = on_records
-        self.waker = waker
-        self.before_step: StepHook | None = None  # the daemon's timeout watch
+        self.hooks = hooks  # a call's own hooks replace them while it runs (``_hooks_for``)
         self._committed = 0  # steps run_due committed in this call
         self._group_started = 0.0
         self._rng = rng or random.Random()
@@ -153,11 +170,110 @@ class Engine:
         return self._codecs[job_name]
 
     def _env(self, inst_id: str, job_name: str, user_id: str, queued: Sequence[Any]) -> Env:
-        state_codec, event_codec = self.codecs(job_name)
+        # A job this registry does not have: only handler-free steps (``apply``) run there.
+        state_codec, event_codec = self._codecs.get(job_name, (_NO_CODEC, None))
         return Env(
             inst_id, job_name, user_id, self.clock.time(), self._rng.random(),
             time.perf_counter, state_codec, event_codec, queued,
         )  # fmt: skip
+
+    # -- the pipeline's parts -------------------------------------------------------------
+
+    def _claim(self, instance_id: str, wait: bool) -> int | None:
+        """The instance's claim (``wait``: up to ``wait_timeout``), or ``None`` if busy."""
+        if self._running or self._pending or self._bulk_held:
+            self._reentered(instance_id)
+        if wait:
+            return self.locks.acquire(instance_id, self.wait_timeout)
+        return self.locks.try_acquire(instance_id)
+
+    def _load(self, instance_id: str, kind: str) -> tuple[Instance | None, list[Any]]:
+        """The row read after the claim, with its queued events (Debounce)."""
+        if kind == "debounce":
+            return self.store.load_with_queue(instance_id)
+        return self.store.load(instance_id), []
+
+    def _stepped(
+        self,
+        job: Any,
+        inst: Instance | None,
+        msg: Message,
+        env: Env,
+        *,
+        key: str | None = None,
+        label: str = "",
+        contain: bool = False,
+    ) -> tuple[Decision, Write | None]:
+        """The pure step (and the user's handlers) and the write it describes (``None``:
+        nothing to commit), the instance marked as running here meanwhile (a handler's own
+        client call on it fails at once instead of waiting for itself). ``contain`` (due
+        alarms): the step's exception is the instance's failure. ``label`` names it in errors.
+
+        Raises:
+            ExecutionError: a handler raised in a client's call (the decision is ``REFUSED``).
+        """
+        self._running.append(env.instance_id)
+        try:
+            decision = steps.step(job, inst, msg, env)
+        except Exception as exc:  # contained: never let one instance stop the others
+            if not contain or inst is None:
+                raise
+            decision = self._rejected(job, inst, exc, env)
+        finally:
+            self._running.pop()
+        if decision.raise_error is not None:
+            cause = decision.raise_error
+            raise ExecutionError(
+                f"{label or env.instance_id}: handler raised "
+                f"{steps.safe_text(_describe(cause))}{_batch(label)}",
+                cause,
+            ) from cause
+        if not decision.changed:
+            return decision, None
+        return decision, _write(env, inst, decision, key)
+
+    def _commit(
+        self, todo: list[_Pending], *, atomic: bool = False, group: bool = False
+    ) -> list[_Pending]:
+        """Commit the steps' writes in ONE transaction; returns the steps whose fence held.
+
+        A write the store rejects (``RejectedWrite``) with the caller's own values (a new
+        instance, a creating message, a bulk call) refuses the call (``ValidationError``);
+        otherwise the step's next fallback (``Decision.fallback``) replaces it and the commit
+        is tried again. A rejected last resort: a group (``run_due``) skips that instance in
+        this engine, a single step raises.
+        """
+        while True:
+            try:
+                applied = self.store.commit(
+                    [p.write for p in todo], self.clock.time(), self.history_limit, atomic=atomic
+                )
+                return [p for p, ok in zip(todo, applied, strict=True) if ok]
+            except RejectedWrite as rejected:
+                bad = todo[rejected.index]
+                if atomic or bad.inst is None or bad.creating:
+                    raise ValidationError(
+                        f"{bad.label}: cannot be stored: "
+                        f"{steps.safe_text(_describe(rejected.cause))}{_batch(bad.label)}"
+                    ) from None
+                assert bad.decision is not None  # not a bulk call's: a decision and its env
+                assert bad.env is not None
+                fallback = bad.decision.fallback
+                if fallback is steps.Fallback.LAST_RESORT:
+                    if not group:
+                        raise
+                    # Even the last resort was rejected: leave the instance alone here.
+                    self._poison(bad.write.instance_id, rejected.cause)
+                    self.locks.release(bad.token)
+                    del todo[rejected.index]
+                    continue
+                if fallback is steps.Fallback.FAILURE:
+                    decision = steps.park_last_resort(bad.inst, bad.env)
+                else:
+                    decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
+                todo[rejected.index] = bad._replace(
+                    write=_write(bad.env, bad.inst, decision), decision=decision
+                )
 
     # -- one step -------------------------------------------------------------------------
 
@@ -169,86 +285,75 @@ class Engine:
         msg: Message,
         *,
         wait: bool = True,
+        queue_busy: bool = False,
         key: str | None = None,
         job: Definition | None = None,
-    ) -> tuple[Decision, Instance | None] | None:
-        """Run one step now, in this process. Returns ``None`` when ``wait=False`` and busy.
+    ) -> StepOutcome | None:
+        """Run one step now, in this process: claim, load, step, commit, after.
 
-        Returns the decision and the row it was computed from.
+        Returns the decision and the row it was computed from; ``None`` when ``wait=False``
+        and the instance is busy. With ``queue_busy`` (``add``) an instance whose step runs
+        elsewhere is not waited for: the event is queued for its next step (``enqueue``) and
+        the outcome says how many wait and when the first and last were added.
 
         Raises:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             ExecutionError: ``send``/``add``'s handler raised and nothing changed.
             DuplicateEventError: the idempotency key was taken meanwhile.
+            ValidationError: the call's own values cannot be stored; nothing changed.
             StorageError: the database failed and the step was not acknowledged. The live
                 database is unchanged; only if the failure hit the commit's final fsync can
                 the step still appear after a crash, so retry add/send with the same ``key``.
         """
         instance_id = instance_id_of(kind, job_name, user_id)
-        if self._running or self._pending or self._bulk_held:
-            self._reentered(instance_id)
-        locks = self.locks
-        if wait:
-            token = locks.acquire(instance_id, self.wait_timeout)
-        else:
-            maybe = locks.try_acquire(instance_id)
-            if maybe is None:
+        job = job or self._job_for(instance_id, job_name, kind)
+        return self._one(instance_id, job, msg, wait=wait, queue_busy=queue_busy, key=key)
+
+    def _one(
+        self,
+        instance_id: str,
+        job: Any,
+        msg: Message,
+        *,
+        wait: bool = True,
+        queue_busy: bool = False,
+        key: str | None = None,
+    ) -> StepOutcome | None:
+        """The pipeline for one step: claim, load, step, commit, after (see ``run``)."""
+        _, _, names = instance_id.partition(":")
+        job_name, _, user_id = names.partition(":")
+        token = self._claim(instance_id, wait and not queue_busy)
+        if token is None:
+            if not queue_busy:
                 return None
-            token = maybe
+            assert isinstance(msg, steps.Add)
+            # A step of this instance (a flush) runs elsewhere: queue for the next batch.
+            count, first, last = self.store.enqueue(
+                instance_id, job_name, user_id, msg.text, key, self.clock.time()
+            )
+            if self.hooks.waker is not None:
+                self.hooks.waker.poke()
+            return StepOutcome(None, None, queued=count, added=(first, last))
         try:
-            if job is None:
-                job = self._job_for(instance_id, job_name, kind)
-            if kind == "debounce":
-                inst, queued = self.store.load_with_queue(instance_id)
-            else:
-                inst, queued = self.store.load(instance_id), []
+            inst, queued = self._load(instance_id, job.kind)
             env = self._env(instance_id, job_name, user_id, queued)
-            base = 0
-            if inst is None and isinstance(msg, steps.CREATING):
-                base = self.store.last_step(instance_id)
-                env = env._replace(base_step=base)
-            decision = self._step(job, inst, msg, env)
-            if decision.raise_error is not None:
-                cause = decision.raise_error
-                raise ExecutionError(
-                    f"{instance_id}: handler raised {steps.safe_text(_describe(cause))}", cause
-                ) from cause
-            if decision.changed:
-                write = Write(
-                    instance_id, kind, job_name, user_id, inst.step if inst else base,
-                    decision.instance, decision.records, decision.consumed, key,
-                    decision.requeue, inst is None,
-                )  # fmt: skip
-                try:
-                    (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
-                except RejectedWrite as rejected:
-                    if inst is None or isinstance(msg, steps.CREATING):
-                        # The caller's own values cannot be stored: refuse the call whole.
-                        raise ValidationError(
-                            f"{instance_id}: cannot be stored: "
-                            f"{steps.safe_text(_describe(rejected.cause))}"
-                        ) from None
-                    # A handler left something the store refuses: the instance's failure
-                    # (and if even that is refused, the last resort).
-                    decision = self._rejected(job, inst, rejected.cause, env)
-                    write = _write_for(inst, decision)
-                    try:
-                        (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
-                    except RejectedWrite:
-                        decision = steps.park_last_resort(inst, env)
-                        write = _write_for(inst, decision)
-                        (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
-                if not ok:
-                    raise InvalidStateError(
-                        f"{instance_id}: this step lost its claim on the instance (e.g. its "
-                        "database session ended) and another step changed the instance "
-                        "meanwhile; this step was not committed"
-                    )
+            creating = isinstance(msg, steps.CREATING)
+            if inst is None and creating:
+                env = env._replace(base_step=self.store.last_step(instance_id))
+            decision, write = self._stepped(job, inst, msg, env, key=key)
+            done = [] if write is None else self._commit(
+                [_Pending(token, write, decision, inst, job, env, instance_id, creating)]
+            )  # fmt: skip
+            if write is not None and not done:
+                raise InvalidStateError(
+                    f"{instance_id}: this step lost its claim on the instance (e.g. its "
+                    "database session ended) and another step changed the instance meanwhile; "
+                    "this step was not committed"
+                )
         finally:
-            locks.release(token)
-        if decision.changed:
-            self._after([(write, decision)])
-        return decision, inst
+            self.locks.release(token)
+        self._after(done)
+        return StepOutcome(done[0].decision if done else decision, inst)
 
     def run_many(
         self,
@@ -259,7 +364,7 @@ class Engine:
         *,
         queue_busy: bool = False,
         skip_duplicates: bool = False,
-    ) -> list[BulkOutcome]:
+    ) -> list[StepOutcome]:
         """Run many client steps and commit them in ONE transaction (bulk calls).
 
         ``items`` are ``(user_id, message, key)``; each is its own step with the single call's
@@ -272,7 +377,7 @@ class Engine:
         whose key was already accepted (or repeats one earlier in the call): it is skipped
         (no step runs for it) and the others go on.
 
-        Returns a ``BulkOutcome`` per item, in order.
+        Returns a ``StepOutcome`` per item, in order.
 
         Raises:
             ExecutionError: an item's handler raised (the message names its index and id).
@@ -294,35 +399,30 @@ class Engine:
         for instance_id in distinct:
             if self._running or self._pending or self._bulk_held:
                 self._reentered(instance_id)
-        locks = self.locks
         tokens = self._bulk_held = {}
         queued_ids: set[str] = set()
         try:
             for instance_id in sorted(distinct):  # one fixed order: no deadlock
-                if queue_busy:
-                    token = locks.try_acquire(instance_id)
-                    if token is None:
-                        queued_ids.add(instance_id)
-                        continue
-                else:
-                    token = locks.acquire(instance_id, self.wait_timeout)
+                token = self._claim(instance_id, not queue_busy)
+                if token is None:
+                    queued_ids.add(instance_id)
+                    continue
                 tokens[instance_id] = token
             busy = queued_ids
             for attempt in range(_BULK_ATTEMPTS):
                 queued_ids = set(busy)  # the steps add the ids whose later items must queue
-                results, writes = self._bulk_steps(
+                results, todo = self._bulk_steps(
                     kind, job_name, job, items, ids, queued_ids, skip_duplicates
                 )
-                if not writes:
+                if not todo:
                     break
-                now = self.clock.time()
                 try:
-                    self.store.commit([w for w, _ in writes], now, self.history_limit, atomic=True)
+                    self._commit(todo, atomic=True)
                     break
                 except FencedOut as fenced:
-                    index = writes[fenced.index][1]
+                    index = todo[fenced.index].item
                     user_id, _, key = items[index]
-                    if key is not None and self.store.has_key(ids[user_id], key, now):
+                    if key is not None and self.store.has_key(ids[user_id], key, self.clock.time()):
                         if skip_duplicates and attempt + 1 < _BULK_ATTEMPTS:
                             # Taken meanwhile (an ``add`` queued its event behind our claim):
                             # step the batch again, skipping it (handlers run at least once).
@@ -336,19 +436,12 @@ class Engine:
                         "(e.g. its database session ended) and another step changed the "
                         "instance meanwhile; nothing of the batch was stored"
                     ) from None
-                except RejectedWrite as rejected:
-                    index = writes[rejected.index][1]
-                    raise ValidationError(
-                        f"item {index} ({ids[items[index][0]]}): cannot be stored: "
-                        f"{steps.safe_text(_describe(rejected.cause))}; nothing of the batch "
-                        "was stored"
-                    ) from None
         finally:
             self._bulk_held = {}
-            locks.release_many(list(tokens.values()))
-        self._after([(w, d) for w, i in writes if (d := results[i].decision) is not None])
-        if queued_ids and self.waker is not None:
-            self.waker.poke()
+            self.locks.release_many(list(tokens.values()))
+        self._after([p for p in todo if p.decision is not None])
+        if queued_ids and self.hooks.waker is not None:
+            self.hooks.waker.poke()
         return results
 
     def _bulk_steps(
@@ -360,9 +453,9 @@ class Engine:
         ids: dict[str, str],
         queued_ids: set[str],
         skip_duplicates: bool,
-    ) -> tuple[list[BulkOutcome], list[tuple[Write, int]]]:
-        """The steps of a bulk call, under its claims: the results and the writes (each with
-        the index of its item), in item order."""
+    ) -> tuple[list[StepOutcome], list[_Pending]]:
+        """The steps of a bulk call, under its claims: the results and the steps to commit
+        (each with the index of its item), in item order."""
         # Every row (and its queue) in one read, and where new instances' steps go on from.
         fresh = [i for i in dict.fromkeys(ids.values()) if i not in queued_ids]
         loaded = self.store.load_many(fresh, with_queue=kind == "debounce")
@@ -370,58 +463,45 @@ class Engine:
         pending_queues: dict[str, Sequence[Any]] = {i: loaded[i][1] for i in fresh}
         last_steps = self.store.last_steps([i for i in fresh if rows[i] is None])
         queue_counts: dict[str, int] = {}
-        results: list[BulkOutcome] = []
-        writes: list[tuple[Write, int]] = []
+        results: list[StepOutcome] = []
+        todo: list[_Pending] = []
         keys: set[tuple[str, str]] = set()
         now = self.clock.time()
         for index, (user_id, msg, key) in enumerate(items):
             instance_id = ids[user_id]
+            label = f"item {index} ({instance_id})"
             if key is not None:
                 if (instance_id, key) in keys or self.store.has_key(instance_id, key, now):
                     if skip_duplicates:
-                        results.append(BulkOutcome(None, None, skipped=True))
+                        results.append(StepOutcome(None, None, skipped=True))
                         continue
                     raise DuplicateEventError(
-                        f"item {index} ({instance_id}): an event with key {key!r} was already "
-                        "accepted; nothing of the batch was stored"
+                        f"{label}: an event with key {key!r} was already accepted; nothing of "
+                        "the batch was stored"
                     )
                 keys.add((instance_id, key))
             if instance_id in queued_ids:
                 # Busy elsewhere (add_many only): queue, in order, for its next step.
                 assert isinstance(msg, steps.Add)
                 queue_counts[instance_id] = queue_counts.get(instance_id, 0) + 1
-                write = Write(
+                enqueue = Write(
                     instance_id, kind, job_name, user_id, 0, None, (), 0, key, msg.text,
                     queue_only=True,
                 )  # fmt: skip
-                writes.append((write, index))
-                results.append(BulkOutcome(None, None, queued=queue_counts[instance_id]))
+                todo.append(_Pending(0, enqueue, None, None, job, None, label, True, index))
+                results.append(StepOutcome(None, None, queued=queue_counts[instance_id]))
                 continue
             queued = pending_queues.pop(instance_id, ())  # the first step of an id folds them
             inst = rows[instance_id]
             env = self._env(instance_id, job_name, user_id, queued)
-            base = 0
             if inst is None and isinstance(msg, steps.CREATING):
                 # after the last step its id had (this batch's purges included)
-                base = last_steps.get(instance_id, 0)
-                env = env._replace(base_step=base)
-            decision = self._step(job, inst, msg, env)
-            if decision.raise_error is not None:
-                cause = decision.raise_error
-                raise ExecutionError(
-                    f"item {index} ({instance_id}): handler raised "
-                    f"{steps.safe_text(_describe(cause))}; nothing of the batch was stored",
-                    cause,
-                ) from cause
-            results.append(BulkOutcome(decision, inst))
-            if not decision.changed:
+                env = env._replace(base_step=last_steps.get(instance_id, 0))
+            decision, write = self._stepped(job, inst, msg, env, key=key, label=label)
+            results.append(StepOutcome(decision, inst))
+            if write is None:
                 continue
-            write = Write(
-                instance_id, kind, job_name, user_id, inst.step if inst else base,
-                decision.instance, decision.records, decision.consumed, key,
-                decision.requeue, inst is None,
-            )  # fmt: skip
-            writes.append((write, index))
+            todo.append(_Pending(0, write, decision, inst, job, env, label, True, index))
             rows[instance_id] = decision.instance
             last_steps[instance_id] = (
                 decision.instance.step if decision.instance is not None else write.expected_step + 1
@@ -432,16 +512,7 @@ class Engine:
                 # Events wait in the queue behind this step: the rest of this id's items
                 # queue behind them (order kept), for its next step.
                 queued_ids.add(instance_id)
-        return results, writes
-
-    def _step(self, job: Definition, inst: Instance | None, msg: Message, env: Env) -> Decision:
-        """``steps.step``, with the instance marked as running in this engine (so that a
-        handler's own client call on it fails at once instead of waiting for itself)."""
-        self._running.append(env.instance_id)
-        try:
-            return steps.step(job, inst, msg, env)
-        finally:
-            self._running.pop()
+        return results, todo
 
     def _reentered(self, instance_id: str) -> None:
         """A client call made from inside a handler (fan-out): never wait for ourselves.
@@ -491,15 +562,31 @@ class Engine:
         only: Sequence[str] | None = None,
         busy: list[str] | None = None,
         max_passes: int = steps.CATCH_UP_ALL_LIMIT + 2,
+        hooks: Hooks | None = None,
     ) -> int:
         """Run every step whose alarm is due now; returns how many steps committed.
 
         ``only`` restricts the run to those instance ids (daemon workers); instances whose
         claim another process holds are skipped and, if ``busy`` is given, listed there.
+        ``hooks`` replace the engine's for this call (the steps of handlers' own client calls
+        included).
 
         Raises:
             StorageError: a commit failed; the steps of that group will run again.
         """
+        with self._hooks_for(hooks):
+            return self._run_due(only, busy, max_passes)
+
+    @contextlib.contextmanager
+    def _hooks_for(self, hooks: Hooks | None) -> Generator[None]:
+        """A call's own hooks in place of the engine's while it runs."""
+        saved, self.hooks = self.hooks, hooks or self.hooks
+        try:
+            yield
+        finally:
+            self.hooks = saved
+
+    def _run_due(self, only: Sequence[str] | None, busy: list[str] | None, max_passes: int) -> int:
         total = 0
         stepped: dict[str, int] = {}
         # What is due when the call starts: a handler slower than its schedule must not keep
@@ -553,13 +640,11 @@ class Engine:
                         busy.append(instance_id)
                     continue
                 try:
-                    # Re-read now that the claim is ours: another process may have stepped it.
-                    if loaded is not None:
-                        inst, queued = loaded  # read in one statement after the claims
-                    elif candidate.kind == "debounce":
-                        inst, queued = self.store.load_with_queue(instance_id)
-                    else:
-                        inst, queued = self.store.load(instance_id), []
+                    # Re-read now that the claim is ours: another process may have stepped it
+                    # (claims taken ahead: read in one statement after the claims).
+                    inst, queued = (
+                        self._load(instance_id, candidate.kind) if loaded is None else loaded
+                    )
                     if inst is None or not steps.is_due(inst, self.clock.time()):
                         locks.release(token)
                         continue
@@ -573,31 +658,23 @@ class Engine:
                         # A caller waits for a claim this engine holds, maybe one taken ahead:
                         # it must not wait for the handlers of the instances before it.
                         self._drop_ahead()
-                    if self.before_step is not None:
-                        self.before_step(instance_id, job.timeout, inst.step)
+                    if self.hooks.before_step is not None:
+                        self.hooks.before_step(instance_id, job.timeout, inst.step)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
-                    self._running.append(instance_id)
-                    try:
-                        decision = steps.step(job, inst, steps.Alarm(), env)
-                    except Exception as exc:  # never let one instance stop the others
-                        decision = self._rejected(job, inst, exc, env)
-                    finally:
-                        self._running.pop()
+                    decision, write = self._stepped(job, inst, steps.Alarm(), env, contain=True)
                     took = time.perf_counter() - started
                     step_seconds[job_name] = 0.8 * step_seconds.get(job_name, took) + 0.2 * took
                 except BaseException:
                     locks.release(token)
                     raise
-                if not decision.changed:
+                if write is None:
                     locks.release(token)
                     continue
                 stepped[instance_id] = stepped.get(instance_id, 0) + 1
-                write = Write(
-                    instance_id, inst.kind, inst.job, inst.user_id, inst.step,
-                    decision.instance, decision.records, decision.consumed,
-                )  # fmt: skip
-                self._pending.append(_Pending(token, write, decision, inst, job, env))
+                self._pending.append(
+                    _Pending(token, write, decision, inst, job, env, instance_id, False)
+                )
                 if (
                     len(self._pending) >= GROUP_MAX_STEPS
                     or time.perf_counter() - self._group_started > GROUP_MAX_SECONDS
@@ -662,40 +739,13 @@ class Engine:
         self._group_started = time.perf_counter()
 
     def _commit_group(self, pending: list[_Pending]) -> int:
-        """Commit the pending steps in one transaction; release their claims.
-
-        A write the store refuses for its content (``RejectedWrite``) is replaced by that
-        instance's failure and the group is committed again: only a failure of the database
-        itself (``StorageError``) fails the group.
-        """
+        """Commit the pending steps in one transaction (``_commit``); release their claims."""
         if not pending:
             return 0
         try:
-            while True:
-                try:
-                    applied = self.store.commit(
-                        [p.write for p in pending], self.clock.time(), self.history_limit
-                    )
-                    break
-                except RejectedWrite as rejected:
-                    bad = pending[rejected.index]
-                    fallback = bad.decision.fallback
-                    if fallback is steps.Fallback.LAST_RESORT:
-                        # Even the last resort was refused: leave the instance alone here.
-                        self._poison(bad.write.instance_id, rejected.cause)
-                        self.locks.release(bad.token)
-                        del pending[rejected.index]
-                        continue
-                    if fallback is steps.Fallback.FAILURE:
-                        decision = steps.park_last_resort(bad.inst, bad.env)
-                    else:
-                        decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
-                    pending[rejected.index] = bad._replace(
-                        write=_write_for(bad.inst, decision), decision=decision
-                    )
+            done = self._commit(pending, group=True)
         finally:
             self.locks.release_many([item.token for item in pending])
-        done = [(p.write, p.decision) for p, ok in zip(pending, applied, strict=True) if ok]
         self._after(done)
         return len(done)
 
@@ -718,7 +768,9 @@ class Engine:
             "skips it until restarted", instance_id, steps.safe_text(_describe(cause)),
         )  # fmt: skip
 
-    def time_out(self, instance_id: str, seconds: float, step: int | None = None) -> bool:
+    def time_out(
+        self, instance_id: str, seconds: float, step: int | None = None, hooks: Hooks | None = None
+    ) -> bool:
         """Record that the due step of ``instance_id`` was stopped after ``seconds``.
 
         The daemon calls this after killing a worker whose handler ran past the job's
@@ -726,14 +778,16 @@ class Engine:
         ``step`` is the row's step when the stopped step began: if the instance is no longer
         at it, nothing is recorded (checked under the claim). Returns whether a failure was
         committed (``False`` if the instance is gone, not due, moved on, or held elsewhere).
+        ``hooks``: as for ``run_due``.
 
         Raises:
             StorageError: the database failed.
         """
         kind, job_name, user_id = instance_id.split(":", 2)
         message = steps.TimedOut(seconds, step)
-        result = self.run(kind, job_name, user_id, message, wait=False)
-        return result is not None and result[0].changed
+        with self._hooks_for(hooks):
+            outcome = self.run(kind, job_name, user_id, message, wait=False)
+        return outcome is not None and outcome.decision is not None and outcome.decision.changed
 
     def apply(self, msg: Message, instance_id: str) -> Decision:
         """Run a handler-free step (terminate, clear, resume, request) by instance id.
@@ -746,52 +800,31 @@ class Engine:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
         """
-        if self._running or self._pending or self._bulk_held:
-            self._reentered(instance_id)
-        token = self.locks.acquire(instance_id, self.wait_timeout)
-        try:
-            inst, queued = self.store.load_with_queue(instance_id)
-            kind = inst.kind if inst else instance_id.split(":", 1)[0]
-            job = _HandlerFree(kind)
-            env = Env(
-                instance_id, inst.job if inst else "", inst.user_id if inst else "",
-                self.clock.time(), 0.0, time.perf_counter, _NO_CODEC, None, queued,
-            )  # fmt: skip
-            decision = steps.step(job, inst, msg, env)  # type: ignore[arg-type]
-            if decision.changed and inst is not None:
-                write = Write(
-                    instance_id, inst.kind, inst.job, inst.user_id, inst.step,
-                    decision.instance, decision.records, decision.consumed,
-                )  # fmt: skip
-                (ok,) = self.store.commit([write], self.clock.time(), self.history_limit)
-                if not ok:
-                    raise InvalidStateError(
-                        f"{instance_id}: the claim on the instance was lost (e.g. its database "
-                        "session ended) and another step changed it meanwhile; nothing changed"
-                    )
-        finally:
-            self.locks.release(token)
-        if decision.changed and inst is not None:
-            self._after([(write, decision)])
-        return decision
+        job = _HandlerFree(instance_id.partition(":")[0])
+        outcome = self._one(instance_id, job, msg)
+        assert outcome is not None
+        assert outcome.decision is not None
+        return outcome.decision
 
     # -- after commit ---------------------------------------------------------------------
 
-    def _after(self, done: Sequence[tuple[Write, Decision]]) -> None:
+    def _after(self, done: Sequence[_Pending]) -> None:
+        """After a commit, its claims released: wake a sleeping daemon if an alarm may have
+        changed, and hand the records to the ``on_records`` hook."""
         if not done:
             return
-        if self.waker is not None and any(
+        waker, hook = self.hooks.waker, self.hooks.on_records
+        if waker is not None and any(
             (w.row is not None and w.row.due_at is not None)
             or (w.row is None and w.kind == "debounce")  # may have revived queued events
-            for w, _ in done
+            for w in (p.write for p in done)
         ):
-            self.waker.poke()
-        hook = self.on_records
+            waker.poke()
         if hook is None:
             return
         at = datetime.fromtimestamp(self.clock.time(), UTC).isoformat()
         records: list[dict[str, Any]] = []
-        for write, _ in done:
+        for write in (p.write for p in done):
             step_no = write.row.step if write.row is not None else write.expected_step + 1
             for event, attempt, duration_ms, error, data in write.records:
                 records.append(
@@ -821,33 +854,43 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _write_for(inst: Instance, decision: Decision) -> Write:
-    """The write of a failure decision on an existing instance."""
+def _write(env: Env, inst: Instance | None, decision: Decision, key: str | None = None) -> Write:
+    """The write a step's decision describes (``inst``: the row it was computed from)."""
     return Write(
-        inst.instance_id, inst.kind, inst.job, inst.user_id, inst.step,
-        decision.instance, decision.records, decision.consumed,
+        env.instance_id, env.instance_id.partition(":")[0], env.job_name, env.user_id,
+        env.base_step if inst is None else inst.step, decision.instance, decision.records,
+        decision.consumed, key, decision.requeue, inst is None,
     )  # fmt: skip
 
 
-class BulkOutcome(NamedTuple):
-    """One item's outcome in a bulk call (``Engine.run_many``)."""
+def _batch(label: str) -> str:
+    """What a bulk call's errors add (its items' labels say ``item N``)."""
+    return "; nothing of the batch was stored" if label.startswith("item ") else ""
+
+
+class StepOutcome(NamedTuple):
+    """What a client step came to (``Engine.run``; per item, ``Engine.run_many``)."""
 
     decision: Decision | None  # None: queued behind a running step, or skipped
     before: Instance | None  # the row its step was computed from
-    queued: int = 0  # queued behind a running step: its 1-based position among this call's
-    # queued events of the instance
+    queued: int = 0  # queued behind a running step: bulk, its 1-based position among this
+    # call's queued events of the instance; single (``add``), the events queued now
     skipped: bool = False  # its key was already accepted (skip_duplicates): nothing ran
+    added: tuple[float, float] | None = None  # single, queued: the first and last added_at
 
 
 class _Pending(NamedTuple):
-    """A finished step of ``run_due`` whose commit is pending; its claim is held."""
+    """A step between its decision and its commit; its claim (``token``) is held."""
 
-    token: int
+    token: int  # 0: a bulk call's (it holds the claims itself)
     write: Write
-    decision: Decision
-    inst: Instance
+    decision: Decision | None  # None: a bulk call's queued event
+    inst: Instance | None
     job: Any
-    env: Env
+    env: Env | None
+    label: str  # how errors name it: the instance id, or a bulk call's "item N (id)"
+    creating: bool  # a client's creating message (or a bulk item): a rejection refuses it
+    item: int = 0  # a bulk call's item
 
 
 class _Candidate(NamedTuple):

@@ -18,7 +18,7 @@ from .core import steps
 from .core.definitions import Continuous, Debounce, Definition, Task
 from .core.durations import parse_duration, to_datetime
 from .core.schedules import check_fires_after
-from .engine import Engine, check_types
+from .engine import Engine, Hooks, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
 from .perthread import PerThread
 from .stores import created_files, display_location, open_claims, open_store, open_waker
@@ -160,7 +160,7 @@ class Jobs:
         return Engine(
             store, claims, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
             history_limit=options["history_limit"],
-            on_records=self._deliver if hooks else None, waker=waker, codecs=self._codecs,
+            hooks=Hooks(self._deliver if hooks else None, waker=waker), codecs=self._codecs,
         )  # fmt: skip
 
     @property
@@ -188,8 +188,8 @@ class Jobs:
             # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
             # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
             engine.locks.close()
-            if engine.waker is not None:
-                engine.waker.abandon()
+            if engine.hooks.waker is not None:
+                engine.hooks.waker.abandon()
             _ABANDONED.append(engine)
 
     def with_path(self, path: str | os.PathLike[str], **overrides: Any) -> Jobs:
@@ -347,8 +347,8 @@ def _close_engine(engine: Engine) -> None:
         StorageError: the final checkpoint failed (the data is safe in the WAL).
     """
     engine.locks.close()
-    if engine.waker is not None:
-        engine.waker.close()
+    if engine.hooks.waker is not None:
+        engine.hooks.waker.close()
     engine.store.close()
 
 

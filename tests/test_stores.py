@@ -23,7 +23,7 @@ import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Task, every
 from durajobs.core.rows import Instance, RejectedWrite
-from durajobs.engine import Engine
+from durajobs.engine import Engine, Hooks
 from durajobs.errors import DuplicateEventError, InstanceBusyError
 from durajobs.stores import open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import Claims, Store, Write
@@ -683,7 +683,7 @@ def engine(backend: Backend, store: Store) -> Iterator[tuple[Engine, FakeClock]]
     handle = backend.claims()
     built = Engine(
         store, handle, REGISTRY, clock=clock, wait_timeout=5.0, history_limit=100,  # type: ignore[arg-type]
-        waker=open_waker(backend.location, store),  # type: ignore[arg-type]
+        hooks=Hooks(waker=open_waker(backend.location, store)),  # type: ignore[arg-type]
     )  # fmt: skip
     yield built, clock
     handle.close()
