@@ -484,10 +484,7 @@ class Engine:
                 # Busy elsewhere (add_many only): queue, in order, for its next step.
                 assert isinstance(msg, steps.Add)
                 queue_counts[instance_id] = queue_counts.get(instance_id, 0) + 1
-                enqueue = Write(
-                    instance_id, kind, job_name, user_id, 0, None, (), 0, key, msg.text,
-                    queue_only=True,
-                )  # fmt: skip
+                enqueue = Write.enqueue(instance_id, job_name, user_id, msg.text, key)
                 todo.append(_Pending(0, enqueue, None, None, job, None, label, True, index))
                 results.append(StepOutcome(None, None, queued=queue_counts[instance_id]))
                 continue
@@ -856,10 +853,9 @@ def _describe(exc: BaseException) -> str:
 
 def _write(env: Env, inst: Instance | None, decision: Decision, key: str | None = None) -> Write:
     """The write a step's decision describes (``inst``: the row it was computed from)."""
-    return Write(
-        env.instance_id, env.instance_id.partition(":")[0], env.job_name, env.user_id,
-        env.base_step if inst is None else inst.step, decision.instance, decision.records,
-        decision.consumed, key, decision.requeue, inst is None,
+    return Write.step(
+        env.instance_id, env.job_name, env.user_id, env.base_step if inst is None else inst.step,
+        decision.instance, decision.records, decision.consumed, key, decision.requeue, inst is None,
     )  # fmt: skip
 
 

@@ -62,7 +62,7 @@ def test_durajobs_terminate_ends_a_row_in_an_unknown_status(tmp_path: Path) -> N
     db = str(tmp_path / "jobs.db")
     store = open_store(db)
     row = stray("task")
-    store.commit([Write(row.instance_id, "task", "job", "u", 0, row, new=True)], T0, 100)
+    store.commit([Write.step(row.instance_id, "job", "u", 0, row, new=True)], T0, 100)
     store.close()
     with Admin(db) as admin:
         assert admin.terminate(row.instance_id, "stuck").changed

@@ -1122,8 +1122,8 @@ def test_a_fenced_out_write_leaves_the_queue_alone(make: Make) -> None:
     store.enqueue("debounce:d:u", "d", "u", "2", None, 100.0)
     row = store.load("debounce:d:u")
     assert row is not None
-    stale = Write(
-        "debounce:d:u", "debounce", "d", "u", row.step + 7, row._replace(step=row.step + 8),
+    stale = Write.step(
+        "debounce:d:u", "d", "u", row.step + 7, row._replace(step=row.step + 8),
         [("x", 1, None, None, None)], consumed=10**9, requeue="3",
     )  # fmt: skip
     assert store.commit([stale], 101.0, 100) == [False]

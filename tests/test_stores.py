@@ -101,8 +101,8 @@ def write(
     **extra: Any,
 ) -> Write:
     iid = instance_id or (successor.instance_id if successor else "")
-    kind, job, user_id = iid.split(":", 2)
-    return Write(iid, kind, job, user_id, expected, successor, records, **extra)
+    _, job, user_id = iid.split(":", 2)
+    return Write.step(iid, job, user_id, expected, successor, records, **extra)
 
 
 C1 = "continuous:tick:a"
@@ -258,9 +258,7 @@ def test_an_atomic_commit_is_all_or_nothing(store: Store) -> None:
 
 
 def test_a_queue_only_write_queues_like_enqueue(store: Store) -> None:
-    queued = Write(
-        D1, "debounce", "batch", "a", 0, None, (), requeue='"e"', key="k", queue_only=True
-    )
+    queued = Write.enqueue(D1, "batch", "a", '"e"', "k")
     assert store.commit([queued], T0, 100) == [True]
     placeholder = store.load(D1)
     assert placeholder is not None

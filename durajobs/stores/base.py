@@ -78,14 +78,15 @@ __all__ = [
 
 
 class Write(NamedTuple):
-    """One step's decision, ready to commit.
+    """One step's decision, described completely (the store applies it): build one with
+    ``Write.step`` or ``Write.enqueue``. A NamedTuple: one is built per step, at a quarter of
+    a frozen attrs class's cost.
 
     ``row`` is the successor (``None`` purges); ``expected_step`` the step it was computed from
-    (0 for a new instance). ``consumed`` deletes queued events up to that seq; ``key`` remembers
-    an idempotency key; ``kind``/``job``/``user_id`` identify the instance for history and for
-    reviving a purged Debounce instance whose events were queued during its flush. A
-    NamedTuple (immutable, like the attrs class it was): one is built per step, at a quarter
-    of a frozen attrs class's cost.
+    (a new instance's: the last step of its id). ``consumed`` deletes queued events up to that
+    seq; ``key`` remembers an idempotency key; ``kind``/``job``/``user_id`` identify the
+    instance for history and for reviving a purged Debounce instance whose events were queued
+    during its flush; ``trim``: keep only the newest ``history_limit`` records of its history.
     """
 
     instance_id: str
@@ -98,10 +99,32 @@ class Write(NamedTuple):
     consumed: int = 0
     key: str | None = None
     requeue: str | None = None
-    new: bool = False  # no row existed when the step began (``expected_step`` is its base)
-    # Debounce, bulk ``add_many`` on a busy instance: only queue ``requeue`` (with ``key``) as
-    # ``enqueue`` does, and make the alarm due now; no row is written, nothing is fenced.
-    queue_only: bool = False
+    new: bool = False  # no row existed when the step began
+    queue_only: bool = False  # ``Write.enqueue``'s: no row is written, nothing is fenced
+    trim: bool = False
+
+    @classmethod
+    def step(
+        cls, instance_id: str, job: str, user_id: str, base: int, row: Instance | None,
+        records: Sequence[Record] = (), consumed: int = 0, key: str | None = None,
+        requeue: str | None = None, new: bool = False,
+    ) -> Write:  # fmt: skip
+        """A step computed from step ``base`` (``new``: no row existed): its history is
+        trimmed every 32nd step."""
+        kind = instance_id.partition(":")[0]
+        trim = bool(records) and (row.step if row is not None else base + 1) % 32 == 0
+        return cls(
+            instance_id, kind, job, user_id, base, row, records, consumed, key, requeue, new,
+            False, trim,
+        )  # fmt: skip
+
+    @classmethod
+    def enqueue(
+        cls, instance_id: str, job: str, user_id: str, event: str, key: str | None
+    ) -> Write:
+        """Debounce, bulk ``add_many`` on a busy instance: only queue ``event`` (with ``key``)
+        and make the alarm due now, as ``StepStore.enqueue`` does."""
+        return cls(instance_id, "debounce", job, user_id, 0, None, (), 0, key, event, False, True)
 
 
 # The tables a copy carries and the layout of their rows (the same on every store): instances
@@ -327,8 +350,8 @@ class StepStore(Opened, Protocol):
           insert a fresh ``debouncing`` row due ``now`` with step ``expected_step + 1``.
         - delete queued events with ``seq <= consumed``; queue ``requeue`` as a new event;
         - insert ``records`` into history at ``now`` with the write's step (``row.step``, or
-          ``expected_step + 1`` for a purge); every 32nd step trim the instance's history to
-          its newest ``history_limit`` records;
+          ``expected_step + 1`` for a purge); if ``trim``, trim the instance's history to its
+          newest ``history_limit`` records;
         - ``key``: remember the idempotency key at ``now``; a key already accepted within
           ``key_window`` fails the write (nothing of it applies).
         - ``queue_only``: append ``requeue`` to the queue (and ``key``), and set the alarm due

@@ -629,12 +629,11 @@ class SqlStore:
             if write.records:
                 self._record(cur, instance_id, step, write.records, now)
         else:
-            step = row.step
             if not self._put(cur, write, now):
                 return False
             if write.kind == "debounce":
                 self._queue_changes(cur, write, now)
-        if write.records and step % 32 == 0:
+        if write.trim:
             cur.execute(sql.trim_history, (instance_id, instance_id, history_limit))
         return True
 

@@ -874,10 +874,8 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         except self.content_errors:
             cur.execute("ROLLBACK TO SAVEPOINT batch")
             return set()
-        for i in indexes:
-            write = writes[i]
-            step = write.row.step  # type: ignore[union-attr]
-            if write.instance_id in done and write.records and step % 32 == 0:
+        for write in (writes[i] for i in indexes if writes[i].trim):
+            if write.instance_id in done:
                 cur.execute(SQL.trim_history, (write.instance_id, write.instance_id, history_limit))
         return {i for i in indexes if writes[i].instance_id in done}
 
