@@ -307,11 +307,15 @@ class Engine:
         """
         instance_id = instance_id_of(kind, job_name, user_id)
         job = job or self._job_for(instance_id, job_name, kind)
-        return self._one(instance_id, job, msg, wait=wait, queue_busy=queue_busy, key=key)
+        return self._one(
+            instance_id, job_name, user_id, job, msg, wait=wait, queue_busy=queue_busy, key=key
+        )
 
     def _one(
         self,
         instance_id: str,
+        job_name: str,
+        user_id: str,
         job: Any,
         msg: Message,
         *,
@@ -320,8 +324,6 @@ class Engine:
         key: str | None = None,
     ) -> StepOutcome | None:
         """The pipeline for one step: claim, load, step, commit, after (see ``run``)."""
-        _, _, names = instance_id.partition(":")
-        job_name, _, user_id = names.partition(":")
         token = self._claim(instance_id, wait and not queue_busy)
         if token is None:
             if not queue_busy:
@@ -797,8 +799,9 @@ class Engine:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
         """
-        job = _HandlerFree(instance_id.partition(":")[0])
-        outcome = self._one(instance_id, job, msg)
+        kind, _, names = instance_id.partition(":")
+        job_name, _, user_id = names.partition(":")
+        outcome = self._one(instance_id, job_name, user_id, _HandlerFree(kind), msg)
         assert outcome is not None
         assert outcome.decision is not None
         return outcome.decision
