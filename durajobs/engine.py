@@ -3,9 +3,9 @@
 The one path every step takes, whether a client call or a due alarm, in this process or in a
 daemon worker::
 
-    claim (OFD lock, no I/O)  ->  read the committed row (no transaction)
+    claim (the store's Claims: writes nothing)  ->  read the committed row (no transaction)
     ->  steps.step(...) runs the user's handlers, returns a Decision
-    ->  store.commit([...]) in one BEGIN IMMEDIATE transaction, fenced on the row's step
+    ->  store.commit([...]) in one write transaction, fenced on the row's step
     ->  release the claim  ->  hooks / tracker / wake the daemon
 
 User code never runs inside a write transaction: the claim, not the database, keeps other
