@@ -233,47 +233,57 @@ class Engine:
         return decision, _write(env, inst, decision, key)
 
     def _commit(
-        self, todo: list[_Pending], *, atomic: bool = False, group: bool = False
+        self,
+        todo: list[_Pending],
+        *,
+        atomic: bool = False,
+        group: bool = False,
+        rejected: RejectedWrite | None = None,
     ) -> list[_Pending]:
         """Commit the steps' writes in ONE transaction; returns the steps whose fence held.
 
-        A write the store rejects (``RejectedWrite``) with the caller's own values (a new
-        instance, a creating message, a bulk call) refuses the call (``ValidationError``);
-        otherwise the step's next fallback (``Decision.fallback``) replaces it and the commit
-        is tried again. A rejected last resort: a group (``run_due``) skips that instance in
-        this engine, a single step raises.
+        A write the store rejects (``RejectedWrite``; ``rejected``: the caller's first try
+        was) with the caller's own values (a new instance, a creating message, a bulk call)
+        refuses the call (``ValidationError``); otherwise the step's next fallback
+        (``Decision.fallback``) replaces it and the commit is tried again. A rejected last
+        resort: a group (``run_due``) skips that instance in this engine, a single step raises.
         """
         while True:
-            try:
-                applied = self.store.commit(
-                    [p.write for p in todo], self.clock.time(), self.history_limit, atomic=atomic
-                )
-                return [p for p, ok in zip(todo, applied, strict=True) if ok]
-            except RejectedWrite as rejected:
-                bad = todo[rejected.index]
-                if atomic or bad.inst is None or bad.creating:
-                    raise ValidationError(
-                        f"{bad.label}: cannot be stored: "
-                        f"{steps.safe_text(_describe(rejected.cause))}{_batch(bad.label)}"
-                    ) from None
-                assert bad.decision is not None  # not a bulk call's: a decision and its env
-                assert bad.env is not None
-                fallback = bad.decision.fallback
-                if fallback is steps.Fallback.LAST_RESORT:
-                    if not group:
-                        raise
-                    # Even the last resort was rejected: leave the instance alone here.
-                    self._poison(bad.write.instance_id, rejected.cause)
-                    self.locks.release(bad.token)
-                    del todo[rejected.index]
-                    continue
-                if fallback is steps.Fallback.FAILURE:
-                    decision = steps.park_last_resort(bad.inst, bad.env)
-                else:
-                    decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
-                todo[rejected.index] = bad._replace(
-                    write=_write(bad.env, bad.inst, decision), decision=decision
-                )
+            if rejected is None:
+                try:
+                    applied = self.store.commit(
+                        [p.write for p in todo], self.clock.time(), self.history_limit,
+                        atomic=atomic,
+                    )  # fmt: skip
+                    return [p for p, ok in zip(todo, applied, strict=True) if ok]
+                except RejectedWrite as exc:
+                    rejected = exc
+            bad = todo[rejected.index]
+            if atomic or bad.inst is None or bad.creating:
+                raise ValidationError(
+                    f"{bad.label}: cannot be stored: "
+                    f"{steps.safe_text(_describe(rejected.cause))}{_batch(bad.label)}"
+                ) from None
+            assert bad.decision is not None  # not a bulk call's: a decision and its env
+            assert bad.env is not None
+            fallback = bad.decision.fallback
+            if fallback is steps.Fallback.LAST_RESORT:
+                if not group:
+                    raise rejected
+                # Even the last resort was rejected: leave the instance alone here.
+                self._poison(bad.write.instance_id, rejected.cause)
+                self.locks.release(bad.token)
+                del todo[rejected.index]
+                rejected = None
+                continue
+            if fallback is steps.Fallback.FAILURE:
+                decision = steps.park_last_resort(bad.inst, bad.env)
+            else:
+                decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
+            todo[rejected.index] = bad._replace(
+                write=_write(bad.env, bad.inst, decision), decision=decision
+            )
+            rejected = None
 
     # -- one step -------------------------------------------------------------------------
 
@@ -336,17 +346,31 @@ class Engine:
             if self.hooks.waker is not None:
                 self.hooks.waker.poke()
             return StepOutcome(None, None, queued=count, added=(first, last))
+        # The single step is written out flat (the hot path of every client call): the
+        # ``_Pending`` and the rejected-write loop of ``_commit`` only when a write is refused.
+        store = self.store
         try:
-            inst, queued = self._load(instance_id, job.kind)
+            if job.kind == "debounce":
+                inst, queued = store.load_with_queue(instance_id)
+            else:
+                inst, queued = store.load(instance_id), []
             env = self._env(instance_id, job_name, user_id, queued)
             creating = isinstance(msg, steps.CREATING)
             if inst is None and creating:
-                env = env._replace(base_step=self.store.last_step(instance_id))
+                env = env._replace(base_step=store.last_step(instance_id))
             decision, write = self._stepped(job, inst, msg, env, key=key)
-            done = [] if write is None else self._commit(
-                [_Pending(token, write, decision, inst, job, env, instance_id, creating)]
-            )  # fmt: skip
-            if write is not None and not done:
+            if write is None:
+                self.locks.release(token)
+                return StepOutcome(decision, inst)
+            try:
+                applied = store.commit((write,), self.clock.time(), self.history_limit)[0]
+            except RejectedWrite as rejected:
+                pending = _Pending(token, write, decision, inst, job, env, instance_id, creating)
+                done = self._commit([pending], rejected=rejected)
+                applied = bool(done)
+                if applied:
+                    decision, write = done[0].decision, done[0].write  # type: ignore[assignment]
+            if not applied:
                 raise InvalidStateError(
                     f"{instance_id}: this step lost its claim on the instance (e.g. its "
                     "database session ended) and another step changed the instance meanwhile; "
@@ -354,8 +378,8 @@ class Engine:
                 )
         finally:
             self.locks.release(token)
-        self._after(done)
-        return StepOutcome(done[0].decision if done else decision, inst)
+        self._after_one(write)
+        return StepOutcome(decision, inst)
 
     def run_many(
         self,
@@ -808,23 +832,39 @@ class Engine:
 
     # -- after commit ---------------------------------------------------------------------
 
+    def _after_one(self, write: Write) -> None:
+        """``_after`` of a single step (its claim released)."""
+        waker = self.hooks.waker
+        row = write.row
+        if waker is not None and (
+            (row.due_at is not None) if row is not None else write.kind == "debounce"
+        ):
+            waker.poke()
+        if self.hooks.on_records is not None:
+            self._hand_records([write])
+
     def _after(self, done: Sequence[_Pending]) -> None:
         """After a commit, its claims released: wake a sleeping daemon if an alarm may have
         changed, and hand the records to the ``on_records`` hook."""
         if not done:
             return
-        waker, hook = self.hooks.waker, self.hooks.on_records
+        waker = self.hooks.waker
         if waker is not None and any(
             (w.row is not None and w.row.due_at is not None)
             or (w.row is None and w.kind == "debounce")  # may have revived queued events
             for w in (p.write for p in done)
         ):
             waker.poke()
-        if hook is None:
-            return
+        if self.hooks.on_records is not None:
+            self._hand_records([p.write for p in done])
+
+    def _hand_records(self, writes: Sequence[Write]) -> None:
+        """The writes' history records, as dicts, to the ``on_records`` hook."""
+        hook = self.hooks.on_records
+        assert hook is not None
         at = datetime.fromtimestamp(self.clock.time(), UTC).isoformat()
         records: list[dict[str, Any]] = []
-        for write in (p.write for p in done):
+        for write in writes:
             step_no = write.row.step if write.row is not None else write.expected_step + 1
             for event, attempt, duration_ms, error, data in write.records:
                 records.append(
