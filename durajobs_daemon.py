@@ -72,13 +72,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import attrs
 
 from durajobs import Jobs, SystemClock
 from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
-from durajobs.engine import Hooks
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.stores import open_listener, same_database
@@ -164,6 +163,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["debug", "info", "warning", "error"],
         help="info logs one line per step; warning only failures (default info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help=(
+            "text: one line of words per record (default); json: one JSON object per line "
+            "with time, level, event and the fields that apply (job, instance, step, attempt, "
+            "outcome, duration_ms, lateness_ms, error)"
+        ),
+    )
     return parser.parse_args(argv)
 
 
@@ -246,35 +255,72 @@ def _one_line(exc: BaseException) -> str:
 # -- logging -----------------------------------------------------------------------------------
 
 
-class LineHandler(logging.Handler):
-    """Writes each record to stderr in one ``write`` (lines from several processes never mix).
+# Fields a JSON log line may carry besides time, level, event, logger and message (those that
+# apply: a step's line has the step's, an orphaned job's line its job, kind and count).
+LOG_FIELDS = ("job", "kind", "instance", "step", "attempt", "outcome", "duration_ms",
+              "lateness_ms", "error", "count", "worker")  # fmt: skip
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 
-    ``journal=True``: no timestamp (journald adds its own), a ``<N>`` syslog priority prefix.
-    """
 
-    PRIORITY: ClassVar[dict[int, int]] = {
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-    }
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <message>``; ``journal=True``: ``<N><message>`` (journald adds the
+    time, and takes the ``<N>`` syslog priority prefix off)."""
 
     def __init__(self, journal: bool) -> None:
         super().__init__()
         self.journal = journal
 
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if self.journal:
+            return f"<{_priority(record)}>{text}"
+        stamp = datetime.fromtimestamp(record.created).isoformat(" ", "milliseconds")
+        return f"{stamp} {record.levelname} {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601), ``level``, ``event`` (``step``,
+    ``orphaned_job``, ``serving``, ``stopping``, ``stopped``, ``timeout``, ``worker_lost``;
+    ``log`` for any other line, the app's included), ``logger``, ``message`` (the text line's
+    words) and the ``LOG_FIELDS`` that apply; ``exception`` with a traceback. Under journald
+    the line keeps its ``<N>`` priority prefix, which journald takes off."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        line: dict[str, Any] = {
+            "time": stamp.replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in LOG_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        return f"<{_priority(record)}>{text}" if self.journal else text
+
+
+def _priority(record: logging.LogRecord) -> int:
+    return SYSLOG_PRIORITY.get(record.levelno, 2 if record.levelno > 40 else 6)
+
+
+class LineHandler(logging.Handler):
+    """Writes each formatted record to stderr in one ``write`` (lines from several processes
+    never mix)."""
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
-            if record.exc_info:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            if self.journal:
-                priority = self.PRIORITY.get(record.levelno, 2 if record.levelno > 40 else 6)
-                line = f"<{priority}>{text}\n"
-            else:
-                stamp = datetime.fromtimestamp(record.created).isoformat(" ", "milliseconds")
-                line = f"{stamp} {record.levelname} {text}\n"
-            os.write(2, line.encode("utf-8", "replace"))
+            os.write(2, (self.format(record) + "\n").encode("utf-8", "replace"))
         except Exception:  # logging must never take the daemon down
             self.handleError(record)
 
@@ -290,12 +336,16 @@ def stderr_is_journal() -> bool:
         return False
 
 
-def setup_logging(level: str) -> None:
-    """Send every logger's records (the app's too) to stderr, one line each."""
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Send every logger's records (the app's too) to stderr, one line each (``log_format``:
+    ``text`` or ``json``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(LineHandler(stderr_is_journal()))
+    handler = LineHandler()
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    handler.setFormatter(formatter(stderr_is_journal()))
+    root.addHandler(handler)
     root.setLevel(level.upper())
 
 
@@ -438,9 +488,12 @@ class WallTimer:
 # -- what a step did, in one line --------------------------------------------------------------
 
 
-def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[StepReport]:
+def summarize(
+    records: Sequence[dict[str, Any]], jobs: Jobs, lateness: dict[str, float] | None = None
+) -> list[StepReport]:
     """History records of committed steps -> one report per step (in the worker, which sends
-    the reports to the parent as they are).
+    the reports to the parent as they are). ``lateness``: instance id -> the lateness (ms) of
+    its due step that started last; each report takes (and removes) its instance's.
 
     The seam for a typed outcome: the engine's record hook gets a step's history records, not
     its decision, so the outcome is read here from the records' event names. Once the engine
@@ -450,7 +503,7 @@ def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[StepReport]
     for record in records:
         steps.setdefault((record["instance_id"], record["step"]), []).append(record)
     reports: list[StepReport] = []
-    for (instance_id, _), group in steps.items():
+    for (instance_id, step), group in steps.items():
         events = {record["event"] for record in group}
         failed = next((r for r in group if r["event"] == "job.failed"), None)
         timed = next((r for r in group if r["duration_ms"] is not None), None)
@@ -474,11 +527,24 @@ def summarize(records: Sequence[dict[str, Any]], jobs: Jobs) -> list[StepReport]
         else:
             outcome = "ok"
         error = main["error"]
+        late = None if lateness is None else lateness.pop(instance_id, None)
         reports.append(StepReport(
             instance_id, outcome, main["attempt"],
             (timed or main)["duration_ms"], None if error is None else _clip(str(error)),
+            step, None if late is None else round(late, 3),
         ))  # fmt: skip
     return reports
+
+
+def step_fields(step: StepReport) -> dict[str, Any]:
+    """A step's fields for a JSON log line (``extra=`` of its log record)."""
+    kind, _, rest = step.instance_id.partition(":")
+    return {
+        "event": "step", "job": rest.partition(":")[0], "kind": kind,
+        "instance": step.instance_id, "step": step.step, "attempt": step.attempt,
+        "outcome": step.outcome, "duration_ms": step.duration_ms,
+        "lateness_ms": step.lateness_ms, "error": step.error,
+    }  # fmt: skip
 
 
 def _clip(text: str) -> str:
@@ -583,8 +649,12 @@ class Worker:
         self.channel = channel
         self.engine = jobs.engine
         self._user_hook = self.engine.hooks.on_records
-        # No waker: the parent hears of every step from us; no poke needed.
-        self.hooks = Hooks(on_records=self.on_records, before_step=self.before_step)
+        # No waker: the parent hears of every step from us; no poke needed. The app's step
+        # watch (tracing) stays.
+        self.hooks = self.engine.hooks._replace(
+            on_records=self.on_records, before_step=self.before_step, waker=None
+        )
+        self._lateness: dict[str, float] = {}  # instance id -> ms, until its step is reported
         self._lines: list[list[Any]] = []  # committed steps not reported yet
         self._lines_size = 0
         self._deadline_armed = False  # the parent watches a deadline of ours
@@ -617,13 +687,17 @@ class Worker:
                     self.jobs.tracker.close()
                 return 0
 
-    def before_step(self, instance_id: str, timeout: float | None, step: int) -> None:
-        """Just before a step's handlers run: report what committed so far and, for a job
-        with a ``timeout`` (or after one), tell the parent which step starts.
+    def before_step(
+        self, instance_id: str, timeout: float | None, step: int, due_at: float | None
+    ) -> None:
+        """Just before a step's handlers run: note its lateness, report what committed so far
+        and, for a job with a ``timeout`` (or after one), tell the parent which step starts.
 
         The step number (for a job with a timeout) lets a later ``time_out`` tell whether the
         step committed just before the kill.
         """
+        if due_at is not None:
+            self._lateness[instance_id] = (self.jobs.clock.time() - due_at) * 1000
         self._flush_lines()
         if timeout is None and not self._deadline_armed:
             return  # nothing to watch: no message
@@ -640,7 +714,7 @@ class Worker:
     def on_records(self, records: list[dict[str, Any]]) -> None:
         """After a commit: keep each step's line for the parent (which logs it), then the
         app's hook (user code: the lines go out before it runs)."""
-        for report in summarize(records, self.jobs):
+        for report in summarize(records, self.jobs, self._lateness):
             self._lines.append(list(attrs.astuple(report)))
             self._lines_size += len(report.instance_id) + len(report.error or "") + 40
             if self._lines_size > BATCH_BYTES:
@@ -724,6 +798,7 @@ class Daemon:
             for _ in range(self.size):
                 self._spawn()
             self._poll()  # what is due now is handed out while the workers open the database
+            self._log_orphans()
             while self.exit_code is None:
                 for key, _ in self.selector.select(self._sleep_for()):
                     key.data(key)
@@ -736,13 +811,34 @@ class Daemon:
             self.jobs.close()
         return self.exit_code
 
+    def _log_orphans(self) -> None:
+        """Log, once at start, each job that has instances in the database but is not defined
+        by this app (removed or renamed in the code): nothing here runs them."""
+        try:
+            counts = self.store.count_by_status()
+        except StorageError as exc:
+            log.warning("could not look for orphaned jobs: %s", exc)
+            return
+        orphans: dict[tuple[str, str], int] = {}
+        for kind, job, _status, count in counts:
+            known = self.jobs.registry.get(job)
+            if known is None or known.kind != kind:
+                orphans[(kind, job)] = orphans.get((kind, job), 0) + count
+        for (kind, job), count in sorted(orphans.items()):
+            log.warning(
+                "orphaned job %r (%s): %d instance%s in the database but the app defines no "
+                "such job, so they never run (restore the job, or terminate them with "
+                "`durajobs terminate`)", job, kind, count, "" if count == 1 else "s",
+                extra={"event": "orphaned_job", "job": job, "kind": kind, "count": count},
+            )  # fmt: skip
+
     def _announce(self) -> None:
         """Once every first worker has opened the database: ``READY=1``."""
         self.announced = True
         log.info(
             "serving %s with %d worker%s (pid %d); next alarm %s",
             self.jobs.path, self.size, "" if self.size == 1 else "s", os.getpid(),
-            _when(self.next_alarm),
+            _when(self.next_alarm), extra={"event": "serving"},
         )  # fmt: skip
         self.notifier.send("READY=1", f"STATUS={self._status_text()}")
         self.status_sent, self.status_dirty = time.monotonic(), False
@@ -762,7 +858,7 @@ class Daemon:
         if stopping:
             if not self.workers:
                 self.exit_code = 0 if self.exit_code is None else self.exit_code
-                log.info("stopped")
+                log.info("stopped", extra={"event": "stopped"})
                 return
             if now >= self.stop_deadline:
                 running = [w.current or ",".join(self._batch(w)) for w in self.workers]
@@ -903,8 +999,9 @@ class Daemon:
     def _time_out(self, worker: WorkerProcess) -> None:
         instance_id, seconds, step = worker.current, worker.timeout, worker.current_step
         log.warning(
-            "%s ran past its timeout of %gs: killing worker %d", instance_id, seconds, worker.pid
-        )
+            "%s ran past its timeout of %gs: killing worker %d", instance_id, seconds, worker.pid,
+            extra={"event": "timeout", "instance": instance_id, "worker": worker.pid},
+        )  # fmt: skip
         self._kill(worker)
         replacement = self._lost(worker, timed_out=True)
         if instance_id is None or seconds is None:
@@ -955,7 +1052,8 @@ class Daemon:
             self.early_deaths = 0
         if crashed:
             what = worker.current or ", ".join(self._batch(worker)) or "nothing"
-            log.error("worker %d %s while running %s", worker.pid, _describe(status), what)
+            log.error("worker %d %s while running %s", worker.pid, _describe(status), what,
+                      extra={"event": "worker_lost", "worker": worker.pid})  # fmt: skip
         self.dispatch.on_lost(worker.pid, now, crashed=crashed, current=worker.current)
         if stopping:
             return None
@@ -1095,7 +1193,7 @@ class Daemon:
         if self.timer is not None:
             self.timer.arm(None)
         log.info("%s: stopping; waiting up to %gs for %d running batch(es)", name, self.grace,
-                 self.dispatch.busy())  # fmt: skip
+                 self.dispatch.busy(), extra={"event": "stopping"})  # fmt: skip
         for worker in self.workers:
             if not self._batch(worker):
                 _shut(worker)
@@ -1114,7 +1212,7 @@ class Daemon:
         job = self.jobs.registry.get(step.job)
         threshold = JOB_LOG_LEVEL.get(job.logging or "", logging.DEBUG) if job else logging.DEBUG
         if level >= threshold:  # the job's own ``logging`` level, e.g. "warning" or "off"
-            log.log(level, "%s", format_step(step))
+            log.log(level, "%s", format_step(step), extra=step_fields(step))
 
     def _last_step(self) -> str:
         if self.last_report is None:
@@ -1166,7 +1264,7 @@ def _describe(status: int) -> str:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``durajobs-daemon`` console script."""
     args = parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         jobs = open_jobs(load_app(args.app), args.db)
     except (AppError, DurajobsError) as exc:

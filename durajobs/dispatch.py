@@ -77,6 +77,8 @@ class StepReport:
 
     ``outcome``: ``ok``, ``retry`` (failed, a retry is scheduled), ``failed`` (failed, no
     retry: handled or skipped), ``exhausted``, ``parked``, ``terminated``, ``skipped``.
+    ``step``: the step number it committed as; ``lateness_ms``: how long after its alarm's due
+    time its handlers started (due steps only).
     """
 
     instance_id: str
@@ -84,6 +86,8 @@ class StepReport:
     attempt: int
     duration_ms: float | None
     error: str | None
+    step: int | None = None
+    lateness_ms: float | None = None
 
     @property
     def job(self) -> str:

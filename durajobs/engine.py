@@ -49,7 +49,13 @@ __all__ = ["BULK_MAX_INSTANCES", "Engine", "Hooks", "RecordHook", "StepOutcome"]
 log = logging.getLogger("durajobs")
 
 RecordHook = Callable[[list[dict[str, Any]]], None]
-StepHook = Callable[[str, float | None, int], None]  # (instance id, timeout, step)
+# (instance id, timeout, step, due_at): before a due step's handlers
+StepHook = Callable[[str, float | None, int, float | None], None]
+# Around every step's handlers (the pure step): ``watch(env, row)`` is entered before them and
+# left after them; what it enters returns ``seen(decision) -> decision`` (``durajobs.tracing``).
+StepWatch = Callable[
+    [Env, Instance | None], contextlib.AbstractContextManager[Callable[[Decision], Decision]]
+]
 
 
 class Hooks(NamedTuple):
@@ -59,6 +65,7 @@ class Hooks(NamedTuple):
     on_records: RecordHook | None = None  # after each commit: its history records
     before_step: StepHook | None = None  # before a due step's handlers (the daemon's watch)
     waker: Waker | None = None  # poked after commits that may set an alarm
+    watch: StepWatch | None = None  # around every step's handlers (tracing spans)
 
 
 NO_HOOKS = Hooks()
@@ -213,8 +220,13 @@ class Engine:
             ExecutionError: a handler raised in a client's call (the decision is ``REFUSED``).
         """
         self._running.append(env.instance_id)
+        watch = self.hooks.watch
         try:
-            decision = steps.step(job, inst, msg, env)
+            if watch is None:
+                decision = steps.step(job, inst, msg, env)
+            else:
+                with watch(env, inst) as seen:
+                    decision = seen(steps.step(job, inst, msg, env))
         except Exception as exc:  # contained: never let one instance stop the others
             if not contain or inst is None:
                 raise
@@ -682,7 +694,7 @@ class Engine:
                         # it must not wait for the handlers of the instances before it.
                         self._drop_ahead()
                     if self.hooks.before_step is not None:
-                        self.hooks.before_step(instance_id, job.timeout, inst.step)
+                        self.hooks.before_step(instance_id, job.timeout, inst.step, inst.due_at)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
                     decision, write = self._stepped(job, inst, steps.Alarm(), env, contain=True)

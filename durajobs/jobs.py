@@ -22,6 +22,7 @@ from .engine import Engine, Hooks, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
 from .perthread import PerThread
 from .stores import created_files, display_location, open_claims, open_store, open_waker
+from .tracing import step_watch
 from .tracker import Tracker
 
 __all__ = ["Jobs"]
@@ -50,14 +51,20 @@ class Jobs:
         key_window: how long idempotency keys are remembered (a duration).
         on_record: called after each commit with each history record (a dict); never fails a
             step.
-        tracker: a ``Tracker`` that ships the same records over HTTP in batches.
+        tracker: a ``Tracker`` that ships the same records over HTTP in batches, after the
+            step's claim is released, without ever waiting on the network.
+        tracing: OpenTelemetry spans, one ``durajobs.step`` per step (extra ``otel``):
+            ``None`` (default) once the application sets a global ``TracerProvider``,
+            ``True`` always, a ``TracerProvider`` of its own, or ``False`` (never; see
+            ``durajobs.tracing``).
         wake: poke a listening daemon after commits that set alarms.
         vfs: an apsw VFS name (for fault-injection tests).
 
     Raises:
         StorageError: the database cannot be opened or is not a durajobs database (the
             message names the file, or host, port and database -- never a password).
-        ValueError: a job name is empty or contains ":", or an option is out of range.
+        ValueError: a job name is empty or contains ":", or an option is out of range
+            (``ValidationError``: ``tracing`` asks for OpenTelemetry and it is not installed).
         TypeError: the registry is not a mapping of definitions, a state or event type cannot
             be stored (the message names the job), or an option has the wrong type.
         SchedulerError: a duration option cannot be parsed, or a Continuous job's cron can
@@ -87,6 +94,7 @@ class Jobs:
         key_window: timedelta | str | float = "1 day",
         on_record: Callable[[dict[str, Any]], None] | None = None,
         tracker: Tracker | None = None,
+        tracing: bool | Any = None,
         wake: bool = True,
         vfs: str | None = None,
     ) -> None:
@@ -94,7 +102,7 @@ class Jobs:
             "durability": durability, "wait_timeout": wait_timeout, "busy_timeout": busy_timeout,
             "history_limit": history_limit, "history_retention": history_retention,
             "key_window": key_window, "on_record": on_record, "tracker": tracker, "wake": wake,
-            "vfs": vfs, "clock": clock,
+            "vfs": vfs, "clock": clock, "tracing": tracing,
         }  # fmt: skip
         self._closed = True  # until opened
         self.registry = _check_registry(registry)
@@ -122,6 +130,7 @@ class Jobs:
             raise TypeError(f"on_record must be callable, got {on_record!r}")
         self.on_record = on_record
         self.tracker = tracker
+        self._watch = step_watch(tracing)  # None: no span, nothing per step
         self.history_retention = parse_duration(history_retention, field="history_retention")
         self.key_window = parse_duration(key_window, field="key_window")
         self._last_prune = float("-inf")
@@ -160,7 +169,8 @@ class Jobs:
         return Engine(
             store, claims, self.registry, clock=self.clock, wait_timeout=self.wait_timeout,
             history_limit=options["history_limit"],
-            hooks=Hooks(self._deliver if hooks else None, waker=waker), codecs=self._codecs,
+            hooks=Hooks(self._deliver if hooks else None, waker=waker, watch=self._watch),
+            codecs=self._codecs,
         )  # fmt: skip
 
     @property

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 from daemon_apps.app_defs import REGISTRY, Count, Due
 from waiting import wait_for
 
-from durajobs import Jobs
+from durajobs import Continuous, Jobs, Task, every
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux daemon")
 
@@ -459,3 +460,51 @@ def test_a_second_daemon_on_the_same_file_refuses_to_start(harness: Harness) -> 
     assert "another daemon already serves" in result.stderr.decode()
     assert proc.poll() is None
     assert harness.stop(proc) == 0
+
+
+def test_json_logs_one_object_a_line_with_step_fields_and_orphaned_jobs(
+    harness: Harness,
+) -> None:
+    # Two instances of a job the app no longer defines: logged once at start, with the count.
+    retired = Task(state=Due, event=Due, on_event=lambda event, ctx: None, execute=lambda c: None)
+    with Jobs(harness.db, {**REGISTRY, "retired": retired}) as old_app:
+        for instance in ("r1", "r2"):
+            old_app.task("retired").send(instance, Due(time.time() + 3600))
+    harness.jobs.continuous("hourly").start("anchor", Count())
+    proc = harness.start("--log-format", "json")
+    harness.jobs.task("task").send("json-1", Due(time.time() + 0.05))
+    wait_for(lambda: '"event": "step"' in harness.log(), what="the step's log line")
+    assert harness.stop(proc) == 0
+
+    lines = [json.loads(line) for line in harness.log().splitlines()]  # every line is JSON
+    assert all({"time", "level", "event", "message"} <= set(line) for line in lines), lines
+    assert datetime.fromisoformat(lines[0]["time"]).tzinfo is not None
+    (orphan,) = [line for line in lines if line["event"] == "orphaned_job"]
+    assert (orphan["job"], orphan["kind"], orphan["count"], orphan["level"]) == (
+        "retired", "task", 2, "warning",
+    )  # fmt: skip
+    (step,) = [line for line in lines if line["event"] == "step"]
+    assert step["instance"] == "task:task:json-1"
+    assert (step["job"], step["kind"], step["outcome"], step["attempt"]) == (
+        "task",
+        "task",
+        "ok",
+        1,
+    )
+    assert step["step"] == 2  # send was step 1, the execute step 2
+    assert step["duration_ms"] >= 0
+    assert 0 <= step["lateness_ms"] < 60_000
+    assert "error" not in step
+    assert [line["event"] for line in lines if line["event"] in ("serving", "stopped")] == [
+        "serving", "stopped",
+    ]  # fmt: skip
+
+
+def test_text_logs_name_orphaned_jobs_too(harness: Harness) -> None:
+    retired = Continuous(state=Count, schedule=every("1 hour"), execute=lambda ctx: None)
+    with Jobs(harness.db, {**REGISTRY, "gone": retired}) as old_app:
+        old_app.continuous("gone").start("g1", Count())
+    proc = harness.start()
+    assert harness.stop(proc) == 0
+    (line,) = [line for line in harness.log().splitlines() if "orphaned job" in line]
+    assert "WARNING orphaned job 'gone' (continuous): 1 instance in the database" in line
