@@ -175,3 +175,57 @@ def test_no_import_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def _shapes(path: Path) -> list[tuple[int, str]]:
+    """The file's code lines as shapes: strings, numbers and bare names replaced by one token
+    each, attribute names kept (a copy with other placeholders, ``?`` or ``%s``, or another
+    driver's module still matches); blank lines, comments, imports, lines
+    that open with a bracket or a string (docstrings) and a dialect's ``name="literal"`` data
+    lines dropped; each with its line number."""
+    import io
+    import keyword
+    import tokenize
+
+    lines: dict[int, list[str]] = {}
+    after_dot = False
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                        tokenize.DEDENT, tokenize.ENDMARKER):  # fmt: skip
+            continue
+        text = (
+            "S" if tok.type == tokenize.STRING
+            else "0" if tok.type == tokenize.NUMBER
+            else "N" if tok.type == tokenize.NAME and not after_dot
+            and not keyword.iskeyword(tok.string) and tok.string != "self"
+            else tok.string
+        )  # fmt: skip
+        after_dot = tok.string == "."
+        lines.setdefault(tok.start[0], []).append(text)
+    return [
+        (number, " ".join(parts))
+        for number, parts in sorted(lines.items())
+        if parts[0] not in ("import", "from", "S", ")", "]", "}")
+        and not set(parts) <= {"(", ",", "[", "{", "S"}
+        and not (len(parts) <= 4 and parts[1:2] == ["="] and parts[2] in ("S", "0"))
+    ]
+
+
+def test_the_two_stores_share_no_run_of_six_lines() -> None:
+    """What both SQL stores need is written once (``stores/sql.py``): no run of six code lines
+    of the same shape stands in a SQLite module and a PostgreSQL module (issue 18)."""
+    run = 6
+    windows: dict[tuple[str, ...], str] = {}
+    for path in sorted((STORES / "sqlite").glob("*.py")):
+        shapes = _shapes(path)
+        for i in range(len(shapes) - run + 1):
+            key = tuple(shape for _, shape in shapes[i : i + run])
+            windows.setdefault(key, f"{path.relative_to(ROOT)}:{shapes[i][0]}")
+    for path in sorted((STORES / "postgres").glob("*.py")):
+        shapes = _shapes(path)
+        for i in range(len(shapes) - run + 1):
+            key = tuple(shape for _, shape in shapes[i : i + run])
+            assert key not in windows, (
+                f"{path.relative_to(ROOT)}:{shapes[i][0]} repeats {windows[key]}: "
+                "write it once in stores/sql.py"
+            )
