@@ -115,9 +115,13 @@ def _check_image(services: dict[str, Any], extras: set[str]) -> None:
     installed = re.search(r'"/src\[([\w,]+)\]"', pip)
     assert installed is not None, pip
     assert extras <= set(installed.group(1).split(","))
-    # Everything copied from the context exists (the image would not build otherwise).
+    # Everything copied from the context exists and is let through by the Dockerfile's own
+    # ignore file, which excludes everything else (virtualenvs, databases, clusters).
+    ignore = (COMPOSE / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
     for source, _ in copies:
         assert (ROOT / source).exists(), source
+        assert f"!{source.rstrip('/')}" in [line.rstrip("/") for line in ignore], source
 
 
 def _app_module(command: Sequence[str]) -> str:
@@ -441,6 +445,9 @@ def test_an_alarm_set_by_the_app_runs_in_one_of_the_postgres_daemons(
             assert daemon.healthcheck(services["daemon"]["healthcheck"]["test"]) == 0
         _remind(app, "r1", "2s")
         _sent_on_time(app, "r1")
+        # One of the replicas ran it, once (the other did not run it too).
+        ran = [d for d in daemons if "task:reminders:r1 ok " in d.log.read_text()]
+        assert len(ran) == 1
         compose_port = _listen_port(services["app"]["command"])
         check = [
             arg.replace(f":{compose_port}/", f":{port}/")
