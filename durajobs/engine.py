@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from .core import steps
-from .core.codec import Codec, TypeCodec
+from .core.codec import Codec, TypeCodec, upgrade
 from .core.definitions import Debounce, Definition
-from .core.rows import FencedOut, RejectedWrite
+from .core.rows import FencedOut, Queued, RejectedWrite
 from .core.steps import Decision, Env, Instance, Message
 from .errors import (
     DuplicateEventError,
@@ -176,6 +176,20 @@ class Engine:
         """(state codec, event codec) of a registered job."""
         return self._codecs[job_name]
 
+    def state_of(self, job_name: str, inst: Instance) -> Any:
+        """The state of a row as this code reads it (``get_state``): the job's ``migrate``
+        chain run from its stored version, then decoded; ``None`` if it has none.
+
+        Raises:
+            ValidationError: the state cannot be read (see ``_read``); nothing is written.
+        """
+        if inst.state is None:
+            return None
+        job = self.registry[job_name]
+        what = f"state of {inst.instance_id} (job {job_name!r}, stored version {inst.version})"
+        text = upgrade(inst.state, inst.version, job.version, job.migrate, what)
+        return self._codecs[job_name][0].decode(text, what)
+
     def _env(self, inst_id: str, job_name: str, user_id: str, queued: Sequence[Any]) -> Env:
         # A job this registry does not have: only handler-free steps (``apply``) run there.
         state_codec, event_codec = self._codecs.get(job_name, (_NO_CODEC, None))
@@ -219,6 +233,14 @@ class Engine:
         Raises:
             ExecutionError: a handler raised in a client's call (the decision is ``REFUSED``).
         """
+        if inst is not None and not isinstance(msg, _READS_NOTHING):
+            try:
+                inst, env = self._read(job, inst, env)
+            except ValidationError as unreadable:
+                if not contain:
+                    raise  # a client's call on it: refused, the row left as it was
+                decision = _park_unreadable(inst, env, unreadable)  # an alarm: park it
+                return decision, _write(env, inst, decision)
         self._running.append(env.instance_id)
         watch = self.hooks.watch
         try:
@@ -242,7 +264,47 @@ class Engine:
             ) from cause
         if not decision.changed:
             return decision, None
-        return decision, _write(env, inst, decision, key)
+        return decision, _write(env, inst, decision, key, job.version)
+
+    def _read(self, job: Any, inst: Instance, env: Env) -> tuple[Instance, Env]:
+        """The row and its queued events as this code reads them: the job's ``migrate``
+        chain run from each stored version up to the definition's, then decoded once as a
+        check (a stored key the class does not have, a missing field, a wrong type). Nothing
+        is written: the step's commit stores the result, with the definition's version.
+
+        Raises:
+            ValidationError: the state or a queued event cannot be read (stored by a newer
+                version, a migration failed, or it does not fit its type); names the
+                instance, the job, the stored version and the field or key.
+        """
+        if isinstance(job, _HandlerFree):
+            return inst, env
+        version = job.version
+        state = inst.state
+        if state is not None:
+            what = (
+                f"state of {inst.instance_id} (job {env.job_name!r}, stored version {inst.version})"
+            )
+            state = upgrade(state, inst.version, version, job.migrate, what)
+            env.state_codec.decode(state, what)
+        if env.queued:
+            queued = []
+            for item in env.queued:
+                what = (
+                    f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "
+                    f"stored version {item.version})"
+                )
+                text = upgrade(item.event, item.version, version, job.migrate, what)
+                env.event_codec.decode(text, what)  # type: ignore[union-attr]
+                queued.append(
+                    item
+                    if item.version == version
+                    else Queued(item.seq, text, item.added_at, version)
+                )
+            env = env._replace(queued=queued)
+        if inst.version != version:
+            inst = inst._replace(state=state, version=version)
+        return inst, env
 
     def _commit(
         self,
@@ -353,7 +415,7 @@ class Engine:
             assert isinstance(msg, steps.Add)
             # A step of this instance (a flush) runs elsewhere: queue for the next batch.
             count, first, last = self.store.enqueue(
-                instance_id, job_name, user_id, msg.text, key, self.clock.time()
+                instance_id, job_name, user_id, msg.text, key, self.clock.time(), job.version
             )
             if self.hooks.waker is not None:
                 self.hooks.waker.poke()
@@ -522,7 +584,7 @@ class Engine:
                 # Busy elsewhere (add_many only): queue, in order, for its next step.
                 assert isinstance(msg, steps.Add)
                 queue_counts[instance_id] = queue_counts.get(instance_id, 0) + 1
-                enqueue = Write.enqueue(instance_id, job_name, user_id, msg.text, key)
+                enqueue = Write.enqueue(instance_id, job_name, user_id, msg.text, key, job.version)
                 todo.append(_Pending(0, enqueue, None, None, job, None, label, True, index))
                 results.append(StepOutcome(None, None, queued=queue_counts[instance_id]))
                 continue
@@ -906,12 +968,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _write(env: Env, inst: Instance | None, decision: Decision, key: str | None = None) -> Write:
-    """The write a step's decision describes (``inst``: the row it was computed from)."""
+def _write(
+    env: Env, inst: Instance | None, decision: Decision, key: str | None = None, version: int = 1
+) -> Write:
+    """The write a step's decision describes (``inst``: the row it was computed from, read as
+    the definition's ``version``, which a new row and a requeued event are written with)."""
+    row = decision.instance
+    if inst is None and row is not None:
+        row = row._replace(version=version)
     return Write.step(
         env.instance_id, env.job_name, env.user_id, env.base_step if inst is None else inst.step,
-        decision.instance, decision.records, decision.consumed, key, decision.requeue, inst is None,
+        row, decision.records, decision.consumed, key, decision.requeue, inst is None, version,
     )  # fmt: skip
+
+
+def _park_unreadable(inst: Instance, env: Env, error: ValidationError) -> Decision:
+    """Park an instance whose stored state or queued events this code cannot read: status
+    failed with the error, no alarm; the state, its version and the queue stay as stored
+    (``durajobs retry`` tries again, after a deploy that can read them)."""
+    text = steps.safe_text(str(error))
+    parked = steps.park_last_resort(inst, env)  # the row as stored, parked
+    assert parked.instance is not None
+    log.error("durajobs: %s: parked: %s", inst.instance_id, text)
+    return parked._replace(
+        instance=parked.instance._replace(last_error=text),
+        records=[("job.parked", inst.attempt, None, text, None)],
+        error=text,
+    )
 
 
 def _batch(label: str) -> str:
@@ -964,6 +1047,12 @@ class _HandlerFree:
         self.kind = kind
         self.retry = None
         self.on_error = None
+        self.version = 1  # reads nothing, writes no new row nor event
+
+
+# Operators' actions read neither the state nor the queue: they work on an unreadable instance
+# (terminate it, clear its batch, resume it after a deploy that can read it).
+_READS_NOTHING = (steps.Terminate, steps.Resume, steps.Request, steps.Clear)
 
 
 def _no_codec(*_args: Any) -> Any:

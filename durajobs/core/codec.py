@@ -7,12 +7,13 @@ every other type is refused when the codec is built (``Jobs()``), with a ``TypeE
 the field and the type. The supported types are:
 
 * ``str``, ``int``, ``float``, ``bool``, ``None``;
-* attrs classes whose fields are supported types (their annotations must resolve);
+* attrs classes and dataclasses whose fields are supported types (their annotations must
+  resolve);
 * ``list[T]``, ``tuple[T, ...]``, ``tuple[A, B]``, ``dict[str, T]`` (bare ``list``, ``tuple``
   and ``dict`` mean ``[Any]`` / ``[str, Any]``);
-* ``Optional[T]`` / ``T | None``; unions of attrs classes (stored with a ``"_type"`` tag holding
-  the class name, optionally with ``None``); unions of ``str``, ``int``, ``float`` and ``bool``
-  (JSON keeps them apart);
+* ``Optional[T]`` / ``T | None``; unions of attrs classes or dataclasses (stored with a
+  ``"_type"`` tag holding the class name, optionally with ``None``); unions of ``str``,
+  ``int``, ``float`` and ``bool`` (JSON keeps them apart);
 * ``enum.Enum`` classes whose values are ``str`` or ``int``; ``Literal[...]`` of ``str``, ``int``,
   ``bool`` or ``None``;
 * ``datetime.datetime`` and ``datetime.date`` (stored as ISO 8601 text; an aware datetime reads
@@ -32,21 +33,25 @@ wrong type, NaN or infinity, a lone surrogate in a string, a tag naming no union
 Strings with lone surrogates (``os.listdir`` gives them for undecodable file names) are refused:
 they are not valid Unicode, and neither SQLite's UTF-8 text nor PostgreSQL could store them.
 
-Adding a field with a default to a state class keeps old rows loadable; unknown keys in old
-rows are ignored.
+Decoding never drops data: a stored object with a key its class does not have (a field
+renamed or removed) is refused with a ``ValidationError`` naming the key, never read without
+it. Adding a field with a default keeps old rows loadable, and so does widening a type
+(``int`` to ``float``, ``T`` to ``T | None``). Anything else is a new version of the job's
+definition with a ``migrate`` step: ``upgrade`` runs the chain on the stored JSON objects.
 
 Pure: imports no I/O modules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -55,7 +60,7 @@ import cattrs
 
 from durajobs.errors import ValidationError
 
-__all__ = ["Codec", "TypeCodec"]
+__all__ = ["Codec", "TypeCodec", "upgrade"]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
@@ -64,9 +69,9 @@ _NONE_TYPE: Final = type(None)
 _TAG: Final = "_type"
 _SCALARS: Final = (str, int, float, bool)
 _SUPPORTED: Final = (
-    "supported: str, int, float, bool, None, attrs classes, list[T], tuple[...], dict[str, T], "
-    "Optional[T], unions of attrs classes or of str/int/float/bool, Enum, Literal, datetime, "
-    "date, Any"
+    "supported: str, int, float, bool, None, attrs classes, dataclasses, list[T], tuple[...], "
+    "dict[str, T], Optional[T], unions of attrs classes/dataclasses or of str/int/float/bool, "
+    "Enum, Literal, datetime, date, Any"
 )
 
 
@@ -142,6 +147,29 @@ def _resolved_fields(cls: type) -> tuple[attrs.Attribute[Any], ...]:
     return fields
 
 
+def _is_record(tp: Any) -> bool:
+    """An attrs class or a dataclass: stored as a JSON object of its fields."""
+    return isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp))
+
+
+def _record_fields(cls: type) -> list[tuple[str, Any]]:
+    """``(name, resolved type)`` of each field of an attrs class or a dataclass.
+
+    Raises:
+        TypeError: an annotation names something that does not exist.
+    """
+    if attrs.has(cls):
+        return [(f.name, f.type) for f in _resolved_fields(cls)]
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # NameError or any failure to evaluate an annotation string
+        raise TypeError(
+            f"the annotations of {cls.__qualname__} cannot be resolved ({exc}); define the "
+            "type at module level, before the class is used"
+        ) from None
+    return [(f.name, hints.get(f.name, f.type)) for f in dataclasses.fields(cls)]
+
+
 def _refuse(tp: Any, path: str, why: str = "") -> TypeError:
     at = f" (field {path!r})" if path else ""
     return TypeError(f"durajobs cannot store {_describe(tp)}{at}{why}; {_SUPPORTED}")
@@ -173,9 +201,9 @@ class _Types:
     def _check_new(self, tp: Any, path: str) -> None:
         if isinstance(tp, str | typing.ForwardRef):
             raise _refuse(tp, path, ": an annotation that cannot be resolved")
-        if isinstance(tp, type) and attrs.has(tp):
-            for field in _resolved_fields(tp):
-                self.check(field.type, f"{path}.{field.name}" if path else field.name)
+        if _is_record(tp):
+            for name, field_type in _record_fields(tp):
+                self.check(field_type, f"{path}.{name}" if path else name)
             return
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             bad = [m for m in tp if isinstance(m.value, bool) or not isinstance(m.value, str | int)]
@@ -221,12 +249,12 @@ class _Types:
         if all(m in _SCALARS for m in concrete):
             self._register_scalar_union(tp, concrete, _NONE_TYPE in members)
             return
-        if not all(isinstance(m, type) and attrs.has(m) for m in concrete):
+        if not all(_is_record(m) for m in concrete):
             raise _refuse(
                 tp,
                 path,
                 ": a union must be one type and None, JSON scalars (str | int | float | bool), "
-                "or attrs classes (tagged)",
+                "or attrs classes/dataclasses (tagged)",
             )
         names = [m.__name__ for m in concrete]
         if len(set(names)) != len(names):
@@ -284,7 +312,8 @@ class _Types:
                     f"the stored {_TAG} {tag!r} names no member of {names} "
                     "(was a class renamed or removed?)"
                 )
-            return conv.structure(raw, cls)
+            # The tag is the union's, not a field: the class refuses keys it does not have.
+            return conv.structure({k: v for k, v in raw.items() if k != _TAG}, cls)
 
         conv.register_unstructure_hook(tp, unstructure)
         conv.register_structure_hook(tp, structure)
@@ -295,8 +324,15 @@ def _identity(value: Any) -> Any:
 
 
 def _required(cls: type) -> set[str]:
-    """The names of an attrs class's fields without a default."""
-    return {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}
+    """The names of an attrs class's (or a dataclass's) fields without a default."""
+    if attrs.has(cls):
+        return {f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING}
+    missing = dataclasses.MISSING
+    return {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is missing and f.default_factory is missing
+    }
 
 
 # -- finding the field at fault -----------------------------------------------------------------
@@ -351,12 +387,12 @@ def _problem(value: Any, tp: Any, path: str) -> str | None:
                 f"{tp.__name__}.{next(iter(tp)).name}), got {type(value).__name__} {_show(value)}"
             )
         return None
-    if isinstance(tp, type) and attrs.has(tp):
+    if _is_record(tp):
         if type(value) is not tp:
             return f"{where}: expected {tp.__name__}, got {type(value).__name__} {_show(value)}"
-        for field in attrs.fields(tp):
-            sub = f"{path}.{field.name}" if path else field.name
-            found = _problem(getattr(value, field.name), field.type, sub)
+        for name, field_type in _record_fields(tp):
+            sub = f"{path}.{name}" if path else name
+            found = _problem(getattr(value, name), field_type, sub)
             if found is not None:
                 return found
         return None
@@ -488,7 +524,8 @@ class Codec:
     """One cattrs converter shared by every job of a ``Jobs`` registry."""
 
     def __init__(self) -> None:
-        conv = cattrs.Converter(forbid_extra_keys=False)
+        # forbid_extra_keys: a stored key the class does not have is refused, never dropped.
+        conv = cattrs.Converter(forbid_extra_keys=True)
         conv.register_structure_hook(str, _strict(str, (str,)))
         conv.register_structure_hook(int, _strict(int, (int,)))
         conv.register_structure_hook(float, _strict(float, (int, float)))
@@ -519,9 +556,9 @@ class Codec:
         type_name = _describe(tp)
         members = _union_members(tp)
         check_types: tuple[type, ...] | None
-        if members is not None and all(attrs.has(m) for m in members if m is not _NONE_TYPE):
+        if members is not None and all(_is_record(m) for m in members if m is not _NONE_TYPE):
             check_types = tuple(members)
-        elif isinstance(tp, type) and attrs.has(tp):
+        elif _is_record(tp):
             check_types = (tp,)
         else:
             check_types = None  # checked by the round trip and the walk
@@ -594,9 +631,59 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
             lines += _flatten(sub, path)
         return lines
     where = _where(path)
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        keys = ", ".join(repr(k) for k in sorted(exc.extra_fields))
+        plural = "keys" if len(exc.extra_fields) > 1 else "key"
+        return [
+            f"{where}: stored {plural} {keys} not in {exc.cl.__name__} (a field renamed or "
+            "removed? bump the job's version= and give migrate= a step that moves or drops it)"
+        ]
     if isinstance(exc, KeyError):
-        return [f"{where}: required field missing"]
+        return [
+            f"{where}: required field missing from the stored object (a field added without a "
+            "default? give it one, or bump version= with a migrate= step that sets it)"
+        ]
     return [f"{where}: {exc}"]
+
+
+def upgrade(
+    text: str, stored: int, version: int, migrate: Mapping[int, Callable[[Any], Any]], what: str
+) -> str:
+    """The JSON text of a stored object of version ``stored``, migrated to ``version``.
+
+    ``migrate[k]`` turns the object of version ``k`` (plain JSON: dicts, lists, str, int,
+    float, bool, None) into that of version ``k + 1``; the chain runs from ``stored`` up.
+    The text is returned unchanged when the versions agree. ``what`` names the object
+    (instance, job and version) in messages. Nothing is written here: the caller stores the
+    result with ``version`` when its step commits.
+
+    Raises:
+        ValidationError: ``stored`` is newer than ``version`` (written by newer code); a
+            migration raised, or returned something that is not plain JSON.
+    """
+    if stored == version:
+        return text
+    if stored > version:
+        raise ValidationError(
+            f"{what} was written by version {stored} of the job's definition, newer than "
+            f"this code's version {version}; it is left as it was (run the newer code, or give "
+            "this one that version and a migration)"
+        )
+    value = _loads(text)
+    for k in range(stored, version):
+        try:
+            value = migrate[k](value)
+        except Exception as exc:  # the user's migration: its failure is this object's
+            raise ValidationError(
+                f"{what}: migrate[{k}] (version {k} -> {k + 1}) raised {type(exc).__name__}: {exc}"
+            ) from None
+        problem = _json_problem(value, "")
+        if problem is not None:
+            raise ValidationError(
+                f"{what}: migrate[{k}] (version {k} -> {k + 1}) returned a value that is not "
+                f"plain JSON: {problem}"
+            )
+    return _dumps(value)
 
 
 def dumps(value: Any) -> str:

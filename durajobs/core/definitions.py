@@ -8,7 +8,7 @@ duration, cron string or policy raises at definition time (``SchedulerError`` /
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -86,6 +86,46 @@ def _positive_or_none(_instance: Any, attribute: attrs.Attribute[Any], value: An
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _version(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"version must be an int of at least 1, got {value!r}")
+
+
+def _migrations(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """``migrate``: a step ``k -> k + 1`` for every stored version ``k`` below ``version``.
+
+    A missing link would leave rows of that version unreadable after the deploy: refuse the
+    definition now, not at the first step that meets such a row.
+    """
+    version = instance.version
+    if not isinstance(value, Mapping):
+        raise TypeError(f"migrate must be a dict of version -> function, got {value!r}")
+    for key, step in value.items():
+        if isinstance(key, bool) or not isinstance(key, int) or not 1 <= key < version:
+            raise ValueError(
+                f"migrate: key {key!r} is not a version this definition can read: each key k "
+                f"migrates a stored object of version k to k + 1, so keys are 1..{version - 1} "
+                f"(version={version})"
+            )
+        if not callable(step):
+            raise TypeError(f"migrate[{key}] must be a function (dict -> dict), got {step!r}")
+        if _is_async(step):
+            raise TypeError(f"migrate[{key}] is async; migrations run synchronously")
+    missing = [k for k in range(1, version) if k not in value]
+    if missing:
+        raise ValueError(
+            f"version={version} needs a migration from every older version, but migrate has "
+            f"no {', '.join(f'{k} (-> {k + 1})' for k in missing)}: a stored object of "
+            f"version {missing[0]} could not be read; give migrate={{{missing[0]}: fn, ...}}"
+        )
+
+
+def _frozen_migrations(value: Any) -> Any:
+    # A copy (the definition is a frozen value: a dict changed later must not change it);
+    # anything but a mapping is left for the validator to refuse.
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 def _exhausted_policy(retry: Retry | None, given: str | None, without_retry: str) -> str:
     """DESIGN item 9: ``terminate`` when retry is given, else the kind's own default."""
     if given is not None:
@@ -110,11 +150,16 @@ class Continuous:
             ran (see the README).
         timeout: seconds (or a duration) after which the daemon stops the step.
         logging: per-job log level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``, ``"off"``).
+        version: the version of the state (and event) classes; every stored state and queued
+            event records the version it was written with (see "Changing state classes").
+        migrate: ``{k: fn}``: ``fn`` turns a stored JSON object of version ``k`` (plain dicts
+            and lists) into one of version ``k + 1``; one for every ``k`` below ``version``.
 
     Raises:
         SchedulerError: a duration is invalid.
-        ValueError: a policy name is not one of the allowed values.
-        TypeError: a handler is not callable, or is async (``async def``).
+        ValueError: a policy name is not one of the allowed values, or ``version``/``migrate``
+            do not fit (a missing link in the chain of migrations).
+        TypeError: a handler (or a migration) is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="continuous", init=False)
@@ -130,6 +175,10 @@ class Continuous:
         default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    version: int = attrs.field(default=1, validator=_version)
+    migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
+        factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
+    )
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default
@@ -159,13 +208,15 @@ class Debounce:
         trailing: each event pushes the flush to ``flush_after`` after it, capped by ``max_wait``
             from the first event.
         max_wait: the cap for ``trailing`` (a duration or seconds).
-        retry, on_error, on_exhausted, timeout, logging: as for ``Continuous``;
+        retry, on_error, on_exhausted, timeout, logging, version, migrate: as for
+            ``Continuous`` (``migrate`` applies to queued events and to the batch's state);
             ``on_exhausted`` defaults to ``"terminate"`` with ``retry``, else ``"park"``.
 
     Raises:
         SchedulerError: a duration is invalid.
-        ValueError: a policy name or count is not allowed.
-        TypeError: a handler is not callable, or is async (``async def``).
+        ValueError: a policy name or count is not allowed, or ``version``/``migrate`` do not
+            fit (a missing link in the chain of migrations).
+        TypeError: a handler (or a migration) is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="debounce", init=False)
@@ -186,6 +237,10 @@ class Debounce:
         default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    version: int = attrs.field(default=1, validator=_version)
+    migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
+        factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
+    )
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default
@@ -212,11 +267,12 @@ class Task:
         execute: ``execute(ctx)`` run when the alarm set by ``ctx.schedule`` fires.
         on_idle: ``on_idle(ctx)`` run at the end of any step that leaves no alarm set.
         on_error: ``on_error(error, ctx)`` for errors from the other handlers.
-        retry, on_exhausted, timeout, logging: as for ``Debounce``.
+        retry, on_exhausted, timeout, logging, version, migrate: as for ``Continuous``
+            (``migrate`` applies to the stored state; events are not stored).
 
     Raises:
-        ValueError: a policy name is not allowed.
-        TypeError: a handler is not callable, or is async (``async def``).
+        ValueError: a policy name is not allowed, or ``version``/``migrate`` do not fit.
+        TypeError: a handler (or a migration) is not callable, or is async (``async def``).
     """
 
     kind: Kind = attrs.field(default="task", init=False)
@@ -232,6 +288,10 @@ class Task:
         default=None, converter=_timeout, validator=_positive_or_none
     )
     logging: str | None = attrs.field(default=None, validator=_one_of(LOG_LEVELS))
+    version: int = attrs.field(default=1, validator=_version)
+    migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
+        factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
+    )
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default

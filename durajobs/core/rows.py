@@ -38,6 +38,8 @@ class Instance(NamedTuple):
     keeps. ``run_count`` counts runs (Continuous), flush attempts' runs (Debounce) or executes
     (Task); ``attempt`` is the number of the next attempt. A NamedTuple, not an attrs class:
     rows are built and copied on every step, and tuples are what the store reads and writes.
+    ``version`` is the job definition's ``version`` its ``state`` was written with (the engine
+    runs the definition's ``migrate`` chain on an older one when it reads the row).
     """
 
     instance_id: str
@@ -58,6 +60,7 @@ class Instance(NamedTuple):
     last_error: str | None
     step: int
     updated_at: float
+    version: int = 1  # the definition's version the state was written with
 
 
 Record = tuple[str, int, float | None, str | None, str | None]
@@ -71,6 +74,7 @@ class Queued:
     seq: int
     event: str
     added_at: float
+    version: int = 1  # the definition's version the event was written with
 
 
 class RejectedWrite(Exception):  # a signal between store and engine

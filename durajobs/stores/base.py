@@ -102,29 +102,35 @@ class Write(NamedTuple):
     new: bool = False  # no row existed when the step began
     queue_only: bool = False  # ``Write.enqueue``'s: no row is written, nothing is fenced
     trim: bool = False
+    version: int = 1  # the job definition's version ``requeue`` was encoded with
 
     @classmethod
     def step(
         cls, instance_id: str, job: str, user_id: str, base: int, row: Instance | None,
         records: Sequence[Record] = (), consumed: int = 0, key: str | None = None,
-        requeue: str | None = None, new: bool = False,
+        requeue: str | None = None, new: bool = False, version: int = 1,
     ) -> Write:  # fmt: skip
         """A step computed from step ``base`` (``new``: no row existed): its history is
-        trimmed every 32nd step."""
+        trimmed every 32nd step. ``version``: the definition's, which ``requeue`` has."""
         kind = instance_id.partition(":")[0]
         trim = bool(records) and (row.step if row is not None else base + 1) % 32 == 0
         return cls(
             instance_id, kind, job, user_id, base, row, records, consumed, key, requeue, new,
-            False, trim,
+            False, trim, version,
         )  # fmt: skip
 
     @classmethod
     def enqueue(
-        cls, instance_id: str, job: str, user_id: str, event: str, key: str | None
-    ) -> Write:
-        """Debounce, bulk ``add_many`` on a busy instance: only queue ``event`` (with ``key``)
-        and make the alarm due now, as ``StepStore.enqueue`` does."""
-        return cls(instance_id, "debounce", job, user_id, 0, None, (), 0, key, event, False, True)
+        cls, instance_id: str, job: str, user_id: str, event: str, key: str | None,
+        version: int = 1,
+    ) -> Write:  # fmt: skip
+        """Debounce, bulk ``add_many`` on a busy instance: only queue ``event`` (with ``key``,
+        written with the definition's ``version``) and make the alarm due now, as
+        ``StepStore.enqueue`` does."""
+        return cls(
+            instance_id, "debounce", job, user_id, 0, None, (), 0, key, event, False, True,
+            False, version,
+        )  # fmt: skip
 
 
 # The tables a copy carries and the layout of their rows (the same on every store): instances
@@ -134,9 +140,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "instances": (
         "instance_id", "kind", "job", "user_id", "status", "state", "due_at", "scheduled_for",
         "anchor", "reason", "run_count", "attempt", "event_count", "created_at", "started_at",
-        "last_error", "step", "updated_at",
+        "last_error", "step", "updated_at", "version",
     ),
-    "inbox": ("seq", "instance_id", "event", "added_at"),
+    "inbox": ("seq", "instance_id", "event", "added_at", "version"),
     "event_keys": ("instance_id", "key", "at"),
     "history": (
         "id", "instance_id", "at", "event", "step", "attempt", "duration_ms", "error", "data",
@@ -348,7 +354,8 @@ class StepStore(Opened, Protocol):
         - ``row`` is ``None``: delete the row if its step is ``expected_step`` (a missing row
           fails the fence unless ``new``). Debounce: if events are still queued afterwards,
           insert a fresh ``debouncing`` row due ``now`` with step ``expected_step + 1``.
-        - delete queued events with ``seq <= consumed``; queue ``requeue`` as a new event;
+        - delete queued events with ``seq <= consumed``; queue ``requeue`` as a new event
+          (with the write's ``version``);
         - insert ``records`` into history at ``now`` with the write's step (``row.step``, or
           ``expected_step + 1`` for a purge); if ``trim``, trim the instance's history to its
           newest ``history_limit`` records;
@@ -374,16 +381,23 @@ class StepStore(Opened, Protocol):
         ...
 
     def enqueue(
-        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
+        self,
+        instance_id: str,
+        job: str,
+        user_id: str,
+        event: str,
+        key: str | None,
+        now: float,
+        version: int = 1,
     ) -> tuple[int, float, float]:
         """Queue a Debounce event for an instance whose step runs elsewhere (no claim held).
 
         In one transaction: remember ``key`` (duplicate: change nothing and raise); append
-        the event; make the instance's alarm due ``now`` (create a placeholder ``debouncing``
-        row numbered from ``last_step`` if there is none; leave a failed row's alarm alone;
-        never move an earlier alarm later). Serializes with ``commit`` of the same instance
-        so that a concurrent purge either sees the event (and revives the batch) or the event
-        recreates the row.
+        the event (written with the definition's ``version``); make the instance's alarm due
+        ``now`` (create a placeholder ``debouncing`` row numbered from ``last_step`` if there
+        is none; leave a failed row's alarm alone; never move an earlier alarm later).
+        Serializes with ``commit`` of the same instance so that a concurrent purge either sees
+        the event (and revives the batch) or the event recreates the row.
 
         Returns ``(queued events, first added_at, now)``.
 

@@ -40,7 +40,7 @@ __all__ = [
     "Statements",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 3  # of both stores' tables and indexes (each store migrates its own DDL)
+SCHEMA_VERSION = 4  # of both stores' tables and indexes (each store migrates its own DDL)
 
 T = TypeVar("T")
 Read = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -103,7 +103,7 @@ class Statements(NamedTuple):
     load_many: str = f"SELECT {COLUMNS} FROM instances WHERE instance_id {{in_ids}}"
     # (ids)
     queued_many: str = (
-        "SELECT instance_id, seq, event, added_at FROM inbox WHERE instance_id {in_ids} "
+        "SELECT instance_id, seq, event, added_at, version FROM inbox WHERE instance_id {in_ids} "
         "ORDER BY instance_id, seq"
     )
     # (ids)
@@ -127,7 +127,9 @@ class Statements(NamedTuple):
     next_due: str = (
         "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT {limit}"
     )
-    queued: str = "SELECT seq, event, added_at FROM inbox WHERE instance_id = ? ORDER BY seq"
+    queued: str = (
+        "SELECT seq, event, added_at, version FROM inbox WHERE instance_id = ? ORDER BY seq"
+    )
     # (instance_id, key, cutoff)
     has_key: str = "SELECT 1 FROM event_keys WHERE instance_id = ? AND key = ? AND at >= ?"
     # Insert a new instance, or replace the row if it is still at the step the write was
@@ -170,22 +172,23 @@ class Statements(NamedTuple):
         "INSERT INTO event_keys (instance_id, key, at) VALUES (?, ?, ?) "
         "ON CONFLICT (instance_id, key) DO UPDATE SET at = excluded.at WHERE event_keys.at < ?"
     )
-    # (instance_id, job, user_id, now, now, step, now, instance_id)
+    # (instance_id, job, user_id, now, now, step, now, instance_id); no state yet: version 1
     revive_queued: str = (
         f"INSERT INTO instances ({COLUMNS}) SELECT ?, 'debounce', ?, ?, 'debouncing', NULL, ?, "
-        "NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ?, ? "
+        "NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ?, ?, 1 "
         "WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.instance_id = ?)"
     )
-    # (instance_id, event, now)
-    enqueue: str = "INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?)"
+    # (instance_id, event, now, version)
+    enqueue: str = "INSERT INTO inbox (instance_id, event, added_at, version) VALUES (?, ?, ?, ?)"
     # Ditto, returning the seq
     enqueue_seq: str = (
-        "INSERT INTO inbox (instance_id, event, added_at) VALUES (?, ?, ?) RETURNING seq"
+        "INSERT INTO inbox (instance_id, event, added_at, version) VALUES (?, ?, ?, ?) "
+        "RETURNING seq"
     )
-    # (instance_id, job, user_id, now, now, instance_id, now)
+    # (instance_id, job, user_id, now, now, instance_id, now); no state yet: version 1
     enqueue_alarm: str = (
         f"INSERT INTO instances ({COLUMNS}) VALUES (?, 'debounce', ?, ?, 'debouncing', NULL, ?, "
-        f"NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ({_LAST_STEP}), ?) "
+        f"NULL, NULL, NULL, 0, 1, 0, ?, NULL, NULL, ({_LAST_STEP}), ?, 1) "
         "ON CONFLICT (instance_id) DO UPDATE SET due_at = excluded.due_at "
         "WHERE instances.status <> 'failed' "
         "AND (instances.due_at IS NULL OR instances.due_at > excluded.due_at)"
@@ -607,7 +610,7 @@ class SqlStore:
         sql = self.sql
         instance_id = write.instance_id
         if write.queue_only:  # add_many on a busy instance: queue it, as enqueue does
-            cur.execute(sql.enqueue, (instance_id, write.requeue, now))
+            cur.execute(sql.enqueue, (instance_id, write.requeue, now, write.version))
             cur.execute(sql.enqueue_alarm, (
                 instance_id, write.job, write.user_id, now, now, instance_id, now,
             ))  # fmt: skip
@@ -668,10 +671,17 @@ class SqlStore:
         if write.consumed:
             cur.execute(self.sql.consume, (write.instance_id, write.consumed))
         if write.requeue is not None:
-            cur.execute(self.sql.enqueue, (write.instance_id, write.requeue, now))
+            cur.execute(self.sql.enqueue, (write.instance_id, write.requeue, now, write.version))
 
     def enqueue(
-        self, instance_id: str, job: str, user_id: str, event: str, key: str | None, now: float
+        self,
+        instance_id: str,
+        job: str,
+        user_id: str,
+        event: str,
+        key: str | None,
+        now: float,
+        version: int = 1,
     ) -> tuple[int, float, float]:
         sql = self.sql
         seq = [0]
@@ -684,7 +694,8 @@ class SqlStore:
                     raise DuplicateEventError(
                         f"{instance_id}: an event with key {key!r} was already accepted"
                     )
-            seq[0] = int(cur.execute(sql.enqueue_seq, (instance_id, event, now)).fetchall()[0][0])
+            params = (instance_id, event, now, version)
+            seq[0] = int(cur.execute(sql.enqueue_seq, params).fetchall()[0][0])
             cur.execute(sql.enqueue_alarm, (
                 instance_id, job, user_id, now, now, instance_id, now,
             ))  # fmt: skip

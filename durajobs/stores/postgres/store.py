@@ -162,6 +162,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ("CREATE INDEX instances_failed ON instances (instance_id) WHERE status = 'failed'",),
     # Finished instances listed from the records that end them (as in sqlite/store.py).
     (f"CREATE INDEX history_ended ON history (event, id) WHERE {sql.ENDED_TEST}",),
+    # The definition's version of each state and queued event (as in sqlite/store.py); a
+    # column with a constant default is added without rewriting the table.
+    (
+        "ALTER TABLE instances ADD COLUMN version bigint NOT NULL DEFAULT 1",
+        "ALTER TABLE inbox ADD COLUMN version bigint NOT NULL DEFAULT 1",
+    ),
 ]
 
 _NAMES = TABLE_COLUMNS["instances"]
@@ -196,7 +202,7 @@ SQL_PUT_DEBOUNCE_RECORDED = f"WITH put AS ({SQL.put_debounce} RETURNING 1) {_REC
 _BATCH_COLUMNS = _NAMES[4:]
 _BATCH_TYPES = {"status": "text", "state": "text", "reason": "text", "last_error": "text",
                 "run_count": "bigint", "attempt": "bigint", "event_count": "bigint",
-                "step": "bigint"}  # fmt: skip
+                "step": "bigint", "version": "bigint"}  # fmt: skip
 SQL_PUT_BATCH = (
     "WITH w AS (SELECT * FROM unnest(%s::text[], "
     + ", ".join(f"%s::{_BATCH_TYPES.get(c, 'float8')}[]" for c in _BATCH_COLUMNS)

@@ -108,6 +108,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 2 -> 3: list finished instances (`durajobs ls --status terminated`, the dashboard) from
     # the records that end them, newest first, without reading the rest of the history.
     (f"CREATE INDEX history_ended ON history(event, id) WHERE {sql.ENDED_TEST}",),
+    # 3 -> 4: the job definition's version each state and queued event was written with (its
+    # ``migrate`` chain runs from there); every row written before is version 1.
+    (
+        "ALTER TABLE instances ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE inbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+    ),
 ]
 
 # Text that is not UTF-8 (only another program can have written it) cannot be read as str: the
