@@ -6,8 +6,8 @@ No image can be built or pulled here, so each compose file is checked twice over
   daemon at the same path, ``DURAJOBS_DB`` the same in both (a file on that volume, or a URL
   naming the ``postgres`` service with its user and database and no password), the daemon's
   command, health checks and restart policies, the Dockerfile that puts the app where the
-  services' ``working_dir`` says; ``docker compose config`` validates it too where the compose
-  plugin is installed;
+  services' ``working_dir`` says. Where installed, check-jsonschema validates it against the
+  Compose Specification's JSON schema, and ``docker compose config`` accepts it;
 - the commands the services run are run as real processes on the host, exactly as written but
   for the paths: the volume's mount point becomes a temporary directory, the image's ``/app``
   this directory (where the Dockerfile copies the app from), its executables the virtualenv's;
@@ -189,6 +189,25 @@ def test_the_postgres_compose_file_points_app_and_daemons_at_its_server() -> Non
         # The same variable sets the server's password and the clients' PGPASSWORD.
         assert service["environment"]["PGPASSWORD"] == server["environment"]["POSTGRES_PASSWORD"]
         assert service["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+@pytest.mark.parametrize("path", [SQLITE, POSTGRES], ids=["sqlite", "postgres"])
+def test_the_file_follows_the_compose_specification(path: Path) -> None:
+    """Validated against the Compose Specification's JSON schema (the copy check-jsonschema
+    ships: no download). Skipped where check-jsonschema is not installed, unless the test
+    extra declares it (then it must be there)."""
+    try:
+        import check_jsonschema  # noqa: F401
+    except ImportError:
+        if "check-jsonschema" in (ROOT / "pyproject.toml").read_text():
+            pytest.fail("check-jsonschema is in the test extra but not installed")
+        pytest.skip("check-jsonschema is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", [SQLITE, POSTGRES], ids=["sqlite", "postgres"])
