@@ -65,6 +65,7 @@ import json
 import logging
 import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -664,6 +665,7 @@ class Worker:
         engine = self.engine
         self.channel.send({"ready": os.getpid()})
         while True:
+            self._wait_for_parent()
             messages, alive = self.channel.receive(block=True)
             for message in messages:
                 busy: list[str] = []
@@ -680,12 +682,31 @@ class Worker:
                 self._deadline_armed = False  # "done" ends the batch's deadline too
                 self.channel.send({"steps": lines, "done": committed, "busy": busy,
                                    "error": error})  # fmt: skip
-                if self.jobs.tracker is not None:
-                    self.jobs.tracker.flush()  # before going idle, as the tracker asks
             if not alive:
                 if self.jobs.tracker is not None:
                     self.jobs.tracker.close()
                 return 0
+
+    def _wait_for_parent(self) -> None:
+        """Until the parent sends something, keep the tracker's request moving: it never
+        waits on the network in a step, so an idle worker wakes for its socket, its next
+        attempt and its timeout instead (nothing at all while its queue is empty)."""
+        tracker = self.jobs.tracker
+        if tracker is None:
+            return
+        channel = self.channel.sock
+        while True:
+            tracker.add([])
+            waiting, due = tracker.waiting_on(), tracker.due_in()
+            if waiting is None and due is None:
+                return
+            readers: list[socket.socket] = [channel]
+            writers: list[socket.socket] = []
+            if waiting is not None:
+                (writers if waiting[1] else readers).append(waiting[0])
+            readable, _, _ = select.select(readers, writers, [], due)
+            if channel in readable:
+                return
 
     def before_step(
         self, instance_id: str, timeout: float | None, step: int, due_at: float | None
@@ -915,9 +936,8 @@ class Daemon:
     # -- workers -------------------------------------------------------------------------------
 
     def _spawn(self) -> WorkerProcess:
+        # The child forgets the tracker's queue (its fork hook): the parent sends what it has.
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.jobs.tracker is not None:
-            self.jobs.tracker.flush()  # a buffered record must not be sent by two processes
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()

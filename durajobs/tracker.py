@@ -2,59 +2,73 @@
 
 Theory of operation
 -------------------
-durajobs runs no threads and no event loop, so the tracker cannot send in the background. The
-engine hands it each step's history records right after the step commits (:meth:`Tracker.add`)
-and the tracker decides, from its buffer and its clock, whether this is a good moment to send.
-Everything happens synchronously in the calling process, within limits that keep a step fast:
+durajobs runs no threads and no event loop, and the tracker starts none: it sends from the
+calling thread, with a non-blocking socket, so a slow or dead collector never adds time to a
+step and never holds a claim. The engine hands it each step's history records after the step
+committed and its claim was released (:meth:`Tracker.add`). ``add`` queues them and moves the
+one request in flight along by whatever the socket allows right now -- connect, TLS handshake,
+send, read the response's status line -- and never waits for the network: a request spans as
+many ``add`` calls (steps) as it takes. So:
 
-* ``add`` makes **at most one request** per call, and only when a full batch is waiting or
-  ``flush_interval`` seconds have passed since the last attempt. A backlog (after an outage)
-  drains one batch per step, which outpaces the few records a step produces; ``flush`` and
-  ``close`` drain everything.
-* A request that fails transiently (connection refused, timeout, HTTP 408, 429 or 5xx, a
-  redirect, anything unexpected) keeps its records and starts an exponential backoff: 1 s, 2 s,
-  4 s, ... up to ``backoff_max`` (longer when the server sends ``Retry-After`` in seconds, never
-  past ``backoff_max``). No request is made before the backoff ends, so a down collector costs one
-  failed attempt per backoff period, not one per step. The worst a step pays is one request that
-  waits ``timeout`` seconds (name resolution is not covered by the timeout: prefer an endpoint
-  whose host resolves reliably, or an IP address).
+* ``add`` **never blocks**. It starts at most one request per call, and only when none is in
+  flight, a full batch is waiting or ``flush_interval`` seconds have passed since the last
+  attempt, and no backoff is running. A backlog (after an outage) drains one batch per
+  request, which outpaces the few records a step produces.
+* The queue is bounded by ``max_buffer`` records (those in flight included); when it is full
+  the oldest go first, counted in ``dropped``.
+* A request that fails transiently (connection refused or reset, no answer within ``timeout``
+  seconds, HTTP 408, 429 or 5xx, a redirect, anything unexpected) puts its records back at the
+  head of the queue and starts an exponential backoff: 1 s, 2 s, 4 s, ... up to
+  ``backoff_max`` (longer when the server sends ``Retry-After`` in seconds, never past
+  ``backoff_max``). No request is made before the backoff ends.
 * Any other 4xx (400, 401, 413, ...) is permanent: that batch is dropped (counted in
   ``rejected``, logged once per status code) so one bad record cannot wedge the queue.
-* The buffer is bounded by ``max_buffer``; when it is full the oldest records go first (counted
-  in ``dropped``).
 * After construction nothing here raises: telemetry never fails a step.
+* The one blocking call is name resolution (``getaddrinfo``), made for the first request and
+  again only after a failed connection, once per backoff period: prefer an endpoint whose host
+  resolves reliably, or an IP address. Proxies (``*_proxy`` variables) are not used.
+
+A process that stops stepping leaves its request where it was: :meth:`flush` (and
+:meth:`close`, which ``Jobs.close`` calls) finish it and drain the queue, waiting on the
+network up to ``timeout`` per request; :meth:`waiting_on` and :meth:`due_in` let a loop that
+sleeps (the daemon's workers) wake for the tracker's socket and its next attempt instead.
+After ``fork()`` the child forgets the parent's queue and request (the parent sends them).
 
 Delivery is at least once and in order. A batch whose response was lost (a timeout after the
 server got it) is sent again, so a collector should deduplicate on the records' own fields
-(``instance_id``, ``step``, ``event``). Records still buffered when the process exits are lost
-unless :meth:`Tracker.close` or :meth:`Tracker.flush` gets them out; a long-running process (the
-daemon) should call ``flush()`` before it goes to sleep, which costs nothing while backing off.
+(``instance_id``, ``step``, ``event``). Records still queued when the process exits are lost
+unless :meth:`Tracker.close` or :meth:`Tracker.flush` gets them out.
 
-Wire format: ``POST <endpoint>`` with ``Content-Type: application/json``,
-``Authorization: Bearer <service_key>``, ``User-Agent: durajobs/<version>`` and the body
-``{"env": "<env>", "sent_at": "2026-01-02T03:04:05.678Z", "records": [...]}``, at most
-``batch_size`` records per request. Records are encoded to JSON when they are added
+Wire format: ``POST <endpoint>`` (HTTP/1.1, ``Connection: close``) with ``Content-Type:
+application/json``, ``Authorization: Bearer <service_key>``, ``User-Agent: durajobs/<version>``
+and the body ``{"env": "<env>", "sent_at": "2026-01-02T03:04:05.678Z", "records": [...]}``, at
+most ``batch_size`` records per request. Records are encoded to JSON when they are added
 (``default=str`` for odd values), so later changes to the caller's dicts do not leak into a
 batch, and a record that cannot be encoded is rejected on its own.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import errno
+import io
 import json
 import logging
 import math
+import os
+import select
+import socket
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import Message
-from http.client import HTTPMessage
+from http.client import parse_headers
 from importlib import metadata
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -67,6 +81,7 @@ logger = logging.getLogger("durajobs.tracker")
 _BACKOFF_BASE: Final = 1.0  # seconds before the first retry; doubles per consecutive failure
 _MAX_BACKOFF_EXPONENT: Final = 62  # 2**62 s is past any backoff_max; avoids float overflow
 _TRANSIENT_CLIENT_ERRORS: Final = frozenset({408, 429})  # 4xx codes worth retrying
+_MAX_RESPONSE_HEAD: Final = 65536  # a status line and headers longer than this: a failure
 
 
 def _package_version() -> str:
@@ -89,31 +104,117 @@ class _Outcome:
     retry_after: float | None = None
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Turn every redirect into an error.
+class _Exchange:
+    """One POST over a non-blocking socket: connect, TLS handshake, send, read the response's
+    status line and headers (the body is not read; the request says ``Connection: close``).
 
-    urllib would follow a 301/302/303 for a POST as a body-less GET and report success, silently
-    losing the batch; a misconfigured endpoint must show up as a failure instead.
+    ``advance`` does what the socket allows now and never waits: ``None`` until finished.
+    ``started`` and the timeout are in real monotonic time (the tracker's clock may be fake).
     """
 
-    def redirect_request(
+    def __init__(
         self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        return None
+        address: tuple[Any, ...],
+        family: int,
+        request: bytes,
+        tls: ssl.SSLContext | None,
+        host: str,
+    ) -> None:
+        self.started = time.monotonic()
+        self.sock: socket.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self._tls = tls
+        self._host = host
+        self._out = memoryview(request)
+        self._head = b""
+        self.phase: Literal["connect", "handshake", "send", "receive"] = "connect"
+        error = self.sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+            raise OSError(error, os.strerror(error))
+
+    def wants(self) -> int:
+        """What the socket must become to go on: ``select.POLLIN`` or ``select.POLLOUT``."""
+        if self.phase == "receive" or (self.phase == "handshake" and self._want_read):
+            return select.POLLIN
+        return select.POLLOUT
+
+    _want_read = False
+
+    def advance(self) -> _Outcome | None:
+        """Go as far as the socket allows now.
+
+        Raises:
+            OSError: the connection failed (``ssl.SSLError`` included).
+        """
+        try:
+            if self.phase == "connect":
+                if not _ready(self.sock, select.POLLOUT):
+                    return None
+                error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error))
+                if self._tls is not None:
+                    self.sock = self._tls.wrap_socket(
+                        self.sock, server_hostname=self._host, do_handshake_on_connect=False
+                    )
+                    self.phase = "handshake"
+                else:
+                    self.phase = "send"
+            if self.phase == "handshake":
+                assert isinstance(self.sock, ssl.SSLSocket)
+                self.sock.do_handshake()
+                self.phase = "send"
+            while self.phase == "send":
+                sent = self.sock.send(self._out)
+                self._out = self._out[sent:]
+                if not self._out:
+                    self.phase = "receive"
+            while True:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("the collector closed the connection without answering")
+                self._head += chunk
+                end = self._head.find(b"\r\n\r\n")
+                if end >= 0:
+                    return _response(self._head[: end + 4])
+                if len(self._head) > _MAX_RESPONSE_HEAD:
+                    raise ConnectionError("the collector's response head is too long")
+        except ssl.SSLWantReadError:
+            self._want_read = True
+            return None
+        except ssl.SSLWantWriteError:
+            self._want_read = False
+            return None
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _ready(sock: socket.socket, event: int, timeout_ms: int = 0) -> bool:
+    poller = select.poll()
+    poller.register(sock, event)
+    return bool(poller.poll(timeout_ms))
+
+
+def _response(head: bytes) -> _Outcome:
+    status_line, _, rest = head.partition(b"\r\n")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return _Outcome("transient", reason=f"not an HTTP response: {status_line[:60]!r}")
+    headers = parse_headers(io.BytesIO(rest))
+    return _classify(int(parts[1]), headers)
 
 
 class Tracker:
-    """Buffers history records and POSTs them to an HTTP collector in JSON batches.
+    """Queues history records and POSTs them to an HTTP collector in JSON batches, without
+    ever waiting on the network in a step (see the module's notes).
 
     Pass one to ``Jobs(..., tracker=Tracker(endpoint, env, service_key))``; the engine calls
-    :meth:`add` after each commit and :meth:`close` when it closes. Times (``now``, ``clock``)
-    are monotonic seconds, not wall-clock datetimes.
+    :meth:`add` after each commit, its claims released, and :meth:`close` when it closes.
+    Times (``now``, ``clock``) are monotonic seconds, not wall-clock datetimes.
 
     Attributes:
         endpoint: The collector's URL (``http`` or ``https``).
@@ -122,7 +223,7 @@ class Tracker:
         failures: Requests that failed transiently; their records were kept for a retry.
         rejected: Records dropped as permanently unacceptable: answered with a 4xx other than
             408/429, or not encodable as JSON.
-        dropped: Records dropped because the buffer was full (oldest first).
+        dropped: Records dropped because the queue was full (oldest first).
     """
 
     endpoint: str
@@ -153,7 +254,7 @@ class Tracker:
             service_key: The bearer token sent in ``Authorization``; never logged.
             batch_size: The most records in one request.
             flush_interval: Seconds after the last attempt when ``add`` sends a partial batch.
-            timeout: Seconds a request may wait on the network (per connect and per read).
+            timeout: Seconds a request may take, from its connection to its answer.
             max_buffer: The most records held; beyond it the oldest are dropped.
             backoff_max: The longest wait, in seconds, between attempts while failing.
             clock: Monotonic seconds; defaults to :func:`time.monotonic`.
@@ -190,16 +291,27 @@ class Tracker:
         self._max_buffer = max_buffer
         self._backoff_max = backoff_max
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self._opener = urllib.request.build_opener(_RefuseRedirects())
         self._endpoint_for_logs = _redact(endpoint)
         self._env_json = json.dumps(env)
+        parts = urllib.parse.urlsplit(endpoint)
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._tls = parts.scheme == "https"
+        self._tls_context: ssl.SSLContext | None = None
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = host if parts.port is None else f"{host}:{parts.port}"
+        self._addresses: list[tuple[int, tuple[Any, ...]]] = []  # resolved once, see notes
 
         self._buffer: deque[str] = deque()  # records, already encoded as JSON
+        self._in_flight: list[str] = []  # the batch of the request in flight
+        self._exchange: _Exchange | None = None
         self._last_attempt_at = self._clock()
         self._retry_at = -math.inf  # no request before this time (backoff)
         self._failure_streak = 0  # consecutive transient failures
         self._overflow_warned = False
         self._warned_statuses: set[int] = set()
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return (
@@ -209,15 +321,15 @@ class Tracker:
 
     @property
     def pending(self) -> int:
-        """The number of records buffered and not yet delivered."""
-        return len(self._buffer)
+        """The number of records queued or in flight, not yet delivered."""
+        return len(self._buffer) + len(self._in_flight)
 
     def add(self, records: Sequence[Mapping[str, Any]], now: float | None = None) -> None:
-        """Buffer records and send one batch if one is due.
+        """Queue records and move the request in flight along; never waits on the network.
 
-        A batch is due when ``batch_size`` records are waiting or ``flush_interval`` seconds
-        have passed since the last attempt, and no backoff is running. At most one request is
-        made per call. ``add([])`` is a cheap tick that sends a due partial batch.
+        A request starts when none is in flight, ``batch_size`` records are waiting or
+        ``flush_interval`` seconds have passed since the last attempt, and no backoff is
+        running. ``add([])`` is a cheap tick that moves a request along or starts a due one.
 
         Args:
             records: JSON-able dicts, in order; odd values are sent as ``str(value)``.
@@ -231,17 +343,19 @@ class Tracker:
             encoded = self._encode(record)
             if encoded is not None:
                 self._append(encoded)
-        if not self._buffer:
+        if not self._buffer and self._exchange is None:
             return
         at = self._clock() if now is None else now
-        if at < self._retry_at:
-            return
-        full = len(self._buffer) >= self._batch_size
-        if full or at - self._last_attempt_at >= self._flush_interval:
-            self._send(at, clock_given=now is not None, max_requests=1)
+        if self._exchange is not None and not self._finish(self._advance(), at):
+            return  # still in flight
+        if self._due(at):
+            self._start(at)
+            if self._exchange is not None:
+                self._finish(self._advance(), at)
 
     def flush(self, now: float | None = None, *, force: bool = False) -> bool:
-        """Send every buffered record now, in batches, stopping at the first transient failure.
+        """Send every queued record now, in batches, waiting on the network (up to ``timeout``
+        per request); stops at the first transient failure.
 
         Args:
             now: The current time in the clock's monotonic seconds; read from the clock if
@@ -250,22 +364,27 @@ class Tracker:
                 ends the flush).
 
         Returns:
-            True when the buffer is empty afterwards.
+            True when nothing is left to send.
 
         Raises:
             Nothing: telemetry never fails a step; problems are counted and logged.
         """
+        if self._exchange is not None and not self._wait(now):
+            return False
         if not self._buffer:
             return True
-        at = self._clock() if now is None else now
-        if force or at >= self._retry_at:
-            self._send(at, clock_given=now is not None, max_requests=None)
-        return not self._buffer
+        if not force and (self._clock() if now is None else now) < self._retry_at:
+            return False
+        while self._buffer:
+            self._start(self._clock() if now is None else now)
+            if not self._wait(now):
+                return False
+        return True
 
     def close(self) -> None:
         """Make one last best-effort flush, ignoring any backoff.
 
-        The tracker holds no open resources, so it stays usable after ``close``.
+        The tracker holds no resources between requests, so it stays usable after ``close``.
 
         Raises:
             Nothing: records that cannot be delivered are logged as lost.
@@ -273,11 +392,38 @@ class Tracker:
         if not self.flush(force=True):
             logger.warning(
                 "tracker: closing with %d undelivered records for %s",
-                len(self._buffer),
+                self.pending,
                 self._endpoint_for_logs,
             )
 
+    def waiting_on(self) -> tuple[socket.socket, bool] | None:
+        """The socket of the request in flight and whether it waits to be writable (else
+        readable), for a loop that sleeps in ``select``; then call ``add([])``."""
+        exchange = self._exchange
+        if exchange is None:
+            return None
+        return exchange.sock, exchange.wants() == select.POLLOUT
+
+    def due_in(self, now: float | None = None) -> float | None:
+        """Seconds until ``add([])`` has something to do (0: now), or ``None`` while nothing
+        is queued. A request in flight also times out after ``timeout`` seconds."""
+        if self._exchange is not None:
+            return max(self._exchange.started + self._timeout - time.monotonic(), 0.0)
+        if not self._buffer:
+            return None
+        at = self._clock() if now is None else now
+        next_at = max(self._retry_at, self._last_attempt_at + self._flush_interval)
+        if len(self._buffer) >= self._batch_size:
+            next_at = self._retry_at
+        return max(next_at - at, 0.0)
+
     # -- internals --------------------------------------------------------------------------
+
+    def _due(self, at: float) -> bool:
+        if not self._buffer or self._exchange is not None or at < self._retry_at:
+            return False
+        full = len(self._buffer) >= self._batch_size
+        return full or at - self._last_attempt_at >= self._flush_interval
 
     def _encode(self, record: Mapping[str, Any]) -> str | None:
         try:
@@ -295,63 +441,109 @@ class Tracker:
             return None
 
     def _append(self, encoded: str) -> None:
-        if len(self._buffer) >= self._max_buffer:
+        self._buffer.append(encoded)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep the queue (the batch in flight included) within ``max_buffer``."""
+        while self._buffer and self.pending > self._max_buffer:
             self._buffer.popleft()
             self.dropped += 1
             if not self._overflow_warned:
                 self._overflow_warned = True
                 logger.warning(
-                    "tracker: buffer full (%d records); dropping the oldest until %s accepts "
+                    "tracker: queue full (%d records); dropping the oldest until %s accepts "
                     "batches again",
                     self._max_buffer,
                     self._endpoint_for_logs,
                 )
-        self._buffer.append(encoded)
 
-    def _send(self, at: float, *, clock_given: bool, max_requests: int | None) -> None:
-        requests = 0
-        while self._buffer and (max_requests is None or requests < max_requests):
-            batch = list(itertools.islice(self._buffer, self._batch_size))
-            outcome = self._post(batch)
-            requests += 1
-            # Backoff runs from the end of the attempt: a request that waited `timeout` seconds
-            # must not be followed at once by another one.
-            finished_at = at if clock_given else self._clock()
-            self._last_attempt_at = finished_at
-            if outcome.kind == "transient":
-                self._on_transient_failure(outcome, finished_at)
-                return
-            for _ in batch:
-                self._buffer.popleft()
-            if outcome.kind == "delivered":
-                self._on_delivered(len(batch))
-            else:
-                self._on_rejected(len(batch), outcome)
-
-    def _post(self, batch: list[str]) -> _Outcome:
-        request = urllib.request.Request(
-            self.endpoint,
-            data=self._envelope(batch),
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._service_key}",
-                "User-Agent": USER_AGENT,
-            },
-        )
+    def _start(self, at: float) -> None:
+        """Take a batch from the queue and open its request (no waiting: a connect in
+        progress); a failure to even start is the attempt's transient failure."""
+        count = min(self._batch_size, len(self._buffer))
+        self._in_flight = [self._buffer.popleft() for _ in range(count)]
+        self._last_attempt_at = at
         try:
-            with self._opener.open(request, timeout=self._timeout):
-                pass  # any 2xx: the body, if any, carries nothing we need
-        except urllib.error.HTTPError as error:
-            error.close()
-            return _classify(error.code, error.headers)
+            if not self._addresses:
+                infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+                self._addresses = [(info[0], info[4]) for info in infos]
+            family, address = self._addresses[0]
+            if self._tls and self._tls_context is None:
+                self._tls_context = ssl.create_default_context()
+            self._exchange = _Exchange(
+                address, family, self._request(), self._tls_context, self._host
+            )
+        except Exception as error:  # name resolution, socket creation: see _advance
+            self._addresses = self._addresses[1:]  # the next attempt tries the next address
+            self._finish(_Outcome("transient", reason=_describe(error)), at)
+
+    def _request(self) -> bytes:
+        body = self._envelope(self._in_flight)
+        head = (
+            f"POST {self._target} HTTP/1.1\r\n"
+            f"Host: {self._host_header}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Authorization: Bearer {self._service_key}\r\n"
+            f"User-Agent: {USER_AGENT}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        return head.encode("ascii") + body
+
+    def _advance(self) -> _Outcome | None:
+        """Move the request in flight along; its outcome once it has one."""
+        exchange = self._exchange
+        assert exchange is not None
+        try:
+            outcome = exchange.advance()
         except Exception as error:
-            # Broad on purpose: urllib and http.client raise URLError, OSError, TimeoutError,
-            # HTTPException, ssl errors and ValueError for network trouble, and a collector that
-            # is down or misbehaving must never fail a step. Every such failure is transient:
-            # the records are kept and the backoff limits the cost of retrying.
-            return _Outcome("transient", reason=_describe(error))
-        return _Outcome("delivered")
+            # Broad on purpose: sockets and ssl raise OSError, SSLError, ValueError and more
+            # for network trouble, and a collector that is down or misbehaving must never fail
+            # a step. Every such failure is transient: the records are kept, the backoff
+            # limits the cost of retrying.
+            if exchange.phase == "connect":
+                self._addresses = []  # resolve again at the next attempt
+            outcome = _Outcome("transient", reason=_describe(error))
+        if outcome is None and time.monotonic() - exchange.started >= self._timeout:
+            outcome = _Outcome("transient", reason=f"no answer within {self._timeout:g} s")
+        return outcome
+
+    def _wait(self, now: float | None) -> bool:
+        """Finish the request in flight, waiting on its socket (``flush``); whether it was
+        delivered or rejected (not a transient failure)."""
+        while True:
+            exchange = self._exchange
+            if exchange is None:
+                return True
+            outcome = self._advance()
+            if outcome is not None:
+                # Backoff runs from the end of the attempt: a request that waited `timeout`
+                # seconds must not be followed at once by another one.
+                at = self._clock() if now is None else now
+                return self._finish(outcome, at) and self._failure_streak == 0
+            left = exchange.started + self._timeout - time.monotonic()
+            with contextlib.suppress(OSError, ValueError):  # the next advance() reports it
+                _ready(exchange.sock, exchange.wants(), max(1, math.ceil(left * 1000)))
+
+    def _finish(self, outcome: _Outcome | None, at: float) -> bool:
+        """Account for the request's outcome; whether the request is over (``None``: not)."""
+        if outcome is None:
+            return False
+        if self._exchange is not None:
+            self._exchange.close()
+            self._exchange = None
+        batch, self._in_flight = self._in_flight, []
+        self._last_attempt_at = at
+        if outcome.kind == "transient":
+            self._buffer.extendleft(reversed(batch))
+            self._trim()
+            self._on_transient_failure(outcome, at)
+        elif outcome.kind == "delivered":
+            self._on_delivered(len(batch))
+        else:
+            self._on_rejected(len(batch), outcome)
+        return True
 
     def _envelope(self, batch: list[str]) -> bytes:
         sent_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -398,13 +590,32 @@ class Tracker:
             "tracker: sending to %s failed (%s); keeping %d records, next attempt in %.3g s",
             self._endpoint_for_logs,
             outcome.reason,
-            len(self._buffer),
+            self.pending,
             delay,
         )
 
     def _reset_backoff(self) -> None:
         self._failure_streak = 0
         self._retry_at = -math.inf
+
+    def _forked(self) -> None:
+        """In a child after ``fork()``: the parent sends what it queued; forget it."""
+        if self._exchange is not None:
+            self._exchange.close()  # our copy of the descriptor only; no shutdown()
+            self._exchange = None
+        self._buffer.clear()
+        self._in_flight = []
+
+
+_LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tracker in list(_LIVE):
+        tracker._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _classify(status: int, headers: Message | None) -> _Outcome:
@@ -429,8 +640,6 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, urllib.error.URLError) and not isinstance(error.reason, str):
-        error = error.reason
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

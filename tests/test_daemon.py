@@ -16,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +510,60 @@ def test_text_logs_name_orphaned_jobs_too(harness: Harness) -> None:
     assert harness.stop(proc) == 0
     (line,) = [line for line in harness.log().splitlines() if "orphaned job" in line]
     assert "WARNING orphaned job 'gone' (continuous): 1 instance in the database" in line
+
+
+class HeldCollector:
+    """A real HTTP collector that receives batches but answers none until ``release()``."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.answered = 0
+        self.go = threading.Event()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                collector.records.extend(json.loads(body)["records"])
+                collector.go.wait(timeout=60)
+                collector.answered += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
+
+    def stop(self) -> None:
+        self.go.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_collector_delays_no_daemon_step_and_gets_the_records_when_it_answers(
+    harness: Harness,
+) -> None:
+    collector = HeldCollector()
+    try:
+        proc = harness.start(DAEMON_TEST_TRACKER=collector.url)
+        for n in range(3):  # one after another, each while the first batch is unanswered
+            harness.jobs.task("task").send(f"tracked-{n}", Due(time.time()))
+            wait_for(lambda n=n: harness.records("exit", f"tracked-{n}"), what=f"step {n}")
+            assert collector.answered == 0
+        assert collector.records  # the first batch reached the collector, which holds it
+        collector.go.set()
+        # The idle worker keeps its tracker's request moving: the rest follow, no step needed.
+        executed = {"task:task:tracked-0", "task:task:tracked-1", "task:task:tracked-2"}
+        wait_for(
+            lambda: executed <= {r["instance_id"] for r in collector.records},
+            what="every step's records",
+        )
+        assert harness.stop(proc) == 0
+    finally:
+        collector.stop()

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
+from waiting import wait_for
 
 from durajobs import (
     Backoff,
@@ -394,11 +395,15 @@ def test_on_record_hook_that_raises_never_fails_a_step(
 
 
 class Collector:
-    """A real HTTP server on 127.0.0.1 that records each POSTed batch."""
+    """A real HTTP server on 127.0.0.1 that records each POSTed batch; while ``held`` it is a
+    slow collector that answers nothing until released (or after a minute)."""
 
     def __init__(self) -> None:
         self.batches: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.answered = 0
+        self.go = threading.Event()
+        self.go.set()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -406,6 +411,8 @@ class Collector:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 collector.headers.append(dict(self.headers.items()))
                 collector.batches.append(json.loads(body))
+                collector.go.wait(timeout=60)
+                collector.answered += 1
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -429,6 +436,7 @@ class Collector:
         return [r for batch in self.batches for r in batch["records"]]
 
     def stop(self) -> None:
+        self.go.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -500,11 +508,45 @@ def test_tracker_sends_as_steps_commit_with_flush_interval_zero(
 ) -> None:
     tracker = Tracker(collector.url, "test", "sk_test", flush_interval=0)
     with Jobs(db, registry(switch), clock=clock, tracker=tracker) as jobs:
-        jobs.continuous("beat").start("c1", Counter())
+        jobs.continuous("beat").start("c1", Counter())  # starts the request, never waits
+        wait_for(lambda: tracker.add([]) or tracker.sent == 2, what="the start's records")
         assert [r["event"] for r in collector.records] == ["job.started", "job.executed"]
         clock.advance(60)
         jobs.run_due()
+        wait_for(lambda: tracker.add([]) or tracker.sent == 3, what="the run's record")
         assert [r["event"] for r in collector.records][-1] == "job.executed"
+
+
+def test_a_slow_collector_never_delays_a_step_nor_holds_its_claim(
+    db: Path, clock: FakeClock, switch: Switch, collector: Collector
+) -> None:
+    collector.go.clear()  # receives the first batch and answers nothing until released
+    tracker = Tracker(
+        collector.url, "test", "sk_test", flush_interval=0, timeout=3600.0, max_buffer=10
+    )
+    with (
+        Jobs(db, registry(switch), clock=clock, tracker=tracker) as jobs,
+        Jobs(db, registry(switch), clock=clock, wait_timeout=0.5) as other,
+    ):
+        flow = jobs.task("flow")
+        flow.send("t1", Ping("a"))  # its records go out in a request the collector holds
+        wait_for(lambda: tracker.add([]) or collector.batches, what="the held request")
+        for n in range(20):  # every step returns while that request is unanswered
+            flow.send("t1", Ping(str(n)))
+            # ... and holds no claim: another Jobs steps the instance at once
+            other.task("flow").send("t1", Ping(f"other-{n}"))
+            assert collector.answered == 0
+        assert flow.get_state("t1") == Counter(41)
+        # The queue holds ten records at most (the batch in flight included); the rest dropped.
+        assert tracker.pending == 10
+        # Twenty more records came (one per send through this Jobs), with room for ten less
+        # the batch in flight.
+        assert tracker.dropped == 20 - (10 - len(collector.records))
+        assert tracker.sent == 0
+        collector.go.set()
+        assert tracker.flush() is True
+    assert tracker.sent == 10
+    assert collector.answered == 2
 
 
 def test_tracker_that_is_down_never_fails_a_step(

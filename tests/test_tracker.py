@@ -2,6 +2,8 @@
 
 The collector runs in a thread of the test process (the library itself stays thread-free). Time
 is a fake monotonic clock: backoff windows are crossed by advancing it, never by sleeping.
+``add`` never waits on the network, so a request it started is finished by later ``add([])``
+ticks (``tick_until``) or by ``flush``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import attrs
 import pytest
+from waiting import wait_for
 
 from durajobs.errors import ValidationError
 from durajobs.tracker import Tracker
@@ -36,11 +39,18 @@ class Received:
 
 
 class Collector:
-    """A real HTTP server on 127.0.0.1 that records each POST and answers from a script."""
+    """A real HTTP server on 127.0.0.1 that records each POST and answers from a script.
+
+    ``hold()`` makes it a slow collector: each POST is received (``requests``) but answered
+    only once ``release()`` is called (or after a minute).
+    """
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Received] = []
+        self.answered = 0
         self.script: deque[tuple[int, dict[str, str]]] = deque()  # default: 200
+        self.go = threading.Event()
+        self.go.set()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +60,8 @@ class Collector:
                 collector.requests.append(
                     Received("POST", self.path, self.headers, json.loads(body))
                 )
+                collector.go.wait(timeout=60)  # a slow collector while held
+                collector.answered += 1
                 status, headers = collector.script.popleft() if collector.script else (200, {})
                 self.send_response(status)
                 for name, value in headers.items():
@@ -81,11 +93,18 @@ class Collector:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/records"
 
+    def hold(self) -> None:
+        self.go.clear()
+
+    def release(self) -> None:
+        self.go.set()
+
     def respond(self, *statuses: int | tuple[int, dict[str, str]]) -> None:
         for status in statuses:
             self.script.append(status if isinstance(status, tuple) else (status, {}))
 
     def stop(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -115,6 +134,16 @@ def record(n: int, **extra: Any) -> dict[str, Any]:
         "step": n,
         **extra,
     }
+
+
+def tick_until(tracker: Tracker, condition: Callable[[], object], what: str) -> None:
+    """Call ``add([])`` (which moves a request along, never waiting) until ``condition``."""
+
+    def ticked() -> object:
+        tracker.add([])
+        return condition()
+
+    wait_for(ticked, what=what)
 
 
 def steps(records: list[dict[str, Any]]) -> list[int]:
@@ -154,16 +183,16 @@ def make_tracker(clock: FakeMonotonic) -> Callable[..., Tracker]:
 
 
 @pytest.fixture
-def connection_attempts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every TCP connection the client opens (http.client uses socket.create_connection)."""
-    attempts: list[tuple[str, int]] = []
-    real = socket.create_connection
+def connection_attempts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every TCP connection the client opens (a non-blocking ``connect_ex``)."""
+    attempts: list[Any] = []
+    real = socket.socket.connect_ex
 
-    def counting(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+    def counting(self: socket.socket, address: Any) -> int:
         attempts.append(address)
-        return real(address, *args, **kwargs)
+        return real(self, address)
 
-    monkeypatch.setattr(socket, "create_connection", counting)
+    monkeypatch.setattr(socket.socket, "connect_ex", counting)
     return attempts
 
 
@@ -228,8 +257,9 @@ def test_add_sends_when_a_batch_is_full(
 ) -> None:
     tracker = make_tracker(collector.url, batch_size=3)
     tracker.add([record(1), record(2)])
-    assert collector.requests == []
+    assert tracker.waiting_on() is None  # no request started
     tracker.add([record(3)])
+    tick_until(tracker, lambda: tracker.sent == 3, "the full batch delivered")
     assert [steps(r.body["records"]) for r in collector.requests] == [[1, 2, 3]]
 
 
@@ -240,32 +270,58 @@ def test_add_sends_a_partial_batch_once_flush_interval_has_passed(
     tracker.add([record(1)])
     clock.advance(4.999)
     tracker.add([])
-    assert collector.requests == []
+    assert tracker.waiting_on() is None
+    assert tracker.due_in() == pytest.approx(0.001)
     clock.advance(0.001)
     tracker.add([])
+    tick_until(tracker, lambda: tracker.sent == 1, "the partial batch delivered")
     assert all_steps(collector) == [1]
 
 
-def test_add_makes_at_most_one_request_per_call(
+def test_add_keeps_one_request_in_flight_and_drains_a_backlog_in_order(
     collector: Collector, make_tracker: Callable[..., Tracker]
 ) -> None:
+    collector.hold()  # the first request is received, not answered
     tracker = make_tracker(collector.url, batch_size=2)
     tracker.add([record(n) for n in range(7)])
-    assert [steps(r.body["records"]) for r in collector.requests] == [[0, 1]]
-    tracker.add([record(7)])
-    assert [steps(r.body["records"]) for r in collector.requests] == [[0, 1], [2, 3]]
-    assert tracker.pending == 4
+    tick_until(tracker, lambda: collector.requests, "the first request")
+    for n in range(7, 10):
+        tracker.add([record(n)])  # returns at once; no second request while one is in flight
+    assert len(collector.requests) == 1
+    assert (tracker.pending, tracker.sent) == (10, 0)
+    collector.release()
+    tick_until(tracker, lambda: tracker.pending == 0, "the backlog delivered")
+    assert [steps(r.body["records"]) for r in collector.requests] == [
+        [0, 1], [2, 3], [4, 5], [6, 7], [8, 9],
+    ]  # fmt: skip
+
+
+def test_a_slow_collector_never_makes_add_wait_and_a_full_queue_drops_the_oldest(
+    collector: Collector, make_tracker: Callable[..., Tracker]
+) -> None:
+    collector.hold()
+    tracker = make_tracker(collector.url, batch_size=2, max_buffer=6, timeout=3600.0)
+    tracker.add([record(0), record(1)])
+    tick_until(tracker, lambda: collector.requests, "the request that hangs")
+    for n in range(2, 12):  # each add returns while the collector still holds the request
+        tracker.add([record(n)])
+        assert collector.answered == 0
+    # Six records held at most: the two in flight and the four newest queued.
+    assert (tracker.pending, tracker.dropped, tracker.sent) == (6, 6, 0)
+    collector.release()
+    tick_until(tracker, lambda: tracker.pending == 0, "everything left delivered")
+    assert all_steps(collector) == [0, 1, 8, 9, 10, 11]
 
 
 def test_flush_splits_into_batches_of_batch_size_in_order(
     collector: Collector, make_tracker: Callable[..., Tracker]
 ) -> None:
     tracker = make_tracker(collector.url, batch_size=2)
-    tracker.add([record(n) for n in range(5)], now=0.0)
-    collector.requests.clear()  # add() sent the first full batch
+    tracker.add([record(n) for n in range(5)], now=0.0)  # starts the first full batch
     tracker.add([record(n) for n in range(5, 10)], now=0.0)
     assert tracker.flush() is True
     assert [steps(r.body["records"]) for r in collector.requests] == [
+        [0, 1],
         [2, 3],
         [4, 5],
         [6, 7],
@@ -371,6 +427,7 @@ def test_a_down_endpoint_never_raises_backs_off_and_delivers_when_it_returns(
 
     for n in range(1000):  # all within the first backoff window
         tracker.add([record(n)])
+    tick_until(tracker, lambda: tracker.failures == 1, "the refused connection noticed")
     assert len(connection_attempts) == 1  # made when the first batch filled up
     assert (tracker.failures, tracker.pending, tracker.sent) == (1, 1000, 0)
 
@@ -379,7 +436,8 @@ def test_a_down_endpoint_never_raises_backs_off_and_delivers_when_it_returns(
     assert len(connection_attempts) == 1
     clock.advance(0.001)
     tracker.add([record(1001)])
-    assert len(connection_attempts) == 2  # second failure: now a 2 s wait
+    assert len(connection_attempts) == 2
+    tick_until(tracker, lambda: tracker.failures == 2, "the second failure: now a 2 s wait")
     clock.advance(1.999)
     for n in range(1002, 1100):
         tracker.add([record(n)])
