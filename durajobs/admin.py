@@ -21,10 +21,11 @@ Instance ids are ``"kind:job:id"`` (the user id may itself contain colons) or th
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,10 @@ if TYPE_CHECKING:  # the step machinery is imported only by actions: reads stay 
     from .engine import Engine
 
 __all__ = [
+    "FAILING",
     "FINISHED_STATUSES",
     "KINDS",
+    "LIST_STATUSES",
     "STATUSES",
     "ActionResult",
     "ActivityBucket",
@@ -70,6 +73,7 @@ __all__ = [
     "Overdue",
     "Stats",
     "error_summary",
+    "is_failing",
     "parse_instance_id",
     "relative",
     "short_duration",
@@ -81,6 +85,10 @@ STATUSES: tuple[str, ...] = tuple(Status)
 # client's, the CLI's, ``ctx.terminate()``, retries exhausted, a schedule that ended) and
 # "purged" (every finished instance: terminated, flushed or cleared).
 FINISHED_STATUSES = ("terminated", "purged")
+# Not a stored status but a flag on running Continuous instances (``is_failing``): ``ls``, the
+# dashboard and the metrics list them as a status of their own.
+FAILING = "failing"
+LIST_STATUSES: tuple[str, ...] = (*STATUSES, FAILING)
 OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
 ERROR_SUMMARY_CHARS = 120
 
@@ -112,6 +120,19 @@ def parse_instance_id(*parts: str) -> str:
             f"{text!r} is not an instance id: kind {pieces[0]!r} is not one of {', '.join(KINDS)}"
         )
     return ":".join(pieces)
+
+
+def is_failing(kind: str, status: str, attempt: int, last_error: str | None) -> bool:
+    """Whether an instance is *failing*: a Continuous instance whose last run failed after its
+    retries and was skipped (``on_exhausted="skip"``), so that it stays ``running`` on its
+    schedule. Derived from stored columns: the skip stores ``attempt`` 1 with the run's error
+    as ``last_error``, and every successful run clears ``last_error``; a pending retry has
+    ``attempt`` > 1 and a parked instance the status ``"failed"``. It lasts until a run
+    succeeds. (The stores count it with the same test: ``durajobs.stores.sql.FAILING``.)"""
+    return (
+        kind == "continuous" and status == Status.RUNNING and attempt == 1
+        and last_error is not None
+    )  # fmt: skip
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -200,6 +221,11 @@ class InstanceInfo:
         return error_summary(self.last_error)
 
     @property
+    def failing(self) -> bool:
+        """Whether the instance is failing (``is_failing``): running, its last run failed."""
+        return is_failing(self.kind, self.status, self.attempt, self.last_error)
+
+    @property
     def failed_attempts(self) -> int:
         """Attempts of the current run that failed: ``attempt - 1`` (``attempt`` is the number
         of the next attempt, as in ``status().attempt``). For a parked instance, the attempts
@@ -223,6 +249,7 @@ class InstanceInfo:
             "job": self.job,
             "id": self.id,
             "status": self.status,
+            "failing": self.failing,
             "next_alarm": _iso(self.next_alarm),
             "alarm_reason": self.alarm_reason,
             "scheduled_for": _iso(self.scheduled_for),
@@ -239,9 +266,9 @@ class InstanceInfo:
 
 
 _INFO_KEYS = (
-    "instance_id", "kind", "job", "id", "status", "next_alarm", "alarm_reason", "scheduled_for",
-    "run_count", "event_count", "attempt", "failed_attempts", "last_error", "created_at",
-    "started_at", "updated_at", "step",
+    "instance_id", "kind", "job", "id", "status", "failing", "next_alarm", "alarm_reason",
+    "scheduled_for", "run_count", "event_count", "attempt", "failed_attempts", "last_error",
+    "created_at", "started_at", "updated_at", "step",
 )  # fmt: skip
 
 
@@ -551,7 +578,13 @@ class Overdue:
 
 @attrs.frozen(slots=True)
 class DoctorReport:
-    """The checks of ``durajobs doctor``; ``ok`` is false when any check failed."""
+    """The checks of ``durajobs doctor`` (and of ``GET /healthz``, ``durajobs.health``).
+
+    ``status`` sums them up: ``"failing"`` when a check failed (the store unreachable or
+    unusable, alarms overdue with no daemon serving), ``"degraded"`` when one warns (parked or
+    failing instances, alarms overdue while a daemon serves, orphaned jobs, a large WAL),
+    else ``"ok"``; ``exit_code`` is ``durajobs doctor``'s: 0, 1 or 2.
+    """
 
     path: str
     checks: list[Check]
@@ -562,14 +595,45 @@ class DoctorReport:
         """No check failed."""
         return all(c.level != "fail" for c in self.checks)
 
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"degraded"`` or ``"failing"``."""
+        levels = {c.level for c in self.checks}
+        return "failing" if "fail" in levels else "degraded" if "warn" in levels else "ok"
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy, 1 warnings, 2 failures."""
+        return {"ok": 0, "degraded": 1, "failing": 2}[self.status]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON fields: path, ok, checks, overdue."""
+        """JSON fields: path, status, ok, checks, overdue."""
         return {
             "path": self.path,
+            "status": self.status,
             "ok": self.ok,
             "checks": [c.to_dict() for c in self.checks],
             "overdue": [o.to_dict() for o in self.overdue],
         }
+
+
+@attrs.frozen(slots=True)
+class Gauges:
+    """What the store holds now, for metrics and health (one cheap read each).
+
+    ``counts``: ``(kind, job, status, count)`` for every job with instances and every status
+    of its kind, zeros included; ``"failing"`` instances are counted apart from ``"running"``
+    ones (the statuses of a job add up to its instances). ``overdue``: alarms more than
+    ``overdue_after`` seconds late.
+    """
+
+    counts: list[tuple[str, str, str, int]]
+    overdue: int
+    overdue_after: float
+
+    def total(self, status: str) -> int:
+        """Instances with ``status`` across all jobs."""
+        return sum(n for _, _, s, n in self.counts if s == status)
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -648,7 +712,8 @@ class Admin:
         """Instances sorted by next alarm (those without one last, by id), filtered and paged.
 
         ``due`` keeps only instances whose alarm is due now. The default page reads the first
-        ``limit`` entries of the ``due_at`` index and counts nothing.
+        ``limit`` entries of the ``due_at`` index and counts nothing. ``status="failing"``
+        lists failing Continuous instances (``is_failing``) by id.
 
         Raises:
             ValidationError: ``limit`` < 1 or ``offset`` < 0.
@@ -656,6 +721,9 @@ class Admin:
         """
         if limit < 1 or offset < 0:
             raise ValidationError(f"limit must be >= 1 and offset >= 0, got {limit}, {offset}")
+        if status == FAILING:
+            found = self._failing(kind=kind, job=job, due=due)
+            return list(itertools.islice(found, offset, offset + limit))
         rows = self.store.list_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None,
             limit=limit, offset=offset,
@@ -676,6 +744,9 @@ class Admin:
         Raises:
             StorageError: the file cannot be read.
         """
+        if status == FAILING:
+            yield from self._failing(kind=kind, job=job, due=due)
+            return
         batches = self.store.scan_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None
         )
@@ -684,6 +755,23 @@ class Admin:
                 yield from (InstanceInfo.from_row(r) for r in batch)
         finally:
             batches.close()  # ends the snapshot even when the reader stops early
+
+    def _failing(
+        self, *, kind: str | None = None, job: str | None = None, due: bool = False
+    ) -> Iterator[InstanceInfo]:
+        """Failing instances by id, read a page at a time."""
+        if kind not in (None, "continuous"):
+            return
+        now = self.now()
+        after: str | None = None
+        while True:
+            rows = self.store.failing_instances(job=job, after_id=after, limit=500)
+            for row in rows:
+                if not due or (row.due_at is not None and row.due_at <= now):
+                    yield InstanceInfo.from_row(row)
+            if len(rows) < 500:
+                return
+            after = rows[-1].instance_id
 
     def get(self, instance_id: str) -> InstanceInfo:
         """One live instance.
@@ -824,69 +912,118 @@ class Admin:
             last_hour_failures=failures,
         )
 
-    def doctor(self, *, overdue_after: float = OVERDUE_AFTER, limit: int = 100) -> DoctorReport:
-        """Check the file: integrity, schema, WAL size, alarms stuck overdue, parked instances.
-
-        An alarm overdue by more than ``overdue_after`` seconds is *running* if a process holds
-        its claim (a long handler) and *stuck* otherwise. Claims are kernel (OFD) locks that
-        die with their process, so there are no stale claims to clean up.
+    def gauges(self, *, overdue_after: float = OVERDUE_AFTER) -> Gauges:
+        """Instances by job, kind and status (``"failing"`` apart) and the overdue alarms, as
+        the metrics and the health checks read them at every scrape: one grouped statement
+        (``InspectStore.instance_gauges``) and one count of the due index.
 
         Raises:
-            StorageError: never for a damaged file (that is a failed check); only if the
+            StorageError: the database cannot be read.
+        """
+        failing: dict[tuple[str, str], int] = {}
+        counts: list[tuple[str, str, str, int]] = []
+        for kind, job, status, n in self.store.instance_gauges():
+            if status == FAILING:
+                failing[(kind, job)] = n
+            else:
+                counts.append((kind, job, status, n))
+        counts = [
+            (k, j, s, n - failing.get((k, j), 0) if s == Status.RUNNING else n)
+            for k, j, s, n in counts
+        ] + [(k, j, FAILING, n) for (k, j), n in failing.items()]
+        overdue, _ = self.store.count_due(self.now() - overdue_after)
+        return Gauges(sorted(counts), overdue, overdue_after)
+
+    def jobs(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """``(kind, job)`` of the jobs that have instances, sorted; at most ``limit`` (the
+        first in instance id order).
+
+        It skips from job to job along the instance id order (``"KIND:JOB;"`` sorts after every
+        id of that job, as ``;`` follows ``:``): one short read a job, however many instances.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        found: list[tuple[str, str]] = []
+        after = None
+        while len(found) < limit:
+            rows = self.store.page_instances(after_id=after, limit=1)
+            if not rows:
+                break
+            found.append((rows[0].kind, rows[0].job))
+            after = f"{rows[0].kind}:{rows[0].job};"
+        return sorted(found)
+
+    def doctor(
+        self,
+        *,
+        overdue_after: float = OVERDUE_AFTER,
+        limit: int = 100,
+        defined: Mapping[str, str] | None = None,
+        thorough: bool = True,
+    ) -> DoctorReport:
+        """Check the database: the store itself, alarms stuck overdue, who serves it, parked,
+        failing and orphaned instances. ``durajobs doctor``, ``GET /healthz`` and the
+        daemon's metrics address all report these checks (see ``DoctorReport.status``).
+
+        An alarm overdue by more than ``overdue_after`` seconds is *running* if a process holds
+        its claim (a long handler) and *stuck* otherwise. Stuck alarms with no daemon serving
+        the database fail; with a daemon serving they warn: it is behind, or its application
+        does not define their jobs (*orphaned* jobs, whose instances no daemon runs).
+        ``defined`` (job name -> kind, the application's definitions) names orphaned jobs
+        for sure. Claims die with their process, so there are no stale claims to clean up.
+
+        Args:
+            overdue_after: seconds late before an alarm counts as overdue.
+            limit: overdue alarms listed at most.
+            defined: the application's jobs (name -> kind), to report orphaned jobs.
+            thorough: also check the store's integrity (SQLite ``PRAGMA integrity_check``
+                reads the whole file: ``doctor`` does, ``/healthz`` does not).
+
+        Raises:
+            StorageError: never for a damaged database (that is a failed check); only if the
                 connection itself breaks.
         """
-        checks = [Check(f.check, f.level, f.detail) for f in health(self.location, self.store)]
+        if thorough:
+            checks = [Check(f.check, f.level, f.detail) for f in health(self.location, self.store)]
+        else:
+            checks = [self._reachable()]
+        if any(c.level == "fail" for c in checks):
+            return DoctorReport(self.path, checks, [])
+        listening = self.daemon_listening()
         overdue: list[Overdue] = []
+        gauges: Gauges | None = None
         try:
+            gauges = self.gauges(overdue_after=overdue_after)
             overdue = self._overdue(overdue_after, limit)
         except StorageError as exc:
-            checks.append(Check("overdue", "fail", str(exc)))
-        else:
-            checks += self._overdue_checks(overdue, overdue_after, limit)
-        try:
-            parked = sum(
-                n for _, _, status, n in self.store.count_by_status() if status == Status.FAILED
-            )
-        except StorageError as exc:
-            checks.append(Check("parked", "fail", str(exc)))
-        else:
-            if parked:
-                checks.append(
-                    Check(
-                        "parked", "warn",
-                        f"{parked} instance(s) parked after failing: see "
-                        "`durajobs ls --status failed`, resume with `durajobs retry ID`",
-                    )
-                )  # fmt: skip
+            checks.append(Check("store", "fail", str(exc)))
+        if gauges is not None:
+            orphans = self._orphans(gauges, defined)
+            checks += _overdue_checks(overdue, gauges, listening, orphans, defined is not None)
+            checks += _instance_checks(gauges, orphans, defined is not None)
         checks += [Check(f.check, f.level, f.detail) for f in serving(self.location, self.store)]
         return DoctorReport(self.path, checks, overdue)
 
-    def _overdue_checks(
-        self, overdue: list[Overdue], overdue_after: float, limit: int
-    ) -> list[Check]:
-        checks: list[Check] = []
-        stuck = [o for o in overdue if o.running is not True]
-        running = len(overdue) - len(stuck)
-        if stuck:
-            worst = max(o.late_seconds for o in stuck)
-            more = "+" if len(overdue) >= limit else ""
-            checks.append(
-                Check(
-                    "overdue", "fail",
-                    f"{len(stuck)}{more} alarm(s) overdue by more than {overdue_after:g}s "
-                    f"with no step running (worst {short_duration(worst)} late): is a daemon "
-                    "running for this file?",
-                )
-            )  # fmt: skip
-        else:
-            checks.append(
-                Check("overdue", "ok", f"no alarm stuck overdue by more than {overdue_after:g}s")
-            )
-        if running:
-            checks.append(
-                Check("running", "info", f"{running} overdue step(s) running now (claimed)")
-            )
-        return checks
+    def _reachable(self) -> Check:
+        try:
+            version = self.store.schema_version()
+        except StorageError as exc:
+            return Check("store", "fail", str(exc))
+        return Check("store", "ok", f"reachable, schema version {version}")
+
+    def _orphans(
+        self, gauges: Gauges, defined: Mapping[str, str] | None
+    ) -> dict[tuple[str, str], int]:
+        """``(kind, job) -> instances`` of the jobs ``defined`` does not have (none without
+        it)."""
+        if defined is None:
+            return {}
+        orphans: dict[tuple[str, str], int] = {}
+        for kind, job, _, n in gauges.counts:
+            if defined.get(job) != kind:
+                orphans[(kind, job)] = orphans.get((kind, job), 0) + n
+        return {key: n for key, n in orphans.items() if n}
 
     def _overdue(self, overdue_after: float, limit: int) -> list[Overdue]:
         now = self.now()
@@ -947,8 +1084,8 @@ class Admin:
         """
         if kind is not None and kind not in KINDS:
             raise ValidationError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-        if status is not None and status not in STATUSES:
-            raise ValidationError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+        if status is not None and status not in LIST_STATUSES:
+            raise ValidationError(f"status {status!r} is not one of {', '.join(LIST_STATUSES)}")
         if order not in ("id", "alarm"):
             raise ValidationError(f"order {order!r} is not 'id' or 'alarm'")
         if limit < 1:
@@ -961,6 +1098,8 @@ class Admin:
                 id_prefix = f"{kind}:{job}:{search}"
             else:
                 user_id_prefix = search
+        if status == FAILING:
+            return self._failing_page(kind, job, search, error, order, after, limit)
         after_id, after_due = _parse_cursor(after, order)
         rows = self.store.page_instances(
             kind=kind, job=job, status=status, id_prefix=id_prefix,
@@ -973,6 +1112,27 @@ class Admin:
             last = rows[-1]
             cursor = last.instance_id if order == "id" else f"{last.due_at!r}/{last.instance_id}"
         return InstancePage([InstanceInfo.from_row(r) for r in rows], cursor)
+
+    def _failing_page(
+        self, kind: str | None, job: str | None, search: str | None, error: str | None,
+        order: str, after: str | None, limit: int,
+    ) -> InstancePage:  # fmt: skip
+        """``instances(status="failing")``: by id; the search and error filters are checked
+        row by row on each page read (a page may hold fewer rows than ``limit``)."""
+        if order != "id":
+            raise ValidationError("failing instances are listed by id only")
+        if kind not in (None, "continuous"):
+            return InstancePage([], None)
+        rows = self.store.failing_instances(job=job, after_id=after, limit=limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        found = [InstanceInfo.from_row(r) for r in rows]
+        if search:
+            found = [
+                i for i in found if i.instance_id.startswith(search) or i.id.startswith(search)
+            ]
+        if error:
+            found = [i for i in found if error.lower() in (i.last_error or "").lower()]
+        return InstancePage(found, rows[-1].instance_id if more else None)
 
     def upcoming(self, limit: int = 10) -> list[InstanceInfo]:
         """The next ``limit`` alarms that are not yet due, earliest first.
@@ -1194,6 +1354,78 @@ class Admin:
             f"{done}: the work is due now and left for the daemon ({where})",
             left_for_daemon=True, due_at=due, daemon_listening=listening,
         )  # fmt: skip
+
+
+def _overdue_checks(
+    overdue: list[Overdue],
+    gauges: Gauges,
+    listening: bool,
+    orphans: dict[tuple[str, str], int],
+    checked: bool,
+) -> list[Check]:
+    """The ``overdue`` check (and ``running``): stuck alarms fail with no daemon serving,
+    warn with one; those of orphaned jobs are left to the ``orphaned`` check."""
+    after = f"{gauges.overdue_after:g}s"
+    stuck = [o for o in overdue if o.running is not True]
+    checks: list[Check] = []
+    if len(overdue) > len(stuck):
+        count = len(overdue) - len(stuck)
+        checks.append(Check("running", "info", f"{count} overdue step(s) running now"))
+    orphaned = {f"{kind}:{job}:" for kind, job in orphans}
+    stuck = [o for o in stuck if not o.instance_id.startswith(tuple(orphaned))]
+    if not stuck:
+        return [Check("overdue", "ok", f"no alarm stuck overdue by more than {after}"), *checks]
+    worst = short_duration(max(o.late_seconds for o in stuck))
+    jobs: dict[str, int] = {}
+    for item in stuck:
+        job = ":".join(item.instance_id.split(":", 2)[:2])
+        jobs[job] = jobs.get(job, 0) + 1
+    named = ", ".join(f"{job} ({n})" for job, n in sorted(jobs.items()))
+    more = "+" if gauges.overdue > len(overdue) else ""
+    what = f"{len(stuck)}{more} alarm(s) overdue by more than {after}, worst {worst} late"
+    if not listening:
+        detail = (
+            f"{what}, and no daemon is serving this database: start one "
+            f"(durajobs-daemon --app MODULE:ATTR) or call run_due() ({named})"
+        )
+        return [Check("overdue", "fail", detail), *checks]
+    why = (
+        "it is behind" if checked else "it is behind, or its application does not define "
+        "these jobs (orphaned: `durajobs doctor --app MODULE:ATTR` tells them apart)"
+    )  # fmt: skip
+    detail = f"{what} while a daemon is serving this database: {why}: {named}"
+    return [Check("overdue", "warn", detail), *checks]
+
+
+def _instance_checks(
+    gauges: Gauges, orphans: dict[tuple[str, str], int], checked: bool
+) -> list[Check]:
+    """The ``parked``, ``failing`` and ``orphaned`` checks (warnings)."""
+    checks: list[Check] = []
+    parked = gauges.total(Status.FAILED)
+    if parked:
+        checks.append(Check(
+            "parked", "warn",
+            f"{parked} instance(s) parked after failing: see `durajobs ls --status failed`, "
+            "resume with `durajobs retry ID`",
+        ))  # fmt: skip
+    failing = gauges.total(FAILING)
+    if failing:
+        checks.append(Check(
+            "failing", "warn",
+            f"{failing} continuous instance(s) failing: their last run failed after its "
+            "retries and was skipped; see `durajobs ls --status failing`",
+        ))  # fmt: skip
+    if orphans:
+        named = ", ".join(f"{k}:{j} ({n})" for (k, j), n in sorted(orphans.items()))
+        checks.append(Check(
+            "orphaned", "warn",
+            f"instances of jobs the application does not define (no daemon of it runs them): "
+            f"{named}; restore the job, or terminate them",
+        ))  # fmt: skip
+    elif checked:
+        checks.append(Check("orphaned", "ok", "every job with instances is defined"))
+    return checks
 
 
 def _finished_prefixes(kind: str | None, job: str | None, search: str | None) -> list[str] | None:

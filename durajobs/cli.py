@@ -16,7 +16,8 @@ Commands::
     clear     discard a Debounce batch without running execute
     retry     resume a parked (failed) instance; the daemon runs it
     stats     counts by kind/job/status, alarms due/overdue, last hour's steps (--json)
-    doctor    integrity, schema, WAL, alarms stuck overdue, claims (--json)
+    doctor    the store, alarms stuck overdue, daemons, parked/failing/orphaned instances
+              (--json, --app MODULE:ATTR); exit 0 healthy, 1 warnings, 2 failures
     tail      the latest history records; -f follows new ones like ``journalctl -f``
     serve     the web dashboard (--host --port --read-only --password-file --insecure)
     copy      copy a whole database, SOURCE to an empty DEST, any store to any store
@@ -33,9 +34,11 @@ Errors print one line on stderr (``durajobs: error: ...``), never a traceback. E
 
 ====  ==========================================================================================
 0     success
-1     a problem found (``doctor``), or an action refused or failed: wrong kind or status,
-      instance busy past the wait, confirmation declined
-2     bad usage: unknown option or command, malformed instance id (typer's usage errors)
+1     an action refused or failed: wrong kind or status, instance busy past the wait,
+      confirmation declined; ``doctor``: warnings (parked, failing or orphaned instances,
+      alarms overdue while a daemon serves)
+2     bad usage: unknown option or command, malformed instance id (typer's usage errors);
+      ``doctor``: failures (the store unreachable or unusable, alarms overdue with no daemon)
 3     not found: no such instance
 4     storage problem: the file is missing, unreadable, not a durajobs database, corrupt,
       read-only, or locked
@@ -113,6 +116,7 @@ class Status(StrEnum):
     active = "active"
     idle = "idle"
     failed = "failed"
+    failing = "failing"  # running Continuous instances whose last run failed (a flag)
     terminated = "terminated"  # finished: ended by a terminate (from the history)
     purged = "purged"  # finished: terminated, flushed or cleared (from the history)
 
@@ -300,7 +304,10 @@ def ls(
     job: Annotated[str | None, typer.Option(help="Only this job name.")] = None,
     status: Annotated[
         Status | None,
-        typer.Option(help="Only this status; terminated, purged: finished instances."),
+        typer.Option(
+            help="Only this status; failing: running, last run failed; terminated, purged: "
+            "finished instances."
+        ),
     ] = None,
     due: Annotated[bool, typer.Option("--due", help="Only alarms due now.")] = False,
     limit: Annotated[
@@ -374,12 +381,13 @@ def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
         alarm = _when(r.next_alarm, now)
         if r.alarm_reason in ("trigger", "manual"):
             alarm += f" [{r.alarm_reason}]"
+        shown = f"{r.status} (failing)" if r.failing else r.status
         cells.append([
-            r.instance_id, r.kind, r.job, r.status, alarm, f"{r.run_count}/{r.event_count}",
+            r.instance_id, r.kind, r.job, shown, alarm, f"{r.run_count}/{r.event_count}",
             r.attempt_label, r.error_summary or "-",
         ])  # fmt: skip
         late = r.next_alarm is not None and r.next_alarm.timestamp() < now - 60
-        styles.append("red" if r.status == "failed" else "yellow" if late else None)
+        styles.append("red" if r.status == "failed" or r.failing else "yellow" if late else None)
     _table(headers, cells, styles)
 
 
@@ -417,6 +425,8 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
     fields = [("instance", detail.instance_id), ("kind", kind), ("job", job), ("id", user_id),
               ("status", detail.status)]  # fmt: skip
     info = detail.info
+    if info is not None and info.failing:
+        fields.append(("failing", "yes: the last run failed after its retries and was skipped"))
     if info is None:
         ended = detail.finished
         if ended is not None:
@@ -568,24 +578,52 @@ def doctor(
     overdue_after: Annotated[
         float, typer.Option(min=0, help="Seconds late before an alarm counts as stuck.")
     ] = 60.0,
+    app_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--app", metavar="MODULE:ATTR",
+            help="The application's Jobs, to name orphaned jobs (instances of jobs it does "
+            "not define).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-) -> None:
-    """Check the file: integrity, schema, WAL, alarms stuck overdue. Exit 1 on problems."""
-    with _admin(ctx) as admin:
-        report = admin.doctor(overdue_after=overdue_after)
+) -> None:  # fmt: skip
+    """Check the database: the store, alarms stuck overdue, daemons, parked, failing and
+    orphaned instances. Exit 0 healthy, 1 warnings, 2 failures."""
+    from .admin import Admin
+    from .health import load_definitions, report
+
+    defined = load_definitions(app_spec) if app_spec else None
+    location = _db(ctx)
+    opened: list[Admin] = []
+
+    def admin() -> Admin:
+        opened.append(Admin(location))
+        return opened[-1]
+
+    try:
+        result = report(
+            admin, location, thorough=True, defined=defined, overdue_after=overdue_after
+        )
+    finally:
+        for each in opened:
+            each.close()
     if as_json:
-        _print_json(report.to_dict())
+        _print_json(result.to_dict())
     else:
-        for check in report.checks:
+        for check in result.checks:
             typer.echo(f"{check.level.upper():<4}  {check.name:<9}  {check.detail}")
-        for item in report.overdue:
+        for item in result.overdue:
             state = {True: "running", False: "stuck", None: "unknown"}[item.running]
             typer.echo(
                 f"      overdue    {item.instance_id}  {item.late_seconds:.0f}s late  {state}"
             )
-        typer.echo("healthy" if report.ok else "problems found")
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILED)
+        typer.echo(
+            {"ok": "healthy", "degraded": "degraded: warnings found",
+             "failing": "failing: problems found"}[result.status]
+        )  # fmt: skip
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @_command

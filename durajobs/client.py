@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
+from .admin import is_failing
 from .core import steps
 from .core.definitions import Continuous, Debounce, Definition, Task
 from .core.durations import to_datetime as _dt
@@ -53,18 +54,29 @@ class StartResult:
 
 @attrs.frozen
 class TriggerResult:
+    """``triggered``: the run happened (``False``: no such instance). ``error``: the run's
+    failure (the handler's traceback text), or ``None`` when it succeeded; then
+    ``retry_scheduled`` says a retry alarm is set, and ``terminated`` that the instance ended
+    (the ``"terminate"`` policy, or ``ctx.terminate()``)."""
+
     triggered: bool
     terminated: bool = False
     retry_scheduled: bool = False
+    error: str | None = None
 
 
 @attrs.frozen
 class ContinuousStatus:
+    """``failing``: the last run failed after its retries and was skipped (``on_exhausted=
+    "skip"``); the instance stays ``"running"`` on its schedule, and ``failing`` until a run
+    succeeds (``last_error`` is that run's error)."""
+
     status: str
     run_count: int = 0
     next_run_at: datetime | None = None
     attempt: int = 1
     last_error: str | None = None
+    failing: bool = False
 
 
 @attrs.frozen
@@ -123,9 +135,13 @@ class SendResult:
 
 @attrs.frozen
 class TaskTriggerResult:
+    """As ``TriggerResult``: ``error`` is the failure of the ``execute`` that ran (``None``
+    when it succeeded)."""
+
     triggered: bool
     terminated: bool = False
     retry_scheduled: bool = False
+    error: str | None = None
 
 
 @attrs.frozen
@@ -365,6 +381,10 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
     def trigger(self, user_id: str) -> TriggerResult:
         """Run now and restart the schedule from now. A missing instance: ``triggered=False``.
 
+        A failing run does not raise: ``triggered=True`` (it ran) with its ``error``, and the
+        retry rules apply (``retry_scheduled``; with ``on_exhausted="skip"`` the instance is
+        then ``failing``, see ``status()``).
+
         Raises:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
@@ -372,7 +392,7 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         decision = self._step(user_id, steps.Trigger())
         if not decision.changed:
             return TriggerResult(False)
-        return TriggerResult(True, decision.terminated, decision.retry_scheduled)
+        return TriggerResult(True, decision.terminated, decision.retry_scheduled, decision.error)
 
     def status(self, user_id: str) -> ContinuousStatus:
         """The instance's status; ``status="not_found"`` when it does not exist.
@@ -384,8 +404,9 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         if inst is None:
             return ContinuousStatus("not_found")
         return ContinuousStatus(
-            inst.status, inst.run_count, _dt(inst.due_at), inst.attempt, inst.last_error
-        )
+            inst.status, inst.run_count, _dt(inst.due_at), inst.attempt, inst.last_error,
+            is_failing(inst.kind, inst.status, inst.attempt, inst.last_error),
+        )  # fmt: skip
 
     def get_state(self, user_id: str) -> S | None:
         """The current state, or ``None`` when the instance does not exist.
@@ -661,6 +682,9 @@ class TaskClient(_Client[Task], Generic[E, S]):
     def trigger(self, user_id: str) -> TaskTriggerResult:
         """Run ``execute`` now (clearing any pending alarm). A missing instance: not triggered.
 
+        A failing ``execute`` does not raise: ``triggered=True`` with its ``error``, and the
+        retry rules apply (``retry_scheduled``).
+
         Raises:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
             StorageError: the database failed.
@@ -668,7 +692,9 @@ class TaskClient(_Client[Task], Generic[E, S]):
         decision = self._step(user_id, steps.Trigger())
         if not decision.changed:
             return TaskTriggerResult(False)
-        return TaskTriggerResult(True, decision.terminated, decision.retry_scheduled)
+        return TaskTriggerResult(
+            True, decision.terminated, decision.retry_scheduled, decision.error
+        )
 
     def status(self, user_id: str) -> TaskStatus:
         """The instance's status; ``status="not_found"`` when it does not exist.

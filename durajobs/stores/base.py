@@ -585,6 +585,28 @@ class InspectStore(Opened, Protocol):
         """
         ...
 
+    def instance_gauges(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, job, status, count)`` for every job with instances and every status its
+        kind can have (zeros included), plus ``"failing"`` for Continuous jobs (running, last
+        run failed and skipped: ``attempt`` 1 with a ``last_error``; also counted as running).
+        One statement, for metrics and health at scrape time.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def failing_instances(
+        self, *, job: str | None = None, after_id: str | None = None, limit: int = 50
+    ) -> list[Instance]:
+        """One keyset page of failing Continuous instances by ``instance_id`` after
+        ``after_id`` (only ``job``'s if given).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
 
 class CopyStore(Opened, Protocol):
     """Copying a whole database (``durajobs copy``)."""

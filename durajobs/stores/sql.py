@@ -988,3 +988,76 @@ class SqlStore:
             return {t: int(read(COUNT_ROWS[t], ())[0][0]) for t in TABLES} == expected
 
         return self._transaction("import", body, probe)
+
+    # -- operating it (metrics, health): appended for issue 20 -------------------------------
+
+    def instance_gauges(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, job, status, count)`` of every job that has instances, for every status its
+        kind can have (zeros included), plus ``"failing"`` for Continuous jobs: instances whose
+        last run failed and was skipped (``status = 'running'``, ``attempt = 1``, a
+        ``last_error``). Failing instances are also counted under ``"running"``.
+
+        One statement (``GAUGES``): the jobs are found by skipping along the primary key (one
+        probe per job), then each count is a range of an index. Cheap at any size only with
+        the ``instances_status`` and ``instances_erred`` indexes (see ``GAUGES``); without
+        them each count reads its job's rows.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        rows = self._rows(self.dialect.params(GAUGES))
+        return [(str(k), str(j), str(s), int(n)) for k, j, s, n in rows]
+
+    def failing_instances(
+        self, *, job: str | None = None, after_id: str | None = None, limit: int = 50
+    ) -> list[Instance]:
+        """One keyset page of failing Continuous instances (see ``instance_gauges``), by
+        ``instance_id``, after ``after_id``, of ``job`` if given.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        where, params = FAILING, [after_id or ""]
+        if job is not None:
+            where += " AND job = ?"
+            params.append(job)
+        statement = self.dialect.params(
+            f"SELECT {COLUMNS} FROM instances WHERE {where} ORDER BY instance_id LIMIT ?"
+        )
+        return [Instance(*r) for r in self._rows(statement, (*params, limit))]
+
+
+# What ``instance_gauges`` counts. Each kind's statuses (``core.rows.Status``); a failing
+# Continuous instance is a running one whose last run failed after its retries and was skipped
+# (``on_exhausted="skip"``: attempt back to 1, the error kept; a success clears it). Literals,
+# not parameters, so that the planner can match partial indexes. Cheap at a million instances
+# with two indexes (not in the schema yet; measured in benchmarks/bench_metrics.py):
+#   CREATE INDEX instances_status ON instances (job, kind, status)
+#   CREATE INDEX instances_erred ON instances (job, kind, status, attempt)
+#       WHERE last_error IS NOT NULL
+_KIND_STATUSES = {"continuous": ("running", "failed"), "debounce": ("debouncing", "failed"),
+                  "task": ("active", "idle", "failed")}  # fmt: skip
+_FAILING_TERMS = "status = 'running' AND attempt = 1 AND last_error IS NOT NULL"
+FAILING = (
+    f"kind = 'continuous' AND {_FAILING_TERMS} "
+    "AND instance_id >= 'continuous:' AND instance_id < 'continuous;' AND instance_id > ?"
+)
+_NEXT_JOB = (
+    "(SELECT i.{column} FROM instances AS i WHERE i.instance_id > "
+    "jobs.kind || ':' || jobs.job || ';' ORDER BY i.instance_id LIMIT 1)"
+)
+GAUGES = (
+    "WITH RECURSIVE jobs(kind, job) AS ("
+    "SELECT kind, job FROM (SELECT kind, job FROM instances ORDER BY instance_id LIMIT 1) AS first"
+    f" UNION ALL SELECT {_NEXT_JOB.format(column='kind')}, {_NEXT_JOB.format(column='job')} "
+    "FROM jobs WHERE jobs.kind IS NOT NULL), "
+    "statuses(kind, status) AS (VALUES "
+    + ", ".join(f"('{k}', '{s}')" for k, statuses in _KIND_STATUSES.items() for s in statuses)
+    + ") SELECT jobs.kind, jobs.job, statuses.status, (SELECT count(*) FROM instances AS i "
+    "WHERE i.job = jobs.job AND i.kind = jobs.kind AND i.status = statuses.status) "
+    "FROM jobs JOIN statuses ON statuses.kind = jobs.kind "
+    "UNION ALL SELECT jobs.kind, jobs.job, 'failing', (SELECT count(*) FROM instances AS i "
+    "WHERE i.job = jobs.job AND i.kind = jobs.kind AND "
+    f"i.{_FAILING_TERMS.replace(' AND ', ' AND i.')}) "
+    "FROM jobs WHERE jobs.kind = 'continuous'"
+)

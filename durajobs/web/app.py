@@ -34,15 +34,17 @@ import traceback
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 import attrs
 import jinja2
 
 from durajobs.admin import (
+    FAILING,
     FINISHED_STATUSES,
     KINDS,
+    LIST_STATUSES,
     STATUSES,
     ActionResult,
     ActivityBucket,
@@ -66,10 +68,15 @@ from durajobs.errors import (
     StorageError,
     ValidationError,
 )
+from durajobs.health import healthz as health_json
+from durajobs.health import report as health_report
 from durajobs.perthread import PerThread
 from durajobs.stores import display_location
 
 from .charts import bar_chart
+
+if TYPE_CHECKING:
+    from durajobs.metrics import Metrics
 from .security import SECURITY_HEADERS, Authorize, host_allowed, host_name, same_origin
 
 __all__ = ["BULK_CAP", "Dashboard", "make_app", "mount"]
@@ -109,7 +116,7 @@ _REASONS = {
     200: "OK", 204: "No Content", 303: "See Other", 304: "Not Modified", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
-    503: "Service Unavailable",
+    501: "Not Implemented", 503: "Service Unavailable",
 }  # fmt: skip
 
 
@@ -229,6 +236,7 @@ class Dashboard:
         self._seen_version: int | None = None
         self._generation = 0
         self._stats: tuple[float, float, Stats] | None = None  # (taken at, good for, stats)
+        self._metrics: Metrics | None = None
         self._buckets: dict[float, dict[float, ActivityBucket]] = {}  # width -> start -> bucket
         self._static = resources.files("durajobs.web") / "static"
         self.templates = jinja2.Environment(
@@ -271,6 +279,22 @@ class Dashboard:
         self._admins.close_all()
         if watcher is not None:
             watcher.close()
+
+    def metrics(self) -> Metrics:
+        """The ``/metrics`` series (the store's gauges; this process runs no steps).
+
+        Raises:
+            HTTPError: prometheus_client is not installed (501, naming ``durajobs[metrics]``).
+        """
+        from durajobs.metrics import Metrics, MetricsUnavailable
+
+        with self._lock:
+            if self._metrics is None:
+                try:
+                    self._metrics = Metrics(self.admin)
+                except MetricsUnavailable as exc:
+                    raise HTTPError(501, str(exc)) from None
+            return self._metrics
 
     def token(self) -> str:
         """The change token of live regions (see the module's theory of operation).
@@ -532,8 +556,8 @@ def _list_filters(request: Request) -> dict[str, Any]:
     status = query.get("status") or None
     if kind is not None and kind not in KINDS:
         raise ValidationError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    if status is not None and status not in STATUSES + FINISHED_STATUSES:
-        known = ", ".join(STATUSES + FINISHED_STATUSES)
+    if status is not None and status not in LIST_STATUSES + FINISHED_STATUSES:
+        known = ", ".join(LIST_STATUSES + FINISHED_STATUSES)
         raise ValidationError(f"status {status!r} is not one of {known}")
     order = query.get("sort") or "id"
     if order not in ("id", "alarm"):
@@ -563,8 +587,10 @@ def _list_filters(request: Request) -> dict[str, Any]:
 
 def _instance_list(app: Dashboard, request: Request, title: str, *, failed: bool) -> Response:
     filters = _list_filters(request)
-    if failed:
-        filters["status"] = "failed"
+    show = None
+    if failed:  # parked, or with ?show=failing the failing ones
+        show = FAILING if request.query.get("show") == FAILING else None
+        filters["status"] = show or "failed"
     token, unchanged = app.live(request)
     if unchanged:
         return unchanged
@@ -585,6 +611,8 @@ def _instance_list(app: Dashboard, request: Request, title: str, *, failed: bool
             after=after, limit=filters["limit"] or PAGE_SIZE,
         )  # fmt: skip
     shown = {k: v for k, v in filters.items() if not (failed and k == "status")}
+    if show:
+        shown["show"] = show
     return app.render(
         request, "instances.html", title, fragment, list_template=fragment,
         poll=app.poll_url(request, token), trigger=POLL_LIST, page=page, filters=filters,
@@ -596,25 +624,12 @@ def _instance_list(app: Dashboard, request: Request, title: str, *, failed: bool
 
 
 def known_jobs(admin: Admin, limit: int = JOB_CHOICES) -> list[tuple[str, str]]:
-    """``(kind, job)`` of the jobs that have instances, sorted; at most ``limit`` (the first in
-    instance id order).
-
-    It skips from job to job along the instance id order (``"KIND:JOB;"`` sorts after every id
-    of that job, as ``;`` follows ``:``): one short read a job, however many instances.
+    """``(kind, job)`` of the jobs that have instances (``Admin.jobs``), at most ``limit``.
 
     Raises:
         StorageError: the database cannot be read.
     """
-    found: list[tuple[str, str]] = []
-    after = None
-    while len(found) < limit:
-        page = admin.instances(after=after, limit=1)
-        if not page.instances:
-            break
-        first = page.instances[0]
-        found.append((first.kind, first.job))
-        after = f"{first.kind}:{first.job};"
-    return sorted(found)
+    return admin.jobs(limit)
 
 
 @route("GET", "/instances")
@@ -625,7 +640,8 @@ def instances(app: Dashboard, request: Request) -> Response:
 
 @route("GET", "/failed")
 def failed(app: Dashboard, request: Request) -> Response:
-    """Parked instances, with bulk retry, clear and terminate."""
+    """Parked instances, with bulk retry, clear and terminate; ``?show=failing``: the failing
+    ones (running on their schedule, their last run failed)."""
     return _instance_list(app, request, "Failed", failed=True)
 
 
@@ -664,10 +680,26 @@ def _actions_for(detail: InstanceDetail) -> list[str]:
 @route("GET", "/health")
 def health(app: Dashboard, request: Request) -> Response:
     """What ``durajobs doctor`` reports."""
-    report = app.admin().doctor()
+    report = health_report(app.admin, app.location, thorough=True)
     return app.render(
         request, "health.html", "Health", report=report, location=display_location(app.location)
     )
+
+
+@route("GET", "/healthz")
+def healthz(app: Dashboard, request: Request) -> Response:
+    """The health checks as JSON for probes: 200 ok or degraded, 503 failing
+    (``durajobs.health``; no integrity check)."""
+    code, body = health_json(health_report(app.admin, app.location))
+    return Response(code, body, "application/json")
+
+
+@route("GET", "/metrics")
+def metrics(app: Dashboard, request: Request) -> Response:
+    """The Prometheus metrics (``durajobs.metrics``; needs ``durajobs[metrics]``)."""
+    from durajobs.metrics import CONTENT_TYPE
+
+    return Response(200, app.metrics().render(), CONTENT_TYPE)
 
 
 # -- actions --------------------------------------------------------------------------------

@@ -1,0 +1,311 @@
+"""Prometheus metrics (``pip install 'durajobs[metrics]'``): ``GET /metrics`` of ``durajobs serve``
+and of the daemon's ``--metrics HOST:PORT``, in the Prometheus text format.
+
+Theory of operation
+-------------------
+Two sorts of series, and which process reports which:
+
+- *What the store holds*, read from the database at every scrape by a custom collector, with
+  the same values whichever process serves them (``durajobs serve``, the daemon):
+
+  ``durajobs_instances{job,kind,status}`` (gauge): instances per job and status. ``status`` is
+  the stored one (``running``, ``debouncing``, ``active``, ``idle``, ``failed`` = parked), or
+  ``failing`` (a Continuous instance whose last run failed and was skipped: ``admin.is_failing``;
+  counted there, not under ``running``), or ``paused`` (always 0 until flow control exists).
+  Every status a job's kind can have is reported, zeros included, so ``> 0`` alerts work.
+  ``durajobs_overdue_instances`` (gauge): alarms more than 60 s late (``doctor``'s
+  threshold). ``durajobs_store_up`` (gauge): 1 when the store answered the scrape's reads, 0
+  when it could not (the other store series are then absent). ``durajobs_gauges_read_seconds``
+  (gauge): what those reads cost.
+  One grouped statement and one count of the due index (``Admin.gauges``); at a million
+  instances it stays cheap with two indexes (``durajobs.stores.sql.GAUGES``,
+  ``benchmarks/bench_metrics.py``).
+
+- *What this process did*, counted in memory by the process that runs the steps (the daemon;
+  an application may feed its own ``Metrics`` the same way). The daemon calls:
+
+  ``Metrics.observe_step(job, kind, outcome, seconds)`` once per committed step:
+  ``durajobs_steps_total{job,kind,outcome}`` (counter; outcome ``ok``, ``failed``,
+  ``retried``, ``parked``: ``step_outcome`` maps the engine's and the daemon's outcome names)
+  and ``durajobs_step_duration_seconds{job}`` (histogram of the handlers' time).
+  ``Metrics.observe_lateness(seconds)`` once per alarm step: ``durajobs_alarm_lateness_seconds``
+  (histogram: how long after its due time an alarm's handlers started).
+  ``durajobs serve`` runs no steps: there these series stay empty.
+
+Serving: ``metrics_app(location, metrics)`` is a small WSGI application answering
+``GET /metrics`` and ``GET /healthz`` (``durajobs.health``), for the daemon's metrics address::
+
+    metrics = Metrics()                   # in the daemon, before the workers start
+    app = metrics_app(db, metrics)        # reads the store with an Admin per thread
+    server = make_server(host, port, app)  # wsgiref; put server.fileno() in the selector,
+    server.handle_request()               # when it is readable; at exit server.server_close()
+    app.close()                           # and app.close()
+
+prometheus_client is imported when a ``Metrics`` is made; without it, ``MetricsUnavailable``
+(an ``ImportError``) says to install ``durajobs[metrics]``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import StorageError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .admin import Admin
+
+__all__ = [
+    "OUTCOMES",
+    "Metrics",
+    "MetricsApp",
+    "MetricsUnavailable",
+    "make_server",
+    "metrics_app",
+    "step_outcome",
+]  # fmt: skip
+
+OUTCOMES = ("ok", "failed", "retried", "parked")
+# Engine (``core.decision.Outcome``) and daemon (``dispatch.StepReport``) outcome names.
+_OUTCOME_OF = {
+    "ok": "ok", "skipped": "ok", "cleared": "ok", "nothing": "ok", "retry": "retried",
+    "retried": "retried", "failed": "failed", "exhausted": "failed", "parked": "parked",
+}  # fmt: skip
+# Seconds: a step is usually milliseconds; a handler calling out may take seconds.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Seconds: the daemon's promise is milliseconds; a daemon behind is seconds or minutes late.
+LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300)
+PAUSED = "paused"  # a status the gauge reports (0) until flow control exists
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsUnavailable(ImportError):
+    """prometheus_client is not installed: ``pip install 'durajobs[metrics]'``."""
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise MetricsUnavailable(
+            f"the metrics need prometheus_client: pip install 'durajobs[metrics]' ({exc})"
+        ) from None
+    return prometheus_client
+
+
+def step_outcome(outcome: str, error: str | None = None) -> str:
+    """The ``outcome`` label of a step: ``ok``, ``failed``, ``retried`` or ``parked``.
+
+    Takes the engine's or the daemon's outcome names (``retry``, ``exhausted``,
+    ``terminated``...); a ``terminated`` step with an error (the ``"terminate"`` policy after
+    its retries) failed, other terminations are ``ok``.
+    """
+    if outcome == "terminated":
+        return "failed" if error else "ok"
+    return _OUTCOME_OF.get(outcome, "failed" if error else "ok")
+
+
+class Metrics:
+    """The series of one process, and (after ``watch``) the store's gauges.
+
+    Args:
+        admin: returns the ``Admin`` each scrape reads the store with (called on the scraping
+            thread); ``None``: no store series until ``watch``.
+        overdue_after: seconds late before an alarm counts as overdue.
+
+    Raises:
+        MetricsUnavailable: prometheus_client is not installed.
+    """
+
+    def __init__(
+        self, admin: Callable[[], Admin] | None = None, *, overdue_after: float = 60.0
+    ) -> None:
+        prom = _prometheus()
+        self._prom = prom
+        self.overdue_after = overdue_after
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        self.steps = prom.Counter(
+            "durajobs_steps", "Steps this process committed, by outcome.",
+            ["job", "kind", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.durations = prom.Histogram(
+            "durajobs_step_duration_seconds", "Time of the handlers of a step.", ["job"],
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.lateness = prom.Histogram(
+            "durajobs_alarm_lateness_seconds",
+            "How long after its due time an alarm step's handlers started (daemon).",
+            buckets=LATENESS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._watching = False
+        self._lock = threading.Lock()
+        if admin is not None:
+            self.watch(admin)
+
+    def watch(self, admin: Callable[[], Admin]) -> None:
+        """Report the store's gauges, read through ``admin()`` at every scrape (once).
+
+        Raises:
+            ValueError: already watching a store.
+        """
+        with self._lock:
+            if self._watching:
+                raise ValueError("these metrics already report a store")
+            self._watching = True
+        self.registry.register(_StoreCollector(self._prom, admin, self.overdue_after))
+
+    def observe_step(
+        self, job: str, kind: str, outcome: str, seconds: float | None = None,
+        *, error: str | None = None,
+    ) -> None:  # fmt: skip
+        """Count one committed step (and its handlers' time, when it ran any).
+
+        ``outcome``: ``ok``, ``failed``, ``retried``, ``parked``, or an engine/daemon outcome
+        name that ``step_outcome`` maps (with ``error``).
+        """
+        label = outcome if outcome in OUTCOMES else step_outcome(outcome, error)
+        self.steps.labels(job, kind, label).inc()
+        if seconds is not None:
+            self.durations.labels(job).observe(max(0.0, seconds))
+
+    def observe_lateness(self, seconds: float) -> None:
+        """Record how late an alarm step started (daemon)."""
+        self.lateness.observe(max(0.0, seconds))
+
+    def render(self) -> bytes:
+        """Every series in the Prometheus text format (``CONTENT_TYPE``)."""
+        data: bytes = self._prom.generate_latest(self.registry)
+        return data
+
+
+class _StoreCollector:
+    """The store's gauges, read at each scrape (a prometheus_client custom collector)."""
+
+    def __init__(self, prom: Any, admin: Callable[[], Admin], overdue_after: float) -> None:
+        from prometheus_client.core import GaugeMetricFamily
+
+        self._family = GaugeMetricFamily
+        self._admin = admin
+        self._overdue_after = overdue_after
+
+    def describe(self) -> list[Any]:
+        return []  # no read at registration; the names are only known at a scrape
+
+    def collect(self) -> Iterator[Any]:
+        family = self._family
+        up = family("durajobs_store_up", "1 when the store answered this scrape's reads.")
+        started = time.perf_counter()
+        try:
+            gauges = self._admin().gauges(overdue_after=self._overdue_after)
+        except StorageError:
+            up.add_metric([], 0)
+            yield up
+            return
+        instances = family(
+            "durajobs_instances", "Instances by job, kind and status (failing: running, last "
+            "run failed; failed: parked).", labels=["job", "kind", "status"],
+        )  # fmt: skip
+        jobs: set[tuple[str, str]] = set()
+        for kind, job, status, count in gauges.counts:
+            instances.add_metric([job, kind, status], count)
+            jobs.add((kind, job))
+        for kind, job in sorted(jobs):
+            instances.add_metric([job, kind, PAUSED], 0)
+        yield instances
+        yield family(
+            "durajobs_overdue_instances",
+            f"Alarms more than {gauges.overdue_after:g} s past due.", value=gauges.overdue,
+        )  # fmt: skip
+        up.add_metric([], 1)
+        yield up
+        yield family(
+            "durajobs_gauges_read_seconds", "Time this scrape spent reading the store.",
+            value=time.perf_counter() - started,
+        )  # fmt: skip
+
+
+StartResponse = Callable[..., Any]
+
+
+class MetricsApp:
+    """A WSGI application answering ``GET /metrics`` and ``GET /healthz`` (``metrics_app``)."""
+
+    def __init__(
+        self, metrics: Metrics, admin: Callable[[], Admin], location: str,
+        close: Callable[[], object] | None = None,
+    ) -> None:  # fmt: skip
+        self.metrics = metrics
+        self._admin = admin
+        self._location = location
+        self._close = close
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one request."""
+        from .health import healthz, report
+
+        path = str(environ.get("PATH_INFO", "")) or "/"
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if method not in ("GET", "HEAD"):
+            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+        elif path == "/metrics":
+            status, ctype, body = "200 OK", CONTENT_TYPE, self.metrics.render()
+        elif path == "/healthz":
+            code, body = healthz(report(self._admin, self._location))
+            status = "200 OK" if code == 200 else "503 Service Unavailable"
+            ctype = "application/json"
+        else:
+            status, ctype, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
+        start_response(
+            status,
+            [("Content-Type", ctype), ("Content-Length", str(len(body))),
+             ("Cache-Control", "no-store")],
+        )  # fmt: skip
+        return [b"" if method == "HEAD" else body]
+
+    def close(self) -> None:
+        """Close the database connections the app opened (idempotent)."""
+        if self._close is not None:
+            self._close()
+
+
+def metrics_app(location: str, metrics: Metrics | None = None) -> MetricsApp:
+    """The WSGI application of the daemon's metrics address: ``/metrics`` and ``/healthz`` of
+    the database at ``location``, read with an ``Admin`` per serving thread.
+
+    ``metrics``: the process's own (the daemon observes its steps there); it is made to
+    ``watch`` the store. Call ``close()`` on shutdown.
+
+    Raises:
+        MetricsUnavailable: prometheus_client is not installed.
+        ValueError: ``metrics`` already reports a store.
+    """
+    from .admin import Admin
+    from .perthread import PerThread
+
+    admins = PerThread(lambda: Admin(location), Admin.close)
+    metrics = metrics if metrics is not None else Metrics()
+    metrics.watch(admins.get)
+    return MetricsApp(metrics, admins.get, location, admins.close_all)
+
+
+def make_server(host: str, port: int, app: MetricsApp) -> WSGIServer:
+    """A wsgiref server of ``app`` on ``host:port`` that logs nothing (``port`` 0: any free
+    one, see ``server.server_port``). Serve with ``serve_forever()`` or, from a selector loop,
+    ``handle_request()`` when ``fileno()`` is readable.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    from wsgiref.simple_server import make_server as wsgiref_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server: WSGIServer = wsgiref_server(host, port, app, WSGIServer, Quiet)
+    return server
