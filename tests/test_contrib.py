@@ -414,9 +414,8 @@ def test_an_alarm_set_by_the_app_container_runs_in_the_daemon_container(
         # namespace, through the socket file on the volume, can make it run this one.
         _remind(app, "r1", "2s")
         _sent_on_time(app, "r1")
-        assert sorted(p.name for p in volume.iterdir()) == [
-            "jobs.db", "jobs.db-shm", "jobs.db-wal", "jobs.db.lock", "jobs.db.wake",
-        ]  # fmt: skip
+        # The database, its wake socket and its lock file, all on the shared volume.
+        assert {"jobs.db", "jobs.db.wake", "jobs.db.lock"} <= {p.name for p in volume.iterdir()}
     finally:
         app.stop(killed_ok=True)
         if daemon is not None:
