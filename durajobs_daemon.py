@@ -165,6 +165,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="info logs one line per step; warning only failures (default info)",
     )
     parser.add_argument(
+        "--metrics",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help=(
+            "serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. "
+            "127.0.0.1:9464 (port 0: any free port, logged at start); off by default; needs "
+            "durajobs[metrics]"
+        ),
+    )
+    parser.add_argument(
         "--log-format",
         default="text",
         choices=["text", "json"],
@@ -175,6 +186,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     return parser.parse_args(argv)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:9464
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT (e.g. 127.0.0.1:9464), got {text!r}")
+    return host, int(port)
 
 
 def _positive_int(text: str) -> int:
@@ -755,6 +774,74 @@ class Worker:
         return int(self.engine.time_out(instance_id, seconds, step, self.hooks))
 
 
+# -- the metrics address -----------------------------------------------------------------------
+
+
+class MetricsServer:
+    """``--metrics HOST:PORT``: ``GET /metrics`` and ``GET /healthz`` (``durajobs.metrics``),
+    answered by the parent between two events of its loop (no thread: the parent forks its
+    workers, and a fork while another thread holds a lock can leave the child stuck).
+
+    A scrape reads the store (one grouped statement and a count of the due index), so it holds
+    the loop for that long: milliseconds, also at a million instances. A client that connects
+    and then says nothing is dropped after ``CLIENT_TIMEOUT`` seconds. The step series are
+    this daemon's: each step a worker reports is counted here (``observe``).
+    """
+
+    CLIENT_TIMEOUT = 2.0
+
+    def __init__(self, metrics: Any, app: Any, server: Any) -> None:
+        self.metrics = metrics
+        self.app = app
+        self.server = server
+        host, port = server.server_address[:2]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @classmethod
+    def open(cls, location: str, host: str, port: int) -> MetricsServer:
+        """Bind the address and make the metrics of the database at ``location``.
+
+        Raises:
+            ImportError: prometheus_client is not installed (``MetricsUnavailable``).
+            OSError: the address cannot be bound.
+        """
+        from durajobs.metrics import Metrics, make_server, metrics_app
+
+        metrics = Metrics()
+        app = metrics_app(location, metrics)
+        try:
+            server = make_server(host, port, app)
+        except BaseException:
+            app.close()
+            raise
+        server.timeout = 0  # handle_request(): never wait for a connection that went away
+        handler: Any = server.RequestHandlerClass  # this server's own class (make_server)
+        handler.timeout = cls.CLIENT_TIMEOUT  # per connection
+        return cls(metrics, app, server)
+
+    def answer(self) -> None:
+        """Answer the connection waiting on the listening socket."""
+        try:
+            self.server.handle_request()
+        except Exception:  # a scrape must never take the daemon down
+            log.exception("answering a metrics request failed")
+
+    def observe(self, step: StepReport) -> None:
+        """Count a step a worker committed (and its lateness, for an alarm's step)."""
+        kind, _, rest = step.instance_id.partition(":")
+        seconds = None if step.duration_ms is None else step.duration_ms / 1000
+        self.metrics.observe_step(
+            rest.partition(":")[0], kind, step.outcome, seconds, error=step.error
+        )
+        if step.lateness_ms is not None:
+            self.metrics.observe_lateness(step.lateness_ms / 1000)
+
+    def close(self) -> None:
+        """Close the listening socket and the app's database connections."""
+        self.server.server_close()
+        self.app.close()
+
+
 # -- the parent --------------------------------------------------------------------------------
 
 
@@ -774,8 +861,11 @@ class WorkerProcess:
 class Daemon:
     """The parent process: the loop, the workers, the signals; ``self.dispatch`` decides."""
 
-    def __init__(self, jobs: Jobs, *, workers: int, grace: float) -> None:
+    def __init__(
+        self, jobs: Jobs, *, workers: int, grace: float, metrics: MetricsServer | None = None
+    ) -> None:
         self.jobs = jobs
+        self.metrics = metrics
         self.store = jobs.engine.store
         self.size = workers
         self.grace = grace
@@ -815,6 +905,8 @@ class Daemon:
         self._listen()
         if self.timer is not None:
             self.selector.register(self.timer.fd, selectors.EVENT_READ, self._on_timer)
+        if self.metrics is not None:
+            self.selector.register(self.metrics.server, selectors.EVENT_READ, self._on_scrape)
         try:
             for _ in range(self.size):
                 self._spawn()
@@ -829,6 +921,8 @@ class Daemon:
             signal.set_wakeup_fd(-1)
             self.listener.close()
             self.notifier.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.jobs.close()
         return self.exit_code
 
@@ -836,16 +930,20 @@ class Daemon:
         """Log, once at start, each job that has instances in the database but is not defined
         by this app (removed or renamed in the code): nothing here runs them."""
         try:
-            counts = self.store.count_by_status()
+            counts = self.store.instance_gauges()  # the metrics' one grouped, indexed read
         except StorageError as exc:
             log.warning("could not look for orphaned jobs: %s", exc)
             return
         orphans: dict[tuple[str, str], int] = {}
-        for kind, job, _status, count in counts:
+        for kind, job, status, count in counts:
+            if status == "failing":
+                continue  # also counted as running
             known = self.jobs.registry.get(job)
             if known is None or known.kind != kind:
                 orphans[(kind, job)] = orphans.get((kind, job), 0) + count
         for (kind, job), count in sorted(orphans.items()):
+            if not count:
+                continue
             log.warning(
                 "orphaned job %r (%s): %d instance%s in the database but the app defines no "
                 "such job, so they never run (restore the job, or terminate them with "
@@ -963,6 +1061,8 @@ class Daemon:
         if self.timer is not None:
             self.timer.close()
         self.notifier.close()
+        if self.metrics is not None:
+            self.metrics.server.socket.close()  # the parent answers scrapes
         for other in self.workers:
             other.channel.close()
 
@@ -996,10 +1096,12 @@ class Daemon:
             self._lost(worker, timed_out=False)
 
     def _reports(self, messages: list[dict[str, Any]]) -> list[StepReport]:
-        """The steps that ``messages`` report, each logged."""
+        """The steps that ``messages`` report, each logged (and counted in the metrics)."""
         reports = [StepReport(*line) for m in messages for line in m.get("steps", ())]
         for report in reports:
             self._log_step(report)
+            if self.metrics is not None:
+                self.metrics.observe(report)
         return reports
 
     def _batch_done(
@@ -1180,6 +1282,10 @@ class Daemon:
             self._listener_lost(exc)
         self.dispatch.on_wake(time.monotonic())
 
+    def _on_scrape(self, _key: selectors.SelectorKey) -> None:
+        assert self.metrics is not None
+        self.metrics.answer()
+
     def _on_timer(self, _key: selectors.SelectorKey) -> None:
         assert self.timer is not None
         self.timer.clear()
@@ -1298,8 +1404,24 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if not jobs.engine.locks.hold_daemon_lock():
         print(f"durajobs-daemon: another daemon already serves {jobs.path}", file=sys.stderr)
         raise SystemExit(1)
+    metrics = None
+    if args.metrics is not None:
+        try:
+            metrics = MetricsServer.open(jobs.location, *args.metrics)
+        except ImportError as exc:  # durajobs.metrics.MetricsUnavailable
+            print(f"durajobs-daemon: --metrics: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        except OSError as exc:
+            host, port = args.metrics
+            print(f"durajobs-daemon: cannot serve metrics on {host}:{port}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(1) from None
+        log.info(
+            "metrics on http://%s/metrics, health on http://%s/healthz",
+            metrics.address, metrics.address, extra={"event": "metrics"},
+        )  # fmt: skip
     try:
-        daemon = Daemon(jobs, workers=args.workers, grace=args.grace)
+        daemon = Daemon(jobs, workers=args.workers, grace=args.grace, metrics=metrics)
     except StorageError as exc:  # PostgreSQL: LISTEN's session cannot be opened
         print(f"durajobs-daemon: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 from daemon_apps.app_defs import REGISTRY, Count, Due
+from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
 from durajobs import Continuous, Jobs, Task, every
@@ -567,3 +570,58 @@ def test_a_slow_collector_delays_no_daemon_step_and_gets_the_records_when_it_ans
         assert harness.stop(proc) == 0
     finally:
         collector.stop()
+
+
+def test_metrics_address_serves_metrics_and_healthz(harness: Harness) -> None:
+    harness.jobs.continuous("hourly").start("anchor", Count())
+    proc = harness.start("--metrics", "127.0.0.1:0")  # any free port; the log names it
+    (line,) = [line for line in harness.log().splitlines() if "metrics on http://" in line]
+    base = line.split("metrics on ", 1)[1].split("/metrics", 1)[0]
+    for n in range(2):
+        harness.jobs.task("task").send(f"scraped-{n}", Due(time.time()))
+    for n in range(2):
+        wait_for(
+            lambda n=n: harness.jobs.task("task").status(f"scraped-{n}").execute_count == 1,
+            what=f"step {n} committed",
+        )
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    # The parent counts a step when its worker's report arrives, just after the commit.
+    ok = ("durajobs_steps_total", (("job", "task"), ("kind", "task"), ("outcome", "ok")))
+    samples = wait_for(lambda: (s := scrape()).get(ok) == 2 and s, what="two steps counted")
+    assert samples[("durajobs_alarm_lateness_seconds_count", ())] == 2
+    assert samples[("durajobs_step_duration_seconds_count", (("job", "task"),))] == 2
+    idle = ("durajobs_instances", (("job", "task"), ("kind", "task"), ("status", "idle")))
+    assert samples[idle] == 2
+    running = (("job", "hourly"), ("kind", "continuous"), ("status", "running"))
+    assert samples[("durajobs_instances", running)] == 1
+    assert samples[("durajobs_overdue_instances", ())] == 0
+
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
+        assert response.status == 200
+        health = json.loads(response.read())
+    assert health["status"] in ("ok", "degraded")
+    assert {check["name"] for check in health["checks"]}
+    assert harness.stop(proc) == 0
+    with pytest.raises(urllib.error.URLError):  # closed with the daemon
+        urllib.request.urlopen(f"{base}/healthz", timeout=10)
+
+
+@pytest.mark.parametrize("address", ["9464", "localhost:", "127.0.0.1:99999", ":9464"])
+def test_a_bad_metrics_address_exits_with_one_line(harness: Harness, address: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(DAEMON), "--app", APP, "--metrics", address],
+        env=harness.env, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.decode().strip().splitlines()[-1:]
+    assert "--metrics: must be HOST:PORT" in line
