@@ -12,6 +12,8 @@ import decimal
 import json
 import logging
 import socket
+import ssl
+import subprocess
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -591,3 +593,47 @@ def test_repr_does_not_show_the_service_key() -> None:
     assert SERVICE_KEY not in repr(tracker)
     assert "pw" not in repr(tracker)
     assert "token" not in repr(tracker)
+
+
+# -- https -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_collector(tmp_path: Any) -> Iterator[tuple[Collector, str]]:
+    """The collector behind TLS, with a self-signed certificate for 127.0.0.1 (its file)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = Collector()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    yield server, str(cert)
+    server.stop()
+
+
+def test_https_is_sent_over_a_verified_tls_connection(
+    tls_collector: tuple[Collector, str],
+    make_tracker: Callable[..., Tracker],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector, cert = tls_collector
+    url = collector.url.replace("http://", "https://")
+    untrusted = make_tracker(url)
+    untrusted.add([record(1)])
+    with caplog.at_level(logging.WARNING, logger="durajobs.tracker"):
+        assert untrusted.flush() is False  # the certificate is not trusted: a transient failure
+    assert (untrusted.failures, untrusted.pending) == (1, 1)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # trusted by the default context
+    tracker = make_tracker(url, batch_size=2)
+    tracker.add([record(1), record(2)])  # starts the handshake, never waits for it
+    tick_until(tracker, lambda: tracker.sent == 2, "the batch delivered over TLS")
+    assert all_steps(collector) == [1, 2]
+    assert collector.requests[0].headers["Authorization"] == f"Bearer {SERVICE_KEY}"
