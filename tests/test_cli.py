@@ -356,11 +356,12 @@ def test_stats(cli: Runner, db: Path | str) -> None:
     assert "failures" in text.stdout
 
 
-def test_doctor_healthy(cli: Runner, db: Path) -> None:
+def test_doctor_warns_of_parked_instances(cli: Runner, db: Path) -> None:
     run = cli("--db", str(db), "doctor", "--json")
-    assert run.code == 0, run.stdout
+    assert run.code == 1, run.stdout  # warnings: exit 1 (failures: 2)
     report = run.json()
     assert report["ok"] is True
+    assert report["status"] == "degraded"
     levels = {c["name"]: c["level"] for c in report["checks"]}
     assert levels["integrity"] == "ok"
     assert levels["schema"] == "ok"
@@ -369,15 +370,15 @@ def test_doctor_healthy(cli: Runner, db: Path) -> None:
     claims = next(c for c in report["checks"] if c["name"] == "claims")
     assert "none can be stale" in claims["detail"]
     text = cli("--db", str(db), "doctor")
-    assert text.code == 0
-    assert "healthy" in text.stdout
+    assert text.code == 1
+    assert "degraded: warnings found" in text.stdout
 
 
 def test_doctor_tells_stuck_from_running(tmp_path: Path) -> None:
     application = App(tmp_path / "late.db")
     populate(application, start=time.time() - 7200)
     run = run_in_process("--db", str(application.db), "doctor", "--json")
-    assert run.code == 1
+    assert run.code == 2  # overdue, no step running, no daemon serving: a failure
     report = run.json()
     assert not report["ok"]
     stuck = {o["instance_id"] for o in report["overdue"] if o["running"] is False}
@@ -389,13 +390,14 @@ def test_doctor_tells_stuck_from_running(tmp_path: Path) -> None:
         for instance_id in stuck:
             assert locks.try_acquire(instance_id) is not None
         held = run_in_process("--db", str(application.db), "doctor", "--json")
-        assert held.code == 0, held.stdout
+        assert held.code == 1, held.stdout  # only the parked instance's warning is left
         assert all(o["running"] is True for o in held.json()["overdue"])
+        assert {c["name"]: c["level"] for c in held.json()["checks"]}["overdue"] == "ok"
     finally:
         locks.close()
 
     text = run_script("--db", str(application.db), "doctor")
-    assert text.code == 1
+    assert text.code == 2
     assert "FAIL" in text.stdout
     assert "problems found" in text.stdout
 
@@ -695,11 +697,15 @@ def test_rich_table_on_a_tty_and_no_color(db: Path) -> None:
 
 def test_missing_file_is_not_created(cli: Runner, tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
-    commands = [["ls"], ["doctor"], ["terminate", "-y", "task:a:b"]]
-    for command in commands if cli is run_in_process else commands[::2]:
+    commands = [["ls"], ["terminate", "-y", "task:a:b"]]
+    for command in commands if cli is run_in_process else commands[:1]:
         run = cli("--db", str(missing), *command)
         assert run.code == 4
         assert "no such database file" in one_line_error(run)
+    # doctor: a failed check (exit 2, as for every failure), not an error
+    run = cli("--db", str(missing), "doctor")
+    assert run.code == 2
+    assert "no such database file" in run.stdout
     assert list(tmp_path.iterdir()) == []
     run = cli("--db", str(tmp_path / "no-dir" / "x.db"), "ls")
     assert run.code == 4
@@ -751,7 +757,7 @@ def test_corrupt_database(cli: Runner, db: Path) -> None:
     if cli is run_in_process:
         assert cli("--db", str(db), "show", "task:orders:o-1").code == 4
     doctor = cli("--db", str(db), "doctor", "--json")
-    assert doctor.code == 1
+    assert doctor.code == 2
     report = doctor.json()
     assert not report["ok"]
     assert {c["name"]: c["level"] for c in report["checks"]}["integrity"] == "fail"
