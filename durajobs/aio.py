@@ -14,6 +14,7 @@ and durajobs itself still starts no thread (the executor is the event loop's).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -48,9 +49,12 @@ E = TypeVar("E")
 
 
 async def _off_loop(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run ``fn`` in the running loop's default executor."""
+    """Run ``fn`` in the running loop's default executor, in a copy of the caller's context
+    (as ``asyncio.to_thread`` does): its context variables, such as OpenTelemetry's current
+    span, reach the step (its ``durajobs.step`` span is the caller's span's child)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(None, functools.partial(context.run, fn, *args, **kwargs))
 
 
 class AsyncContinuousClient(Generic[S]):

@@ -9,6 +9,7 @@ that test runs in a subprocess).
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from durajobs import Continuous, ExecutionError, FakeClock, Jobs, Task, every
+from durajobs.aio import AsyncJobs
 from durajobs.errors import ValidationError
 
 pytestmark = pytest.mark.both_stores  # [sqlite] and [postgres]
@@ -191,3 +193,20 @@ def test_by_default_spans_start_once_the_app_sets_its_global_provider(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "task:flow:after"
+
+
+def test_an_async_callers_span_is_the_parent_too(
+    tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    caller = provider.get_tracer("the-caller")
+
+    async def handle_request(ajobs: AsyncJobs) -> int:
+        with caller.start_as_current_span("async request") as request:
+            await ajobs.task("flow").send("t1", Ping("a"))
+        return int(request.get_span_context().span_id)
+
+    with Jobs(tmp_path / "j.db", registry(provider), tracing=provider) as jobs:
+        request_id = asyncio.run(handle_request(AsyncJobs(jobs)))
+    (span,) = step_spans(exporter)
+    assert span.parent is not None
+    assert span.parent.span_id == request_id  # across the executor's thread
