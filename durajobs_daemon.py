@@ -755,7 +755,7 @@ class Worker:
         """After a commit: keep each step's line for the parent (which logs it), then the
         app's hook (user code: the lines go out before it runs)."""
         for report in summarize(records, self.jobs, self._lateness):
-            self._lines.append(list(attrs.astuple(report)))
+            self._lines.append(list(report))
             self._lines_size += len(report.instance_id) + len(report.error or "") + 40
             if self._lines_size > BATCH_BYTES:
                 self._flush_lines()

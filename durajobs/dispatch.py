@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import attrs
 
@@ -71,9 +71,9 @@ class DueRow(Protocol):
     def due_at(self) -> float | None: ...
 
 
-@attrs.frozen
-class StepReport:
-    """One committed step, as its worker reports it.
+class StepReport(NamedTuple):
+    """One committed step, as its worker reports it (a tuple: it crosses the worker's channel
+    as a list, for every step, without attrs' ``astuple``).
 
     ``outcome``: ``ok``, ``retry`` (failed, a retry is scheduled), ``failed`` (failed, no
     retry: handled or skipped), ``exhausted``, ``parked``, ``terminated``, ``skipped``.
