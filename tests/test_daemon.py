@@ -625,3 +625,20 @@ def test_a_bad_metrics_address_exits_with_one_line(harness: Harness, address: st
     assert result.returncode == 2
     (line,) = result.stderr.decode().strip().splitlines()[-1:]
     assert "--metrics: must be HOST:PORT" in line
+
+
+def test_the_workers_steps_are_spans_of_the_apps_provider(harness: Harness) -> None:
+    spans = harness.tmp_path / "spans.jsonl"
+    proc = harness.start(DAEMON_TEST_SPANS=str(spans))
+    harness.jobs.task("task").send("traced", Due(time.time()))
+
+    def step_spans() -> list[dict[str, Any]]:
+        lines = spans.read_text().splitlines() if spans.exists() else []
+        return [json.loads(line) for line in lines]
+
+    (span,) = wait_for(step_spans, what="the daemon step's span")
+    assert span["name"] == "durajobs.step"
+    assert span["pid"] != proc.pid  # a worker's
+    assert span["attributes"]["durajobs.instance_id"] == "task:task:traced"
+    assert span["attributes"]["durajobs.outcome"] == "ok"
+    assert harness.stop(proc) == 0
