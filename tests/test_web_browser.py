@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("jinja2")
 
-from test_web import HOSTILE_ID, populate
+from test_web import HOSTILE_ID, Counter, jobs_on, populate
 
 CHROMIUM = os.environ.get("DURAJOBS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -135,6 +135,23 @@ def test_retry_a_parked_instance(page: Page, served: tuple[str, Path]) -> None:
     page.get_by_role("button", name="Retry").click()
     expect(page.locator(".notice")).to_contain_text("Retry requested")
     expect(status).not_to_have_text("failed")
+
+
+def test_the_failed_page_has_a_tab_of_failing_instances(
+    page: Page, served: tuple[str, Path]
+) -> None:
+    """A Continuous instance whose run failed and was skipped stays running: the Failed page's
+    "Failing" tab lists it, and its page says so (issue 20)."""
+    base, db = served
+    with jobs_on(db) as jobs:
+        jobs.continuous("refresher").start("broken-1", Counter())  # tick raises: skipped
+    page.goto(base + "failed")
+    expect(page.get_by_role("link", name="continuous:refresher:broken-1")).to_have_count(0)
+    page.get_by_role("link", name="Failing", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/failed\?show=failing$"))
+    page.get_by_role("link", name="continuous:refresher:broken-1").click()
+    expect(page.locator(".title-row .status")).to_have_text(["running", "failing"])
+    expect(page.locator(".notice")).to_contain_text("the last run failed")
 
 
 def test_a_new_instance_appears_without_a_reload(page: Page, served: tuple[str, Path]) -> None:
