@@ -792,6 +792,11 @@ def serve(
     )  # fmt: skip
 
 
+from .check import register as _register_check  # noqa: E402  (durajobs check --app ...)
+
+_register_check(app)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console-script entry point; returns the exit code.
 
