@@ -78,10 +78,12 @@ from typing import Any, NoReturn
 import attrs
 
 from durajobs import Jobs, SystemClock
+from durajobs.core.decision import Decision
 from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.stores import open_listener, same_database
+from durajobs.stores.base import Write
 
 __all__ = ["main"]
 
@@ -508,52 +510,31 @@ class WallTimer:
 # -- what a step did, in one line --------------------------------------------------------------
 
 
-def summarize(
-    records: Sequence[dict[str, Any]], jobs: Jobs, lateness: dict[str, float] | None = None
-) -> list[StepReport]:
-    """History records of committed steps -> one report per step (in the worker, which sends
-    the reports to the parent as they are). ``lateness``: instance id -> the lateness (ms) of
-    its due step that started last; each report takes (and removes) its instance's.
-
-    The seam for a typed outcome: the engine's record hook gets a step's history records, not
-    its decision, so the outcome is read here from the records' event names. Once the engine
-    hands the hook each step's ``Decision`` with its outcome, take it from there instead.
-    """
-    steps: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for record in records:
-        steps.setdefault((record["instance_id"], record["step"]), []).append(record)
-    reports: list[StepReport] = []
-    for (instance_id, step), group in steps.items():
-        events = {record["event"] for record in group}
-        failed = next((r for r in group if r["event"] == "job.failed"), None)
-        timed = next((r for r in group if r["duration_ms"] is not None), None)
-        main = failed or timed or group[0]
-        if failed is not None:
-            job = jobs.registry.get(instance_id.split(":", 2)[1])
-            if "job.parked" in events:
-                outcome = "parked"
-            elif "job.terminated" in events:
-                outcome = "terminated"
-            elif "job.retry_exhausted" in events:
-                outcome = "exhausted"
-            elif job is not None and job.retry is not None:
-                outcome = "retry"
-            else:
-                outcome = "failed"
-        elif "job.terminated" in events:
-            outcome = "terminated"
-        elif "job.skipped" in events:
-            outcome = "skipped"
-        else:
-            outcome = "ok"
-        error = main["error"]
-        late = None if lateness is None else lateness.pop(instance_id, None)
-        reports.append(StepReport(
-            instance_id, outcome, main["attempt"],
-            (timed or main)["duration_ms"], None if error is None else _clip(str(error)),
-            step, None if late is None else round(late, 3),
-        ))  # fmt: skip
-    return reports
+def report(
+    write: Write, decision: Decision, lateness: dict[str, float] | None = None
+) -> StepReport | None:
+    """A committed step -> its report (in the worker, which sends the reports to the parent as
+    they are); ``None`` for a step that recorded nothing. The outcome is the decision's own;
+    the attempt, duration and error are its main record's (the failure, else the timed run).
+    ``lateness``: instance id -> the lateness (ms) of its due step that started last; the
+    report takes (and removes) its instance's."""
+    records = write.records
+    if not records:
+        return None
+    main = next((r for r in records if r[0] == "job.failed"), None) or next(
+        (r for r in records if r[2] is not None), records[0]
+    )
+    outcome = decision.outcome.value
+    if outcome in ("nothing", "refused"):
+        outcome = "ok"
+    error = main[3]
+    late = None if lateness is None else lateness.pop(write.instance_id, None)
+    step = write.row.step if write.row is not None else write.expected_step + 1
+    return StepReport(
+        write.instance_id, outcome, main[1], main[2],
+        None if error is None else _clip(str(error)), step,
+        None if late is None else round(late, 3),
+    )  # fmt: skip
 
 
 def step_fields(step: StepReport) -> dict[str, Any]:
@@ -672,7 +653,7 @@ class Worker:
         # No waker: the parent hears of every step from us; no poke needed. The app's step
         # watch (tracing) stays.
         self.hooks = self.engine.hooks._replace(
-            on_records=self.on_records, before_step=self.before_step, waker=None
+            on_done=self.on_done, before_step=self.before_step, waker=None
         )
         self._lateness: dict[str, float] = {}  # instance id -> ms, until its step is reported
         self._lines: list[list[Any]] = []  # committed steps not reported yet
@@ -751,17 +732,19 @@ class Worker:
             }
         )
 
-    def on_records(self, records: list[dict[str, Any]]) -> None:
-        """After a commit: keep each step's line for the parent (which logs it), then the
-        app's hook (user code: the lines go out before it runs)."""
-        for report in summarize(records, self.jobs, self._lateness):
-            self._lines.append(list(report))
-            self._lines_size += len(report.instance_id) + len(report.error or "") + 40
+    def on_done(self, done: list[tuple[Write, Decision]]) -> None:
+        """After a commit: keep each step's line for the parent (which logs it); the app's
+        record hook (user code) runs after this, so the lines go out before it does."""
+        for write, decision in done:
+            line = report(write, decision, self._lateness)
+            if line is None:
+                continue
+            self._lines.append(list(line))
+            self._lines_size += len(line.instance_id) + len(line.error or "") + 40
             if self._lines_size > BATCH_BYTES:
                 self._flush_lines()
         if self._user_hook is not None:
             self._flush_lines()
-            self._user_hook(records)
 
     def _flush_lines(self) -> None:
         if self._lines:

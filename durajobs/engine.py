@@ -49,6 +49,8 @@ __all__ = ["BULK_MAX_INSTANCES", "Engine", "Hooks", "RecordHook", "StepOutcome"]
 log = logging.getLogger("durajobs")
 
 RecordHook = Callable[[list[dict[str, Any]]], None]
+# After each commit: every committed step's write and decision (its typed ``outcome``)
+DoneHook = Callable[[list[tuple[Write, Decision]]], None]
 # (instance id, timeout, step, due_at): before a due step's handlers
 StepHook = Callable[[str, float | None, int, float | None], None]
 # Around every step's handlers (the pure step): ``watch(env, row)`` is entered before them and
@@ -66,6 +68,7 @@ class Hooks(NamedTuple):
     before_step: StepHook | None = None  # before a due step's handlers (the daemon's watch)
     waker: Waker | None = None  # poked after commits that may set an alarm
     watch: StepWatch | None = None  # around every step's handlers (tracing spans)
+    on_done: DoneHook | None = None  # after each commit, before on_records: what each step did
 
 
 NO_HOOKS = Hooks()
@@ -452,7 +455,7 @@ class Engine:
                 )
         finally:
             self.locks.release(token)
-        self._after_one(write)
+        self._after_one(write, decision)
         return StepOutcome(decision, inst)
 
     def run_many(
@@ -906,20 +909,23 @@ class Engine:
 
     # -- after commit ---------------------------------------------------------------------
 
-    def _after_one(self, write: Write) -> None:
+    def _after_one(self, write: Write, decision: Decision) -> None:
         """``_after`` of a single step (its claim released)."""
-        waker = self.hooks.waker
+        hooks = self.hooks
         row = write.row
-        if waker is not None and (
+        if hooks.waker is not None and (
             (row.due_at is not None) if row is not None else write.kind == "debounce"
         ):
-            waker.poke()
-        if self.hooks.on_records is not None:
+            hooks.waker.poke()
+        if hooks.on_done is not None:
+            hooks.on_done([(write, decision)])
+        if hooks.on_records is not None:
             self._hand_records([write])
 
     def _after(self, done: Sequence[_Pending]) -> None:
         """After a commit, its claims released: wake a sleeping daemon if an alarm may have
-        changed, and hand the records to the ``on_records`` hook."""
+        changed, and hand the steps to the ``on_done`` hook and their records to
+        ``on_records``."""
         if not done:
             return
         waker = self.hooks.waker
@@ -929,6 +935,8 @@ class Engine:
             for w in (p.write for p in done)
         ):
             waker.poke()
+        if self.hooks.on_done is not None:
+            self.hooks.on_done([(p.write, p.decision) for p in done if p.decision is not None])
         if self.hooks.on_records is not None:
             self._hand_records([p.write for p in done])
 
