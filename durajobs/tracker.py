@@ -24,6 +24,10 @@ many ``add`` calls (steps) as it takes. So:
 * Any other 4xx (400, 401, 413, ...) is permanent: that batch is dropped (counted in
   ``rejected``, logged once per status code) so one bad record cannot wedge the queue.
 * After construction nothing here raises: telemetry never fails a step.
+* Threads (a ``Jobs`` shared by a web server's threads): any thread may call ``add``; one at a
+  time holds the queue and the request, under a lock that ``add`` never waits for -- a thread
+  that finds it taken leaves its records for the holder or the next call. ``flush`` waits
+  for it.
 * The one blocking call is name resolution (``getaddrinfo``), made for the first request and
   again only after a failed connection, once per backoff period: prefer an endpoint whose host
   resolves reliably, or an IP address. Proxies (``*_proxy`` variables) are not used.
@@ -59,6 +63,7 @@ import os
 import select
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 import weakref
@@ -303,7 +308,11 @@ class Tracker:
         self._host_header = host if parts.port is None else f"{host}:{parts.port}"
         self._addresses: list[tuple[int, tuple[Any, ...]]] = []  # resolved once, see notes
 
-        self._buffer: deque[str] = deque()  # records, already encoded as JSON
+        # Records, already encoded as JSON: received by ``add`` (from any thread), then queued
+        # by the thread that holds the lock (it alone touches the queue and the request).
+        self._incoming: deque[str] = deque()
+        self._buffer: deque[str] = deque()
+        self._lock = threading.Lock()  # never waited for in add(); flush() waits for it
         self._in_flight: list[str] = []  # the batch of the request in flight
         self._exchange: _Exchange | None = None
         self._last_attempt_at = self._clock()
@@ -322,7 +331,7 @@ class Tracker:
     @property
     def pending(self) -> int:
         """The number of records queued or in flight, not yet delivered."""
-        return len(self._buffer) + len(self._in_flight)
+        return len(self._incoming) + len(self._buffer) + len(self._in_flight)
 
     def add(self, records: Sequence[Mapping[str, Any]], now: float | None = None) -> None:
         """Queue records and move the request in flight along; never waits on the network.
@@ -342,16 +351,22 @@ class Tracker:
         for record in records:
             encoded = self._encode(record)
             if encoded is not None:
-                self._append(encoded)
-        if not self._buffer and self._exchange is None:
-            return
-        at = self._clock() if now is None else now
-        if self._exchange is not None and not self._finish(self._advance(), at):
-            return  # still in flight
-        if self._due(at):
-            self._start(at)
-            if self._exchange is not None:
-                self._finish(self._advance(), at)
+                self._incoming.append(encoded)  # atomic: any thread may add at any time
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is sending (or flushing); it takes these records too
+        try:
+            self._take_incoming()
+            if not self._buffer and self._exchange is None:
+                return
+            at = self._clock() if now is None else now
+            if self._exchange is not None and not self._finish(self._advance(), at):
+                return  # still in flight
+            if self._due(at):
+                self._start(at)
+                if self._exchange is not None:
+                    self._finish(self._advance(), at)
+        finally:
+            self._lock.release()
 
     def flush(self, now: float | None = None, *, force: bool = False) -> bool:
         """Send every queued record now, in batches, waiting on the network (up to ``timeout``
@@ -369,6 +384,11 @@ class Tracker:
         Raises:
             Nothing: telemetry never fails a step; problems are counted and logged.
         """
+        with self._lock:
+            self._take_incoming()
+            return self._flush(now, force)
+
+    def _flush(self, now: float | None, force: bool) -> bool:
         if self._exchange is not None and not self._wait(now):
             return False
         if not self._buffer:
@@ -440,13 +460,16 @@ class Tracker:
             )
             return None
 
-    def _append(self, encoded: str) -> None:
-        self._buffer.append(encoded)
-        self._trim()
+    def _take_incoming(self) -> None:
+        """Move what ``add`` received into the queue (the lock is held)."""
+        incoming = self._incoming
+        while incoming:
+            self._buffer.append(incoming.popleft())
+            self._trim()
 
     def _trim(self) -> None:
         """Keep the queue (the batch in flight included) within ``max_buffer``."""
-        while self._buffer and self.pending > self._max_buffer:
+        while self._buffer and len(self._buffer) + len(self._in_flight) > self._max_buffer:
             self._buffer.popleft()
             self.dropped += 1
             if not self._overflow_warned:
@@ -603,8 +626,10 @@ class Tracker:
         if self._exchange is not None:
             self._exchange.close()  # our copy of the descriptor only; no shutdown()
             self._exchange = None
+        self._incoming.clear()
         self._buffer.clear()
         self._in_flight = []
+        self._lock = threading.Lock()  # another thread may have held it at the fork
 
 
 _LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()

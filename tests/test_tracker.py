@@ -637,3 +637,46 @@ def test_https_is_sent_over_a_verified_tls_connection(
     tick_until(tracker, lambda: tracker.sent == 2, "the batch delivered over TLS")
     assert all_steps(collector) == [1, 2]
     assert collector.requests[0].headers["Authorization"] == f"Bearer {SERVICE_KEY}"
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+def test_threads_adding_at_once_deliver_every_record_once_in_each_threads_order(
+    collector: Collector, make_tracker: Callable[..., Tracker]
+) -> None:
+    tracker = make_tracker(collector.url, batch_size=7, flush_interval=0)
+
+    def steps_of(thread: int) -> None:
+        for n in range(200):
+            tracker.add([record(thread * 1000 + n)])
+
+    threads = [threading.Thread(target=steps_of, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tracker.flush() is True
+    delivered = all_steps(collector)
+    assert sorted(delivered) == sorted(t * 1000 + n for t in range(4) for n in range(200))
+    for t in range(4):
+        assert [s for s in delivered if s // 1000 == t] == [t * 1000 + n for n in range(200)]
+    assert (tracker.sent, tracker.pending, tracker.dropped) == (800, 0, 0)
+
+
+def test_add_never_waits_for_another_threads_flush(
+    collector: Collector, make_tracker: Callable[..., Tracker]
+) -> None:
+    collector.hold()
+    tracker = make_tracker(collector.url, timeout=3600.0)
+    tracker.add([record(1)])
+    flushing = threading.Thread(target=tracker.flush)
+    flushing.start()  # waits on the collector, holding the tracker
+    wait_for(lambda: collector.requests, what="the flush's request")
+    tracker.add([record(2)])  # returns at once: the record waits for the flush's thread
+    assert flushing.is_alive()
+    assert (collector.answered, tracker.pending) == (0, 2)
+    collector.release()
+    flushing.join()
+    assert tracker.flush() is True
+    assert all_steps(collector) == [1, 2]
