@@ -240,6 +240,8 @@ class Engine:
             try:
                 inst, env = self._read(job, inst, env)
             except ValidationError as unreadable:
+                if label:  # a bulk call's item: the message names its index
+                    raise ValidationError(f"{label}: {unreadable}{_batch(label)}") from None
                 if not contain:
                     raise  # a client's call on it: refused, the row left as it was
                 decision = _park_unreadable(inst, env, unreadable)  # an alarm: park it

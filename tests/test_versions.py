@@ -386,6 +386,9 @@ def test_a_task_state_is_migrated_by_its_next_event(deploy: Any) -> None:
     jobs = deploy(orders(OrderV2))
     with pytest.raises(ValidationError, match="'items'"):
         jobs.task("orders").send("o", Placed(1))
+    with pytest.raises(ValidationError, match=r"^item 1 \(task:orders:o\): .*'items'.*nothing"):
+        jobs.task("orders").send_many([("p", Placed(1)), ("o", Placed(1))])
+    assert jobs.task("orders").status("p").status == "not_found"  # all or nothing
     assert stored(jobs, "task:orders:o")[:2] == ({"items": 2}, 1)
     jobs = deploy(orders(OrderV2, version=2, migrate={1: lambda old: {"quantity": old["items"]}}))
     jobs.task("orders").send("o", Placed(1))
