@@ -631,10 +631,6 @@ class Gauges:
     overdue: int
     overdue_after: float
 
-    def total(self, status: str) -> int:
-        """Instances with ``status`` across all jobs."""
-        return sum(n for _, _, s, n in self.counts if s == status)
-
 
 # -- the operations -------------------------------------------------------------------------
 
@@ -992,16 +988,18 @@ class Admin:
             return DoctorReport(self.path, checks, [])
         listening = self.daemon_listening()
         overdue: list[Overdue] = []
-        gauges: Gauges | None = None
         try:
-            gauges = self.gauges(overdue_after=overdue_after)
+            # Cheap reads (indexes) unless orphans are asked for: then every job's counts.
+            parked, failing = self.store.count_flagged()
+            late, _ = self.store.count_due(self.now() - overdue_after)
+            orphans = {} if defined is None else self._orphans(self.gauges(), defined)
             overdue = self._overdue(overdue_after, limit)
         except StorageError as exc:
             checks.append(Check("store", "fail", str(exc)))
-        if gauges is not None:
-            orphans = self._orphans(gauges, defined)
-            checks += _overdue_checks(overdue, gauges, listening, orphans, defined is not None)
-            checks += _instance_checks(gauges, orphans, defined is not None)
+        else:
+            checked = defined is not None
+            checks += _overdue_checks(overdue, late, overdue_after, listening, orphans, checked)
+            checks += _instance_checks(parked, failing, orphans, checked)
         checks += [Check(f.check, f.level, f.detail) for f in serving(self.location, self.store)]
         return DoctorReport(self.path, checks, overdue)
 
@@ -1012,13 +1010,8 @@ class Admin:
             return Check("store", "fail", str(exc))
         return Check("store", "ok", f"reachable, schema version {version}")
 
-    def _orphans(
-        self, gauges: Gauges, defined: Mapping[str, str] | None
-    ) -> dict[tuple[str, str], int]:
-        """``(kind, job) -> instances`` of the jobs ``defined`` does not have (none without
-        it)."""
-        if defined is None:
-            return {}
+    def _orphans(self, gauges: Gauges, defined: Mapping[str, str]) -> dict[tuple[str, str], int]:
+        """``(kind, job) -> instances`` of the jobs ``defined`` does not have."""
         orphans: dict[tuple[str, str], int] = {}
         for kind, job, _, n in gauges.counts:
             if defined.get(job) != kind:
@@ -1358,14 +1351,15 @@ class Admin:
 
 def _overdue_checks(
     overdue: list[Overdue],
-    gauges: Gauges,
+    late: int,
+    overdue_after: float,
     listening: bool,
     orphans: dict[tuple[str, str], int],
     checked: bool,
 ) -> list[Check]:
     """The ``overdue`` check (and ``running``): stuck alarms fail with no daemon serving,
     warn with one; those of orphaned jobs are left to the ``orphaned`` check."""
-    after = f"{gauges.overdue_after:g}s"
+    after = f"{overdue_after:g}s"
     stuck = [o for o in overdue if o.running is not True]
     checks: list[Check] = []
     if len(overdue) > len(stuck):
@@ -1381,8 +1375,11 @@ def _overdue_checks(
         job = ":".join(item.instance_id.split(":", 2)[:2])
         jobs[job] = jobs.get(job, 0) + 1
     named = ", ".join(f"{job} ({n})" for job, n in sorted(jobs.items()))
-    more = "+" if gauges.overdue > len(overdue) else ""
-    what = f"{len(stuck)}{more} alarm(s) overdue by more than {after}, worst {worst} late"
+    seen = f" (the first {len(overdue)} of {late} looked at)" if late > len(overdue) else ""
+    what = (
+        f"{len(stuck)} alarm(s) overdue by more than {after} with no step running{seen}, "
+        f"worst {worst} late"
+    )
     if not listening:
         detail = (
             f"{what}, and no daemon is serving this database: start one "
@@ -1398,18 +1395,16 @@ def _overdue_checks(
 
 
 def _instance_checks(
-    gauges: Gauges, orphans: dict[tuple[str, str], int], checked: bool
+    parked: int, failing: int, orphans: dict[tuple[str, str], int], checked: bool
 ) -> list[Check]:
     """The ``parked``, ``failing`` and ``orphaned`` checks (warnings)."""
     checks: list[Check] = []
-    parked = gauges.total(Status.FAILED)
     if parked:
         checks.append(Check(
             "parked", "warn",
             f"{parked} instance(s) parked after failing: see `durajobs ls --status failed`, "
             "resume with `durajobs retry ID`",
         ))  # fmt: skip
-    failing = gauges.total(FAILING)
     if failing:
         checks.append(Check(
             "failing", "warn",

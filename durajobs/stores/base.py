@@ -607,6 +607,15 @@ class InspectStore(Opened, Protocol):
         """
         ...
 
+    def count_flagged(self) -> tuple[int, int]:
+        """``(parked, failing)``: how many instances are parked (status ``"failed"``) and how
+        many are failing (as in ``instance_gauges``), for health checks.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
 
 class CopyStore(Opened, Protocol):
     """Copying a whole database (``durajobs copy``)."""

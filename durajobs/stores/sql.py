@@ -1026,6 +1026,18 @@ class SqlStore:
         )
         return [Instance(*r) for r in self._rows(statement, (*params, limit))]
 
+    def count_flagged(self) -> tuple[int, int]:
+        """``(parked, failing)``: instances with status ``"failed"``, and failing ones (see
+        ``instance_gauges``), for health checks. The first reads the ``instances_failed``
+        partial index; the second the continuous range of the primary key (or, once it
+        exists, the ``instances_erred`` index).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        parked, failing = self._rows(self.dialect.params(FLAGGED), ("",))[0]
+        return int(parked), int(failing)
+
 
 # What ``instance_gauges`` counts. Each kind's statuses (``core.rows.Status``); a failing
 # Continuous instance is a running one whose last run failed after its retries and was skipped
@@ -1060,4 +1072,8 @@ GAUGES = (
     "WHERE i.job = jobs.job AND i.kind = jobs.kind AND "
     f"i.{_FAILING_TERMS.replace(' AND ', ' AND i.')}) "
     "FROM jobs WHERE jobs.kind = 'continuous'"
+)
+FLAGGED = (
+    "SELECT (SELECT count(*) FROM instances WHERE status = 'failed'), "
+    f"(SELECT count(*) FROM instances WHERE {FAILING})"
 )
