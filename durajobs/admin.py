@@ -950,6 +950,16 @@ class Admin:
             after = f"{rows[0].kind}:{rows[0].job};"
         return sorted(found)
 
+    def orphaned_jobs(self, defined: Mapping[str, str]) -> list[tuple[str, str]]:
+        """``(kind, job)`` of the jobs that have instances but are not in ``defined`` (job name
+        -> kind, the application's definitions: ``durajobs.health.defined_jobs(jobs)``) with
+        that kind: no daemon of this application runs them. One short read a job (``jobs``).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return [(kind, job) for kind, job in self.jobs() if defined.get(job) != kind]
+
     def doctor(
         self,
         *,

@@ -27,7 +27,7 @@ from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
 from durajobs.admin import Admin
 from durajobs.cli import app as cli_app
 from durajobs.errors import ValidationError
-from durajobs.health import load_definitions, report
+from durajobs.health import defined_jobs, load_definitions, report
 from durajobs.stores import open_listener
 
 pytestmark = pytest.mark.both_stores
@@ -204,6 +204,11 @@ def test_doctor_names_orphaned_jobs_with_the_app(
     # The orphaned batch is not reported as the daemon being behind: the others are.
     assert "debounce:hooks" not in details["overdue"][1]
     assert "it is behind" in details["overdue"][1]
+
+    # What the daemon logs at start: the orphaned jobs, from one short read a job.
+    with Admin(new_database) as admin:
+        assert admin.orphaned_jobs(defined_jobs(DEPLOYED)) == [("debounce", "hooks")]
+        assert admin.orphaned_jobs(defined_jobs(REGISTRY)) == []
 
     # Every job defined: "orphaned" is ok.
     assert levels(report(lambda: Admin(new_database), str(new_database),
