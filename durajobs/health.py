@@ -13,8 +13,9 @@ failed ``store`` check, not an exception.
   alarms overdue while a daemon serves, orphaned jobs), else ``"ok"``.
 - ``GET /healthz`` answers ``{"status": ..., "checks": [{"name", "level", "detail"}...]}``,
   200 for ok and degraded, 503 for failing. It skips the integrity check (SQLite's reads the
-  whole file); ``durajobs doctor`` runs it. Every other check is a few index reads (the
-  instance counts are the metrics' statement, ``Admin.gauges``).
+  whole file); ``durajobs doctor`` runs it. Every other check is a few index reads (parked and
+  failing counts: ``InspectStore.count_flagged``; overdue alarms: the due index); only
+  ``doctor --app`` reads every job's counts, to name orphaned jobs with their size.
 - ``durajobs doctor`` exits 0, 1 or 2 (``DoctorReport.exit_code``).
 """
 
