@@ -10,6 +10,7 @@ examples), once through a real ``Jobs`` on a SQLite file.
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import enum
 import itertools
@@ -109,6 +110,14 @@ def _attrs_class(fields: list[Pair]) -> Pair:
     return cls, values
 
 
+def _dataclass(fields: list[Pair]) -> Pair:
+    """As ``_attrs_class``, a dataclass: the codec's rules are the same for both."""
+    name = f"Gen{next(_names)}"
+    cls = dataclasses.make_dataclass(name, [(f"f{i}", tp) for i, (tp, _) in enumerate(fields)])
+    values = st.builds(cls, **{f"f{i}": strategy for i, (_, strategy) in enumerate(fields)})
+    return cls, values
+
+
 def _extend(inner: st.SearchStrategy[Pair]) -> st.SearchStrategy[Pair]:
     def as_list(p: Pair) -> Pair:
         return list[p[0]], st.lists(p[1], max_size=3)  # type: ignore[valid-type]
@@ -141,6 +150,7 @@ def _extend(inner: st.SearchStrategy[Pair]) -> st.SearchStrategy[Pair]:
         inner.map(as_optional),
         st.tuples(inner, inner).map(as_pair),
         fields.map(_attrs_class),
+        fields.map(_dataclass),
         st.tuples(fields, fields, st.booleans()).map(as_union),
     )
 
@@ -150,9 +160,10 @@ TYPES: st.SearchStrategy[Pair] = st.recursive(st.sampled_from(LEAVES), _extend, 
 
 @st.composite
 def typed_values(draw: st.DrawFn) -> tuple[Any, Any]:
-    """A declared type (always an attrs class at the top, as a state usually is) and a value."""
+    """A declared type (always an attrs class or a dataclass at the top, as a state usually is)
+    and a value."""
     tp, values = draw(TYPES)
-    if not (isinstance(tp, type) and attrs.has(tp)):
+    if not (isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp))):
         tp, values = _attrs_class([(tp, values)])
     return tp, draw(values)
 
@@ -163,6 +174,8 @@ def _same(a: Any, b: Any) -> bool:
         return isinstance(a, int | float) and isinstance(b, float) and float(a) == b
     if attrs.has(type(a)):
         return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in attrs.fields(type(a)))
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):

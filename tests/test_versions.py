@@ -467,6 +467,33 @@ def test_queued_events_record_the_version_they_were_written_with(deploy: Any) ->
     assert queue_of(jobs, iid) == [({"url": "/b"}, 3)]
 
 
+@pytest.mark.both_stores
+def test_copy_carries_the_versions(deploy: Any, new_database: Path | str, tmp_path: Path) -> None:
+    """``durajobs copy`` (here from this run's store to a new SQLite file) keeps the version of
+    each state and queued event: the copy reads through the same chain."""
+    from durajobs.copy import copy_database
+
+    seen: list[Any] = []
+    jobs = deploy(visits(Visit, seen=seen, version=2, migrate={1: lambda old: old}))
+    jobs.debounce("visits").add("v", Visit("/a"))
+    jobs.engine.store.enqueue("debounce:visits:v", "visits", "v", '{"url":"/b"}', None, 0.0, 2)
+    jobs.engine.store.enqueue("debounce:visits:v", "visits", "v", '{"page":"/c"}', None, 0.0, 1)
+    jobs.close()
+    copied = tmp_path / "copy.db"
+    copy_database(str(new_database), copied)
+    from durajobs.stores import open_store  # the file itself (a [postgres] run routes Jobs)
+
+    store = open_store(copied, readonly=True)
+    try:
+        row = store.load("debounce:visits:v")
+        assert row is not None
+        assert (json.loads(row.state or ""), row.version) == ({"url": "/a"}, 2)
+        queued = [(json.loads(q.event), q.version) for q in store.queued("debounce:visits:v")]
+        assert queued == [({"url": "/b"}, 2), ({"page": "/c"}, 1)]
+    finally:
+        store.close()
+
+
 # -- dataclasses -------------------------------------------------------------------------------
 
 
