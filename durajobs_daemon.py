@@ -52,6 +52,17 @@ the library's one step path, ``jobs.engine.run_due(only=[ids], busy=[])``, in a 
   (at most once a second, never on a timer while idle), ``STOPPING=1``, and ``WATCHDOG=1``
   every ``WATCHDOG_USEC / 2``. Logs: one line per step on stderr, without timestamps (but with
   ``<N>`` priority prefixes) when stderr is the journal (``JOURNAL_STREAM``).
+* **Logs.** ``--log-format text`` (default) or ``json`` (one object a line: ``JsonFormatter``);
+  both are stdlib ``logging`` formatters on one handler that writes each line in one
+  ``write``, the app's own loggers included. At start, one warning per *orphaned* job (it has
+  instances, the app does not define it: nothing here runs them), from the metrics' grouped
+  read of the instance counts.
+* **Metrics.** ``--metrics HOST:PORT`` (``MetricsServer``): the parent answers ``/metrics``
+  and ``/healthz`` from its selector loop, still with no thread; each step report a worker
+  sends is counted there, with its lateness (measured by the worker when the step starts).
+* **Telemetry.** A worker keeps the app's hooks (its ``Tracker``, its OpenTelemetry spans):
+  the tracker never waits on the network in a step, so an idle worker waits on its socket
+  (``Worker._wait_for_parent``) as well as on the parent's channel.
 """
 
 from __future__ import annotations
