@@ -39,7 +39,7 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 SCALE_JOBS = ("token_refresher", "webhooks", "orders")
 INDEXES = (
     "CREATE INDEX instances_status ON instances (job, kind, status)",
-    "CREATE INDEX instances_erred ON instances (job, kind, status, attempt) "
+    "CREATE INDEX instances_erred ON instances (kind, status, attempt, job) "
     "WHERE last_error IS NOT NULL",
 )
 

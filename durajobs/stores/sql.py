@@ -1045,8 +1045,11 @@ class SqlStore:
 # not parameters, so that the planner can match partial indexes. Cheap at a million instances
 # with two indexes (not in the schema yet; measured in benchmarks/bench_metrics.py):
 #   CREATE INDEX instances_status ON instances (job, kind, status)
-#   CREATE INDEX instances_erred ON instances (job, kind, status, attempt)
+#   CREATE INDEX instances_erred ON instances (kind, status, attempt, job)
 #       WHERE last_error IS NOT NULL
+# The first makes each (job, status) count a range of index entries; the second holds only the
+# rows with an error (few) and serves the failing counts and lists (``count_flagged``,
+# ``failing_instances``). An extra index entry per step that changes a status or an error.
 _KIND_STATUSES = {"continuous": ("running", "failed"), "debounce": ("debouncing", "failed"),
                   "task": ("active", "idle", "failed")}  # fmt: skip
 _FAILING_TERMS = "status = 'running' AND attempt = 1 AND last_error IS NOT NULL"
