@@ -634,8 +634,9 @@ def _flatten(exc: BaseException, path: str) -> list[str]:
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         keys = ", ".join(repr(k) for k in sorted(exc.extra_fields))
         plural = "keys" if len(exc.extra_fields) > 1 else "key"
+        inside = f"{where}: " if path else ""
         return [
-            f"{where}: stored {plural} {keys} not in {exc.cl.__name__} (a field renamed or "
+            f"{inside}stored {plural} {keys} not in {exc.cl.__name__} (a field renamed or "
             "removed? bump the job's version= and give migrate= a step that moves or drops it)"
         ]
     if isinstance(exc, KeyError):
