@@ -202,12 +202,27 @@ def test_the_metrics_app_over_http(new_database: Path | str) -> None:
 
 @pytest.mark.sqlite_only
 def test_without_prometheus_client_the_error_names_the_extra(tmp_path: Path) -> None:
+    """prometheus_client hidden from a fresh interpreter: ``Metrics()`` says what to install,
+    and the dashboard answers ``/metrics`` with 501 saying it (its other pages still work)."""
+    populate(tmp_path / "jobs.db", time.time())
     script = (
         "import sys; sys.modules['prometheus_client'] = None\n"
+        "from wsgiref.util import setup_testing_defaults\n"
         "from durajobs.metrics import Metrics, MetricsUnavailable\n"
+        "from durajobs.web import make_app\n"
         "try:\n    Metrics()\nexcept MetricsUnavailable as exc:\n    print(exc)\n"
+        "app = make_app(sys.argv[1])\n"
+        "for path in ('/metrics', '/healthz'):\n"
+        "    environ = {'PATH_INFO': path}; setup_testing_defaults(environ)\n"
+        "    body = b''.join(app(environ, lambda status, headers: print(status)))\n"
+        "    print(body.decode())\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "pip install 'durajobs[metrics]'" in done.stdout
+        [sys.executable, "-c", script, str(tmp_path / "jobs.db")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert "pip install 'durajobs[metrics]'" in lines[0]
+    assert "501 Not Implemented" in lines
+    assert "200 OK" in lines  # /healthz needs no prometheus_client
+    assert done.stdout.count("durajobs[metrics]") >= 2
