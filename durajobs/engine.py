@@ -291,22 +291,27 @@ class Engine:
                 f"state of {inst.instance_id} (job {env.job_name!r}, stored version {inst.version})"
             )
             state = upgrade(state, inst.version, version, job.migrate, what)
-            env.state_codec.decode(state, what)
+            value = env.state_codec.decode(state, what)
+            env = env._replace(
+                state_codec=_handing_over(env.state_codec, {id(state): (state, value)})
+            )
         if env.queued:
             queued = []
+            decoded: dict[int, tuple[str, Any]] = {}
             for item in env.queued:
                 what = (
                     f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "
                     f"stored version {item.version})"
                 )
                 text = upgrade(item.event, item.version, version, job.migrate, what)
-                env.event_codec.decode(text, what)  # type: ignore[union-attr]
+                decoded[id(text)] = (text, env.event_codec.decode(text, what))  # type: ignore[union-attr]
                 queued.append(
                     item
                     if item.version == version
                     else Queued(item.seq, text, item.added_at, version)
                 )
-            env = env._replace(queued=queued)
+            event_codec = _handing_over(env.event_codec, decoded)  # type: ignore[arg-type]
+            env = env._replace(queued=queued, event_codec=event_codec)
         if inst.version != version:
             inst = inst._replace(state=state, version=version)
         return inst, env
@@ -990,6 +995,22 @@ def _write(
         env.instance_id, env.job_name, env.user_id, env.base_step if inst is None else inst.step,
         row, decision.records, decision.consumed, key, decision.requeue, inst is None, version,
     )  # fmt: skip
+
+
+def _handing_over(codec: TypeCodec, decoded: dict[int, tuple[str, Any]]) -> TypeCodec:
+    """``codec`` whose ``decode`` hands over, once each, the values the engine's check just
+    decoded from these very texts (``id(text) -> (text, value)``): a step decodes its state
+    and events once. A second decode of a text (another context of the same step, after a
+    handler that may have changed the first value in place) gets a fresh value."""
+    plain = codec.decode
+
+    def decode(text: str, what: str) -> Any:
+        found = decoded.pop(id(text), None)
+        if found is not None and found[0] is text:
+            return found[1]
+        return plain(text, what)
+
+    return TypeCodec(codec.tp, codec.encode, decode)
 
 
 def _park_unreadable(inst: Instance, env: Env, error: ValidationError) -> Decision:
