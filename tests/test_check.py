@@ -189,3 +189,20 @@ def test_check_refuses_a_bad_app_in_one_line(old_database: str, tmp_path: Path) 
         assert len(lines) == 1
         assert lines[0].startswith("durajobs: error: ")
         assert words in lines[0]
+
+
+def test_check_reads_the_database_given_by_db(old_database: str, tmp_path: Path) -> None:
+    """``check --db`` (or ``durajobs --db``) names the database; the app's own is elsewhere."""
+    own = str(tmp_path / "own.db")  # where the app's Jobs opens: empty
+    code, _, _ = check(tmp_path, own, "--json")
+    assert code == 0
+    for args in (("--db", old_database), ()):
+        env = {k: v for k, v in os.environ.items() if k != "DURAJOBS_DB"}
+        env.update(CHECK_DB=own, CHECK_MIGRATE="0", PYTHONPATH=str(tmp_path))
+        root = () if args else ("--db", old_database)
+        proc = subprocess.run(
+            [str(SCRIPT), *root, "check", "--app", "check_app:jobs", "--json", *args],
+            capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert json.loads(proc.stdout)["failed"] == 4
