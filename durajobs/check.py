@@ -65,12 +65,14 @@ class JobCheck:
     states: Counts = attrs.Factory(Counts)
     events: Counts = attrs.Factory(Counts)
     failures: list[tuple[str, str]] = attrs.Factory(list)  # (instance id, reason), the first few
+    stored_versions: dict[int, int] = attrs.Factory(dict)  # version -> states and events
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "job": self.job,
             "kind": self.kind,
             "version": self.version,
+            "stored_versions": {str(v): n for v, n in sorted(self.stored_versions.items())},
             "states": self.states.to_dict(),
             "events": self.events.to_dict(),
             "failures": [{"instance_id": i, "reason": r} for i, r in self.failures],
@@ -181,6 +183,8 @@ def check_database(registry: Mapping[str, Definition], location: str) -> CheckRe
             return
         check = checks[name]
         counts = check.events if event else check.states
+        if text is not None:
+            check.stored_versions[stored] = check.stored_versions.get(stored, 0) + 1
         codec: TypeCodec | None = codecs[name][1 if event else 0]
         what = (
             f"{'a queued event' if event else 'state'} of {instance_id} (job {name!r}, "

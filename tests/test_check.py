@@ -160,6 +160,8 @@ def test_check_passes_with_migrations_and_counts_them(old_database: str, tmp_pat
     jobs_by_name = {j["job"]: j for j in report["jobs"]}
     assert jobs_by_name["tally"]["states"] == {"as_is": 0, "migrated": 2, "failed": 0}
     assert jobs_by_name["tally"]["version"] == 2
+    assert jobs_by_name["tally"]["stored_versions"] == {"1": 2}
+    assert jobs_by_name["clicks"]["stored_versions"] == {"1": 2}  # the batch and its event
     assert jobs_by_name["clicks"]["events"] == {"as_is": 0, "migrated": 1, "failed": 0}
     # Orphans are reported, not failures: nothing of them is read or lost.
     assert [o["job"] for o in report["orphans"]] == ["retired"]
