@@ -235,6 +235,8 @@ class Engine:
 
         Raises:
             ExecutionError: a handler raised in a client's call (the decision is ``REFUSED``).
+            ValidationError: a client's call on an instance this code cannot read (``_read``);
+                an alarm's step (``contain``) parks such an instance instead.
         """
         if inst is not None and not isinstance(msg, _READS_NOTHING):
             try:
