@@ -288,32 +288,40 @@ class Engine:
             return inst, env
         version = job.version
         state = inst.state
+        state_codec, event_codec = env.state_codec, env.event_codec
+        decoded: dict[int, tuple[str, Any]] = {}  # what the step's contexts are handed
         if state is not None:
             what = (
                 f"state of {inst.instance_id} (job {env.job_name!r}, stored version {inst.version})"
             )
             state = upgrade(state, inst.version, version, job.migrate, what)
-            value = env.state_codec.decode(state, what)
-            env = env._replace(
-                state_codec=_handing_over(env.state_codec, {id(state): (state, value)})
-            )
-        if env.queued:
-            queued = []
-            decoded: dict[int, tuple[str, Any]] = {}
-            for item in env.queued:
+            decoded[id(state)] = (state, state_codec.decode(state, what))
+        queued = env.queued
+        if queued:
+            assert event_codec is not None
+            read = []
+            for item in queued:
                 what = (
                     f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "
                     f"stored version {item.version})"
                 )
                 text = upgrade(item.event, item.version, version, job.migrate, what)
-                decoded[id(text)] = (text, env.event_codec.decode(text, what))  # type: ignore[union-attr]
-                queued.append(
+                decoded[id(text)] = (text, event_codec.decode(text, what))
+                read.append(
                     item
                     if item.version == version
                     else Queued(item.seq, text, item.added_at, version)
                 )
-            event_codec = _handing_over(env.event_codec, decoded)  # type: ignore[arg-type]
-            env = env._replace(queued=queued, event_codec=event_codec)
+            queued = read
+        if decoded:
+            # One codec for state and events where they are one type (a Debounce without a
+            # state type): the core relies on that identity to skip re-encoding.
+            state_codec = _handing_over(state_codec, decoded)
+            if event_codec is env.state_codec:
+                event_codec = state_codec
+            elif event_codec is not None and queued:
+                event_codec = _handing_over(event_codec, decoded)
+            env = env._replace(state_codec=state_codec, event_codec=event_codec, queued=queued)
         if inst.version != version:
             inst = inst._replace(state=state, version=version)
         return inst, env
