@@ -258,13 +258,10 @@ class _Client(Generic[D]):
         assert outcome.decision is not None
         return outcome.decision
 
-    def _state(self, user_id: str, state_type: Any) -> Any:
+    def _state(self, user_id: str) -> Any:
         engine = self._engine
         inst = engine.store.load(self._id(user_id))
-        if inst is None or inst.state is None:
-            return None
-        codec = engine.codecs(self.name)[0]
-        return codec.decode(inst.state, f"state of {inst.instance_id}")
+        return None if inst is None else engine.state_of(self.name, inst)
 
     def _bulk_calls(
         self,
@@ -412,10 +409,12 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
         """The current state, or ``None`` when the instance does not exist.
 
         Raises:
-            ValidationError: the stored state no longer fits the state type.
+            ValidationError: the stored state cannot be read by this code (it no longer
+                fits the state type, was written by a newer version, or a migration failed);
+                nothing is written.
             StorageError: the database cannot be read.
         """
-        return self._state(user_id, self.job.state)  # type: ignore[no-any-return]
+        return self._state(user_id)  # type: ignore[no-any-return]
 
     def terminate(self, user_id: str, reason: str | None = None) -> TerminateResult:
         """Cancel the alarm and purge the instance (history keeps the final state).
@@ -575,10 +574,12 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
         """The accumulated state of the current batch, or ``None``.
 
         Raises:
-            ValidationError: the stored state no longer fits the state type.
+            ValidationError: the stored state cannot be read by this code (it no longer
+                fits the state type, was written by a newer version, or a migration failed);
+                nothing is written.
             StorageError: the database cannot be read.
         """
-        return self._state(user_id, self.job.state_type)  # type: ignore[no-any-return]
+        return self._state(user_id)  # type: ignore[no-any-return]
 
 
 def _add_result(instance_id: str, decision: steps.Decision, before: Instance | None) -> AddResult:
@@ -714,10 +715,12 @@ class TaskClient(_Client[Task], Generic[E, S]):
         """The current state (``None`` before the first assignment or when missing).
 
         Raises:
-            ValidationError: the stored state no longer fits the state type.
+            ValidationError: the stored state cannot be read by this code (it no longer
+                fits the state type, was written by a newer version, or a migration failed);
+                nothing is written.
             StorageError: the database cannot be read.
         """
-        return self._state(user_id, self.job.state)  # type: ignore[no-any-return]
+        return self._state(user_id)  # type: ignore[no-any-return]
 
     def terminate(self, user_id: str, reason: str | None = None) -> TerminateResult:
         """Cancel the alarm and purge the instance (history keeps the final state).

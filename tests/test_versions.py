@@ -329,11 +329,6 @@ def test_an_unreadable_instance_is_parked_and_the_others_go_on(
     assert client.status("old").status == "not_found"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py's get_state decodes the stored text without its version; it needs "
-    "`return engine.state_of(self.name, inst)` in _state (asked of the lead)",
-)
 @pytest.mark.both_stores
 def test_get_state_reads_through_the_chain(deploy: Any, clock: FakeClock) -> None:
     with_count_5(deploy)
