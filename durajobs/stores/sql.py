@@ -40,7 +40,7 @@ __all__ = [
     "Statements",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 4  # of both stores' tables and indexes (each store migrates its own DDL)
+SCHEMA_VERSION = 5  # of both stores' tables and indexes (each store migrates its own DDL)
 
 T = TypeVar("T")
 Read = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -1043,7 +1043,7 @@ class SqlStore:
 # Continuous instance is a running one whose last run failed after its retries and was skipped
 # (``on_exhausted="skip"``: attempt back to 1, the error kept; a success clears it). Literals,
 # not parameters, so that the planner can match partial indexes. Cheap at a million instances
-# with two indexes (not in the schema yet; measured in benchmarks/bench_metrics.py):
+# with two indexes (schema 5; measured in benchmarks/bench_metrics.py):
 #   CREATE INDEX instances_status ON instances (job, kind, status)
 #   CREATE INDEX instances_erred ON instances (kind, status, attempt, job)
 #       WHERE last_error IS NOT NULL

@@ -168,6 +168,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE instances ADD COLUMN version bigint NOT NULL DEFAULT 1",
         "ALTER TABLE inbox ADD COLUMN version bigint NOT NULL DEFAULT 1",
     ),
+    # The gauges' indexes (as in sqlite/store.py).
+    (
+        "CREATE INDEX instances_status ON instances (job, kind, status)",
+        "CREATE INDEX instances_erred ON instances (kind, status, attempt, job) "
+        "WHERE last_error IS NOT NULL",
+    ),
 ]
 
 _NAMES = TABLE_COLUMNS["instances"]
