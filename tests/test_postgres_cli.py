@@ -24,7 +24,7 @@ import pytest
 from pgserver import PASSWORD, PgServer
 
 from durajobs import Continuous, Debounce, Jobs, Task, every
-from durajobs.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_STORAGE, main
+from durajobs.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_STORAGE, main
 
 SCRIPT = shutil.which("durajobs", path=str(Path(sys.executable).parent)) or shutil.which("durajobs")
 SECRETS = (PASSWORD, urllib.parse.quote(PASSWORD, safe=""))
@@ -118,8 +118,10 @@ def test_doctor_and_storage_errors_on_postgresql(
     assert checks["schema"] == "ok"
     assert "clock" in checks
     assert checks["parked"] == "warn"
-    assert doctor_code == EXIT_OK  # a parked instance is a warning, not a failure
-    assert "healthy" in cli.ok("doctor")
+    assert doctor_code == 1  # a parked instance is a warning (exit 1), not a failure (2)
+    code, out, _ = cli.run("doctor")
+    assert code == 1
+    assert "degraded: warnings found" in out
 
     # Storage problems: exit 4, naming the server, never the password.
     base = urllib.parse.urlsplit(database)
@@ -131,8 +133,8 @@ def test_doctor_and_storage_errors_on_postgresql(
     code, _, err = cli.run("stats", db=missing)
     assert code == EXIT_STORAGE
     assert "no_such_database" in err
-    code, _, err = cli.run("doctor", db=database.replace(f":{base.port}/", ":1/"))
-    assert code in (EXIT_STORAGE, EXIT_FAILED)
+    code, out, _ = cli.run("doctor", db=database.replace(f":{base.port}/", ":1/"))
+    assert code == 2  # the store unreachable: a failure
 
     for text in cli.seen:
         for secret in SECRETS:

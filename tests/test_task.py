@@ -816,7 +816,9 @@ def test_retry_alarm_after_a_trigger_makes_the_task_active(make: Make) -> None:
     client.send("o1", Placed(1))
     assert client.status("o1").status == "idle"
     result = client.trigger("o1")
-    assert result == TaskTriggerResult(True, False, True)
+    assert attrs.evolve(result, error=None) == TaskTriggerResult(True, False, True)
+    assert result.error is not None
+    assert "RuntimeError: execute failed" in result.error
     status = client.status("o1")
     assert status.scheduled_at == at(60)
     assert status.status == "active"  # DESIGN: "active" = alarm set (a retry alarm included)
