@@ -21,7 +21,8 @@ status to ERROR with the step's error text. The span covers the handlers, not th
 When it is on (``Jobs(tracing=...)``):
 
 * ``None`` (default): when ``opentelemetry-api`` is importable, and then only once the
-  application has set a global provider. Until then each step costs one ``isinstance`` check;
+  application has set a global provider. Until then each step costs one read of the API's
+  global (``opentelemetry.trace._TRACER_PROVIDER``; the public getter where it is missing);
   without the package the engine has no watch at all (nothing per step).
 * ``True``: always with the global provider (spans are dropped by OpenTelemetry's no-op
   provider until one is set); ``opentelemetry-api`` must be installed.
@@ -116,12 +117,17 @@ class _Automatic:
         self._trace = trace
         self._proxy = trace.ProxyTracerProvider
         self._spans: _Spans | None = None
+        trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER, if any
 
     def watch(
         self, env: Env, inst: Instance | None
     ) -> contextlib.AbstractContextManager[Callable[[Decision], Decision]]:
         spans = self._spans
         if spans is None:
+            # Until the app sets a provider: one read of the API's global a step. Its getter
+            # (``get_tracer_provider``) reads the environment on every call (~1 us a step).
+            if getattr(self._trace, "_TRACER_PROVIDER", self) is None:
+                return _NO_SPAN
             provider = self._trace.get_tracer_provider()
             if isinstance(provider, self._proxy):
                 return _NO_SPAN  # no provider set (yet): no span
