@@ -809,7 +809,7 @@ def test_tail_follow_shows_every_record_of_concurrent_transactions(pg_url: str) 
     tail = subprocess.Popen(
         [script, "--db", f"{pg_url}?application_name={name}", "tail", "-f", "-n", "0",
          "--jsonl", "--interval", "0.02"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
 
@@ -838,7 +838,12 @@ def test_tail_follow_shows_every_record_of_concurrent_transactions(pg_url: str) 
                 assert tail.poll() is None
                 time.sleep(0.01)
             first.commit()
-            shown = [json.loads(lines.get(timeout=30))["id"] for _ in range(2)]
+            try:
+                shown = [json.loads(lines.get(timeout=30))["id"] for _ in range(2)]
+            except queue.Empty:
+                tail.terminate()
+                _, err = tail.communicate(timeout=30)
+                raise AssertionError(f"tail -f showed nothing (exit {tail.returncode}): {err}")
         assert shown == [early, late]
     finally:
         tail.terminate()
