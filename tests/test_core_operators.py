@@ -68,3 +68,25 @@ def test_durajobs_terminate_ends_a_row_in_an_unknown_status(tmp_path: Path) -> N
         assert admin.terminate(row.instance_id, "stuck").changed
         with pytest.raises(InstanceNotFoundError):
             admin.get(row.instance_id)
+
+
+def _erred(status: str, attempt: int) -> Instance:
+    return stray("continuous", status)._replace(attempt=attempt, last_error="RuntimeError: down")
+
+
+def test_a_resumed_instance_does_not_read_as_failing_before_its_run() -> None:
+    """Failing = running, attempt 1 and an error (a run failed after its retries, skipped): a
+    resumed parked instance must not look so; the error stays in the history."""
+    decision = run(JOBS["continuous"], _erred("failed", 3), Resume(), T0)
+    assert decision.instance is not None
+    assert (decision.instance.status, decision.instance.attempt) == ("running", 1)
+    assert decision.instance.last_error is None
+
+
+def test_a_request_keeps_a_failing_instance_failing_and_replaces_a_pending_retry() -> None:
+    failing = run(JOBS["continuous"], _erred("running", 1), Request("trigger"), T0)
+    assert failing.instance is not None
+    assert failing.instance.last_error == "RuntimeError: down"  # until a run succeeds
+    retrying = run(JOBS["continuous"], _erred("running", 2), Request("trigger"), T0)
+    assert retrying.instance is not None
+    assert (retrying.instance.attempt, retrying.instance.last_error) == (1, None)

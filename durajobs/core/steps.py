@@ -135,13 +135,23 @@ _LIVE = {"continuous": Status.RUNNING, "debounce": Status.DEBOUNCING, "task": St
 
 
 def _resume(job: Any, inst: Instance, msg: Resume, env: Env) -> Decision:
-    successor = _next(inst, env.now, status=_LIVE[job.kind], due_at=env.now, attempt=1)
+    # The error that parked it stays in the history; kept on the row it would read as a
+    # failing instance (running, attempt 1, an error) before the resumed run has run.
+    successor = _next(
+        inst, env.now, status=_LIVE[job.kind], due_at=env.now, attempt=1, last_error=None
+    )
     return Decision(successor, records=[_record("job.resumed", 1)])
 
 
 def _request(job: Any, inst: Instance, msg: Request, env: Env) -> Decision:
     status = Status.ACTIVE if inst.kind == "task" and inst.status != Status.FAILED else inst.status
-    successor = _next(inst, env.now, status=status, due_at=env.now, reason=msg.what, attempt=1)
+    # A requested run replaces a pending retry (attempt > 1): its error goes with it (the
+    # history keeps it), or the row would read as failing. A failing instance stays so until
+    # a run succeeds.
+    error = inst.last_error if inst.attempt == 1 else None
+    successor = _next(
+        inst, env.now, status=status, due_at=env.now, reason=msg.what, attempt=1, last_error=error
+    )
     return Decision(successor, records=[_record("job.requested", inst.attempt, what=msg.what)])
 
 
