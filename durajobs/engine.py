@@ -238,6 +238,17 @@ class Engine:
             ValidationError: a client's call on an instance this code cannot read (``_read``);
                 an alarm's step (``contain``) parks such an instance instead.
         """
+        watch = self.hooks.watch
+        if watch is None:
+            return self._decided(job, inst, msg, env, key, label, contain, None)
+        with watch(env, inst) as seen:  # the span covers the read, the handlers, a park
+            return self._decided(job, inst, msg, env, key, label, contain, seen)
+
+    def _decided(
+        self, job: Any, inst: Instance | None, msg: Message, env: Env, key: str | None,
+        label: str, contain: bool, seen: Callable[[Decision], Decision] | None,
+    ) -> tuple[Decision, Write | None]:  # fmt: skip
+        """``_stepped`` inside its watch (``seen``: what the watch is told of the decision)."""
         if inst is not None and not isinstance(msg, _READS_NOTHING):
             try:
                 inst, env = self._read(job, inst, env)
@@ -247,21 +258,20 @@ class Engine:
                 if not contain:
                     raise  # a client's call on it: refused, the row left as it was
                 decision = _park_unreadable(inst, env, unreadable)  # an alarm: park it
+                if seen is not None:
+                    decision = seen(decision)
                 return decision, _write(env, inst, decision)
         self._running.append(env.instance_id)
-        watch = self.hooks.watch
         try:
-            if watch is None:
-                decision = steps.step(job, inst, msg, env)
-            else:
-                with watch(env, inst) as seen:
-                    decision = seen(steps.step(job, inst, msg, env))
+            decision = steps.step(job, inst, msg, env)
         except Exception as exc:  # contained: never let one instance stop the others
             if not contain or inst is None:
                 raise
             decision = self._rejected(job, inst, exc, env)
         finally:
             self._running.pop()
+        if seen is not None:
+            decision = seen(decision)
         if decision.raise_error is not None:
             cause = decision.raise_error
             raise ExecutionError(

@@ -210,3 +210,32 @@ def test_an_async_callers_span_is_the_parent_too(
     (span,) = step_spans(exporter)
     assert span.parent is not None
     assert span.parent.span_id == request_id  # across the executor's thread
+
+
+@attrs.define
+class Renamed:
+    total: int = 0  # was ``n``: a stored {"n": ...} cannot be read as this
+
+
+def test_a_step_that_cannot_read_its_instance_is_a_span_too(
+    tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The alarm step that parks an instance this code cannot read is a span (outcome
+    ``parked``, an error status naming the key), and so is a client call refused for it."""
+    clock = FakeClock(T0)
+    with Jobs(tmp_path / "j.db", registry(provider), clock=clock, tracing=False) as jobs:
+        jobs.continuous("beat").start("c1", Counter(1))
+    renamed = {
+        "beat": Continuous(state=Renamed, schedule=every("1 minute"), execute=lambda c: None)
+    }
+    clock.advance("2 minutes")
+    with Jobs(tmp_path / "j.db", renamed, clock=clock, tracing=provider) as jobs:
+        assert jobs.run_due() == 1
+        with pytest.raises(ValidationError):
+            jobs.continuous("beat").trigger("c1")
+    parked, refused = step_spans(exporter)
+    assert parked.attributes is not None
+    assert parked.attributes["durajobs.outcome"] == "parked"
+    assert parked.status.status_code is StatusCode.ERROR
+    assert "n" in (parked.status.description or "")
+    assert refused.status.status_code is StatusCode.ERROR  # the exception recorded on it
