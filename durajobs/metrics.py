@@ -33,13 +33,31 @@ Two sorts of series, and which process reports which:
   ``durajobs serve`` runs no steps: there these series stay empty.
 
 Serving: ``metrics_app(location, metrics)`` is a small WSGI application answering
-``GET /metrics`` and ``GET /healthz`` (``durajobs.health``), for the daemon's metrics address::
+``GET /metrics`` and ``GET /healthz`` (``durajobs.health``). ``make_server`` serves it the
+ordinary way (wsgiref, one blocking request at a time, or ``serve_forever`` on a thread).
+``SelectorServer`` serves it from a process's own ``selectors`` loop with no thread (the
+daemon's parent, which forks): it never waits on a client::
 
-    metrics = Metrics()                   # in the daemon, before the workers start
-    app = metrics_app(db, metrics)        # reads the store with an Admin per thread
-    server = make_server(host, port, app)  # wsgiref; put server.fileno() in the selector,
-    server.handle_request()               # when it is readable; at exit server.server_close()
-    app.close()                           # and app.close()
+    metrics = Metrics()                        # in the daemon, before the workers start
+    app = metrics_app(db, metrics)             # reads the store with an Admin per thread
+    http = SelectorServer(make_server(host, port, app), log=log)
+    http.attach(selector)                      # the loop calls key.data(key) when ready,
+    http.expire()                              # this after each wake-up, and sleeps at most
+    http.next_deadline()                       # until this (time.monotonic() seconds)
+    http.close(); app.close()                  # at exit
+
+``SelectorServer``: connections are accepted without blocking and read from the loop
+(non-blocking sockets registered in the selector) until the request head is complete; each
+has ``timeout`` seconds in all (2 s: from its accept to the last byte of its answer, however
+slowly it drips), then it is closed with one log line. At most ``max_connections`` are open;
+beyond, the listener is left alone (the kernel's backlog holds the rest) until one closes.
+A complete head is handed to wsgiref's own request handler (http.server parses it, the WSGI
+app answers into a buffer) and the answer is written from the loop as the socket allows. The
+app's answer is the one part that holds the loop: a scrape's read of the store (one grouped
+statement and a count of the due index, 40-70 ms at 1,000,000 instances with schema 5's
+indexes, ``benchmarks/bench_metrics.py``; ``/healthz`` a few more counts). Any error of a
+connection (a timeout, a reset, an unparsable request, an exception in the app) is one line
+through ``log``, never a traceback on stderr.
 
 prometheus_client is imported when a ``Metrics`` is made; without it, ``MetricsUnavailable``
 (an ``ImportError``) says to install ``durajobs[metrics]``.
@@ -47,16 +65,20 @@ prometheus_client is imported when a ``Metrics`` is made; without it, ``MetricsU
 
 from __future__ import annotations
 
+import io
+import logging
+import re
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from .admin import Admin
 
 __all__ = [
@@ -64,6 +86,7 @@ __all__ = [
     "Metrics",
     "MetricsApp",
     "MetricsUnavailable",
+    "SelectorServer",
     "make_server",
     "metrics_app",
     "step_outcome",
@@ -300,7 +323,6 @@ def make_server(host: str, port: int, app: MetricsApp) -> WSGIServer:
     Raises:
         OSError: the address cannot be bound.
     """
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
     from wsgiref.simple_server import make_server as wsgiref_server
 
     class Quiet(WSGIRequestHandler):
@@ -309,3 +331,225 @@ def make_server(host: str, port: int, app: MetricsApp) -> WSGIServer:
 
     server: WSGIServer = wsgiref_server(host, port, app, WSGIServer, Quiet)
     return server
+
+
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a request head (http.server's)
+_READY = selectors.EVENT_READ
+_WRITABLE = selectors.EVENT_WRITE
+Ready = Callable[[selectors.SelectorKey], None]
+
+
+class _Connection:
+    """One client of a ``SelectorServer``: its head so far, then the answer left to write."""
+
+    __slots__ = ("address", "deadline", "head", "out", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        self.deadline = deadline
+        self.head = bytearray()
+        self.out: memoryview | None = None  # set once the answer is ready
+
+
+class SelectorServer:
+    """Serves a wsgiref server's app from the caller's ``selectors`` loop, never waiting on a
+    client (see the module's text): ``attach``, then ``expire`` after each wake-up and sleep at
+    most until ``next_deadline``.
+
+    Args:
+        server: a bound server (``make_server``); its socket is made non-blocking.
+        timeout: seconds a connection gets in all, from its accept to its answer's last byte.
+        max_connections: connections open at once; the others wait in the kernel's backlog.
+        max_head: bytes a request head may have.
+        log: where each connection's error goes, as one line (``event="metrics"``).
+    """
+
+    def __init__(
+        self, server: WSGIServer, *, timeout: float = 2.0, max_connections: int = 8,
+        max_head: int = 16384, log: logging.Logger | None = None,
+    ) -> None:  # fmt: skip
+        self.server = server
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.max_head = max_head
+        self.log = log or logging.getLogger(__name__)
+        self.listener = server.socket
+        self.listener.setblocking(False)
+        self._selector: selectors.BaseSelector | None = None
+        self._accepting = False
+        self._resume_at: float | None = None  # accept() failed (EMFILE...): try again then
+        self._connections: dict[socket.socket, _Connection] = {}
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not closed yet."""
+        return len(self._connections)
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        """Watch the listening socket in ``selector`` (whose loop calls ``key.data(key)``)."""
+        self._selector = selector
+        self._accept_more(True)
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` has something to do (``time.monotonic()``), or ``None``."""
+        times = [c.deadline for c in self._connections.values()]
+        if self._resume_at is not None:
+            times.append(self._resume_at)
+        return min(times, default=None)
+
+    def expire(self, now: float | None = None) -> None:
+        """Close the connections past their deadline (one log line each)."""
+        now = time.monotonic() if now is None else now
+        for conn in [c for c in self._connections.values() if c.deadline <= now]:
+            what = "read the answer" if conn.out is not None else "send a complete request"
+            self._drop(conn, f"did not {what} within {self.timeout:g} s")
+        if self._resume_at is not None and self._resume_at <= now:
+            self._resume_at = None
+            self._accept_more(len(self._connections) < self.max_connections)
+
+    def close(self) -> None:
+        """Close every connection and the listening socket (unregistering them)."""
+        for conn in list(self._connections.values()):
+            self._drop(conn, None)
+        self._accept_more(False)
+        self.server.server_close()
+
+    def close_in_child(self) -> None:
+        """After a fork, in the child: close its copies of the sockets (the parent serves)."""
+        for sock in self._connections:
+            sock.close()
+        self._connections.clear()
+        self._selector = None
+        self.listener.close()
+
+    # -- the loop's callbacks ------------------------------------------------------------------
+
+    def _accept_more(self, on: bool) -> None:
+        selector = self._selector
+        if selector is None or on == self._accepting:
+            return
+        if on:
+            selector.register(self.listener, _READY, self._on_listener)
+        else:
+            selector.unregister(self.listener)
+        self._accepting = on
+
+    def _on_listener(self, _key: selectors.SelectorKey) -> None:
+        assert self._selector is not None
+        while len(self._connections) < self.max_connections:
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors...: pause instead of spinning
+                self.log.warning("metrics: cannot accept a connection: %s", exc,
+                                 extra={"event": "metrics"})  # fmt: skip
+                self._resume_at = time.monotonic() + 1.0
+                self._accept_more(False)
+                return
+            sock.setblocking(False)
+            conn = _Connection(sock, address, time.monotonic() + self.timeout)
+            self._connections[sock] = conn
+            self._selector.register(sock, _READY, self._on_readable(conn))
+        self._accept_more(False)  # full: the backlog holds the next ones until one closes
+
+    def _on_readable(self, conn: _Connection) -> Ready:
+        def readable(_key: selectors.SelectorKey) -> None:
+            try:
+                chunk = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._drop(conn, f"reading the request failed: {exc}")
+                return
+            if not chunk:
+                self._drop(conn, None if not conn.head else "closed before its request ended")
+                return
+            conn.head += chunk
+            end = _HEAD_END.search(conn.head)
+            if end is None:
+                if len(conn.head) > self.max_head:
+                    self._drop(conn, f"request head over {self.max_head} bytes")
+                return
+            self._answer(conn, bytes(conn.head[: end.end()]))
+
+        return readable
+
+    def _answer(self, conn: _Connection, head: bytes) -> None:
+        assert self._selector is not None
+        try:  # the app's own errors are caught by wsgiref (a 500): these would be ours
+            request = _BufferedRequest(head, conn.sock, conn.address, self.server)
+        except Exception as exc:
+            self._drop(conn, f"answering failed: {type(exc).__name__}: {exc}")
+            return
+        for problem in request.problems:
+            self._note(conn, problem)
+        conn.out = memoryview(request.out.getvalue())
+        self._selector.modify(conn.sock, _WRITABLE, self._on_writable(conn))
+        self._on_writable(conn)(None)  # usually the whole answer fits in the socket's buffer
+
+    def _on_writable(self, conn: _Connection) -> Callable[[selectors.SelectorKey | None], None]:
+        def writable(_key: selectors.SelectorKey | None) -> None:
+            out = conn.out
+            assert out is not None
+            try:
+                sent = conn.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._drop(conn, f"writing the answer failed: {exc}")
+                return
+            conn.out = out = out[sent:]
+            if not out:
+                self._drop(conn, None)
+
+        return writable
+
+    def _note(self, conn: _Connection, message: str) -> None:
+        self.log.warning("metrics: connection from %s: %s", conn.peer, message,
+                         extra={"event": "metrics"})  # fmt: skip
+
+    def _drop(self, conn: _Connection, error: str | None) -> None:
+        """Close ``conn``; ``error``: why, logged as one line."""
+        if error is not None:
+            self._note(conn, error + "; closed")
+        self._connections.pop(conn.sock, None)
+        if self._selector is not None:
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+        if self._resume_at is None:
+            self._accept_more(len(self._connections) < self.max_connections)
+
+
+class _BufferedRequest(WSGIRequestHandler):
+    """wsgiref's handler on a head already read, answering into a buffer: nothing here touches
+    the socket (``SelectorServer`` reads and writes it from its loop). ``problems``: a bad
+    request's (a 4xx was answered) or the app's traceback's last line (a 500 was answered)."""
+
+    def __init__(self, head: bytes, sock: socket.socket, address: Any, server: WSGIServer) -> None:
+        self.head = head
+        self.out = io.BytesIO()
+        self.errors = io.StringIO()  # wsgiref writes an app's traceback here
+        self.problems: list[str] = []
+        super().__init__(sock, address, server)
+        if text := self.errors.getvalue().strip():
+            self.problems.append("the app failed: " + text.splitlines()[-1])
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self.head)
+        self.wfile = self.out
+
+    def finish(self) -> None:
+        pass  # the buffers stay open: the caller takes the answer
+
+    def get_stderr(self) -> io.StringIO:
+        return self.errors
+
+    def log_error(self, format: str, *args: Any) -> None:
+        self.problems.append("bad request: " + format % args)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no access log

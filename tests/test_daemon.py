@@ -575,8 +575,7 @@ def test_a_slow_collector_delays_no_daemon_step_and_gets_the_records_when_it_ans
 def test_metrics_address_serves_metrics_and_healthz(harness: Harness) -> None:
     harness.jobs.continuous("hourly").start("anchor", Count())
     proc = harness.start("--metrics", "127.0.0.1:0")  # any free port; the log names it
-    (line,) = [line for line in harness.log().splitlines() if "metrics on http://" in line]
-    base = line.split("metrics on ", 1)[1].split("/metrics", 1)[0]
+    base = _metrics_base(harness)
     for n in range(2):
         harness.jobs.task("task").send(f"scraped-{n}", Due(time.time()))
     for n in range(2):
@@ -614,6 +613,85 @@ def test_metrics_address_serves_metrics_and_healthz(harness: Harness) -> None:
     assert harness.stop(proc) == 0
     with pytest.raises(urllib.error.URLError):  # closed with the daemon
         urllib.request.urlopen(f"{base}/healthz", timeout=10)
+
+
+def _metrics_base(harness: Harness) -> str:
+    (line,) = [line for line in harness.log().splitlines() if "metrics on http://" in line]
+    return line.split("metrics on ", 1)[1].split("/metrics", 1)[0].rstrip('",} ')
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` (it answered nothing; a reset counts)."""
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except BlockingIOError:
+        return False
+
+
+def test_slow_metrics_clients_never_hold_the_loop_and_errors_are_one_json_line(
+    harness: Harness,
+) -> None:
+    # Two clients that never finish a request: one connects and says nothing, one sends a
+    # byte every 0.3 s for as long as the test runs. The parent used to read a request
+    # inside its loop (2 s per read, no bound for a drip): nothing was dispatched meanwhile.
+    harness.jobs.continuous("hourly").start("anchor", Count())
+    proc = harness.start("--metrics", "127.0.0.1:0", "--log-format", "json")
+    base = _metrics_base(harness)
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    silent = socket.create_connection((host, int(port)), timeout=10)
+    drip = socket.create_connection((host, int(port)), timeout=10)
+    stop = threading.Event()
+    dripped = []
+
+    def dripping() -> None:
+        for byte in itertools.cycle(b"GET /metrics HTTP/1.1\r\nX-Slow: "):
+            try:
+                drip.send(bytes([byte]))
+            except OSError:
+                return  # the daemon closed it
+            dripped.append(byte)
+            if stop.wait(0.3):
+                return
+
+    dripper = threading.Thread(target=dripping, daemon=True)
+    dripper.start()
+    garbage = socket.create_connection((host, int(port)), timeout=10)
+    garbage.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n")
+    try:
+        # Meanwhile the loop dispatches: a step due now commits, and a scrape is answered.
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
+            assert response.status == 200
+        harness.jobs.task("task").send("during-drip", Due(time.time()))
+        wait_for(
+            lambda: harness.jobs.task("task").status("during-drip").execute_count == 1,
+            what="the step committed while a metrics client drips",
+        )
+        assert garbage.recv(4096).startswith(b"HTTP/1.0 431 ")  # http.server's own answer
+        # Each slow client gets 2 s in all, however it drips; then the daemon closes it.
+        silent.setblocking(False)
+        drip.setblocking(False)
+        wait_for(lambda: _closed_by_peer(silent), what="the silent client closed")
+        wait_for(lambda: _closed_by_peer(drip), what="the dripping client closed")
+        assert len(dripped) > 1  # it was still sending
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            assert b"durajobs_steps_total" in response.read()
+    finally:
+        stop.set()
+        dripper.join(timeout=10)
+        for sock in (silent, drip, garbage):
+            sock.close()
+    assert harness.stop(proc) == 0
+
+    lines = [json.loads(line) for line in harness.log().splitlines()]  # every line is JSON
+    problems = [
+        line["message"]
+        for line in lines
+        if (line["event"], line["level"]) == ("metrics", "warning")
+    ]
+    assert sum("did not send a complete request within 2 s" in m for m in problems) == 2, lines
+    assert any("bad request: code 431" in m for m in problems), problems
 
 
 @pytest.mark.parametrize("address", ["9464", "localhost:", "127.0.0.1:99999", ":9464"])
