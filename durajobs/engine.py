@@ -260,7 +260,7 @@ class Engine:
                 decision = _park_unreadable(inst, env, unreadable)  # an alarm: park it
                 if seen is not None:
                     decision = seen(decision)
-                return decision, _write(env, inst, decision)
+                return decision, _write(env, inst, decision, None, job.version)
         self._running.append(env.instance_id)
         try:
             decision = steps.step(job, inst, msg, env)
@@ -301,22 +301,20 @@ class Engine:
         state_codec, event_codec = env.state_codec, env.event_codec
         decoded: dict[int, tuple[str, Any]] = {}  # what the step's contexts are handed
         if state is not None:
-            what = (
+            state, value = _readable(state_codec, state, inst.version, job, lambda: (
                 f"state of {inst.instance_id} (job {env.job_name!r}, stored version {inst.version})"
-            )
-            state = upgrade(state, inst.version, version, job.migrate, what)
-            decoded[id(state)] = (state, state_codec.decode(state, what))
+            ))  # fmt: skip
+            decoded[id(state)] = (state, value)
         queued = env.queued
         if queued:
             assert event_codec is not None
             read = []
             for item in queued:
-                what = (
-                    f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "
-                    f"stored version {item.version})"
-                )
-                text = upgrade(item.event, item.version, version, job.migrate, what)
-                decoded[id(text)] = (text, event_codec.decode(text, what))
+                text, value = _readable(event_codec, item.event, item.version, job, lambda: (
+                    f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "  # noqa: B023
+                    f"stored version {item.version})"  # noqa: B023
+                ))  # fmt: skip
+                decoded[id(text)] = (text, value)
                 read.append(
                     item
                     if item.version == version
@@ -385,7 +383,8 @@ class Engine:
             else:
                 decision = self._rejected(bad.job, bad.inst, rejected.cause, bad.env)
             todo[rejected.index] = bad._replace(
-                write=_write(bad.env, bad.inst, decision), decision=decision
+                write=_write(bad.env, bad.inst, decision, None, bad.job.version),
+                decision=decision,
             )
             rejected = None
 
@@ -464,8 +463,7 @@ class Engine:
                 env = env._replace(base_step=store.last_step(instance_id))
             decision, write = self._stepped(job, inst, msg, env, key=key)
             if write is None:
-                self.locks.release(token)
-                return StepOutcome(decision, inst)
+                return StepOutcome(decision, inst)  # the claim is released below
             try:
                 applied = store.commit((write,), self.clock.time(), self.history_limit)[0]
             except RejectedWrite as rejected:
@@ -1004,7 +1002,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _write(
-    env: Env, inst: Instance | None, decision: Decision, key: str | None = None, version: int = 1
+    env: Env, inst: Instance | None, decision: Decision, key: str | None, version: int
 ) -> Write:
     """The write a step's decision describes (``inst``: the row it was computed from, read as
     the definition's ``version``, which a new row and a requeued event are written with)."""
@@ -1015,6 +1013,24 @@ def _write(
         env.instance_id, env.job_name, env.user_id, env.base_step if inst is None else inst.step,
         row, decision.records, decision.consumed, key, decision.requeue, inst is None, version,
     )  # fmt: skip
+
+
+def _readable(
+    codec: TypeCodec, text: str, stored: int, job: Any, name: Callable[[], str]
+) -> tuple[str, Any]:
+    """``(text, value)``: a stored object's text run through the job's ``migrate`` chain from
+    its ``stored`` version, and its value. ``name()`` (the object, its instance, job and
+    version) is built only for a message: not on every step.
+
+    Raises:
+        ValidationError: see ``Engine._read``.
+    """
+    if stored != job.version:
+        text = upgrade(text, stored, job.version, job.migrate, name())
+    try:
+        return text, codec.decode(text, "")
+    except ValidationError:
+        return text, codec.decode(text, name())  # fails again, naming the object
 
 
 def _handing_over(codec: TypeCodec, decoded: dict[int, tuple[str, Any]]) -> TypeCodec:
