@@ -1,0 +1,128 @@
+"""Flow control in the engine: the gate a due step passes before its handlers run.
+
+Theory of operation
+-------------------
+Built once, above the store: the store gives primitives (``Slots`` for ``concurrency``,
+``StepStore.take_token`` for ``rate``, the ``paused`` table that due reads skip), and this
+module decides. A due step of a limited job, once claimed and found due, is *admitted*:
+
+1. ``concurrency=N``: it takes one of the job's N slots (``Slots.try_acquire``), held until
+   its handlers have returned. None free: the step stays due and untouched (its due time,
+   hence its place, unchanged) and the job is *held* for the rest of the call, with no
+   known time to try again (a slot frees when some step ends, anywhere).
+2. ``rate``: it takes a token of the job's shared bucket (``take_token``). None: the step
+   stays due, and the job is held until the time the next token arrives.
+
+A held job's other due steps are not even claimed in that call; ``run_due`` reports the held
+instances to its caller (the daemon's worker, whose dispatcher then sleeps until the token
+time, or until a slot may have freed) and reads past them, so a limited job never crowds out
+the others. Client calls: ``trigger`` and ``flush`` wait for a slot (up to ``wait_timeout``)
+and take no token; the inline steps of ``start``, ``send`` and ``add`` take neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .core.definitions import Definition
+from .errors import InstanceBusyError
+from .stores.base import Slots, StepStore
+
+__all__ = ["Gate"]
+
+
+class Gate:
+    """The flow limits of one engine's registry (see the module's doc).
+
+    ``open_slots`` opens the store's ``Slots`` on first need (no file or session otherwise).
+    """
+
+    def __init__(
+        self, registry: Mapping[str, Definition], open_slots: Callable[[], Slots] | None
+    ) -> None:
+        self.limited = {
+            name: job
+            for name, job in registry.items()
+            if job.concurrency is not None or job.rate is not None
+        }
+        self.priorities = {name: job.priority for name, job in registry.items() if job.priority}
+        self._open_slots = open_slots
+        self._slots: Slots | None = None
+
+    @property
+    def slots(self) -> Slots:
+        """The store's slots, opened on first use.
+
+        Raises:
+            StorageError: they cannot be opened.
+        """
+        if self._slots is None:
+            assert self._open_slots is not None, "a limited job needs the store's slots"
+            self._slots = self._open_slots()
+        return self._slots
+
+    def admit(
+        self, store: StepStore, job_name: str, job: Any, now: float
+    ) -> tuple[bool, int | None, float | None]:
+        """Admit a due step of ``job_name``: ``(True, slot token or None, None)``; held,
+        ``(False, None, when)``: ``when`` is the time the job's rate budget has a token
+        again, or ``None`` when no slot is free (no time known).
+
+        Raises:
+            StorageError: the slot or the budget could not be asked.
+        """
+        token = None
+        if job.concurrency is not None:
+            token = self.slots.try_acquire(job_name, job.concurrency)
+            if token is None:
+                return False, None, None
+        if job.rate is not None:
+            try:
+                retry_at = store.take_token(job_name, job.rate, now)
+            except BaseException:
+                self.leave(token)
+                raise
+            if retry_at is not None:
+                self.leave(token)
+                return False, None, retry_at
+        return True, token, None
+
+    def wait_slot(self, instance_id: str, job_name: str, job: Any, timeout: float) -> int | None:
+        """A slot for a client's ``trigger``/``flush`` of a job with ``concurrency``, waiting
+        up to ``timeout`` seconds (``None`` for a job without).
+
+        Raises:
+            InstanceBusyError: every slot was still held after ``timeout``.
+            StorageError: the slot could not be attempted.
+        """
+        limit = job.concurrency
+        if limit is None:
+            return None
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            token = self.slots.try_acquire(job_name, limit)
+            if token is not None:
+                return token
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InstanceBusyError(
+                    f"{instance_id}: all {limit} slots of job {job_name!r} (concurrency={limit}) "
+                    f"were still taken after {timeout:g} s (wait_timeout)"
+                )
+            # A slot frees when another step ends, in any process: no signal to wait on.
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+
+    def leave(self, token: int | None) -> None:
+        """Give the slot of an admitted step back (``None``: it had none; never raises)."""
+        if token is not None and self._slots is not None:
+            self._slots.release(token)
+
+    def close(self) -> None:
+        """Release every slot (idempotent)."""
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
