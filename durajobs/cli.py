@@ -382,6 +382,8 @@ def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
         if r.alarm_reason in ("trigger", "manual"):
             alarm += f" [{r.alarm_reason}]"
         shown = f"{r.status} (failing)" if r.failing else r.status
+        if r.paused:
+            shown += " (paused)"
         cells.append([
             r.instance_id, r.kind, r.job, shown, alarm, f"{r.run_count}/{r.event_count}",
             r.attempt_label, r.error_summary or "-",
@@ -427,6 +429,8 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
     info = detail.info
     if info is not None and info.failing:
         fields.append(("failing", "yes: the last run failed after its retries and was skipped"))
+    if info is not None and info.paused:
+        fields.append(("paused", "yes: no alarm step runs until `durajobs resume`"))
     if info is None:
         ended = detail.finished
         if ended is not None:
@@ -691,6 +695,24 @@ def terminate(
         if not yes and sys.stdin.isatty() and not typer.confirm(f"Terminate {instance_id}?"):
             _fail("not confirmed; nothing changed", EXIT_FAILED)
         typer.echo(admin.terminate(instance_id, reason).message)
+
+
+TargetArgument = Annotated[str, typer.Argument(metavar="JOB | KIND:JOB:ID", show_default=False)]
+
+
+@_command
+def pause(ctx: typer.Context, target: TargetArgument) -> None:
+    """Pause a job (every instance, new ones too) or one instance: no alarm step runs
+    until resume; alarms and stored events are kept, client calls still work."""
+    with _admin(ctx) as admin:
+        typer.echo(admin.pause(target).message)
+
+
+@_command
+def resume(ctx: typer.Context, target: TargetArgument) -> None:
+    """Resume a paused job or instance: what it missed is due now (catch-up rules)."""
+    with _admin(ctx) as admin:
+        typer.echo(admin.resume(target).message)
 
 
 @_command
