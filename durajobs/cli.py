@@ -67,6 +67,7 @@ from .errors import (
     InstanceBusyError,
     InstanceNotFoundError,
     InvalidStateError,
+    JobNotFoundError,
     StorageError,
     ValidationError,
 )
@@ -136,7 +137,7 @@ def _errors() -> Iterator[None]:
     """Map durajobs errors to one stderr line and an exit code."""
     try:
         yield
-    except InstanceNotFoundError as exc:
+    except (InstanceNotFoundError, JobNotFoundError) as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except StorageError as exc:
         _fail(str(exc), EXIT_STORAGE)

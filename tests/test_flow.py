@@ -24,9 +24,9 @@ Make = Callable[..., Jobs]
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[Make]:
+def make(new_database: Path | str) -> Iterator[Make]:
     opened: list[Jobs] = []
-    path = tmp_path / "jobs.db"
+    path = new_database
 
     def make(registry: dict[str, Any], clock: FakeClock, **kw: Any) -> Jobs:
         jobs = Jobs(path, registry, clock=clock, **kw)
@@ -211,3 +211,42 @@ def test_higher_priority_runs_first(make: Make) -> None:
     clock.advance("1 minute")
     assert jobs.run_due() == 20
     assert log == [f"b{i}" for i in range(10)] + [f"n{i}" for i in range(10)]
+
+
+def test_the_cli_pauses_and_resumes_jobs_and_instances(make: Make) -> None:
+    """``durajobs pause|resume JOB|ID`` (the Admin behind it), ``ls``/``show`` say paused; a
+    target that names nothing is refused with a clear message and exit code."""
+    from test_cli import one_line_error, run_in_process
+
+    clock = FakeClock(T0)
+    log: list[str] = []
+    jobs = make({"orders": _task(log), "other": _task(log)}, clock)
+    jobs.task("orders").send("o1", 1)
+    jobs.task("other").send("x1", 1)
+    db = str(jobs.location)
+    assert run_in_process("--db", db, "pause", "orders").code == 0
+    assert run_in_process("--db", db, "pause", "task:other:x1").code == 0
+    again = run_in_process("--db", db, "pause", "orders")
+    assert "already paused" in again.stdout
+    listed = run_in_process("--db", db, "ls", "--json").json()
+    assert {r["instance_id"]: r["paused"] for r in listed} == {
+        "task:orders:o1": True, "task:other:x1": True,
+    }  # fmt: skip
+    assert "(paused)" in run_in_process("--db", db, "ls").stdout
+    assert run_in_process("--db", db, "show", "task:orders:o1", "--json").json()["paused"]
+    clock.advance("1 minute")
+    assert jobs.run_due() == 0
+    resumed = run_in_process("--db", db, "resume", "orders")
+    assert resumed.code == 0
+    assert "resumed orders" in resumed.stdout
+    assert jobs.run_due() == 1
+    assert log == ["o1"]
+    for target, code, text in [
+        ("nosuchjob", 3, "no job named 'nosuchjob' has instances"),
+        ("task:other:nope", 3, "task:other:nope: no such instance"),
+        ("bogus:x:y", 2, "is not an instance id"),
+    ]:
+        run = run_in_process("--db", db, "pause", target)
+        assert (run.code, text in one_line_error(run)) == (code, True), run
+    assert run_in_process("--db", db, "resume", "task:other:x1").code == 0
+    assert jobs.paused() == frozenset()
