@@ -791,6 +791,7 @@ class Engine:
         step_seconds = self._step_seconds
         poisoned = self._poisoned
         ahead = locks.batch_claims
+        gate = self.gate
         try:
             for position, candidate in enumerate(rows):
                 instance_id = candidate.instance_id
@@ -825,10 +826,10 @@ class Engine:
                         locks.release(token)
                         continue
                     slot = None
-                    if job_name in self.gate.limited:
-                        admitted, slot, retry_at = self.gate.admit(
-                            self.store, job_name, job, self.clock.time()
-                        )
+                    if gate.kept is not None:
+                        gate.drop_kept(unless=job_name)  # another job's step: free its slot
+                    if job_name in gate.limited:
+                        admitted, slot, retry_at = gate.admit(self.store, job_name, job, self.clock)
                         if not admitted:  # stays due, untouched: its due time is its place
                             locks.release(token)
                             self._held_jobs[job_name] = self._held[instance_id] = retry_at
@@ -849,8 +850,10 @@ class Engine:
                     started = time.perf_counter()
                     try:
                         decision, write = self._stepped(job, inst, steps.Alarm(), env, contain=True)
-                    finally:
-                        self.gate.leave(slot)  # its handlers are done
+                    except BaseException:
+                        gate.leave(slot)
+                        raise
+                    gate.keep(job_name, slot)  # its handlers are done: for the job's next step
                     took = time.perf_counter() - started
                     step_seconds[job_name] = 0.8 * step_seconds.get(job_name, took) + 0.2 * took
                 except BaseException:
@@ -874,6 +877,7 @@ class Engine:
             for item in pending:
                 locks.release(item.token)
             self._drop_ahead()
+            gate.drop_kept()
         return self._committed
 
     def _claim_ahead(

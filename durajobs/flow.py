@@ -50,6 +50,10 @@ class Gate:
         self.priorities = {name: job.priority for name, job in registry.items() if job.priority}
         self._open_slots = open_slots
         self._slots: Slots | None = None
+        # (job, token): the slot of a run_due step that just ended, kept for the next step if
+        # it is of the same job (one lock, not two, per step of a burst of one job's steps);
+        # given back before any other job's step runs, and when the call ends.
+        self.kept: tuple[str, int] | None = None
 
     @property
     def slots(self) -> Slots:
@@ -64,23 +68,31 @@ class Gate:
         return self._slots
 
     def admit(
-        self, store: StepStore, job_name: str, job: Any, now: float
+        self, store: StepStore, job_name: str, job: Any, clock: Any
     ) -> tuple[bool, int | None, float | None]:
         """Admit a due step of ``job_name``: ``(True, slot token or None, None)``; held,
         ``(False, None, when)``: ``when`` is the time the job's rate budget has a token
         again, or ``None`` when no slot is free (no time known).
 
+        ``clock``'s time is read only for a rate.
+
         Raises:
             StorageError: the slot or the budget could not be asked.
         """
         token = None
-        if job.concurrency is not None:
-            token = self.slots.try_acquire(job_name, job.concurrency)
+        kept, self.kept = self.kept, None
+        if kept is not None and kept[0] == job_name and job.concurrency is not None:
+            token = kept[1]  # its previous step's slot: still ours
+        elif kept is not None:
+            self.leave(kept[1])
+        if token is None and job.concurrency is not None:
+            slots = self._slots or self.slots
+            token = slots.try_acquire(job_name, job.concurrency)
             if token is None:
                 return False, None, None
         if job.rate is not None:
             try:
-                retry_at = store.take_token(job_name, job.rate, now)
+                retry_at = store.take_token(job_name, job.rate, clock.time())
             except BaseException:
                 self.leave(token)
                 raise
@@ -116,6 +128,19 @@ class Gate:
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.05)
 
+    def keep(self, job_name: str, token: int | None) -> None:
+        """A run_due step of ``job_name`` ended: keep its slot for the job's next step."""
+        if token is not None:
+            self.drop_kept()
+            self.kept = (job_name, token)
+
+    def drop_kept(self, unless: str | None = None) -> None:
+        """Give back the slot kept from a step (``unless`` it is that job's; never raises)."""
+        kept = self.kept
+        if kept is not None and kept[0] != unless:
+            self.kept = None
+            self.leave(kept[1])
+
     def leave(self, token: int | None) -> None:
         """Give the slot of an admitted step back (``None``: it had none; never raises)."""
         if token is not None and self._slots is not None:
@@ -123,6 +148,7 @@ class Gate:
 
     def close(self) -> None:
         """Release every slot (idempotent)."""
+        self.kept = None
         if self._slots is not None:
             self._slots.close()
             self._slots = None

@@ -118,10 +118,9 @@ def open_slots(location: str | os.PathLike[str]) -> Slots:
         from durajobs.stores.postgres.slots import AdvisorySlots
 
         return AdvisorySlots(str(location))
-    from durajobs.stores.sqlite.claims import lock_path
-    from durajobs.stores.sqlite.slots import JobSlots
+    from durajobs.stores.sqlite.slots import JobSlots, slots_path
 
-    return JobSlots(lock_path(os.fspath(location)))
+    return JobSlots(slots_path(os.fspath(location)))
 
 
 def open_waker(location: str | os.PathLike[str], store: Store | None = None) -> Waker:
