@@ -638,6 +638,9 @@ class Gauges:
     counts: list[tuple[str, str, str, int]]
     overdue: int
     overdue_after: float
+    # (kind, job) -> its paused instances (all of them when the job is paused); an overlay on
+    # the statuses, not one of them
+    paused: Mapping[tuple[str, str], int] = attrs.field(factory=dict)
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -948,7 +951,26 @@ class Admin:
             for k, j, s, n in counts
         ] + [(k, j, FAILING, n) for (k, j), n in failing.items()]
         overdue, _ = self.store.count_due(self.now() - overdue_after)
-        return Gauges(sorted(counts), overdue, overdue_after)
+        return Gauges(sorted(counts), overdue, overdue_after, self._paused_counts(counts))
+
+    def _paused_counts(self, counts: list[tuple[str, str, str, int]]) -> dict[tuple[str, str], int]:
+        """Paused instances per (kind, job): a paused job's every instance, else its paused
+        instances that exist (one read of the small ``paused`` table; a row read for each
+        paused instance)."""
+        targets = self.store.paused_targets()
+        paused: dict[tuple[str, str], int] = {}
+        if not targets:
+            return paused
+        for kind, job, _status, n in counts:
+            if job in targets:
+                paused[(kind, job)] = paused.get((kind, job), 0) + n
+        for target in targets:
+            if ":" not in target:
+                continue
+            kind, job, _ = target.split(":", 2)
+            if job not in targets and self.store.load(target) is not None:
+                paused[(kind, job)] = paused.get((kind, job), 0) + 1
+        return paused
 
     def jobs(self, limit: int = 1000) -> list[tuple[str, str]]:
         """``(kind, job)`` of the jobs that have instances, sorted; at most ``limit`` (the

@@ -250,3 +250,32 @@ def test_the_cli_pauses_and_resumes_jobs_and_instances(make: Make) -> None:
         assert (run.code, text in one_line_error(run)) == (code, True), run
     assert run_in_process("--db", db, "resume", "task:other:x1").code == 0
     assert jobs.paused() == frozenset()
+
+
+def test_paused_instances_in_the_metrics(make: Make) -> None:
+    """``durajobs_instances{status="paused"}``: all of a paused job's instances, or the
+    paused ones one by one (an overlay: they are counted under their status too)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from durajobs.admin import Admin
+    from durajobs.metrics import Metrics
+
+    clock = FakeClock(T0)
+    log: list[str] = []
+    jobs = make({"orders": _task(log), "other": _task(log)}, clock)
+    for user_id in ("o1", "o2", "o3"):
+        jobs.task("orders").send(user_id, 1)
+    jobs.task("other").send("x1", 1)
+    jobs.task("other").send("x2", 1)
+    jobs.pause("orders")
+    jobs.task("other").pause("x2")
+    jobs.task("other").pause("gone")  # an id with no instance counts for nothing
+    with Admin(jobs.location, clock=clock) as admin:
+        text = Metrics(lambda: admin).render().decode()
+    paused = {
+        sample.labels["job"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "durajobs_instances" and sample.labels["status"] == "paused"
+    }
+    assert paused == {"orders": 3, "other": 1}
