@@ -279,3 +279,46 @@ def test_paused_instances_in_the_metrics(make: Make) -> None:
         if sample.name == "durajobs_instances" and sample.labels["status"] == "paused"
     }
     assert paused == {"orders": 3, "other": 1}
+
+
+def test_dashboard_pause_and_resume_buttons(make: Make) -> None:
+    """The instance page offers Pause / Pause job, then Resume / Resume job, POST only like
+    the other actions; the page shows the paused badge."""
+    from test_web import Client
+
+    from durajobs.web import make_app
+
+    clock = FakeClock(T0)
+    log: list[str] = []
+    jobs = make({"orders": _task(log)}, clock)
+    jobs.task("orders").send("o1", 1)
+    dashboard = make_app(jobs.location)
+    try:
+        client = Client(dashboard)
+        page = client.get("/instance", {"id": "task:orders:o1"}).text
+        assert 'value="pause"' in page
+        assert 'value="pause_job"' in page
+        assert "status-paused" not in page
+        answer = client.post("/action", {"id": "task:orders:o1", "action": "pause_job"})
+        assert answer.status == 303
+        assert jobs.paused() == {"orders"}
+        page = client.get("/instance", {"id": "task:orders:o1", "done": "pause_job"}).text
+        assert "status-paused" in page
+        assert "Job paused" in page
+        assert 'value="resume_job"' in page
+        assert client.post("/action", {"id": "task:orders:o1", "action": "pause"}).status == 303
+        assert jobs.paused() == {"orders", "task:orders:o1"}
+        clock.advance("1 minute")
+        assert jobs.run_due() == 0
+        for action in ("resume_job", "resume"):
+            assert client.post("/action", {"id": "task:orders:o1", "action": action}).status == 303
+        assert jobs.paused() == frozenset()
+        assert jobs.run_due() == 1
+    finally:
+        dashboard.close()
+    read_only = make_app(jobs.location, read_only=True)
+    try:
+        form = {"id": "task:orders:o1", "action": "pause"}
+        assert Client(read_only).post("/action", form).status == 403
+    finally:
+        read_only.close()
