@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
-from durajobs.client import PauseResult
+from durajobs import Continuous, Debounce, FakeClock, Jobs, PauseResult, Task, every
 from durajobs.errors import InstanceBusyError, JobNotFoundError
 
 pytestmark = pytest.mark.both_stores
@@ -322,3 +321,24 @@ def test_dashboard_pause_and_resume_buttons(make: Make) -> None:
         assert Client(read_only).post("/action", form).status == 403
     finally:
         read_only.close()
+
+
+def test_async_pause_and_resume(make: Make) -> None:
+    import asyncio
+
+    from durajobs.aio import AsyncJobs
+
+    clock = FakeClock(T0)
+    jobs = make({"orders": _task([])}, clock)
+    ajobs = AsyncJobs(jobs)
+
+    async def calls() -> list[PauseResult]:
+        return [
+            await ajobs.pause("orders"),
+            await ajobs.task("orders").pause("o1"),
+            await ajobs.resume("orders"),
+            await ajobs.task("orders").resume("o1"),
+        ]
+
+    assert [r.changed for r in asyncio.run(calls())] == [True, True, True, True]
+    assert jobs.paused() == frozenset()

@@ -149,6 +149,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "history": (
         "id", "instance_id", "at", "event", "step", "attempt", "duration_ms", "error", "data",
     ),
+    "paused": ("target", "at"),  # paused jobs and instances (flow control's rate budgets are
+    # not carried: a copy starts with full buckets)
 }  # fmt: skip
 TABLES = tuple(TABLE_COLUMNS)
 

@@ -285,7 +285,8 @@ TEMPLATES = Statements()  # the neutral catalogue (its defaults)
 # Copying a whole database (``durajobs copy``): each table read in key order, a page at a time
 # (keyset: after the last key of the previous page).
 _EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
-                "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
+                "event_keys": ("instance_id", "key"), "history": ("id",),
+                "paused": ("target",)}  # fmt: skip
 
 
 @functools.cache
