@@ -342,3 +342,20 @@ def test_async_pause_and_resume(make: Make) -> None:
 
     assert [r.changed for r in asyncio.run(calls())] == [True, True, True, True]
     assert jobs.paused() == frozenset()
+
+
+def test_paused_alarms_are_not_overdue(make: Make) -> None:
+    """doctor and the metrics count overdue alarms: a paused one waits on purpose."""
+    from durajobs.admin import Admin
+
+    clock = FakeClock(T0)
+    jobs = make({"orders": _task([])}, clock)
+    jobs.task("orders").send("o1", 1)
+    jobs.task("orders").send("o2", 1)
+    jobs.task("orders").pause("o1")
+    clock.advance("1 hour")
+    with Admin(jobs.location, clock=clock) as admin:
+        assert admin.gauges().overdue == 1
+        assert [o.instance_id for o in admin.overdue()] == ["task:orders:o2"]
+        jobs.pause("orders")
+        assert admin.gauges().overdue == 0

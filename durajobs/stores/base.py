@@ -557,7 +557,8 @@ class InspectStore(Opened, Protocol):
         ...
 
     def count_due(self, before: float) -> tuple[int, float | None]:
-        """How many alarms are at or before ``before``, and the earliest of them.
+        """How many alarms are at or before ``before``, and the earliest of them (paused
+        instances and jobs left out, as ``due`` leaves them out).
 
         Raises:
             StorageError: the database cannot be read.

@@ -217,7 +217,10 @@ class Statements(NamedTuple):
         "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
         "ORDER BY kind, job, status"
     )
-    count_due: str = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= ?"
+    # Paused alarms wait on purpose: neither due nor overdue.
+    count_due: str = (
+        f"SELECT count(*), min(due_at) FROM instances WHERE due_at <= ? AND {_NOT_PAUSED}"
+    )
     next_after: str = "SELECT min(due_at) FROM instances WHERE due_at > ?"
     # Two subqueries: SQLite reads min() or max() from the end of the b-tree only when the
     # query has just one of them; ``SELECT min(id), max(id)`` scans the whole table.
