@@ -243,3 +243,19 @@ def test_no_idle_wake_ups_from_paused_or_rate_limited_jobs(sqlite: Procs) -> Non
     print(f"idle context switches over 3 s with a paused, due job: {after - before}")
     assert after - before <= 10
     assert sqlite.records("enter") == []
+
+
+def test_a_daemon_sleeps_while_a_rate_holds_due_steps(sqlite: Procs) -> None:
+    """rate="1/min" and three due steps: one runs, the other two wait for the budget; the
+    daemon sleeps until the refill (a minute away) instead of polling."""
+    sqlite.due_now("trickle", ["w1", "w2", "w3"])
+    proc = sqlite.start("--workers", "1")
+    wait_for(lambda: sqlite.records("enter"), what="the first step")
+    time.sleep(0.5)  # let the held steps be reported and the daemon settle
+    pids = family(proc.pid)
+    before = context_switches(pids)
+    time.sleep(3.0)  # the measurement window itself
+    after = context_switches(pids)
+    print(f"context switches over 3 s with two steps held by rate=1/min: {after - before}")
+    assert after - before <= 10
+    assert len(sqlite.records("enter")) == 1

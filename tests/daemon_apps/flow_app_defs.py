@@ -5,7 +5,8 @@ check who ran when.
 
 - ``limited`` (Task, ``concurrency=2``): ``execute`` sleeps $FLOW_SLOW seconds (default 0.1);
   ids starting with ``hang-`` sleep an hour.
-- ``rated`` (Task, ``rate="20/s"``), ``news`` (priority 0), ``billing`` (priority 10): record.
+- ``rated`` (Task, ``rate="20/s"``), ``trickle`` (``rate="1/min"``), ``news`` (priority 0),
+  ``billing`` (priority 10): record.
 - ``tick`` (Continuous, every 0.2 s, catch_up="one"): record with its ``scheduled_for``.
 - ``hourly`` (Continuous, rate-limited, an hour away): keeps the daemon's alarm far off.
 """
@@ -48,6 +49,7 @@ def _task(execute: Any, **kw: Any) -> Task:
 REGISTRY = {
     "limited": _task(slow, concurrency=2),
     "rated": _task(mark, rate="20/s"),
+    "trickle": _task(mark, rate="1/min"),
     "news": _task(mark, priority=0),
     "billing": _task(mark, priority=10),
     "tick": Continuous(state=Count, schedule=every(0.2), execute=tick, start_immediately=False),
