@@ -64,6 +64,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "KINDS",
     "LIST_STATUSES",
+    "PAUSED",
     "STATUSES",
     "ActionResult",
     "ActivityBucket",
@@ -95,6 +96,9 @@ FINISHED_STATUSES = ("terminated", "purged")
 # dashboard and the metrics list them as a status of their own.
 FAILING = "failing"
 LIST_STATUSES: tuple[str, ...] = (*STATUSES, FAILING)
+# Not a status either: an instance that is paused, or whose job is (flow control). ``ls``
+# lists them as one.
+PAUSED = "paused"
 OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
 ERROR_SUMMARY_CHARS = 120
 
@@ -490,6 +494,7 @@ class Stats:
     last_hour_records: int
     last_hour_steps: int
     last_hour_failures: int
+    paused: tuple[str, ...] = ()  # paused job names and instance ids, sorted
 
     def by(self, field: str) -> dict[str, int]:
         """Totals by ``"kind"``, ``"job"`` or ``"status"``."""
@@ -520,6 +525,7 @@ class Stats:
                 "steps": self.last_hour_steps,
                 "failures": self.last_hour_failures,
             },
+            "paused": list(self.paused),
         }
 
 
@@ -720,7 +726,8 @@ class Admin:
 
         ``due`` keeps only instances whose alarm is due now. The default page reads the first
         ``limit`` entries of the ``due_at`` index and counts nothing. ``status="failing"``
-        lists failing Continuous instances (``is_failing``) by id.
+        lists failing Continuous instances (``is_failing``) by id; ``status="paused"`` the
+        paused ones (paused jobs' instances, then instances paused one by one).
 
         Raises:
             ValidationError: ``limit`` < 1 or ``offset`` < 0.
@@ -731,6 +738,8 @@ class Admin:
         if status == FAILING:
             found = self._failing(kind=kind, job=job, due=due)
             return list(itertools.islice(found, offset, offset + limit))
+        if status == PAUSED:
+            return list(itertools.islice(self._paused(kind, job, due), offset, offset + limit))
         rows = self.store.list_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None,
             limit=limit, offset=offset,
@@ -765,6 +774,9 @@ class Admin:
         if status == FAILING:
             yield from self._failing(kind=kind, job=job, due=due)
             return
+        if status == PAUSED:
+            yield from self._paused(kind, job, due)
+            return
         batches = self.store.scan_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None
         )
@@ -774,6 +786,31 @@ class Admin:
                 yield from (info(r) for r in batch)
         finally:
             batches.close()  # ends the snapshot even when the reader stops early
+
+    def _paused(self, kind: str | None, job: str | None, due: bool) -> Iterator[InstanceInfo]:
+        """Paused instances: every instance of each paused job (by job name), then the
+        instances paused one by one (by id), filtered."""
+        targets = self.store.paused_targets()
+        jobs = sorted(t for t in targets if ":" not in t and job in (None, t))
+        for name in jobs:
+            batches = self.store.scan_instances(
+                kind=kind, job=name, due_before=self.now() if due else None
+            )
+            try:
+                for batch in batches:
+                    yield from (attrs.evolve(InstanceInfo.from_row(r), paused=True) for r in batch)
+            finally:
+                batches.close()
+        now = self.now()
+        for target in sorted(t for t in targets if ":" in t):
+            row = self.store.load(target)
+            if (
+                row is None or row.job in targets or job not in (None, row.job)
+                or kind not in (None, row.kind)
+                or (due and (row.due_at is None or row.due_at > now))
+            ):  # fmt: skip
+                continue
+            yield attrs.evolve(InstanceInfo.from_row(row), paused=True)
 
     def _failing(
         self, *, kind: str | None = None, job: str | None = None, due: bool = False
@@ -929,6 +966,7 @@ class Admin:
             last_hour_records=records,
             last_hour_steps=step_count,
             last_hour_failures=failures,
+            paused=tuple(sorted(self.store.paused_targets())),
         )
 
     def gauges(self, *, overdue_after: float = OVERDUE_AFTER) -> Gauges:

@@ -118,6 +118,7 @@ class Status(StrEnum):
     idle = "idle"
     failed = "failed"
     failing = "failing"  # running Continuous instances whose last run failed (a flag)
+    paused = "paused"  # paused instances, and those of paused jobs (a flag)
     terminated = "terminated"  # finished: ended by a terminate (from the history)
     purged = "purged"  # finished: terminated, flushed or cleared (from the history)
 
@@ -306,8 +307,8 @@ def ls(
     status: Annotated[
         Status | None,
         typer.Option(
-            help="Only this status; failing: running, last run failed; terminated, purged: "
-            "finished instances."
+            help="Only this status; failing: running, last run failed; paused: paused "
+            "instances and those of paused jobs; terminated, purged: finished instances."
         ),
     ] = None,
     due: Annotated[bool, typer.Option("--due", help="Only alarms due now.")] = False,
@@ -575,6 +576,8 @@ def _stats_text(result: "Stats", now: float) -> None:
     line("steps", str(result.last_hour_steps))
     line("failures", str(result.last_hour_failures))
     line("records", str(result.last_hour_records))
+    if result.paused:
+        typer.echo(f"paused        {', '.join(result.paused)}")
 
 
 @_command

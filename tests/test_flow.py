@@ -232,6 +232,11 @@ def test_the_cli_pauses_and_resumes_jobs_and_instances(make: Make) -> None:
         "task:orders:o1": True, "task:other:x1": True,
     }  # fmt: skip
     assert "(paused)" in run_in_process("--db", db, "ls").stdout
+    listed = run_in_process("--db", db, "ls", "--status", "paused", "--json").json()
+    assert [r["instance_id"] for r in listed] == ["task:orders:o1", "task:other:x1"]
+    stats = run_in_process("--db", db, "stats", "--json").json()
+    assert stats["paused"] == ["orders", "task:other:x1"]
+    assert "paused        orders, task:other:x1" in run_in_process("--db", db, "stats").stdout
     assert run_in_process("--db", db, "show", "task:orders:o1", "--json").json()["paused"]
     clock.advance("1 minute")
     assert jobs.run_due() == 0
