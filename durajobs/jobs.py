@@ -278,7 +278,8 @@ class Jobs:
         """Run, in this process, every step whose alarm is due at the clock's now.
 
         Returns the number of steps committed. Instances whose step is running elsewhere are
-        left to that process.
+        left to that process; paused ones, and those their job's ``concurrency`` or ``rate``
+        holds back, stay due (higher ``priority`` runs first).
 
         Raises:
             StorageError: a commit failed (those steps stay due and run again).
