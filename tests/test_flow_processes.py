@@ -191,37 +191,45 @@ def test_rate_across_a_daemon_and_a_process_on_sqlite(sqlite: Procs) -> None:
     _check_rate(sqlite)
 
 
-def test_one_worker_runs_the_higher_priority_first(sqlite: Procs) -> None:
-    sqlite.due_now("news", [f"n{i}" for i in range(10)])  # due first
-    sqlite.due_now("billing", [f"b{i}" for i in range(10)])
-    sqlite.start("--workers", "1")
-    wait_for(lambda: len(sqlite.records("enter")) >= 20, what="every step")
-    order = [r["job"] for r in sorted(sqlite.records("enter"), key=lambda r: r["t"])]
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_one_worker_runs_the_higher_priority_first(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    procs: Procs = request.getfixturevalue(store)
+    procs.due_now("news", [f"n{i}" for i in range(10)])  # due first
+    procs.due_now("billing", [f"b{i}" for i in range(10)])
+    procs.start("--workers", "1")
+    wait_for(lambda: len(procs.records("enter")) >= 20, what="every step")
+    order = [r["job"] for r in sorted(procs.records("enter"), key=lambda r: r["t"])]
     assert order == ["billing"] * 10 + ["news"] * 10
 
 
-def test_pause_holds_alarm_steps_and_resume_catches_up(sqlite: Procs) -> None:
-    daemon = sqlite.start("--workers", "2")
-    tick = sqlite.jobs.continuous("tick")
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_pause_holds_alarm_steps_and_resume_catches_up(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    procs: Procs = request.getfixturevalue(store)
+    daemon = procs.start("--workers", "2")
+    tick = procs.jobs.continuous("tick")
     tick.start("t1", Count())
-    wait_for(lambda: len(sqlite.records("tick")) >= 2, what="the schedule runs")
-    sqlite.jobs.pause("tick")
+    wait_for(lambda: len(procs.records("tick")) >= 2, what="the schedule runs")
+    procs.jobs.pause("tick")
     paused_at = time.time()
-    before = len(sqlite.records("tick"))
+    before = len(procs.records("tick"))
     window_end = time.monotonic() + 3.0
     calls = 0
     while time.monotonic() < window_end:  # client calls still succeed meanwhile
-        sqlite.jobs.task("news").send(f"p{calls}", Due(time.time() + 3600))
+        procs.jobs.task("news").send(f"p{calls}", Due(time.time() + 3600))
         assert tick.status("t1").paused
         calls += 1
         time.sleep(0.05)
     assert calls > 10
     # at most one step was already running when pause returned
-    assert len(sqlite.records("tick")) <= before + 1
-    held = len(sqlite.records("tick"))
-    sqlite.jobs.resume("tick")
-    wait_for(lambda: len(sqlite.records("tick")) >= held + 3, what="runs after resume")
-    after = sqlite.records("tick")[held:]
+    assert len(procs.records("tick")) <= before + 1
+    held = len(procs.records("tick"))
+    procs.jobs.resume("tick")
+    wait_for(lambda: len(procs.records("tick")) >= held + 3, what="runs after resume")
+    after = procs.records("tick")[held:]
     # catch_up="one": one run for the ~15 ticks missed, then back on the 0.2 s grid
     assert after[0]["scheduled_for"] < paused_at + 1.0
     assert after[1]["scheduled_for"] > time.time() - 2.0
