@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .core.definitions import Definition
-from .errors import InstanceBusyError
+from .errors import InstanceBusyError, InvalidStateError
 from .stores.base import Slots, StepStore
 
 __all__ = ["Gate"]
@@ -54,6 +54,7 @@ class Gate:
         # it is of the same job (one lock, not two, per step of a burst of one job's steps);
         # given back before any other job's step runs, and when the call ends.
         self.kept: tuple[str, int] | None = None
+        self._mine: dict[int, str] = {}  # slot token -> job: the slots this engine holds
 
     @property
     def slots(self) -> Slots:
@@ -90,6 +91,7 @@ class Gate:
             token = slots.try_acquire(job_name, job.concurrency)
             if token is None:
                 return False, None, None
+            self._mine[token] = job_name
         if job.rate is not None:
             try:
                 retry_at = store.take_token(job_name, job.rate, clock.time())
@@ -106,17 +108,26 @@ class Gate:
         up to ``timeout`` seconds (``None`` for a job without).
 
         Raises:
+            InvalidStateError: this engine holds every slot of the job itself (a handler of
+                the job triggered another instance of it): it would wait for itself.
             InstanceBusyError: every slot was still held after ``timeout``.
             StorageError: the slot could not be attempted.
         """
         limit = job.concurrency
         if limit is None:
             return None
+        if sum(1 for held in self._mine.values() if held == job_name) >= limit:
+            raise InvalidStateError(
+                f"{instance_id}: a handler of job {job_name!r} asked for a step of it while "
+                f"its own step holds the job's {limit} slot(s) (concurrency={limit}); it "
+                "would wait for itself (schedule the work instead, e.g. ctx.schedule())"
+            )
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
             token = self.slots.try_acquire(job_name, limit)
             if token is not None:
+                self._mine[token] = job_name
                 return token
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -144,11 +155,13 @@ class Gate:
     def leave(self, token: int | None) -> None:
         """Give the slot of an admitted step back (``None``: it had none; never raises)."""
         if token is not None and self._slots is not None:
+            self._mine.pop(token, None)
             self._slots.release(token)
 
     def close(self) -> None:
         """Release every slot (idempotent)."""
         self.kept = None
+        self._mine.clear()
         if self._slots is not None:
             self._slots.close()
             self._slots = None

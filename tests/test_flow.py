@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, PauseResult, Task, every
-from durajobs.errors import InstanceBusyError, JobNotFoundError
+from durajobs.errors import InstanceBusyError, InvalidStateError, JobNotFoundError
 
 pytestmark = pytest.mark.both_stores
 
@@ -364,3 +364,32 @@ def test_paused_alarms_are_not_overdue(make: Make) -> None:
         assert [o.instance_id for o in admin.overdue()] == ["task:orders:o2"]
         jobs.pause("orders")
         assert admin.gauges().overdue == 0
+
+
+def test_a_handler_triggering_its_own_full_job_fails_at_once(make: Make) -> None:
+    """concurrency=1: a handler of the job that triggers another instance of it would wait
+    for its own slot (wait_timeout, 30 s); it gets InvalidStateError at once instead."""
+    clock = FakeClock(T0)
+    seen: list[str] = []
+    holder: list[Jobs] = []
+
+    def execute(ctx: Any) -> None:
+        try:
+            holder[0].task("solo").trigger("other")
+        except InvalidStateError as exc:
+            seen.append(str(exc))
+
+    def on_event(event: int, ctx: Any) -> None:
+        ctx.schedule(timedelta(seconds=1))
+
+    jobs = make(
+        {"solo": Task(state=int, event=int, on_event=on_event, execute=execute, concurrency=1)},
+        clock,
+    )
+    holder.append(jobs)
+    jobs.task("solo").send("first", 1)
+    jobs.task("solo").send("other", 1)
+    clock.advance("1 minute")
+    assert jobs.run_due() == 2
+    assert len(seen) == 2
+    assert "would wait for itself" in seen[0]
