@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_flow.py --quick     # 2,000 instances, 5 rounds each
     .venv/bin/python benchmarks/bench_flow.py             # 10,000 instances, 7 rounds each
+    .venv/bin/python benchmarks/bench_flow.py --postgres  # also on a throwaway PostgreSQL
 
 The same workload as ``run.py``'s run_due row: N due no-op Continuous instances (every
 minute), one ``jobs.run_due()`` that runs them all, FULL durability, in virtual time
@@ -65,11 +66,10 @@ VARIANTS: dict[str, tuple[int | None, int, bool]] = {
 }
 
 
-def prepare(folder: Path, name: str, instances: int) -> tuple[Jobs, FakeClock]:
+def prepare(db: str, name: str, instances: int) -> tuple[Jobs, FakeClock]:
     clock = FakeClock(START)
     concurrency, other_priority, paused = VARIANTS[name]
     reg = registry(concurrency, other_priority)
-    db = folder / f"variant-{list(VARIANTS).index(name)}.db"
     with Jobs(db, reg, clock=clock, durability="normal") as setup:
         start_many = setup.continuous("noop").start_many
         for first in range(0, instances, 1_000):
@@ -80,39 +80,44 @@ def prepare(folder: Path, name: str, instances: int) -> tuple[Jobs, FakeClock]:
     return Jobs(db, reg, clock=clock), clock
 
 
-def measure(quick: bool) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
-    """Per variant: steps per wall second and CPU microseconds per step, round by round."""
+def measure(
+    quick: bool, locations: list[str]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """Per variant (one location each): steps per wall second and CPU microseconds per step
+    (this process's: on PostgreSQL the server's share is not in it), round by round."""
     instances, rounds = (2_000, 5) if quick else (10_000, 7)
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="durajobs-bench-flow-") as scratch:
-        opened = {name: prepare(Path(scratch), name, instances) for name in VARIANTS}
-        try:
-            for _ in range(rounds):
-                for name, (jobs, clock) in opened.items():  # alternate, round by round
-                    clock.advance("61s")
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                    count = jobs.run_due()
-                    elapsed = time.perf_counter() - started
-                    cpu_used = time.process_time() - cpu_started
-                    if count != instances:
-                        raise RuntimeError(f"{name}: run_due ran {count}, expected {instances}")
-                    rates[name].append(count / elapsed)
-                    cpu[name].append(cpu_used / count * 1e6)
-        finally:
-            for jobs, _ in opened.values():
-                jobs.close()
+    opened = {
+        name: prepare(location, name, instances)
+        for name, location in zip(VARIANTS, locations, strict=True)
+    }
+    try:
+        for _ in range(rounds):
+            for name, (jobs, clock) in opened.items():  # alternate, round by round
+                clock.advance("61s")
+                started, cpu_started = time.perf_counter(), time.process_time()
+                count = jobs.run_due()
+                elapsed = time.perf_counter() - started
+                cpu_used = time.process_time() - cpu_started
+                if count != instances:
+                    raise RuntimeError(f"{name}: run_due ran {count}, expected {instances}")
+                rates[name].append(count / elapsed)
+                cpu[name].append(cpu_used / count * 1e6)
+    finally:
+        for jobs, _ in opened.values():
+            jobs.close()
     return rates, cpu, instances
 
 
 def render(
     rates: dict[str, list[float]], cpu: dict[str, list[float]], instances: int, quick: bool,
-    took: float,
+    took: float, store: str,
 ) -> str:  # fmt: skip
     plain = statistics.median(rates["plain"])
     plain_cpu = statistics.median(cpu["plain"])
     lines = [
-        "# Flow control: the cost of a limit on run_due()",
+        f"## {store}",
         "",
         f"`benchmarks/bench_flow.py{' --quick' if quick else ''}`, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {took:.0f} s; {instances:,} due no-op "
@@ -139,10 +144,35 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 instances, 5 rounds")
+    parser.add_argument(
+        "--postgres", action="store_true", help="also on a throwaway PostgreSQL cluster"
+    )
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    rates, cpu, instances = measure(args.quick)
-    text = render(rates, cpu, instances, args.quick, time.perf_counter() - started)
+    sections = ["# Flow control: the cost of a limit on run_due()\n"]
+    with tempfile.TemporaryDirectory(prefix="durajobs-bench-flow-") as scratch:
+        started = time.perf_counter()
+        files = [f"{scratch}/variant-{i}.db" for i in range(len(VARIANTS))]
+        rates, cpu, instances = measure(args.quick, files)
+        took = time.perf_counter() - started
+        sections.append(render(rates, cpu, instances, args.quick, took, "SQLite"))
+    if args.postgres:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from pgserver import PgServer, find_pg_bin
+
+        bindir = find_pg_bin()
+        if bindir is None:
+            raise SystemExit("--postgres: no PostgreSQL binaries (initdb) found")
+        server = PgServer(bindir)
+        server.start()
+        try:
+            started = time.perf_counter()
+            urls = [server.create_database("flow") for _ in VARIANTS]
+            rates, cpu, instances = measure(True, urls)  # smaller: a round trip per step
+            took = time.perf_counter() - started
+            sections.append(render(rates, cpu, instances, True, took, "PostgreSQL (quick)"))
+        finally:
+            server.stop()
+    text = "\n".join(sections)
     (HERE / "RESULTS-flow.md").write_text(text)
     sys.stdout.write(text)
     return 0
