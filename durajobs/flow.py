@@ -18,6 +18,11 @@ instances to its caller (the daemon's worker, whose dispatcher then sleeps until
 time, or until a slot may have freed) and reads past them, so a limited job never crowds out
 the others. Client calls: ``trigger`` and ``flush`` wait for a slot (up to ``wait_timeout``)
 and take no token; the inline steps of ``start``, ``send`` and ``add`` take neither.
+
+Pause needs no gate: the store's due reads skip paused jobs and instances, and ``run_due``
+filters the ids a daemon handed out (its read may predate the pause). Priority orders each
+pass of ``run_due`` (higher first, stable: then as read, earliest due) and the dispatcher's
+hand-outs (with aging: ``core.flow.prioritized``).
 """
 
 from __future__ import annotations
