@@ -85,7 +85,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -93,7 +93,9 @@ import attrs
 
 from durajobs import Jobs, SystemClock
 from durajobs.core.decision import Decision
-from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, StepReport
+from durajobs.core.definitions import Definition
+from durajobs.core.flow import prioritized
+from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, DueRow, StepReport
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
 from durajobs.stores import open_listener, same_database
@@ -684,11 +686,14 @@ class Worker:
             messages, alive = self.channel.receive(block=True)
             for message in messages:
                 busy: list[str] = []
+                held: dict[str, float | None] = {}
                 committed, error = 0, None
                 try:
                     if "run" in message:
                         _sleep_until(message["at"])  # handed out up to DISPATCH_LEAD early
-                        committed = engine.run_due(only=message["run"], busy=busy, hooks=self.hooks)
+                        committed = engine.run_due(
+                            only=message["run"], busy=busy, hooks=self.hooks, held=held
+                        )
                     else:
                         committed = self.time_out(*message["time_out"])
                 except Exception as exc:  # a StorageError, or a bug: report, keep serving
@@ -696,7 +701,7 @@ class Worker:
                 lines, self._lines, self._lines_size = self._lines, [], 0
                 self._deadline_armed = False  # "done" ends the batch's deadline too
                 self.channel.send({"steps": lines, "done": committed, "busy": busy,
-                                   "error": error})  # fmt: skip
+                                   "error": error, "held": held})  # fmt: skip
             if not alive:
                 if self.jobs.tracker is not None:
                     self.jobs.tracker.close()
@@ -874,7 +879,12 @@ class Daemon:
         os.environ.pop("WATCHDOG_USEC", None)  # the app's subprocesses must not inherit these
         os.environ.pop("WATCHDOG_PID", None)
         self.workers: list[WorkerProcess] = []
-        self.dispatch = Dispatcher(note=log.log)  # monotonic time
+        registry = jobs.registry
+        self.dispatch = Dispatcher(  # monotonic time
+            note=log.log,
+            limits={n: j.concurrency for n, j in registry.items() if j.concurrency is not None},
+            order=_priority_order(registry),
+        )
         self.early_deaths = 0  # workers that died before they were ready, in a row
         self.next_alarm: float | None = None  # the earliest alarm not handed out yet
         self.stop_deadline = math.inf
@@ -1109,8 +1119,12 @@ class Daemon:
         error = message["error"]
         if error is not None:
             log.error("worker %d: %s", worker.pid, error)
+        now, now_m = time.time(), time.monotonic()
+        held = {  # wall-clock refill times (None: a slot) as monotonic times
+            i: None if t is None else now_m + (t - now) for i, t in message["held"].items()
+        }
         self.dispatch.on_done(
-            worker.pid, reports, time.monotonic(), busy=set(message["busy"]), error=error
+            worker.pid, reports, now_m, busy=set(message["busy"]), error=error, held=held
         )
         self.status_dirty = True
         if self.dispatch.stopping:
@@ -1203,6 +1217,9 @@ class Daemon:
         now, now_m = time.time(), time.monotonic()
         limit = self.dispatch.begin_read(now_m)
         prefixes = self.jobs.engine.prefixes
+        held = self.dispatch.held_jobs()
+        if held:  # flow control holds them: read past their due steps
+            prefixes = tuple(p for p in prefixes if p.split(":")[1] not in held)
         try:
             rows = self.store.due(now + DISPATCH_LEAD, limit, prefixes)
             seen_all = len(rows) < limit
@@ -1210,7 +1227,7 @@ class Daemon:
         except StorageError as exc:
             self.dispatch.on_read_failed(now_m, str(exc))
             return
-        self.dispatch.on_due(rows, now_m, complete=seen_all)
+        self.dispatch.on_due(rows, now_m, complete=seen_all, wall=now)
         for pid, batch in self.dispatch.assignments(time.monotonic()):
             worker = next(w for w in self.workers if w.pid == pid)
             self._send(worker, {"run": list(batch.steps), "at": batch.due_at})
@@ -1347,6 +1364,19 @@ class Daemon:
             f"{state}: {busy}/{len(self.workers)} workers busy, {self.due_count} due, next alarm "
             f"{_when(self.next_alarm)}, {self.steps_done} steps; last: {self._last_step()}"
         )
+
+
+def _priority_order(
+    registry: Mapping[str, Definition],
+) -> Callable[[list[DueRow], float], list[DueRow]] | None:
+    """The dispatcher's order of due rows: higher priority first, with aging (``None``
+    without priorities: as read, earliest due first)."""
+    priorities = {name: job.priority for name, job in registry.items() if job.priority}
+    if not priorities:
+        return None
+    return lambda rows, wall: prioritized(
+        rows, lambda row: priorities.get(row.job, 0), lambda row: row.due_at, wall
+    )
 
 
 def _sleep_until(epoch: float) -> None:

@@ -25,7 +25,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,13 @@ import attrs
 from .clock import Clock, SystemClock
 from .core.durations import to_datetime
 from .core.rows import Instance, Status
-from .errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
+from .errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobNotFoundError,
+    StorageError,
+    ValidationError,
+)
 from .stores import (
     claims_may_exist,
     daemon_listening,
@@ -58,6 +64,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "KINDS",
     "LIST_STATUSES",
+    "PAUSED",
     "STATUSES",
     "ActionResult",
     "ActivityBucket",
@@ -89,6 +96,9 @@ FINISHED_STATUSES = ("terminated", "purged")
 # dashboard and the metrics list them as a status of their own.
 FAILING = "failing"
 LIST_STATUSES: tuple[str, ...] = (*STATUSES, FAILING)
+# Not a status either: an instance that is paused, or whose job is (flow control). ``ls``
+# lists them as one.
+PAUSED = "paused"
 OVERDUE_AFTER = 60.0  # seconds late before an alarm counts as overdue
 ERROR_SUMMARY_CHARS = 120
 
@@ -204,6 +214,7 @@ class InstanceInfo:
     started_at: datetime | None
     updated_at: datetime
     step: int
+    paused: bool = False  # the instance or its job is paused (``pause``): no alarm step runs
 
     @classmethod
     def from_row(cls, row: Instance) -> InstanceInfo:
@@ -262,13 +273,14 @@ class InstanceInfo:
             "started_at": _iso(self.started_at),
             "updated_at": _iso(self.updated_at),
             "step": self.step,
+            "paused": self.paused,
         }
 
 
 _INFO_KEYS = (
     "instance_id", "kind", "job", "id", "status", "failing", "next_alarm", "alarm_reason",
     "scheduled_for", "run_count", "event_count", "attempt", "failed_attempts", "last_error",
-    "created_at", "started_at", "updated_at", "step",
+    "created_at", "started_at", "updated_at", "step", "paused",
 )  # fmt: skip
 
 
@@ -482,6 +494,7 @@ class Stats:
     last_hour_records: int
     last_hour_steps: int
     last_hour_failures: int
+    paused: tuple[str, ...] = ()  # paused job names and instance ids, sorted
 
     def by(self, field: str) -> dict[str, int]:
         """Totals by ``"kind"``, ``"job"`` or ``"status"``."""
@@ -512,6 +525,7 @@ class Stats:
                 "steps": self.last_hour_steps,
                 "failures": self.last_hour_failures,
             },
+            "paused": list(self.paused),
         }
 
 
@@ -630,6 +644,9 @@ class Gauges:
     counts: list[tuple[str, str, str, int]]
     overdue: int
     overdue_after: float
+    # (kind, job) -> its paused instances (all of them when the job is paused); an overlay on
+    # the statuses, not one of them
+    paused: Mapping[tuple[str, str], int] = attrs.field(factory=dict)
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -709,7 +726,8 @@ class Admin:
 
         ``due`` keeps only instances whose alarm is due now. The default page reads the first
         ``limit`` entries of the ``due_at`` index and counts nothing. ``status="failing"``
-        lists failing Continuous instances (``is_failing``) by id.
+        lists failing Continuous instances (``is_failing``) by id; ``status="paused"`` the
+        paused ones (paused jobs' instances, then instances paused one by one).
 
         Raises:
             ValidationError: ``limit`` < 1 or ``offset`` < 0.
@@ -720,11 +738,24 @@ class Admin:
         if status == FAILING:
             found = self._failing(kind=kind, job=job, due=due)
             return list(itertools.islice(found, offset, offset + limit))
+        if status == PAUSED:
+            return list(itertools.islice(self._paused(kind, job, due), offset, offset + limit))
         rows = self.store.list_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None,
             limit=limit, offset=offset,
         )  # fmt: skip
-        return [InstanceInfo.from_row(r) for r in rows]
+        info = self._info_of()
+        return [info(r) for r in rows]
+
+    def _info_of(self) -> Callable[[Instance], InstanceInfo]:
+        """``InstanceInfo.from_row``, marking what is paused (read once, now)."""
+        paused = self.store.paused_targets()
+        if not paused:
+            return InstanceInfo.from_row
+        return lambda row: attrs.evolve(
+            InstanceInfo.from_row(row),
+            paused=row.instance_id in paused or row.job in paused,
+        )
 
     def all_instances(
         self,
@@ -743,14 +774,43 @@ class Admin:
         if status == FAILING:
             yield from self._failing(kind=kind, job=job, due=due)
             return
+        if status == PAUSED:
+            yield from self._paused(kind, job, due)
+            return
         batches = self.store.scan_instances(
             kind=kind, job=job, status=status, due_before=self.now() if due else None
         )
+        info = self._info_of()
         try:
             for batch in batches:
-                yield from (InstanceInfo.from_row(r) for r in batch)
+                yield from (info(r) for r in batch)
         finally:
             batches.close()  # ends the snapshot even when the reader stops early
+
+    def _paused(self, kind: str | None, job: str | None, due: bool) -> Iterator[InstanceInfo]:
+        """Paused instances: every instance of each paused job (by job name), then the
+        instances paused one by one (by id), filtered."""
+        targets = self.store.paused_targets()
+        jobs = sorted(t for t in targets if ":" not in t and job in (None, t))
+        for name in jobs:
+            batches = self.store.scan_instances(
+                kind=kind, job=name, due_before=self.now() if due else None
+            )
+            try:
+                for batch in batches:
+                    yield from (attrs.evolve(InstanceInfo.from_row(r), paused=True) for r in batch)
+            finally:
+                batches.close()
+        now = self.now()
+        for target in sorted(t for t in targets if ":" in t):
+            row = self.store.load(target)
+            if (
+                row is None or row.job in targets or job not in (None, row.job)
+                or kind not in (None, row.kind)
+                or (due and (row.due_at is None or row.due_at > now))
+            ):  # fmt: skip
+                continue
+            yield attrs.evolve(InstanceInfo.from_row(row), paused=True)
 
     def _failing(
         self, *, kind: str | None = None, job: str | None = None, due: bool = False
@@ -779,7 +839,7 @@ class Admin:
         row = self.store.load(instance_id)
         if row is None:
             raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
-        return InstanceInfo.from_row(row)
+        return self._info_of()(row)
 
     def show(self, instance_id: str, *, history: int = 20) -> InstanceDetail:
         """Every field of an instance, its decoded state and its latest history records.
@@ -796,7 +856,7 @@ class Admin:
         queued = len(self.store.queued(instance_id)) if instance_id.startswith("debounce:") else 0
         if row is not None:
             return InstanceDetail(
-                instance_id, InstanceInfo.from_row(row), _json(row.state), queued, records
+                instance_id, self._info_of()(row), _json(row.state), queued, records
             )
         # Gone: its last record (whatever ``history`` asked for) ended it and keeps the state.
         last = records[-1:] or [
@@ -906,6 +966,7 @@ class Admin:
             last_hour_records=records,
             last_hour_steps=step_count,
             last_hour_failures=failures,
+            paused=tuple(sorted(self.store.paused_targets())),
         )
 
     def gauges(self, *, overdue_after: float = OVERDUE_AFTER) -> Gauges:
@@ -928,7 +989,26 @@ class Admin:
             for k, j, s, n in counts
         ] + [(k, j, FAILING, n) for (k, j), n in failing.items()]
         overdue, _ = self.store.count_due(self.now() - overdue_after)
-        return Gauges(sorted(counts), overdue, overdue_after)
+        return Gauges(sorted(counts), overdue, overdue_after, self._paused_counts(counts))
+
+    def _paused_counts(self, counts: list[tuple[str, str, str, int]]) -> dict[tuple[str, str], int]:
+        """Paused instances per (kind, job): a paused job's every instance, else its paused
+        instances that exist (one read of the small ``paused`` table; a row read for each
+        paused instance)."""
+        targets = self.store.paused_targets()
+        paused: dict[tuple[str, str], int] = {}
+        if not targets:
+            return paused
+        for kind, job, _status, n in counts:
+            if job in targets:
+                paused[(kind, job)] = paused.get((kind, job), 0) + n
+        for target in targets:
+            if ":" not in target:
+                continue
+            kind, job, _ = target.split(":", 2)
+            if job not in targets and self.store.load(target) is not None:
+                paused[(kind, job)] = paused.get((kind, job), 0) + 1
+        return paused
 
     def jobs(self, limit: int = 1000) -> list[tuple[str, str]]:
         """``(kind, job)`` of the jobs that have instances, sorted; at most ``limit`` (the
@@ -1240,6 +1320,72 @@ class Admin:
             return self._engine_for_actions().apply(msg, instance_id)
         except InstanceNotFoundError:
             raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}") from None
+
+    def pause(self, target: str) -> ActionResult:
+        """Pause a job (``target`` is its name) or an instance (its id): no alarm step of it
+        runs, in any process or host, until ``resume``; alarms and stored events are kept,
+        client calls still work. A paused job's new instances are paused too.
+
+        Raises:
+            JobNotFoundError: a job name with no instance in the database.
+            InstanceNotFoundError: an instance id with no instance.
+            ValidationError: ``target`` is neither a job name nor an instance id.
+            StorageError: the file cannot be written.
+        """
+        target = self._pause_target(target)
+        changed = self._engine_for_actions().store.set_paused(target, True, self.now())
+        said = "paused" if changed else "was already paused"
+        return ActionResult(target, "pause", changed, f"{target} {said}")
+
+    def resume(self, target: str) -> ActionResult:
+        """Resume a paused job or instance (as ``pause`` names it): alarms missed meanwhile
+        are due now and follow the job's catch-up rules; a daemon is woken.
+
+        Raises:
+            JobNotFoundError: a job name with no instance in the database.
+            InstanceNotFoundError: an instance id with no instance.
+            ValidationError: ``target`` is neither a job name nor an instance id.
+            StorageError: the file cannot be written.
+        """
+        target = self._pause_target(target)
+        engine = self._engine_for_actions()
+        changed = engine.store.set_paused(target, False, self.now())
+        if not changed:
+            return ActionResult(target, "resume", False, f"{target} was not paused")
+        if engine.hooks.waker is not None:
+            engine.hooks.waker.poke()
+        listening = self.daemon_listening()
+        where = "a daemon is listening and was woken" if listening else "no daemon is listening"
+        return ActionResult(
+            target, "resume", True, f"resumed {target}: what it missed is due now ({where})",
+            left_for_daemon=True, daemon_listening=listening,
+        )  # fmt: skip
+
+    def _pause_target(self, target: str) -> str:
+        """``target`` checked: an instance id that exists, or the name of a job that has
+        instances (a paused job that has none left can still be resumed).
+
+        Raises:
+            JobNotFoundError: a job name with no instance in the database.
+            InstanceNotFoundError: an instance id with no instance.
+            ValidationError: neither a job name nor an instance id.
+        """
+        if ":" in target:
+            instance_id = parse_instance_id(target)
+            if self.store.load(instance_id) is None and instance_id not in (
+                self.store.paused_targets()
+            ):
+                raise InstanceNotFoundError(f"{instance_id}: no such instance in {self.path}")
+            return instance_id
+        if not target or not target.strip() or target != target.strip():
+            raise ValidationError(f"{target!r} is neither a job name nor an instance id")
+        known = {job for _, job in self.jobs()}
+        if target not in known and target not in self.store.paused_targets():
+            raise JobNotFoundError(
+                f"no job named {target!r} has instances in {self.path} "
+                f"(jobs: {', '.join(sorted(known)) or 'none'})"
+            )
+        return target
 
     def terminate(self, instance_id: str, reason: str | None = None) -> ActionResult:
         """Cancel the alarm and purge the instance, recording the reason in its history.

@@ -29,6 +29,7 @@ from .client import (
     DebounceStatus,
     FlushResult,
     OnDuplicate,
+    PauseResult,
     ResumeResult,
     SendResult,
     StartResult,
@@ -91,6 +92,14 @@ class AsyncContinuousClient(Generic[S]):
         """See ``ContinuousClient.retry``."""
         return await _off_loop(self.sync.retry, user_id)
 
+    async def pause(self, user_id: str) -> PauseResult:
+        """See ``ContinuousClient.pause``."""
+        return await _off_loop(self.sync.pause, user_id)
+
+    async def resume(self, user_id: str) -> PauseResult:
+        """See ``ContinuousClient.resume``."""
+        return await _off_loop(self.sync.resume, user_id)
+
 
 class AsyncDebounceClient(Generic[E, S]):
     """``DebounceClient`` with ``async`` methods (same arguments, results and errors)."""
@@ -131,6 +140,14 @@ class AsyncDebounceClient(Generic[E, S]):
         """See ``DebounceClient.retry``."""
         return await _off_loop(self.sync.retry, user_id)
 
+    async def pause(self, user_id: str) -> PauseResult:
+        """See ``DebounceClient.pause``."""
+        return await _off_loop(self.sync.pause, user_id)
+
+    async def resume(self, user_id: str) -> PauseResult:
+        """See ``DebounceClient.resume``."""
+        return await _off_loop(self.sync.resume, user_id)
+
 
 class AsyncTaskClient(Generic[E, S]):
     """``TaskClient`` with ``async`` methods (same arguments, results and errors)."""
@@ -170,6 +187,14 @@ class AsyncTaskClient(Generic[E, S]):
     async def retry(self, user_id: str) -> ResumeResult:
         """See ``TaskClient.retry``."""
         return await _off_loop(self.sync.retry, user_id)
+
+    async def pause(self, user_id: str) -> PauseResult:
+        """See ``TaskClient.pause``."""
+        return await _off_loop(self.sync.pause, user_id)
+
+    async def resume(self, user_id: str) -> PauseResult:
+        """See ``TaskClient.resume``."""
+        return await _off_loop(self.sync.resume, user_id)
 
 
 class AsyncJobs:
@@ -220,6 +245,14 @@ class AsyncJobs:
     async def retry(self, instance_id: str) -> ResumeResult:
         """See ``Jobs.retry``."""
         return await _off_loop(self.jobs.retry, instance_id)
+
+    async def pause(self, job_name: str) -> PauseResult:
+        """See ``Jobs.pause``."""
+        return await _off_loop(self.jobs.pause, job_name)
+
+    async def resume(self, job_name: str) -> PauseResult:
+        """See ``Jobs.resume``."""
+        return await _off_loop(self.jobs.resume, job_name)
 
     async def close(self) -> None:
         """Close the wrapped ``Jobs`` (off the loop: closing checkpoints the database)."""

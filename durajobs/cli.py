@@ -67,6 +67,7 @@ from .errors import (
     InstanceBusyError,
     InstanceNotFoundError,
     InvalidStateError,
+    JobNotFoundError,
     StorageError,
     ValidationError,
 )
@@ -117,6 +118,7 @@ class Status(StrEnum):
     idle = "idle"
     failed = "failed"
     failing = "failing"  # running Continuous instances whose last run failed (a flag)
+    paused = "paused"  # paused instances, and those of paused jobs (a flag)
     terminated = "terminated"  # finished: ended by a terminate (from the history)
     purged = "purged"  # finished: terminated, flushed or cleared (from the history)
 
@@ -136,7 +138,7 @@ def _errors() -> Iterator[None]:
     """Map durajobs errors to one stderr line and an exit code."""
     try:
         yield
-    except InstanceNotFoundError as exc:
+    except (InstanceNotFoundError, JobNotFoundError) as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except StorageError as exc:
         _fail(str(exc), EXIT_STORAGE)
@@ -305,8 +307,8 @@ def ls(
     status: Annotated[
         Status | None,
         typer.Option(
-            help="Only this status; failing: running, last run failed; terminated, purged: "
-            "finished instances."
+            help="Only this status; failing: running, last run failed; paused: paused "
+            "instances and those of paused jobs; terminated, purged: finished instances."
         ),
     ] = None,
     due: Annotated[bool, typer.Option("--due", help="Only alarms due now.")] = False,
@@ -382,6 +384,8 @@ def _ls_table(rows: "Sequence[InstanceInfo]", now: float) -> None:
         if r.alarm_reason in ("trigger", "manual"):
             alarm += f" [{r.alarm_reason}]"
         shown = f"{r.status} (failing)" if r.failing else r.status
+        if r.paused:
+            shown += " (paused)"
         cells.append([
             r.instance_id, r.kind, r.job, shown, alarm, f"{r.run_count}/{r.event_count}",
             r.attempt_label, r.error_summary or "-",
@@ -427,6 +431,8 @@ def _show_fields(detail: "InstanceDetail", now: float) -> list[tuple[str, str]]:
     info = detail.info
     if info is not None and info.failing:
         fields.append(("failing", "yes: the last run failed after its retries and was skipped"))
+    if info is not None and info.paused:
+        fields.append(("paused", "yes: no alarm step runs until `durajobs resume`"))
     if info is None:
         ended = detail.finished
         if ended is not None:
@@ -570,6 +576,8 @@ def _stats_text(result: "Stats", now: float) -> None:
     line("steps", str(result.last_hour_steps))
     line("failures", str(result.last_hour_failures))
     line("records", str(result.last_hour_records))
+    if result.paused:
+        typer.echo(f"paused        {', '.join(result.paused)}")
 
 
 @_command
@@ -691,6 +699,24 @@ def terminate(
         if not yes and sys.stdin.isatty() and not typer.confirm(f"Terminate {instance_id}?"):
             _fail("not confirmed; nothing changed", EXIT_FAILED)
         typer.echo(admin.terminate(instance_id, reason).message)
+
+
+TargetArgument = Annotated[str, typer.Argument(metavar="JOB | KIND:JOB:ID", show_default=False)]
+
+
+@_command
+def pause(ctx: typer.Context, target: TargetArgument) -> None:
+    """Pause a job (every instance, new ones too) or one instance: no alarm step runs
+    until resume; alarms and stored events are kept, client calls still work."""
+    with _admin(ctx) as admin:
+        typer.echo(admin.pause(target).message)
+
+
+@_command
+def resume(ctx: typer.Context, target: TargetArgument) -> None:
+    """Resume a paused job or instance: what it missed is due now (catch-up rules)."""
+    with _admin(ctx) as admin:
+        typer.echo(admin.resume(target).message)
 
 
 @_command

@@ -77,6 +77,7 @@ class ContinuousStatus:
     attempt: int = 1
     last_error: str | None = None
     failing: bool = False
+    paused: bool = False  # the instance or its job is paused: no alarm step runs
 
 
 @attrs.frozen
@@ -90,6 +91,16 @@ class ResumeResult:
     instance_id: str
     resumed: bool
     due_at: datetime | None
+
+
+@attrs.frozen
+class PauseResult:
+    """``pause``/``resume`` of a job or an instance: ``target`` is the job's name or the
+    instance id, ``paused`` its state now, ``changed`` whether the call changed it."""
+
+    target: str
+    paused: bool
+    changed: bool
 
 
 @attrs.frozen
@@ -123,6 +134,7 @@ class DebounceStatus:
     will_flush_at: datetime | None = None
     attempt: int = 1
     last_error: str | None = None
+    paused: bool = False  # the instance or its job is paused: no alarm step runs
 
 
 @attrs.frozen
@@ -153,6 +165,7 @@ class TaskStatus:
     execute_count: int = 0
     attempt: int = 1
     last_error: str | None = None
+    paused: bool = False  # the instance or its job is paused: no alarm step runs
 
 
 D = TypeVar("D", bound=Definition)
@@ -299,6 +312,29 @@ class _Client(Generic[D]):
         decision = self._step(user_id, steps.Terminate(reason))
         return TerminateResult(decision.changed, reason if decision.changed else None)
 
+    def pause(self, user_id: str) -> PauseResult:
+        """Pause the instance: no alarm step of it runs (across every process and host) until
+        ``resume``; its alarm and its stored events are kept, and client calls still work
+        (a paused instance can be terminated). The id stays paused if it is started anew.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        return _set_paused(self._engine, self._id(user_id), True)
+
+    def resume(self, user_id: str) -> PauseResult:
+        """Resume a paused instance: alarms missed meanwhile are due now and follow the
+        job's catch-up rules (``catch_up`` for Continuous; a Debounce flush or a Task
+        ``execute`` runs once). A job that is paused keeps its instances paused.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        return _set_paused(self._engine, self._id(user_id), False)
+
+    def _paused(self, inst: Instance) -> bool:
+        return self._engine.store.is_paused(inst.instance_id, self.name)
+
     def retry(self, user_id: str) -> ResumeResult:
         """Resume a parked (``"failed"``) instance: its work is due now, with fresh attempts.
 
@@ -402,7 +438,7 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
             return ContinuousStatus("not_found")
         return ContinuousStatus(
             inst.status, inst.run_count, _dt(inst.due_at), inst.attempt, inst.last_error,
-            is_failing(inst.kind, inst.status, inst.attempt, inst.last_error),
+            is_failing(inst.kind, inst.status, inst.attempt, inst.last_error), self._paused(inst),
         )  # fmt: skip
 
     def get_state(self, user_id: str) -> S | None:
@@ -567,7 +603,7 @@ class DebounceClient(_Client[Debounce], Generic[E, S]):
             will_flush = steps.flush_time(self.job, started, queued[-1].added_at)
         return DebounceStatus(
             inst.status, inst.event_count + len(queued), _dt(started), _dt(will_flush),
-            inst.attempt, inst.last_error,
+            inst.attempt, inst.last_error, self._paused(inst),
         )  # fmt: skip
 
     def get_state(self, user_id: str) -> S | None:
@@ -708,7 +744,7 @@ class TaskClient(_Client[Task], Generic[E, S]):
             return TaskStatus("not_found")
         return TaskStatus(
             inst.status, _dt(inst.due_at), _dt(inst.created_at), inst.event_count,
-            inst.run_count, inst.attempt, inst.last_error,
+            inst.run_count, inst.attempt, inst.last_error, self._paused(inst),
         )  # fmt: skip
 
     def get_state(self, user_id: str) -> S | None:
@@ -730,3 +766,16 @@ class TaskClient(_Client[Task], Generic[E, S]):
             StorageError: the database failed.
         """
         return self._terminate(user_id, reason)
+
+
+def _set_paused(engine: Engine, target: str, paused: bool) -> PauseResult:
+    """Pause or resume ``target`` (a job's name or an instance id); a resume wakes a daemon
+    (what was held back may be due now).
+
+    Raises:
+        StorageError: the database failed.
+    """
+    changed = engine.store.set_paused(target, paused, engine.clock.time())
+    if changed and not paused and engine.hooks.waker is not None:
+        engine.hooks.waker.poke()
+    return PauseResult(target, paused, changed)

@@ -41,6 +41,7 @@ TABLE_NAMES = {
     "inbox": "queued events",
     "event_keys": "idempotency keys",
     "history": "history records",
+    "paused": "paused jobs and instances",
 }
 
 

@@ -33,6 +33,14 @@ monotonic time ``now``, takes the batches to send from ``assignments`` and sleep
   wake-up a window after the last hand-out are read at once. With nothing due and nothing
   waiting there is no wake-up at all (``next_wakeup`` is ``None``); while every worker is busy
   neither, as nothing could be handed out: the first ``done`` asks for the read.
+* **Flow control** (``durajobs.flow``). A worker reports the due steps it held back for their
+  job's limits; the job is then *held*: left out of the reads (so it never crowds out other
+  jobs) until its rate budget refills (the time the worker reported: one wake-up, no polling)
+  or, short of a slot, until a step of the job ends here, a wake-up comes (another process
+  committed) or ``SLOT_RECHECK`` passes (a slot freed on another host sends no word). A job
+  with ``concurrency=N`` never has more than N steps handed out here at once. When more is
+  due than idle workers take, the daemon's ``order`` says who goes first (higher ``priority``
+  with aging, ``durajobs.core.flow.prioritized``; then the earliest due).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ STUCK_BACKOFF = (1.0, 60.0)  # due, ran, changed nothing (should not happen); ki
 ERROR_BACKOFF = (0.5, 30.0)  # the database failed
 RECLAIM_GAP = 0.025  # a client retries a claim every 20 ms at most: let it in between steps
 WAKE_WINDOW = 0.005
+SLOT_RECHECK = 1.0  # a job held for want of a slot is read again after this at the latest
 BUSY = "claimed by another process"
 
 
@@ -129,11 +138,24 @@ class _Worker:
 class Dispatcher:
     """The daemon's policy, driven by events and the monotonic time (see the module's doc).
 
-    ``note(level, text)`` receives the lines worth logging (a ``logging`` level).
+    ``note(level, text)`` receives the lines worth logging (a ``logging`` level); ``limits``
+    are the jobs' ``concurrency``; ``order(rows, wall)`` puts due rows in the order they
+    should go out (``None``: as read, earliest due first).
     """
 
-    def __init__(self, note: Callable[[int, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        note: Callable[[int, str], None] | None = None,
+        *,
+        limits: Mapping[str, int] | None = None,
+        order: Callable[[list[DueRow], float], list[DueRow]] | None = None,
+    ) -> None:
         self._note = note or (lambda _level, _text: None)
+        self.limits = dict(limits or {})  # job -> concurrency
+        # (due rows, wall time) -> the rows in the order they should go out (priorities)
+        self._order = order
+        # job -> (until, for a slot): held by flow control, left out of the reads till then
+        self.holds: dict[str, tuple[float, bool]] = {}
         self._workers: dict[int, _Worker] = {}
         self._assigned: list[tuple[int, Batch]] = []  # decided by on_due, not taken yet
         self.backoff: dict[str, Backoff] = {}
@@ -175,6 +197,8 @@ class Dispatcher:
         """A read of the due rows starts: returns how many to read (enough to fill every idle
         worker past what is in flight or backing off). Backoffs that are over become eligible."""
         self._read_needed, self._read_at, self._held_until = False, None, None
+        for job in [j for j, (until, _) in self.holds.items() if until <= now]:
+            del self.holds[job]
         skip = {i for w in self._workers.values() if w.batch is not None for i in w.batch}
         for instance_id, backoff in self.backoff.items():
             if backoff.retry_at is not None and backoff.retry_at <= now:
@@ -198,9 +222,16 @@ class Dispatcher:
             f"reading the database failed (retrying in {self.read_error.delay:g}s): {error}",
         )
 
-    def on_due(self, rows: Sequence[DueRow], now: float, *, complete: bool) -> None:
+    def held_jobs(self) -> set[str]:
+        """The jobs flow control holds: the next read leaves them out."""
+        return set(self.holds)
+
+    def on_due(
+        self, rows: Sequence[DueRow], now: float, *, complete: bool, wall: float | None = None
+    ) -> None:
         """The due rows, earliest first (``complete``: every due row, not a first part):
-        decide the batches of the idle workers (``assignments`` hands them out)."""
+        decide the batches of the idle workers (``assignments`` hands them out). ``wall``:
+        the wall-clock time, for the priorities' aging (rows' ``due_at`` are wall times)."""
         self.read_error = None
         in_flight = {i for w in self._workers.values() if w.batch is not None for i in w.batch}
         candidates: list[DueRow] = []
@@ -208,6 +239,8 @@ class Dispatcher:
             instance_id = row.instance_id
             backoff = self.backoff.get(instance_id)
             if instance_id in in_flight or (backoff is not None and backoff.retry_at is not None):
+                continue
+            if row.job in self.holds:
                 continue
             if self._ran_at.get(instance_id) == row.step:
                 self._back_off(instance_id, STUCK_BACKOFF, "ran but is still due", now)
@@ -224,9 +257,32 @@ class Dispatcher:
                 for instance_id in [i for i in table if i not in due_now]:
                     del table[instance_id]
             self._suspects &= due_now
+        if self._order is not None and wall is not None:
+            candidates = self._order(candidates, wall)
+        waiting = len(candidates)
+        if self.limits:
+            candidates = self._within_limits(candidates)
         idle = [key for key, w in self._workers.items() if w.batch is None]
         taken = self._batch(candidates, idle) if idle else 0
-        self._backlog = taken < len(candidates) or not complete
+        self._backlog = taken < waiting or not complete
+
+    def _within_limits(self, rows: list[DueRow]) -> list[DueRow]:
+        """``rows`` less the steps of jobs with ``concurrency`` beyond what may run here at
+        once besides the steps in flight (each counted, though a batch runs them in turn)."""
+        running: dict[str, int] = {}
+        for worker in self._workers.values():
+            for instance_id in worker.batch or ():
+                job = instance_id.split(":", 2)[1]
+                running[job] = running.get(job, 0) + 1
+        kept = []
+        for row in rows:
+            limit = self.limits.get(row.job)
+            if limit is not None:
+                if running.get(row.job, 0) >= limit:
+                    continue
+                running[row.job] = running.get(row.job, 0) + 1
+            kept.append(row)
+        return kept
 
     def _batch(self, rows: Sequence[DueRow], idle: Sequence[int]) -> int:
         """Cut ``rows`` into one batch per idle worker, in order; returns how many were taken."""
@@ -269,6 +325,9 @@ class Dispatcher:
         """Steps a worker committed (before its batch is done, or with it)."""
         for report in reports:
             instance_id = report.instance_id
+            hold = self.holds.get(report.job)
+            if hold is not None and hold[1]:
+                del self.holds[report.job]  # a step of it ended here: its slot is free
             self._recent[instance_id] = now
             self._crashes.pop(instance_id, None)
             self._suspects.discard(instance_id)
@@ -285,10 +344,17 @@ class Dispatcher:
         *,
         busy: Collection[str] = (),
         error: str | None = None,
+        held: Mapping[str, float | None] | None = None,
     ) -> None:
         """``worker`` finished its batch: ``reports`` of its last steps, the instances another
-        process held (``busy``), or the ``error`` that failed the batch. It is idle again."""
+        process held (``busy``), those flow control held back (``held``: id -> the monotonic
+        time its job's budget refills, ``None`` when it waits for a slot), or the ``error``
+        that failed the batch. It is idle again."""
         self.on_steps(reports, now)
+        held = held or {}
+        for instance_id, until in held.items():
+            job = instance_id.split(":", 2)[1]
+            self.holds[job] = (now + SLOT_RECHECK, True) if until is None else (until, False)
         state = self._workers[worker]
         batch, state.batch = state.batch or {}, None
         for instance_id in busy:
@@ -298,7 +364,7 @@ class Dispatcher:
                 self._back_off(instance_id, ERROR_BACKOFF, error, now)
         elif not state.timing_out:
             for instance_id, step in batch.items():
-                if instance_id not in busy:
+                if instance_id not in busy and instance_id not in held:
                     self._ran_at[instance_id] = step
         state.timing_out = False
         if self._backlog or self._woken_at < state.dispatched_at:
@@ -338,6 +404,8 @@ class Dispatcher:
         for backoff in self.backoff.values():
             if backoff.why == BUSY:
                 backoff.retry_at = now  # the other process may have finished: try now
+        for job in [j for j, (_, slot) in self.holds.items() if slot]:
+            del self.holds[job]  # ... and given its slot back
         self._woken_at = now
         self._paced_read(now)
 
@@ -380,6 +448,7 @@ class Dispatcher:
         times = [b.retry_at for b in self.backoff.values() if b.retry_at is not None]
         error_retry = None if self.read_error is None else self.read_error.retry_at
         times.extend(t for t in (error_retry, self._held_until, self._read_at) if t is not None)
+        times.extend(until for until, _ in self.holds.values())
         return min(times, default=None)
 
     def should_read(self, now: float) -> bool:

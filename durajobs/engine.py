@@ -42,7 +42,8 @@ from .errors import (
     JobNotFoundError,
     ValidationError,
 )
-from .stores.base import Claims, Store, Waker, Write
+from .flow import Gate
+from .stores.base import Claims, Slots, Store, Waker, Write
 
 __all__ = ["BULK_MAX_INSTANCES", "Engine", "Hooks", "RecordHook", "StepOutcome"]
 
@@ -142,8 +143,15 @@ class Engine:
         hooks: Hooks = NO_HOOKS,
         rng: random.Random | None = None,
         codecs: dict[str, tuple[TypeCodec, TypeCodec | None]] | None = None,
+        slots: Callable[[], Slots] | None = None,
     ) -> None:
         self.store = store
+        # Flow control (``durajobs.flow``): concurrency slots (opened by ``slots`` on first
+        # need) and rate budgets; the jobs held in the current run_due call (job -> when its
+        # budget refills, None: a slot must free), and the instances it left due for them.
+        self.gate = Gate(registry, slots)
+        self._held_jobs: dict[str, float | None] = {}
+        self._held: dict[str, float | None] = {}
         self.locks = locks
         self.registry = registry
         self.clock = clock
@@ -437,6 +445,27 @@ class Engine:
         key: str | None = None,
     ) -> StepOutcome | None:
         """The pipeline for one step: claim, load, step, commit, after (see ``run``)."""
+        slot = None
+        if job.concurrency is not None and isinstance(msg, _COUNTED):
+            slot = self.gate.wait_slot(instance_id, job_name, job, self.wait_timeout)
+        try:
+            return self._claimed_one(
+                instance_id, job_name, user_id, job, msg, wait, queue_busy, key
+            )
+        finally:
+            self.gate.leave(slot)
+
+    def _claimed_one(
+        self,
+        instance_id: str,
+        job_name: str,
+        user_id: str,
+        job: Any,
+        msg: Message,
+        wait: bool,
+        queue_busy: bool,
+        key: str | None,
+    ) -> StepOutcome | None:
         token = self._claim(instance_id, wait and not queue_busy)
         if token is None:
             if not queue_busy:
@@ -688,17 +717,23 @@ class Engine:
         busy: list[str] | None = None,
         max_passes: int = steps.CATCH_UP_ALL_LIMIT + 2,
         hooks: Hooks | None = None,
+        held: dict[str, float | None] | None = None,
     ) -> int:
         """Run every step whose alarm is due now; returns how many steps committed.
 
         ``only`` restricts the run to those instance ids (daemon workers); instances whose
         claim another process holds are skipped and, if ``busy`` is given, listed there.
+        Paused instances and jobs are skipped. A due step that flow control holds back (its
+        job's slots are taken, or its rate budget is spent) stays due, and if ``held`` is
+        given it maps its instance id to when the budget refills (``None``: when a slot
+        frees, a time nobody knows). Steps of jobs with a ``priority`` go first.
         ``hooks`` replace the engine's for this call (the steps of handlers' own client calls
         included).
 
         Raises:
             StorageError: a commit failed; the steps of that group will run again.
         """
+        self._held_jobs, self._held = {}, ({} if held is None else held)
         with self._hooks_for(hooks):
             return self._run_due(only, busy, max_passes)
 
@@ -717,17 +752,38 @@ class Engine:
         # What is due when the call starts: a handler slower than its schedule must not keep
         # one call running pass after pass.
         cutoff = self.clock.time() + steps.RESOLUTION
+        if only is not None:
+            # Handed out by a daemon's read, which may predate a pause.
+            paused = self.store.paused_targets()
+            if paused:
+                only = [i for i in only if i not in paused and _candidate(i).job not in paused]
         for _ in range(max_passes):
-            # The id names the kind and the job; the row is read once, after the claim.
-            ids = (
-                self.store.due_ids(cutoff, GROUP_MAX_STEPS, self.prefixes) if only is None else only
-            )
-            progressed = self._run_rows([_candidate(i) for i in ids], stepped, busy)
+            held_jobs = len(self._held_jobs)
+            if only is None:
+                # The id names the kind and the job; the row is read once, after the claim.
+                # Jobs held by flow control are read past: they never crowd out the others.
+                prefixes = self._unheld_prefixes()
+                if not prefixes:
+                    break
+                ids = self.store.due_ids(cutoff, GROUP_MAX_STEPS, prefixes)
+                candidates = [_candidate(i) for i in ids]
+                if self.gate.priorities:  # higher priority first, then as read (earliest due)
+                    priority = self.gate.priorities
+                    candidates.sort(key=lambda c: -priority.get(c.job, 0))
+            else:
+                candidates = [_candidate(i) for i in only]
+            progressed = self._run_rows(candidates, stepped, busy)
             total += progressed
-            # Loop while steps made more work due now (catch_up="all", zero-delay retries).
-            if only is not None or not progressed:
+            # Loop while steps made more work due now (catch_up="all", zero-delay retries),
+            # or a job was held (the steps behind it are read next).
+            if only is not None or (not progressed and len(self._held_jobs) == held_jobs):
                 break
         return total
+
+    def _unheld_prefixes(self) -> tuple[str, ...]:
+        if not self._held_jobs:
+            return self.prefixes
+        return tuple(p for p in self.prefixes if p.split(":")[1] not in self._held_jobs)
 
     def _run_rows(
         self,
@@ -743,6 +799,7 @@ class Engine:
         step_seconds = self._step_seconds
         poisoned = self._poisoned
         ahead = locks.batch_claims
+        gate = self.gate
         try:
             for position, candidate in enumerate(rows):
                 instance_id = candidate.instance_id
@@ -752,6 +809,9 @@ class Engine:
                 job = self.registry.get(job_name)
                 if job is None or job.kind != candidate.kind or instance_id in poisoned:
                     continue  # not this process's job: leave it for one that knows it
+                if job_name in self._held_jobs:  # flow control holds its job: not claimed
+                    self._held[instance_id] = self._held_jobs[job_name]
+                    continue
                 loaded: tuple[Instance | None, list[Any]] | None = None
                 if ahead:
                     if instance_id not in self._ahead:
@@ -773,6 +833,15 @@ class Engine:
                     if inst is None or not steps.is_due(inst, self.clock.time()):
                         locks.release(token)
                         continue
+                    slot = None
+                    if gate.kept is not None:
+                        gate.drop_kept(unless=job_name)  # another job's step: free its slot
+                    if job_name in gate.limited:
+                        admitted, slot, retry_at = gate.admit(self.store, job_name, job, self.clock)
+                        if not admitted:  # stays due, untouched: its due time is its place
+                            locks.release(token)
+                            self._held_jobs[job_name] = self._held[instance_id] = retry_at
+                            continue
                     slow = step_seconds.get(job_name, 0.0) > SLOW_STEP
                     if self._pending and (slow or self._someone_waits_for(self._pending)):
                         # Commit finished steps before a handler that may take a while (its
@@ -787,7 +856,12 @@ class Engine:
                         self.hooks.before_step(instance_id, job.timeout, inst.step, inst.due_at)
                     env = self._env(instance_id, inst.job, inst.user_id, queued)
                     started = time.perf_counter()
-                    decision, write = self._stepped(job, inst, steps.Alarm(), env, contain=True)
+                    try:
+                        decision, write = self._stepped(job, inst, steps.Alarm(), env, contain=True)
+                    except BaseException:
+                        gate.leave(slot)
+                        raise
+                    gate.keep(job_name, slot)  # its handlers are done: for the job's next step
                     took = time.perf_counter() - started
                     step_seconds[job_name] = 0.8 * step_seconds.get(job_name, took) + 0.2 * took
                 except BaseException:
@@ -811,6 +885,7 @@ class Engine:
             for item in pending:
                 locks.release(item.token)
             self._drop_ahead()
+            gate.drop_kept()
         return self._committed
 
     def _claim_ahead(
@@ -1115,11 +1190,15 @@ class _HandlerFree:
         self.retry = None
         self.on_error = None
         self.version = 1  # reads nothing, writes no new row nor event
+        self.concurrency = None  # its steps run no handler: no slot
 
 
 # Operators' actions read neither the state nor the queue: they work on an unreadable instance
 # (terminate it, clear its batch, resume it after a deploy that can read it).
 _READS_NOTHING = (steps.Terminate, steps.Resume, steps.Request, steps.Clear)
+# A client's calls whose step runs an alarm's handlers: they take a slot of a job with
+# ``concurrency`` (``start``, ``send`` and ``add`` run only their inline handlers: they do not).
+_COUNTED = (steps.Trigger, steps.Flush)
 
 
 def _no_codec(*_args: Any) -> Any:

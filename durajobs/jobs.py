@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -12,7 +13,14 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from .client import ContinuousClient, DebounceClient, ResumeResult, TaskClient
+from .client import (
+    ContinuousClient,
+    DebounceClient,
+    PauseResult,
+    ResumeResult,
+    TaskClient,
+    _set_paused,
+)
 from .clock import Clock, SystemClock
 from .core import steps
 from .core.definitions import Continuous, Debounce, Definition, Task
@@ -21,7 +29,14 @@ from .core.schedules import check_fires_after
 from .engine import Engine, Hooks, check_types
 from .errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError
 from .perthread import PerThread
-from .stores import created_files, display_location, open_claims, open_store, open_waker
+from .stores import (
+    created_files,
+    display_location,
+    open_claims,
+    open_slots,
+    open_store,
+    open_waker,
+)
 from .tracing import step_watch
 from .tracker import Tracker
 
@@ -171,6 +186,7 @@ class Jobs:
             history_limit=options["history_limit"],
             hooks=Hooks(self._deliver if hooks else None, waker=waker, watch=self._watch),
             codecs=self._codecs,
+            slots=functools.partial(open_slots, self.location),
         )  # fmt: skip
 
     @property
@@ -198,6 +214,7 @@ class Jobs:
             # SQLite: an OFD lock lives on while any copy of its descriptor does, so close
             # ours; PostgreSQL: a connection copied by fork is left to the parent (no-op here).
             engine.locks.close()
+            engine.gate.close()  # slots: as the claims
             if engine.hooks.waker is not None:
                 engine.hooks.waker.abandon()
             _ABANDONED.append(engine)
@@ -261,7 +278,8 @@ class Jobs:
         """Run, in this process, every step whose alarm is due at the clock's now.
 
         Returns the number of steps committed. Instances whose step is running elsewhere are
-        left to that process.
+        left to that process; paused ones, and those their job's ``concurrency`` or ``rate``
+        holds back, stay due (higher ``priority`` runs first).
 
         Raises:
             StorageError: a commit failed (those steps stay due and run again).
@@ -279,6 +297,42 @@ class Jobs:
         engine = self.engine
         due = engine.store.next_due(0, engine.prefixes)
         return to_datetime(due[0]) if due else None
+
+    def pause(self, job_name: str) -> PauseResult:
+        """Pause the job ``job_name``: none of its instances -- those created later too --
+        runs an alarm step, in any process or host, until ``resume``. Alarms and stored
+        events are kept; client calls still work (``send`` runs ``on_event``, ``add`` folds,
+        ``terminate`` terminates). Per instance: the clients' ``pause``/``resume``.
+
+        Raises:
+            JobNotFoundError: no job of that name is registered.
+            StorageError: the database failed.
+        """
+        return _set_paused(self.engine, self._job_name(job_name), True)
+
+    def resume(self, job_name: str) -> PauseResult:
+        """Resume the job ``job_name``: its alarms missed meanwhile are due now and follow
+        the job's catch-up rules (instances paused one by one stay paused).
+
+        Raises:
+            JobNotFoundError: no job of that name is registered.
+            StorageError: the database failed.
+        """
+        return _set_paused(self.engine, self._job_name(job_name), False)
+
+    def paused(self) -> frozenset[str]:
+        """The paused jobs (their names) and instances (their ids).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return self.engine.store.paused_targets()
+
+    def _job_name(self, job_name: str) -> str:
+        if job_name not in self.registry:
+            known = ", ".join(sorted(self.registry)) or "none"
+            raise JobNotFoundError(f"no job named {job_name!r} is registered (registered: {known})")
+        return job_name
 
     def retry(self, instance_id: str) -> ResumeResult:
         """Resume a parked instance by its full id (``"task:orders:o-1"``).
@@ -357,6 +411,7 @@ def _close_engine(engine: Engine) -> None:
         StorageError: the final checkpoint failed (the data is safe in the WAL).
     """
     engine.locks.close()
+    engine.gate.close()
     if engine.hooks.waker is not None:
         engine.hooks.waker.close()
     engine.store.close()

@@ -11,7 +11,8 @@ Two sorts of series, and which process reports which:
   ``durajobs_instances{job,kind,status}`` (gauge): instances per job and status. ``status`` is
   the stored one (``running``, ``debouncing``, ``active``, ``idle``, ``failed`` = parked), or
   ``failing`` (a Continuous instance whose last run failed and was skipped: ``admin.is_failing``;
-  counted there, not under ``running``), or ``paused`` (always 0 until flow control exists).
+  counted there, not under ``running``), or ``paused`` (paused instances, or all of a paused
+  job's: counted under their status too).
   Every status a job's kind can have is reported, zeros included, so ``> 0`` alerts work.
   ``durajobs_overdue_instances`` (gauge): alarms more than 60 s late (``doctor``'s
   threshold). ``durajobs_store_up`` (gauge): 1 when the store answered the scrape's reads, 0
@@ -102,7 +103,7 @@ _OUTCOME_OF = {
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Seconds: the daemon's promise is milliseconds; a daemon behind is seconds or minutes late.
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300)
-PAUSED = "paused"  # a status the gauge reports (0) until flow control exists
+PAUSED = "paused"  # paused instances (of a paused job, or one by one): an overlay on the others
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -237,7 +238,7 @@ class _StoreCollector:
             instances.add_metric([job, kind, status], count)
             jobs.add((kind, job))
         for kind, job in sorted(jobs):
-            instances.add_metric([job, kind, PAUSED], 0)
+            instances.add_metric([job, kind, PAUSED], gauges.paused.get((kind, job), 0))
         yield instances
         yield family(
             "durajobs_overdue_instances",

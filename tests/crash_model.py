@@ -9,6 +9,10 @@ Three small jobs, one of each kind, whose handlers log every call and fail on de
 - ``t`` (Task): ``on_event`` counts events and schedules ``execute`` 10 s ahead; ``execute``
   counts executions; ``on_idle`` counts idles; no retry (a failed execute parks the task).
 
+Each job has ``concurrency=1`` (flow control, issue 21): the machine holds a job's one slot in
+the "other process" while ``run_due`` runs (none of that job's steps may run then), and pauses
+and resumes jobs and instances (stored: part of the world; a paused one runs no alarm step).
+
 The model (``World`` + ``Sim``) says, for one operation on one world, the successor world, the
 result or error the call must give, and the handler calls it makes. A ``World`` holds what the
 database must hold (per instance: the kind's counters, state, alarm, status, queued events;
@@ -134,13 +138,16 @@ def t_on_idle(ctx: Any) -> None:
 REGISTRY = {
     "c": Continuous(
         state=Runs, schedule=every(PERIOD), execute=c_execute,
-        retry=Retry(max_attempts=MAX_ATTEMPTS, delay=RETRY_DELAY),
+        retry=Retry(max_attempts=MAX_ATTEMPTS, delay=RETRY_DELAY), concurrency=1,
     ),
     "d": Debounce(
         event=int, state=list[int], on_event=d_reduce, execute=d_execute,
-        flush_after=FLUSH_AFTER, max_events=MAX_EVENTS,
+        flush_after=FLUSH_AFTER, max_events=MAX_EVENTS, concurrency=1,
     ),
-    "t": Task(state=Order, event=int, on_event=t_on_event, execute=t_execute, on_idle=t_on_idle),
+    "t": Task(
+        state=Order, event=int, on_event=t_on_event, execute=t_execute, on_idle=t_on_idle,
+        concurrency=1,
+    ),
 }  # fmt: skip
 
 C_IDS = tuple(f"continuous:c:{i}" for i in IDS)
@@ -198,9 +205,10 @@ class World:
     acked: tuple[tuple[str, int], ...] = ()  # debounce events whose add returned, in order
     flushed: tuple[tuple[str, tuple[int, ...]], ...] = ()  # batches committed by flushes
     discarded: tuple[tuple[str, tuple[int, ...]], ...] = ()  # batches a clear threw away
+    paused: frozenset[str] = frozenset()  # paused job names and instance ids
 
-    def stored(self) -> tuple[dict[str, Inst], frozenset[tuple[str, str]]]:
-        return dict(self.insts), self.keys
+    def stored(self) -> tuple[dict[str, Inst], frozenset[tuple[str, str]], frozenset[str]]:
+        return dict(self.insts), self.keys, self.paused
 
     def check(self) -> None:
         """No acknowledged debounce event lost or duplicated: each is accounted for once."""
@@ -248,6 +256,7 @@ class Sim:
         self.acked = list(world.acked)
         self.flushed = list(world.flushed)
         self.discarded = list(world.discarded)
+        self.paused = set(world.paused)
         self.now = now
         self.fail = set(fail)
         self.fail_event = set(fail_event)
@@ -257,7 +266,7 @@ class Sim:
     def outcome(self, result: dict[str, Any] | None = None, error: Any = None) -> Outcome:
         world = World(
             dict(self.insts), frozenset(self.keys), tuple(self.acked), tuple(self.flushed),
-            tuple(self.discarded),
+            tuple(self.discarded), frozenset(self.paused),
         )  # fmt: skip
         return Outcome(
             world, tuple(self.calls), result or {}, error, frozenset(self.fail),
@@ -492,12 +501,22 @@ class Sim:
         self.insts[iid] = attrs.evolve(inst, status=live, due_at=self.now, attempt=1)
         return {"resumed": True}, None
 
-    def run_due(self) -> int:
+    def set_paused(self, target: str, paused: bool) -> dict[str, Any]:
+        changed = (target in self.paused) != paused
+        if paused:
+            self.paused.add(target)
+        else:
+            self.paused.discard(target)
+        return {"paused": paused, "changed": changed}
+
+    def run_due(self, held: frozenset[str] = frozenset()) -> int:
         """Passes over the due instances, one step each, until a pass finds nothing due.
 
         A step can leave its instance due at once (a flush that left queued events for the next
         batch revives the instance, due now), so one ``run_due`` may step an instance twice.
         Each pass commits on its own (``stages``): a failed commit leaves the earlier passes.
+        Paused instances and jobs, and the jobs in ``held`` (their one slot is taken
+        elsewhere), run nothing: their alarms stay as they are.
         """
         total = 0
         while True:
@@ -505,7 +524,9 @@ class Sim:
                 (inst.due_at, iid)
                 for iid, inst in self.insts.items()
                 if inst.due_at is not None and inst.due_at <= self.now
-            )
+                and iid not in self.paused
+                and not {iid.split(":")[1]} & (self.paused | held)
+            )  # fmt: skip
             if not due:
                 return total
             for _, iid in due:
@@ -524,7 +545,9 @@ class Sim:
 # -- reading a database as a world --------------------------------------------------------------
 
 
-def observe(jobs: Jobs) -> tuple[dict[str, Inst], frozenset[tuple[str, str]]]:
+def observe(
+    jobs: Jobs,
+) -> tuple[dict[str, Inst], frozenset[tuple[str, str]], frozenset[str]]:
     """The stored part of a world, read from a database through ``jobs``.
 
     Also checks that each row is internally consistent with its kind's rules (status vs alarm,
@@ -572,4 +595,4 @@ def observe(jobs: Jobs) -> tuple[dict[str, Inst], frozenset[tuple[str, str]]]:
     keys = frozenset(
         (str(i), str(k)) for i, k in store.query("SELECT instance_id, key FROM event_keys")
     )
-    return insts, keys
+    return insts, keys, store.paused_targets()

@@ -107,6 +107,7 @@ def build_source(path: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict[
     try:
         tick = jobs.continuous("tick")
         tick.start("t1", Count(5))
+        tick.pause("later")  # a pause is carried (an id not started yet: it changes nothing)
 
         def ran_twice() -> bool:
             jobs.run_due()

@@ -486,6 +486,48 @@ class CrashMachine(RuleBasedStateMachine):
 
         self._op(which, lambda jobs: jobs.task("t").retry(user), simulate)
 
+    # -- flow control (issue 21) ------------------------------------------------------------
+
+    @rule(
+        what=st.sampled_from(["c", "d", "t", "continuous:c:a", "debounce:d:b", "task:t:a"]),
+        paused=st.booleans(),
+        which=via,
+    )
+    def pause_or_resume(self, what: str, paused: bool, which: int) -> None:
+        """``jobs.pause/resume(job)`` or ``client.pause/resume(id)``: stored with the world; a
+        paused job or instance runs no alarm step until resumed, and keeps its alarm."""
+
+        def real(jobs: Jobs) -> Any:
+            if ":" not in what:
+                return jobs.pause(what) if paused else jobs.resume(what)
+            kind, job, user = what.split(":")
+            client = getattr(jobs, kind)(job)
+            return client.pause(user) if paused else client.resume(user)
+
+        self._op(which, real, lambda sim: sim.outcome(sim.set_paused(what, paused)))
+
+    @rule(job=st.sampled_from(["c", "d", "t"]), which=via)
+    def run_due_while_a_slot_is_held(self, job: str, which: int) -> None:
+        """The other process holds the job's one slot (``concurrency=1``) while ``run_due``
+        runs: none of that job's due steps may run (the call log says which ran), the others
+        do, and the held ones stay due with their alarms."""
+        other = self._via(1 - which)
+
+        def real(jobs: Jobs) -> Any:
+            token = other.engine.gate.slots.try_acquire(job, 1)
+            assert token is not None, f"the slot of {job} is free between operations"
+            try:
+                return jobs.run_due()
+            finally:
+                other.engine.gate.leave(token)
+
+        self._op(
+            which,
+            real,
+            lambda sim: sim.outcome({"value": sim.run_due(held=frozenset({job}))}),
+            ordered=False,
+        )
+
     # -- time, alarms, failing handlers -------------------------------------------------------
 
     @rule(seconds=st.sampled_from([1, 3, 5, 10, 20]))

@@ -26,6 +26,7 @@ PURE = [
     "core/debounce",
     "core/task",
     "core/rows",
+    "core/flow",
     "errors",
 ]
 FORBIDDEN = {"apsw", "os", "time", "socket", "signal", "fcntl", "threading", "subprocess",

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from .durations import parse_period
+from .flow import Rate, check_concurrency, check_priority, parse_rate
 from .retry import Retry
 from .schedules import Cron, Every
 
@@ -39,6 +40,10 @@ def _max_wait(value: DurationLike | None) -> float | None:
 
 def _flush_after(value: DurationLike) -> float:
     return parse_period(value, field="flush_after")
+
+
+def _rate(value: str | Rate | None) -> Rate | None:
+    return parse_rate(value, field="rate")
 
 
 def _one_of(options: tuple[Any, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -154,12 +159,22 @@ class Continuous:
             event records the version it was written with (see "Changing state classes").
         migrate: ``{k: fn}``: ``fn`` turns a stored JSON object of version ``k`` (plain dicts
             and lists) into one of version ``k + 1``; one for every ``k`` below ``version``.
+        concurrency: at most this many alarm steps of the job run at once, across every
+            process and host sharing the store (``None``: no limit). See the README's "Flow
+            control".
+        rate: at most this many alarm steps start per interval, across every host
+            (``"10/s"``, ``"600/min"``, ``"5000/h"``; ``None``: no limit).
+        priority: when more steps are due than workers can take, higher first (then the
+            earliest due; a waiting step gains one per ``durajobs.core.flow.PRIORITY_AGING``
+            seconds, so none starves).
 
     Raises:
         SchedulerError: a duration is invalid.
         ValueError: a policy name is not one of the allowed values, or ``version``/``migrate``
-            do not fit (a missing link in the chain of migrations).
-        TypeError: a handler (or a migration) is not callable, or is async (``async def``).
+            do not fit (a missing link in the chain of migrations), or a flow setting is out
+            of range (``concurrency < 1``, a malformed ``rate``).
+        TypeError: a handler (or a migration) is not callable, or is async (``async def``),
+            or a flow setting has the wrong type.
     """
 
     kind: Kind = attrs.field(default="continuous", init=False)
@@ -179,6 +194,9 @@ class Continuous:
     migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
         factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
     )
+    concurrency: int | None = attrs.field(default=None, validator=check_concurrency)
+    rate: Rate | None = attrs.field(default=None, converter=_rate)
+    priority: int = attrs.field(default=0, validator=check_priority)
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default
@@ -208,8 +226,9 @@ class Debounce:
         trailing: each event pushes the flush to ``flush_after`` after it, capped by ``max_wait``
             from the first event.
         max_wait: the cap for ``trailing`` (a duration or seconds).
-        retry, on_error, on_exhausted, timeout, logging, version, migrate: as for
-            ``Continuous`` (``migrate`` applies to queued events and to the batch's state);
+        retry, on_error, on_exhausted, timeout, logging, version, migrate, concurrency, rate,
+            priority: as for ``Continuous`` (``migrate`` applies to queued events and to the
+            batch's state);
             ``on_exhausted`` defaults to ``"terminate"`` with ``retry``, else ``"park"``.
 
     Raises:
@@ -241,6 +260,9 @@ class Debounce:
     migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
         factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
     )
+    concurrency: int | None = attrs.field(default=None, validator=check_concurrency)
+    rate: Rate | None = attrs.field(default=None, converter=_rate)
+    priority: int = attrs.field(default=0, validator=check_priority)
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default
@@ -267,8 +289,9 @@ class Task:
         execute: ``execute(ctx)`` run when the alarm set by ``ctx.schedule`` fires.
         on_idle: ``on_idle(ctx)`` run at the end of any step that leaves no alarm set.
         on_error: ``on_error(error, ctx)`` for errors from the other handlers.
-        retry, on_exhausted, timeout, logging, version, migrate: as for ``Continuous``
-            (``migrate`` applies to the stored state; events are not stored).
+        retry, on_exhausted, timeout, logging, version, migrate, concurrency, rate, priority:
+            as for ``Continuous`` (``migrate`` applies to the stored state; events are not
+            stored).
 
     Raises:
         ValueError: a policy name is not allowed, or ``version``/``migrate`` do not fit.
@@ -292,6 +315,9 @@ class Task:
     migrate: Mapping[int, Callable[[Any], Any]] = attrs.field(
         factory=dict, converter=_frozen_migrations, validator=_migrations, hash=False
     )
+    concurrency: int | None = attrs.field(default=None, validator=check_concurrency)
+    rate: Rate | None = attrs.field(default=None, converter=_rate)
+    priority: int = attrs.field(default=0, validator=check_priority)
     exhausted: str = attrs.field(init=False)
 
     @exhausted.default

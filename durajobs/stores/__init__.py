@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING, cast
 
 from durajobs.errors import StorageError
-from durajobs.stores.base import Claims, Finding, Store, WakeListener, Waker
+from durajobs.stores.base import Claims, Finding, Slots, Store, WakeListener, Waker
 
 if TYPE_CHECKING:
     from durajobs.stores.postgres.store import PostgresStore
@@ -105,6 +105,22 @@ def open_claims(location: str | os.PathLike[str], store: Store | None = None) ->
     from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
     return InstanceLocks(lock_path(os.fspath(location)))
+
+
+def open_slots(location: str | os.PathLike[str]) -> Slots:
+    """The concurrency slots of a location (``Slots``), opened for this thread.
+
+    Raises:
+        StorageError: the lock file cannot be opened (SQLite), psycopg is missing or the URL
+            is invalid (PostgreSQL).
+    """
+    if is_postgres(location):
+        from durajobs.stores.postgres.slots import AdvisorySlots
+
+        return AdvisorySlots(str(location))
+    from durajobs.stores.sqlite.slots import JobSlots, slots_path
+
+    return JobSlots(slots_path(os.fspath(location)))
 
 
 def open_waker(location: str | os.PathLike[str], store: Store | None = None) -> Waker:
@@ -285,8 +301,10 @@ def _size(n: float) -> str:
 
 def _check_conforms() -> None:  # pragma: no cover  (for mypy only)
     from durajobs.stores.postgres.claims import AdvisoryClaims
+    from durajobs.stores.postgres.slots import AdvisorySlots
     from durajobs.stores.postgres.wake import PgListener, PgWaker
     from durajobs.stores.sqlite.claims import InstanceLocks
+    from durajobs.stores.sqlite.slots import JobSlots
     from durajobs.stores.sqlite.wake import WakeListener as SocketListener
     from durajobs.stores.sqlite.wake import Waker as SocketWaker
 
@@ -300,4 +318,9 @@ def _check_conforms() -> None:  # pragma: no cover  (for mypy only)
     ) -> tuple[Claims, Waker, WakeListener]:
         return claims, waker, listener
 
-    del sqlite, postgres
+    def slots(sqlite: JobSlots, postgres: AdvisorySlots, store: PostgresStore) -> list[Slots]:
+        checked: Store = store
+        del checked
+        return [sqlite, postgres]
+
+    del sqlite, postgres, slots

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple, Protocol
 
 import attrs
 
+from durajobs.core.flow import Rate
 from durajobs.core.rows import Instance, Queued, Record
 from durajobs.errors import InvalidStateError
 
@@ -68,6 +69,7 @@ __all__ = [
     "HistoryRow",
     "InspectStore",
     "Opened",
+    "Slots",
     "StepStore",
     "Store",
     "WakeListener",
@@ -147,6 +149,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "history": (
         "id", "instance_id", "at", "event", "step", "attempt", "duration_ms", "error", "data",
     ),
+    "paused": ("target", "at"),  # paused jobs and instances (flow control's rate budgets are
+    # not carried: a copy starts with full buckets)
 }  # fmt: skip
 TABLES = tuple(TABLE_COLUMNS)
 
@@ -416,6 +420,44 @@ class StepStore(Opened, Protocol):
         """
         ...
 
+    # -- flow control (``durajobs.stores.flow``) --------------------------------------------
+
+    def set_paused(self, target: str, paused: bool, now: float) -> bool:
+        """Pause (or resume) ``target``, a job's name or an instance id; returns whether that
+        changed anything. ``due``, ``due_ids`` and ``next_due`` never return an instance that
+        is paused or whose job is.
+
+        Raises:
+            StorageError: the transaction failed.
+        """
+        ...
+
+    def paused_targets(self) -> frozenset[str]:
+        """Every paused job name and instance id.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def is_paused(self, instance_id: str, job: str) -> bool:
+        """Whether the instance or its job is paused.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        ...
+
+    def take_token(self, job: str, rate: Rate, now: float) -> float | None:
+        """Take one token of ``job``'s rate budget, shared by every process and host, in one
+        transaction (``durajobs.core.flow.take``): ``None`` when granted, else the time the
+        next token will be there (nothing taken).
+
+        Raises:
+            StorageError: the transaction failed.
+        """
+        ...
+
 
 class InspectStore(Opened, Protocol):
     """Inspection (the CLI, the dashboard, ``Admin``): reads that take no transaction and
@@ -515,7 +557,8 @@ class InspectStore(Opened, Protocol):
         ...
 
     def count_due(self, before: float) -> tuple[int, float | None]:
-        """How many alarms are at or before ``before``, and the earliest of them.
+        """How many alarms are at or before ``before``, and the earliest of them (paused
+        instances and jobs left out, as ``due`` leaves them out).
 
         Raises:
             StorageError: the database cannot be read.
@@ -750,6 +793,37 @@ class Claims(Protocol):
 
     def close(self) -> None:
         """Release every claim and close (idempotent)."""
+        ...
+
+
+class Slots(Protocol):
+    """Per-job concurrency slots (``concurrency=N``: N slots per job), shared by every process
+    and host of the store. Like a claim, a slot writes nothing and dies with its holder
+    (SQLite: an OFD lock on the claims' file; PostgreSQL: a session advisory lock). Tokens are
+    opaque ints. Not shared between threads."""
+
+    def try_acquire(self, job: str, limit: int) -> int | None:
+        """One of ``job``'s ``limit`` slots, or ``None`` if all are held (this object's too).
+
+        Raises:
+            StorageError: the slot could not be attempted.
+        """
+        ...
+
+    def release(self, token: int) -> None:
+        """Give a slot back (never raises)."""
+        ...
+
+    def in_use(self, job: str, limit: int) -> int:
+        """How many of ``job``'s slots are held now, by anyone.
+
+        Raises:
+            StorageError: the check failed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release every slot and close (idempotent)."""
         ...
 
 

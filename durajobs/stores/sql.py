@@ -40,7 +40,7 @@ __all__ = [
     "Statements",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 5  # of both stores' tables and indexes (each store migrates its own DDL)
+SCHEMA_VERSION = 6  # of both stores' tables and indexes (each store migrates its own DDL)
 
 T = TypeVar("T")
 Read = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -55,6 +55,12 @@ _SET_BUT_DUE = ", ".join(f"{c} = excluded.{c}" for c in _NAMES[4:] if c != "due_
 # The partial index of the records that end instances: its predicate, repeated word for word in
 # the queries that use it (SQLite uses a partial index only for a query whose WHERE has its terms).
 ENDED_TEST = f"event IN ({', '.join(repr(e) for e in END_EVENTS)})"
+# The due reads' test: no row of ``paused`` (``stores.flow``) names the instance or its job. The
+# first term is uncorrelated (evaluated once per statement): while nothing is paused, one probe.
+_NOT_PAUSED = (
+    "(NOT EXISTS (SELECT 1 FROM paused) OR NOT EXISTS (SELECT 1 FROM paused "
+    "WHERE paused.target = instances.instance_id OR paused.target = instances.job))"
+)
 # A new incarnation of an instance id (after a purge) goes on from the last step number in its
 # history, so ``ctx.step_key`` ("{instance_id}#{step}") never repeats within history_retention.
 _LAST_STEP = (
@@ -116,16 +122,21 @@ class Statements(NamedTuple):
         "SELECT 1 FROM history WHERE instance_id = ? AND step = ? AND event = ? "
         "ORDER BY id DESC LIMIT 1"
     )
-    # (now, limit)
-    due: str = f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {{limit}}"
-    # Only the key: an index-only scan of instances_due; the row is read after the claim.
+    # (now, limit). Paused jobs and instances are never due (``stores.flow``).
+    due: str = (
+        f"SELECT {COLUMNS} FROM instances WHERE due_at <= ? AND {_NOT_PAUSED} "
+        "ORDER BY due_at LIMIT {limit}"
+    )
+    # Only the key: an index scan of instances_due; the row is read after the claim.
     # (now, limit)
     due_ids: str = (
-        "SELECT instance_id FROM instances WHERE due_at <= ? ORDER BY due_at LIMIT {limit}"
+        f"SELECT instance_id FROM instances WHERE due_at <= ? AND {_NOT_PAUSED} "
+        "ORDER BY due_at LIMIT {limit}"
     )
     # (limit)
     next_due: str = (
-        "SELECT due_at FROM instances WHERE due_at IS NOT NULL ORDER BY due_at LIMIT {limit}"
+        f"SELECT due_at FROM instances WHERE due_at IS NOT NULL AND {_NOT_PAUSED} "
+        "ORDER BY due_at LIMIT {limit}"
     )
     queued: str = (
         "SELECT seq, event, added_at, version FROM inbox WHERE instance_id = ? ORDER BY seq"
@@ -206,7 +217,10 @@ class Statements(NamedTuple):
         "SELECT kind, job, status, count(*) FROM instances GROUP BY kind, job, status "
         "ORDER BY kind, job, status"
     )
-    count_due: str = "SELECT count(*), min(due_at) FROM instances WHERE due_at <= ?"
+    # Paused alarms wait on purpose: neither due nor overdue.
+    count_due: str = (
+        f"SELECT count(*), min(due_at) FROM instances WHERE due_at <= ? AND {_NOT_PAUSED}"
+    )
     next_after: str = "SELECT min(due_at) FROM instances WHERE due_at > ?"
     # Two subqueries: SQLite reads min() or max() from the end of the b-tree only when the
     # query has just one of them; ``SELECT min(id), max(id)`` scans the whole table.
@@ -274,7 +288,8 @@ TEMPLATES = Statements()  # the neutral catalogue (its defaults)
 # Copying a whole database (``durajobs copy``): each table read in key order, a page at a time
 # (keyset: after the last key of the previous page).
 _EXPORT_KEYS = {"instances": ("instance_id",), "inbox": ("seq",),
-                "event_keys": ("instance_id", "key"), "history": ("id",)}  # fmt: skip
+                "event_keys": ("instance_id", "key"), "history": ("id",),
+                "paused": ("target",)}  # fmt: skip
 
 
 @functools.cache

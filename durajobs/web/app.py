@@ -92,12 +92,19 @@ POLL_OVERVIEW = "every 5s"
 STATS_MIN_AGE = 2.0  # seconds the overview's counts are reused at least
 SETTLE = 10.0  # seconds after a period ends before its activity counts are taken as final
 TOKEN_PERIOD = 30.0  # seconds: a live region re-renders at least this often (relative times)
-ACTIONS = ("retry", "trigger", "flush", "clear", "terminate")
+ACTIONS = (
+    "retry", "trigger", "flush", "clear", "terminate", "pause", "resume", "pause_job",
+    "resume_job",
+)  # fmt: skip
 DONE = {
     "retry": "Retry requested: the work is due now and left for the daemon.",
     "trigger": "Triggered: the run is due now and left for the daemon.",
     "flush": "Flush requested: it is due now and left for the daemon.",
     "clear": "Cleared: the batch was discarded.",
+    "pause": "Paused: no alarm step of this instance runs until it is resumed.",
+    "resume": "Resumed: what it missed is due now and left for the daemon.",
+    "pause_job": "Job paused: no alarm step of any of its instances runs until it is resumed.",
+    "resume_job": "Job resumed: what its instances missed is due now.",
 }  # a terminate needs no banner: the page of a gone instance says so
 JOB_CHOICES = 200  # job names the Job filter offers at most
 
@@ -674,7 +681,9 @@ def _actions_for(detail: InstanceDetail) -> list[str]:
         shown = ["flush", "clear"]
     else:
         shown = ["trigger"]
-    return [*shown, "terminate"]
+    # A paused instance offers both resumes: its own pause or its job's may be the one.
+    flow = ["resume", "resume_job"] if info.paused else ["pause", "pause_job"]
+    return [*shown, *flow, "terminate"]
 
 
 @route("GET", "/health")
@@ -708,9 +717,12 @@ def metrics(app: Dashboard, request: Request) -> Response:
 def _act(admin: Admin, action: str, instance_id: str, reason: str | None) -> ActionResult:
     if action == "terminate":
         return admin.terminate(instance_id, reason or "terminated from the dashboard")
-    if action in ("retry", "trigger", "flush", "clear"):
+    if action in ("retry", "trigger", "flush", "clear", "pause", "resume"):
         result: ActionResult = getattr(admin, action)(instance_id)
         return result
+    if action in ("pause_job", "resume_job"):  # the instance's job
+        job = instance_id.split(":", 2)[1]
+        return admin.pause(job) if action == "pause_job" else admin.resume(job)
     raise ValidationError(f"unknown action {action!r}: expected one of {', '.join(ACTIONS)}")
 
 

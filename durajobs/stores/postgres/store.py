@@ -66,6 +66,7 @@ from typing import Any, NamedTuple, TypeVar
 from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
+from durajobs.stores.flow import FLOW_TABLES, FlowSql
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "signed_hash"]
 
@@ -174,6 +175,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX instances_erred ON instances (kind, status, attempt, job) "
         "WHERE last_error IS NOT NULL",
     ),
+    # 5 -> 6: flow control's tables (as in sqlite/store.py).
+    FLOW_TABLES[1],
 ]
 
 _NAMES = TABLE_COLUMNS["instances"]
@@ -619,7 +622,9 @@ def _unquoted(reason: str, shown: _Shown) -> str:
     return _scrub(re.sub(r'"([^"]*)"', hide, reason), shown)
 
 
-class PostgresStore(sql.SqlStore, dialect=POSTGRES):
+class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
+    _lock_row = " FOR UPDATE"  # take_token: the bucket row stays ours until the commit
+
     """A durajobs database on a PostgreSQL server.
 
     Args:

@@ -27,6 +27,7 @@ from durajobs.core.rows import Instance
 from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS
+from durajobs.stores.flow import FLOW_TABLES, FlowSql
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -122,6 +123,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX instances_erred ON instances(kind, status, attempt, job) "
         "WHERE last_error IS NOT NULL",
     ),
+    # 5 -> 6: flow control's paused jobs and instances, and the rate budgets (``stores.flow``).
+    FLOW_TABLES[0],
 ]
 
 # Text that is not UTF-8 (only another program can have written it) cannot be read as str: the
@@ -147,7 +150,7 @@ def _reason(exc: BaseException) -> str:
     return text if name in text else f"{name}: {text}"
 
 
-class SqliteStore(sql.SqlStore, dialect=SQLITE):
+class SqliteStore(FlowSql, sql.SqlStore, dialect=SQLITE):
     """A durajobs database file.
 
     Args:
