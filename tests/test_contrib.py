@@ -14,7 +14,9 @@ No image can be built or pulled here, so each compose file is checked twice over
   on PostgreSQL the URL becomes the test server's. The SQLite app runs in its own network
   namespace (``unshare -n``), as in a container: an alarm it sets wakes the daemon through the
   ``<db>.wake`` socket file on the shared volume and runs on time. The daemon's health check
-  says unhealthy while an alarm is stuck overdue with no daemon, healthy once one serves.
+  (its own ``/healthz`` on its ``--metrics`` address) is run against the daemon in its own
+  network namespace: unhealthy with no daemon, healthy once it serves and with a parked
+  instance (a warning), unhealthy while its loop is stopped (SIGSTOP).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from waiting import wait_for
+
+from durajobs import Jobs, Task, TaskContext
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "contrib" / "compose"
@@ -55,6 +60,23 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode())
 """
+
+
+@attrs.define
+class Note:
+    text: str
+
+
+def _keep(event: Note, ctx: TaskContext[Note]) -> None:
+    ctx.state = event
+
+
+def _fail(ctx: TaskContext[Note]) -> None:
+    raise RuntimeError("the mail server said no")
+
+
+# A job whose instance parks at its first run (the daemon does not define it).
+BROKEN = {"broken": Task(state=Note, event=Note, on_event=_keep, execute=_fail)}
 
 
 # -- the compose files as data -------------------------------------------------------------------
@@ -144,14 +166,28 @@ def _check_daemon(daemon: dict[str, Any]) -> None:
     # SIGTERM lets running steps finish for --grace seconds; Docker must wait longer.
     grace = float(command[command.index("--grace") + 1])
     assert _seconds(daemon["stop_grace_period"]) > grace
-    assert daemon["healthcheck"]["test"][:3] == ["CMD", "durajobs", "doctor"]
+    # The health check is a liveness probe of the daemon's own loop: its --metrics address,
+    # on the container's loopback, and /healthz there (not doctor, which exits 1 on a warning).
+    address = command[command.index("--metrics") + 1]
+    assert address.startswith("127.0.0.1:")
+    test = daemon["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert f"'http://{address}/healthz'" in test[3]
+    assert _seconds(daemon["healthcheck"]["timeout"]) > _probe_timeout(test)
+
+
+def _probe_timeout(test: Sequence[str]) -> float:
+    """The ``timeout=`` of a urllib probe (Docker's own timeout must be longer)."""
+    match = re.search(r"timeout=(\d+)", test[-1])
+    assert match is not None, test
+    return float(match.group(1))
 
 
 def test_the_sqlite_compose_file_shares_the_database_volume_between_app_and_daemon() -> None:
     compose = _load(SQLITE)
     services = compose["services"]
     assert set(services) == {"app", "daemon"}
-    _check_image(services, {"web"})
+    _check_image(services, {"metrics", "web"})
     _check_daemon(services["daemon"])
     # Exactly one daemon serves a SQLite file (a second exits with status 1): never scaled.
     assert services["daemon"].get("deploy", {}).get("replicas", 1) == 1
@@ -170,7 +206,7 @@ def test_the_postgres_compose_file_points_app_and_daemons_at_its_server() -> Non
     compose = _load(POSTGRES)
     services = compose["services"]
     assert set(services) == {"postgres", "app", "daemon"}
-    _check_image(services, {"postgres", "web"})
+    _check_image(services, {"metrics", "postgres", "web"})
     _check_daemon(services["daemon"])
     assert services["daemon"]["deploy"]["replicas"] >= 2
     server = services["postgres"]
@@ -259,13 +295,18 @@ def _beside(
     )  # fmt: skip
 
 
-def _healthcheck(test: Sequence[str], env: dict[str, str], netns_of: int | None = None) -> int:
-    """Run a compose ``healthcheck.test`` here: its exit status (0 healthy)."""
+def _healthcheck(
+    test: Sequence[str], env: dict[str, str], netns_of: int | None = None, *, alone: bool = False
+) -> int:
+    """Run a compose ``healthcheck.test`` here: its exit status (0 healthy); ``alone``: in a
+    new network namespace of its own (a container where nothing listens)."""
     if test[0] == "CMD-SHELL":
         argv = ["sh", "-c", _interpolate(test[1], {})]
     else:
         assert test[0] == "CMD"
-        argv = _host_argv(test[1:])
+        argv = [sys.executable, *test[2:]] if test[1] == "python" else _host_argv(test[1:])
+    if alone:
+        argv = ["unshare", "-n", *argv]
     return _beside(argv, env, netns_of).returncode
 
 
@@ -403,19 +444,37 @@ def test_an_alarm_set_by_the_app_container_runs_in_the_daemon_container(
         app.wait_ready()
         assert app.healthcheck(services["app"]["healthcheck"]["test"]) == 0
         # No daemon yet: a reminder due two minutes ago is stuck overdue, and the daemon's
-        # health check (run where the daemon would run) says so.
+        # health check (run where the daemon would run: nothing answers there) says so.
         _remind(app, "late", datetime.now(UTC) - timedelta(minutes=2))
         daemon_check = services["daemon"]["healthcheck"]["test"]
-        assert _healthcheck(daemon_check, env("daemon")) != 0
-        daemon = Service(services["daemon"]["command"], env("daemon"), tmp_path / "daemon.log")
+        assert _healthcheck(daemon_check, env("daemon"), alone=True) != 0
+        # The daemon in a network namespace of its own too, as in its container: its
+        # --metrics address is its own loopback's.
+        daemon = Service(
+            services["daemon"]["command"], env("daemon"), tmp_path / "daemon.log", in_netns=True
+        )
         wait_for(lambda: _sent(app, "late"), interval=0.1, what="the late reminder sent")
-        assert daemon.healthcheck(daemon_check) == 0
+        wait_for(lambda: daemon.healthcheck(daemon_check) == 0, what="the daemon's probe")
         # The daemon is asleep with no alarm at all: only a wake-up from the app's network
         # namespace, through the socket file on the volume, can make it run this one.
         _remind(app, "r1", "2s")
         _sent_on_time(app, "r1")
         # The database, its wake socket and its lock file, all on the shared volume.
         assert {"jobs.db", "jobs.db.wake", "jobs.db.lock"} <= {p.name for p in volume.iterdir()}
+        # A parked instance is for a person to look at (doctor exits 1, a warning), not a
+        # reason to restart the daemon: its probe stays 0.
+        with Jobs(env("daemon")["DURAJOBS_DB"], BROKEN) as jobs:
+            jobs.task("broken").send("b1", Note("hi"))
+            jobs.task("broken").trigger("b1")  # execute raises, no retry: parked
+        assert daemon.run(_host_argv(["durajobs", "doctor"])).returncode == 1
+        assert daemon.healthcheck(daemon_check) == 0
+        # A daemon whose loop is stuck answers nothing: the probe fails (a true liveness probe).
+        os.kill(daemon.process.pid, signal.SIGSTOP)
+        try:
+            assert daemon.healthcheck(daemon_check) != 0
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+        assert daemon.healthcheck(daemon_check) == 0
     finally:
         app.stop(killed_ok=True)
         if daemon is not None:
@@ -454,13 +513,24 @@ def test_an_alarm_set_by_the_app_runs_in_one_of_the_postgres_daemons(
     daemons: list[Service] = []
     try:
         app.wait_ready()
+        # On the host's network too (the test server is there): each replica's metrics
+        # address, on a loopback of its own in its container, becomes a free port here.
+        command = services["daemon"]["command"]
+        compose_address = command[command.index("--metrics") + 1]
+        probes = []
         for i in range(replicas):
-            daemons.append(
-                Service(services["daemon"]["command"], env("daemon"), tmp_path / f"daemon{i}.log")
+            address = f"127.0.0.1:{_free_port()}"
+            argv = [address if arg == compose_address else arg for arg in command]
+            daemons.append(Service(argv, env("daemon"), tmp_path / f"daemon{i}.log"))
+            probes.append(
+                [
+                    arg.replace(f"//{compose_address}/", f"//{address}/")
+                    for arg in services["daemon"]["healthcheck"]["test"]
+                ]
             )
-        for daemon in daemons:
+        for daemon, probe in zip(daemons, probes, strict=True):
             daemon.wait_serving()  # listening for NOTIFY: the alarm below must wake one
-            assert daemon.healthcheck(services["daemon"]["healthcheck"]["test"]) == 0
+            assert daemon.healthcheck(probe) == 0
         _remind(app, "r1", "2s")
         _sent_on_time(app, "r1")
         # One of the replicas ran it, once (the other did not run it too).

@@ -843,7 +843,9 @@ def test_tail_follow_shows_every_record_of_concurrent_transactions(pg_url: str) 
             except queue.Empty:
                 tail.terminate()
                 _, err = tail.communicate(timeout=30)
-                raise AssertionError(f"tail -f showed nothing (exit {tail.returncode}): {err}")
+                raise AssertionError(
+                    f"tail -f showed nothing (exit {tail.returncode}): {err}"
+                ) from None
         assert shown == [early, late]
     finally:
         tail.terminate()
