@@ -711,7 +711,7 @@ class Worker:
             return
         channel = self.channel.sock
         while True:
-            tracker.add([])
+            tracker.idle()  # add([]), and the name resolved again after a failed connection
             waiting, due = tracker.waiting_on(), tracker.due_in()
             if waiting is None and due is None:
                 return
