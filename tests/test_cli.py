@@ -1054,31 +1054,46 @@ def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) 
 
 
 @pytest.mark.both_stores
-def test_a_database_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
+def test_a_database_of_an_older_schema_is_migrated_by_a_writer_not_the_cli(
     db: Path | str, application: App, request: pytest.FixtureRequest
 ) -> None:
-    """Schema 5 adds the indexes the metrics' gauges read; the CLI only reads, so it says what
-    to do with a database of schema 4, and the application's next open migrates it."""
+    """The CLI only reads: a database of an older schema that its reads work on (4: schema 5
+    only added the gauges' indexes) is read as it is and left at 4; an older one (3: no
+    version columns) is refused with what to do; the application's next open migrates."""
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
-    drop = ("DROP INDEX instances_status", "DROP INDEX instances_erred")
-    if isinstance(db, Path):  # schema 4, as each store wrote it
-        conn = apsw.Connection(str(db))
-        for statement in drop:
-            conn.execute(statement)
-        conn.execute("PRAGMA user_version=4")
-        conn.close()
-    else:
-        server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
-        for statement in drop:
-            server.admin_execute(statement, name)
-        server.admin_execute("DELETE FROM durajobs_schema WHERE version = 5", name)
+    expected = [("task:orders:o-1", "customer cancelled")]
+    to_4 = ["DROP INDEX instances_status", "DROP INDEX instances_erred"]
+    to_3 = [f"ALTER TABLE {table} DROP COLUMN version" for table in ("instances", "inbox")]
+
+    def downgrade(statements: list[str], version: int) -> None:  # as that schema's code wrote
+        if isinstance(db, Path):
+            conn = apsw.Connection(str(db))
+            for statement in [*statements, f"PRAGMA user_version={version}"]:
+                conn.execute(statement)
+            conn.close()
+        else:
+            server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
+            for statement in statements:
+                server.admin_execute(statement, name)
+            server.admin_execute(f"DELETE FROM durajobs_schema WHERE version > {version}", name)
+
+    def listed() -> list[tuple[str, str]]:
+        run = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json")
+        assert run.code == 0, run.stderr
+        return [(r["instance_id"], r["end_reason"]) for r in run.json()]
+
+    downgrade(to_4, 4)
+    assert listed() == expected  # read as it is
+    assert run_in_process("--db", str(db), "stats").code == 0
+    with Admin(str(db)) as admin:
+        assert admin.store.schema_version() == 4  # the reads migrated nothing
+    downgrade(to_3, 3)
     run = run_in_process("--db", str(db), "ls", "--status", "terminated")
     assert run.code == 4
-    assert "schema version 4 is older than this durajobs (5)" in one_line_error(run)
+    assert "schema version 3 is older than this durajobs (5)" in one_line_error(run)
     with application.jobs():
         pass  # the application (or the daemon) of this version opens it: migrated
-    listed = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json").json()
-    assert [(r["instance_id"], r["end_reason"]) for r in listed] == [
-        ("task:orders:o-1", "customer cancelled")
-    ]
+    assert listed() == expected
+    with Admin(str(db)) as admin:
+        assert admin.store.schema_version() == 5
