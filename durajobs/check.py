@@ -164,10 +164,12 @@ class CheckReport:
 def check_database(registry: Mapping[str, Definition], location: str) -> CheckReport:
     """Read every stored state and queued event at ``location`` against ``registry``.
 
-    Nothing is written: the store is opened read-only, migrations run on copies.
+    Nothing is written: the store is opened read-only (a schema older than this code's but
+    still readable is read as it is: ``CheckReport.schema``), migrations run on copies.
 
     Raises:
-        StorageError: the database cannot be read (or is of another schema version).
+        StorageError: the database cannot be read, or its schema is newer than this code's or
+            too old for its reads.
         TypeError: a state or event type of the registry cannot be stored.
     """
     from .admin import orphaned_jobs
