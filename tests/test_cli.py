@@ -1086,6 +1086,10 @@ def test_a_database_of_an_older_schema_is_migrated_by_a_writer_not_the_cli(
     downgrade(to_4, 4)
     assert listed() == expected  # read as it is
     assert run_in_process("--db", str(db), "stats").code == 0
+    doctor = run_in_process("--db", str(db), "doctor", "--json")
+    assert doctor.code == 1  # readable: a warning (the next open migrates it), not a failure
+    (schema,) = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
+    assert schema["level"] == "warn"
     with Admin(str(db)) as admin:
         assert admin.store.schema_version() == 4  # the reads migrated nothing
     downgrade(to_3, 3)

@@ -228,7 +228,7 @@ def health(location: str, store: Store) -> list[Finding]:
     """
     if is_postgres(location):
         return cast("PostgresStore", store).health()
-    from durajobs.stores.sqlite.store import SCHEMA_VERSION
+    from durajobs.stores import sql
 
     sqlite = cast("SqliteStore", store)
     findings: list[Finding] = []
@@ -240,10 +240,7 @@ def health(location: str, store: Store) -> list[Finding]:
     except StorageError as exc:
         findings.append(Finding("integrity", "fail", str(exc)))
     try:
-        version = sqlite.schema_version()
-        level = "ok" if version == SCHEMA_VERSION else "fail"
-        detail = f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
-        findings.append(Finding("schema", level, detail))
+        findings.append(sql.schema_finding(sqlite.schema_version()))
     except StorageError as exc:
         findings.append(Finding("schema", "fail", str(exc)))
     wal = sqlite.wal_bytes()

@@ -30,6 +30,7 @@ from durajobs.stores.base import (
     TABLE_COLUMNS,
     TABLES,
     ExportBatch,
+    Finding,
     HistoryRow,
     Write,
     not_empty_error,
@@ -366,6 +367,19 @@ def newest_finished(
                 break
             before = rows[-1][0]
     return sorted(found, key=lambda r: r.id, reverse=True)[:limit]
+
+
+def schema_finding(version: int) -> Finding:
+    """``doctor``'s finding on a database at schema ``version``: ok at this durajobs's; a
+    warning where reads work as it is (the application's or the daemon's next open migrates
+    it); a failure otherwise."""
+    detail = f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
+    if version == SCHEMA_VERSION:
+        return Finding("schema", "ok", detail)
+    if READABLE_SCHEMA <= version < SCHEMA_VERSION:
+        detail += ": readable; the application's or the daemon's next open migrates it"
+        return Finding("schema", "warn", detail)
+    return Finding("schema", "fail", detail)
 
 
 def needs_migration(where: str, version: int, readonly: bool) -> bool:

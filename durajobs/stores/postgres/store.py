@@ -970,12 +970,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             return [Finding("connection", "fail", str(exc))]
         findings.append(Finding("connection", "ok", f"{self.where}: PostgreSQL {version}"))
         try:
-            schema = self.schema_version()
-            level = "ok" if schema == SCHEMA_VERSION else "fail"
-            findings.append(
-                Finding("schema", level, f"schema version {schema} (this durajobs: "
-                        f"{SCHEMA_VERSION})")
-            )  # fmt: skip
+            findings.append(sql.schema_finding(self.schema_version()))
         except StorageError as exc:
             findings.append(Finding("schema", "fail", str(exc)))
         skew = float(server_time) - (before + after) / 2
