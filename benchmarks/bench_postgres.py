@@ -85,6 +85,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -223,6 +224,79 @@ def measure(url: str, n: int, durability: str) -> dict[str, float]:
         assert executed == len(range(0, n, max(1, n // 50))), "a step was not committed"
     clean(url)
     return {"send": send, "run_due": run_due}
+
+
+PARSED = re.compile(r'\tParse\t "[^"]*" (".*") \d+( \d+)*$')  # a libpq trace's Parse line
+
+
+def round_trips(url: str, n: int = 50) -> dict[str, float]:
+    """Round trips per ``task.send`` (a new instance, then one that exists) and per
+    ``run_due`` step: every connection the process opens is traced by libpq
+    (``PGconn.trace``); a round trip is a run of messages the client sends followed by the
+    server's answer (a pipeline of many statements before one answer counts once). A run that
+    only holds statements the client posts without waiting for their answer (``Link.post``:
+    a claim's release, a wake-up) is counted apart, as ``posted``."""
+    import psycopg
+
+    from durajobs.stores.postgres import claims, store
+
+    posted_sql = {
+        f'"{v.decode()}"' for m in (claims, store) for k, v in vars(m).items()
+        if k.startswith("POST_")
+    }  # fmt: skip
+
+    traces: list[Any] = []
+    connect = psycopg.connect
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        conn = connect(*args, **kwargs)
+        trace = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed in finally)
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        traces.append(trace)
+        return conn
+
+    def counted(work: Any) -> tuple[int, int]:
+        marks = [(t, os.lseek(t.fileno(), 0, os.SEEK_END)) for t in traces]
+        work()
+        waited = posted = 0
+        for trace, start in [*marks, *((t, 0) for t in traces[len(marks) :])]:
+            os.lseek(trace.fileno(), start, os.SEEK_SET)
+            last, parsed = "", []
+            for line in os.read(trace.fileno(), 1 << 26).decode(errors="replace").splitlines():
+                side = line.partition("\t")[0]
+                found = PARSED.search(line) if side == "F" else None
+                if found:
+                    parsed.append(found.group(1))
+                if side == "B" and last == "F":
+                    if parsed and all(text in posted_sql for text in parsed):
+                        posted += 1
+                    else:
+                        waited += 1
+                    parsed = []
+                if side in ("F", "B"):
+                    last = side
+        return waited, posted
+
+    psycopg.connect = traced  # type: ignore[assignment]
+    try:
+        with Jobs(url, REGISTRY, wake=False) as jobs:
+            task = jobs.task("task")
+            past = Due(time.time() - 1.0)
+            task.send("warm", past)
+            new = counted(lambda: [task.send(f"u{i}", past) for i in range(n)])
+            jobs.run_due()
+            again = counted(lambda: [task.send(f"u{i}", past) for i in range(n)])
+            due = counted(jobs.run_due)
+    finally:
+        psycopg.connect = connect  # type: ignore[assignment]
+        for trace in traces:
+            trace.close()
+    clean(url)
+    return {
+        "send_new": new[0] / n, "send": again[0] / n, "run_due": due[0] / n,
+        "send_posted": again[1] / n, "run_due_posted": due[1] / n,
+    }  # fmt: skip
 
 
 def floor(url: str, n: int, durability: str) -> dict[str, float]:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from durajobs.errors import InstanceBusyError
-from durajobs.stores.postgres.store import Link, _psycopg, signed_hash
+from durajobs.stores.postgres.store import Link, PostgresStore, _psycopg, signed_hash
 
 __all__ = ["AdvisoryClaims", "claim_key"]
 
@@ -52,13 +52,15 @@ SQL_TRY_CLAIMS = (
     "ORDER BY n"
 )
 SQL_MARK_WAITING = (
-    "SELECT set_config('lock_timeout', %s, false), pg_try_advisory_lock(%s::int, %s::int)"
+    "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), "
+    "pg_try_advisory_lock(%s::int, %s::int)"
 )
 SQL_WAIT_CLAIM = "SELECT pg_advisory_lock(%s::bigint)"
 SQL_UNMARK = "SELECT pg_advisory_unlock(%s::int, %s::int)"
 SQL_RELEASE = "SELECT pg_advisory_unlock(%s::bigint)"
 SQL_RELEASE_MANY = "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k"
 SQL_RELEASE_ALL = "SELECT pg_advisory_unlock_all()"
+SQL_RESTORE_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
 # Is anyone waiting for one of these claims? Take and drop each marker (a CASE: evaluated in
 # order, unlike AND).
 SQL_WAITED = (
@@ -98,6 +100,9 @@ class AdvisoryClaims:
     Args:
         location: the database URL (the same as the store's).
         connect_timeout: seconds to wait for the server when (re)connecting.
+        store: hold the claims on this store's session instead of a connection of their own:
+            a granted claim then reads the instance's row in its round trip
+            (``PostgresStore.read_after_claim``). The store's owner closes the connection.
 
     Not for sharing between threads: each ``Jobs`` opens its own. The connection opens on
     first use and is reopened after ``fork()`` (the parent's session, and its claims, stay the
@@ -107,8 +112,15 @@ class AdvisoryClaims:
         StorageError: psycopg is missing or the URL is invalid.
     """
 
-    def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
-        self._link = Link(location, connect_timeout=connect_timeout, application_name=CLAIMS_NAME)
+    def __init__(
+        self, location: str, *, connect_timeout: float = 5.0, store: PostgresStore | None = None
+    ) -> None:
+        self._store = store
+        self._link = (
+            Link(location, connect_timeout=connect_timeout, application_name=CLAIMS_NAME)
+            if store is None
+            else store.link
+        )
         self._psycopg = _psycopg(self._link.where)
         self.path = self._link.where
         self._held: set[int] = set()
@@ -146,10 +158,27 @@ class AdvisoryClaims:
         if key in self._held:
             return None
         hi, lo = _halves(key)
-        if not self._run("claim", SQL_TRY_CLAIM, {"hi": hi, "lo": lo, "key": key}):
+        params = {"hi": hi, "lo": lo, "key": key}
+        if not self._claim_and_read("claim", SQL_TRY_CLAIM, params, [instance_id])[0][0]:
             return None
         self._held.add(key)
         return key
+
+    def _claim_and_read(
+        self, doing: str, claim: str, params: Any, instance_ids: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """``claim``'s rows; on a store's session, with the reads that follow a claim in the
+        same round trip (``PostgresStore.read_after_claim``)."""
+        store = self._store
+        if store is None:
+            return self._link.run(
+                doing, lambda conn: conn.execute(claim, params).fetchall(), self._connection
+            )
+        return self._link.run(
+            doing,
+            lambda conn: store.read_after_claim(conn, claim, params, instance_ids),
+            self._connection,
+        )
 
     # False: one ``try_acquire`` per instance (the benchmark's "before", bench_postgres.py).
     batch_claims = True
@@ -172,9 +201,8 @@ class AdvisoryClaims:
             return [None] * len(keys)
         halves = [_halves(k) for k in wanted]
         params = (wanted, [h for h, _ in halves], [lo for _, lo in halves])
-        rows = self._link.run(
-            "claim", lambda conn: conn.execute(SQL_TRY_CLAIMS, params).fetchall(), self._connection
-        )
+        named = {k: i for i, k in zip(instance_ids, keys, strict=True)}
+        rows = self._claim_and_read("claim", SQL_TRY_CLAIMS, params, [named[k] for k in wanted])
         granted = {k for k, (ok,) in zip(wanted, rows, strict=True) if ok}
         self._held.update(granted)
         tokens: list[int | None] = []
@@ -200,16 +228,17 @@ class AdvisoryClaims:
             # we wait, but the caller's contract is to wait, then fail.
             time.sleep(max(0.0, timeout))
             raise busy
-        if self._run("claim", SQL_CLAIM_NOW, (key,)):
+        if self._claim_and_read("claim", SQL_CLAIM_NOW, (key,), [instance_id])[0][0]:
             self._held.add(key)
             return key
         hi, lo = _halves(key)
         conn = self._connection()
         psycopg = self._psycopg
         marked = False
+        restore: str | None = None  # the session's lock_timeout (a store's statements use it)
         try:
             timeout_ms = f"{max(1, round(timeout * 1000))}ms"
-            marked = bool(conn.execute(SQL_MARK_WAITING, (timeout_ms, hi, lo)).fetchone()[1])
+            restore, _, marked = conn.execute(SQL_MARK_WAITING, (timeout_ms, hi, lo)).fetchone()
             conn.execute(SQL_WAIT_CLAIM, (key,))
         except psycopg.errors.LockNotAvailable:
             raise busy from None
@@ -222,9 +251,12 @@ class AdvisoryClaims:
             self._link.drop()
             raise self._link.error(exc, "claim") from None
         finally:
-            if marked and not conn.broken:
+            if (marked or restore is not None) and not conn.broken:
                 try:
-                    conn.execute(SQL_UNMARK, (hi, lo))
+                    if marked:
+                        conn.execute(SQL_UNMARK, (hi, lo))
+                    if restore is not None:
+                        conn.execute(SQL_RESTORE_TIMEOUT, (restore,))
                 except psycopg.Error:
                     self._link.drop()
         self._held.add(key)
@@ -235,6 +267,8 @@ class AdvisoryClaims:
         if token not in self._held:
             return
         self._held.discard(token)
+        if self._store is not None:
+            self._store.forget_claimed()
         link = self._link
         if not link.is_open:
             return  # the session is gone, and its locks with it
@@ -249,6 +283,8 @@ class AdvisoryClaims:
         if not held:
             return
         self._held.difference_update(held)
+        if self._store is not None:
+            self._store.forget_claimed()
         link = self._link
         if not link.is_open:
             return
@@ -307,6 +343,10 @@ class AdvisoryClaims:
         return True
 
     def close(self) -> None:
-        """Release every claim (by ending the session) and close (idempotent)."""
-        self._held.clear()
-        self._link.close()
+        """Release every claim (by ending the session; a store's session: by releasing them)
+        and close (idempotent)."""
+        if self._store is None:
+            self._held.clear()
+            self._link.close()
+        elif self._held:
+            self.release_many(list(self._held))

@@ -6,8 +6,8 @@ the schema and its migrations, the write transaction, the group commit's fast pa
 horizon that ``tail -f`` follows, health, and the wake-ups (``NOTIFY``/``LISTEN``).
 
 Theory of operation. Every durajobs process keeps, per ``Jobs``, one store connection (reads in
-autocommit, each write one explicit transaction), one claim connection (``claims``: session
-advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
+autocommit, each write one explicit transaction) that also holds its claims (``claims``:
+session advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
 claim, not by the database: the store may assume the claim is held and checks the fence
 (``... WHERE step = expected``) in the same statement that writes, so a write computed by a
 process that lost its claim (``pg_terminate_backend``, a restart, a partition) changes nothing.
@@ -32,9 +32,17 @@ Poolers: every connection checks, when it opens, that its server session is its 
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
 silently break the claims and LISTEN, so it is refused; session pooling is fine.
 
+Round trips of one client call (issue 19): the claim and the reads after it go in one
+pipeline (``read_after_claim``: the row, its queued flag, the last step of a new instance;
+kept for the engine's next ``load``/``last_step``); a single step's write is ``BEGIN``, one
+statement and ``COMMIT`` in one pipeline (``commit``), its fence's answer read with the
+COMMIT's; the release is the third. Other transactions send ``BEGIN`` with their first
+statement (``PIPELINED``) and read each write's answer before the next (``_apply``: a content
+error is that write's). A wake-up is posted (``Link.post``): sent, never waited for.
+
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
-round trip (``AdvisoryClaims.try_acquire_many``), reads their rows in one statement after the
-claims (``load_many``), and commits the group in one transaction where the steps of Continuous
+round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the
+same pipeline (``read_after_claim``), and commits the group in one transaction where the steps of Continuous
 and Task instances that update their row go in one statement (``SQL_PUT_BATCH``: ``UPDATE ...
 FROM unnest(...)``, each row fenced on its own step, and their history records in the same
 statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
@@ -58,11 +66,13 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import time
 import urllib.parse
 from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from durajobs.core.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
@@ -251,6 +261,16 @@ SQL_HISTORY_RECENT_FINAL = (
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+POST_NOTIFY = b"SELECT pg_notify($1, '')"
+# Read after a claim, in the claim's round trip (``read_after_claim``): the row, whether events
+# are queued for it, and (no row) the last step its history recorded: what ``load``,
+# ``load_with_queue`` and ``last_step`` would read next. (instance_id x 2)
+SQL_READ_CLAIMED = (
+    f"SELECT {', '.join(f'i.{c}' for c in _NAMES)}, i.instance_id IS NOT NULL AND EXISTS "
+    "(SELECT 1 FROM inbox WHERE inbox.instance_id = i.instance_id), CASE WHEN i.instance_id "
+    "IS NULL THEN coalesce((SELECT step FROM history WHERE instance_id = %s ORDER BY id DESC "
+    "LIMIT 1), 0) END FROM (SELECT 1) AS one LEFT JOIN instances AS i ON i.instance_id = %s"
+)
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
 
@@ -346,6 +366,7 @@ class Link:
             self._kwargs["application_name"] = application_name
         self._setup = tuple(setup)
         self._conn: Any = None
+        self._posted = 0  # statements sent by ``post`` whose answers are not read yet
         self._pid = os.getpid()
         self.generation = 0  # counts (re)connections: a claim or a LISTEN dies with one
 
@@ -371,6 +392,8 @@ class Link:
         if conn is not None:
             if self._pid != os.getpid():
                 _disown(conn)
+                conn = self._conn = None
+            elif self._posted and not self._read_posted(conn):
                 conn = self._conn = None
             elif not _usable(conn):
                 with contextlib.suppress(Exception):
@@ -407,6 +430,55 @@ class Link:
             self.drop()
             raise self.error(exc, doing) from None
 
+    def post(self, statement: bytes, params: Sequence[bytes]) -> None:
+        """Send ``statement`` (``$1``... parameters, as text) without waiting for its answer:
+        the server runs it at once, and its answer is read (and dropped) before the
+        connection's next use. For statements whose outcome nobody waits for (releasing a
+        claim, a wake-up): the caller saves a round trip. Never raises; a connection that
+        fails is dropped (and a claim dies with its session anyway).
+        """
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():
+            return
+        if self._posted and not self._read_posted(conn):  # one statement in flight at most
+            self._conn = None
+            return
+        if not _usable(conn):
+            return
+        if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(self._psycopg.Error):  # (never inside a transaction)
+                conn.execute(statement, params)
+            return
+        pgconn = conn.pgconn
+        try:
+            pgconn.send_query_params(statement, list(params))
+            self._posted += 1
+            while pgconn.flush():  # the socket is non-blocking: wait until it is all sent
+                select.select([], [pgconn.socket], [])
+        except self._psycopg.Error:
+            self._posted = 0
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+
+    def _read_posted(self, conn: Any) -> bool:
+        """Read (and drop) the answers of the posted statements; ``False``: the connection
+        failed meanwhile (it is closed)."""
+        pgconn = conn.pgconn
+        try:
+            while self._posted:
+                while pgconn.is_busy():
+                    select.select([pgconn.socket], [], [])
+                    pgconn.consume_input()
+                if pgconn.get_result() is None:  # each statement's results end with None
+                    self._posted -= 1
+        except self._psycopg.Error:
+            self._posted = 0
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
+        return True
+
     def _open(self) -> Any:
         psycopg = _psycopg(self.where)
         try:
@@ -425,6 +497,7 @@ class Link:
             raise
         self._conn = conn
         self._pid = os.getpid()
+        self._posted = 0
         self.generation += 1
         return conn
 
@@ -477,9 +550,9 @@ class Link:
 
     @property
     def is_open(self) -> bool:
-        """Whether a usable connection is open now (no I/O)."""
+        """Whether a usable connection of this process is open now (no I/O)."""
         conn = self._conn
-        return conn is not None and _usable(conn)
+        return conn is not None and self._pid == os.getpid() and _usable(conn)
 
     def drop(self) -> None:
         """Close the connection if it is broken (so the next call reconnects)."""
@@ -671,6 +744,11 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         self._migrated_generation = -1
         self._final_id = 0  # every history id up to this one is final (history_since)
         self._follow_pending: list[tuple[int, frozenset[str]]] = []
+        # What was read right after a claim granted on this store's session (claims opened
+        # with this store share its connection: ``read_after_claim``), for the reads the
+        # engine makes next: (connection generation, {id: (row, queued?, last step)}).
+        self._claimed: tuple[int, dict[str, tuple[Any, bool | None, int | None]]] | None = None
+        self._pipe: Any = None  # the pipeline of the write transaction in progress
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -731,7 +809,98 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         )
 
     def _changed(self, cur: Any) -> int:
+        if self._pipe is not None:  # the statement's answer is still on its way
+            self._pipe.sync()
         return int(cur.rowcount)
+
+    # -- reads right after a claim (the claim's round trip) -------------------------------
+
+    @property
+    def link(self) -> Link:
+        """The store's connection (claims opened with this store hold their locks on it)."""
+        return self._link
+
+    def read_after_claim(
+        self, conn: Any, claim: str, params: Any, instance_ids: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """Run ``claim`` (a statement granting claims, on this store's session ``conn``) and,
+        in the same round trip (a pipeline), read what the engine reads after a claim of
+        ``instance_ids``; returns ``claim``'s rows. The reads run after the claim on the same
+        session, so they see every commit made before the claim was granted; they are kept
+        for the next ``load``/``load_with_queue``/``last_step``/``load_many`` of those
+        instances (a refused claim's are not used).
+
+        Raises:
+            psycopg.Error: the statements failed (the caller's ``Link.run`` turns it into
+                ``StorageError``).
+        """
+        self._claimed = None
+        with conn.pipeline():
+            granted = conn.execute(claim, params)
+            if len(instance_ids) == 1:
+                read = conn.execute(SQL_READ_CLAIMED, (instance_ids[0], instance_ids[0]))
+            else:
+                read = conn.execute(self.sql.load_many, (list(instance_ids),))
+        rows: list[tuple[Any, ...]] = granted.fetchall()
+        found: dict[str, tuple[Any, bool | None, int | None]] = {}
+        if len(instance_ids) == 1:
+            *row, queued, last = read.fetchone()
+            found[instance_ids[0]] = (
+                None if row[0] is None else Instance(*row),
+                bool(queued),
+                last,
+            )
+        else:
+            found = dict.fromkeys(instance_ids, (None, None, None))  # (queued: not read)
+            for row in read.fetchall():
+                found[row[0]] = (Instance(*row), None, None)
+        self._claimed = (self._link.generation, found)
+        return rows
+
+    def forget_claimed(self, instance_ids: Container[str] | None = None) -> None:
+        """Drop what ``read_after_claim`` kept (of these instances; all: ``None``)."""
+        if self._claimed is not None and (
+            instance_ids is None or any(i in instance_ids for i in self._claimed[1])
+        ):
+            self._claimed = None
+
+    def _kept(self, instance_id: str) -> tuple[Any, bool | None, int | None] | None:
+        claimed = self._claimed
+        if claimed is None or claimed[0] != self._link.generation:
+            return None
+        return claimed[1].get(instance_id)
+
+    def load(self, instance_id: str) -> Instance | None:
+        kept = self._kept(instance_id)
+        if kept is None:
+            return super().load(instance_id)
+        return kept[0]  # type: ignore[no-any-return]
+
+    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
+        kept = self._kept(instance_id)
+        if kept is None or kept[1] is None:
+            return super().load_with_queue(instance_id)
+        row, queued, _ = kept
+        return row, self.queued(instance_id) if queued else []
+
+    def last_step(self, instance_id: str) -> int:
+        kept = self._kept(instance_id)
+        if kept is None or kept[2] is None:
+            return super().last_step(instance_id)
+        return kept[2]
+
+    def load_many(
+        self, instance_ids: Sequence[str], *, with_queue: bool = False
+    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
+        claimed = self._claimed
+        if (
+            with_queue
+            or claimed is None
+            or claimed[0] != self._link.generation
+            or any(i not in claimed[1] for i in instance_ids)
+        ):
+            return super().load_many(instance_ids, with_queue=with_queue)
+        return {i: (claimed[1][i][0], []) for i in instance_ids}
 
     def _array(self, ids: Sequence[str]) -> list[str]:
         return list(ids)
@@ -758,11 +927,79 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         finally:
             self._rollback(conn)
 
+    # Transactions sent as a pipeline: BEGIN goes with the first statement, COMMIT with the
+    # last (one round trip each, where a statement's answer is needed before the next:
+    # ``_changed``). Not ``import`` (COPY has no pipeline mode) nor ``prune``.
+    PIPELINED = frozenset({"commit", "enqueue"})
+
     def _transaction(
-        self, doing: str, body: Callable[[Any], T], probe: Callable[[sql.Read], bool]
+        self,
+        doing: str,
+        body: Callable[[Any], T],
+        probe: Callable[[sql.Read], bool],
+        *,
+        rejects: int | None = None,
     ) -> T:
         """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
-        only when the connection broke during COMMIT: the server may have committed."""
+        only when the connection broke during COMMIT: the server may have committed.
+        ``rejects``: a content error answered with the COMMIT (the body left its write's
+        answer to it) is that write's ``RejectedWrite``."""
+        self._claimed = None  # what was read after a claim is stale once anything is written
+        if doing not in self.PIPELINED:
+            return self._plain_transaction(doing, body, probe)
+        psycopg = self._psycopg
+        link = self._link
+        for retry in (True, False):
+            conn = link.run(doing, _connected, self._connection)
+            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            begin, cur = conn.cursor(), conn.cursor()
+            committing = False
+            try:
+                with conn.pipeline() as pipe:
+                    self._pipe = pipe
+                    try:
+                        begin.execute("BEGIN")
+                        result = body(cur)
+                    finally:
+                        self._pipe = None
+                    committing = True
+                    cur.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                if committing and isinstance(exc, psycopg.Error) and conn.broken:
+                    self._probe_commit(exc, doing, probe)
+                    return result
+                self._rollback(conn)
+                if rejects is not None and isinstance(exc, self.content_errors):
+                    raise RejectedWrite(rejects, exc) from None
+                if not isinstance(exc, psycopg.Error):
+                    raise
+                link.drop()
+                # Lost while idle (BEGIN never answered): nothing was written, run it again
+                # on a new session, as ``Link.run`` does for a statement.
+                if not (retry and idle and conn.broken and begin.pgresult is None):
+                    raise link.error(exc, doing) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _probe_commit(
+        self, exc: BaseException, doing: str, probe: Callable[[sql.Read], bool]
+    ) -> None:
+        """The connection broke during COMMIT: ask ``probe`` on a new one whether it committed;
+        raises ``StorageError`` unless it did."""
+        link = self._link
+        link.drop()
+        try:
+            conn = self._connection()
+            committed = probe(lambda text, params: conn.execute(text, params).fetchall())
+        except (self._psycopg.Error, StorageError):
+            link.drop()
+            raise link.error(exc, doing + " (outcome unknown)") from None
+        if not committed:
+            raise link.error(exc, doing) from None
+
+    def _plain_transaction(
+        self, doing: str, body: Callable[[Any], T], probe: Callable[[sql.Read], bool]
+    ) -> T:
         psycopg = self._psycopg
         link = self._link
 
@@ -786,15 +1023,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             if not conn.broken:
                 self._rollback(conn)
                 raise link.error(exc, doing) from None
-            link.drop()
-            try:
-                conn = self._connection()
-                committed = probe(lambda text, params: conn.execute(text, params).fetchall())
-            except (psycopg.Error, StorageError):
-                link.drop()
-                raise link.error(exc, doing + " (outcome unknown)") from None
-            if not committed:
-                raise link.error(exc, doing) from None
+            self._probe_commit(exc, doing, probe)
         return result
 
     def _rollback(self, conn: Any) -> None:
@@ -813,6 +1042,9 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         Raises:
             StorageError: the server cannot be reached.
         """
+        if self._link.is_open:  # nobody waits for its answer: sent, not waited for
+            self._link.post(POST_NOTIFY, (channel.encode(),))
+            return
         self._read(lambda conn: conn.execute(SQL_NOTIFY, (channel,)), "notify")
 
     def _serialize(self, cur: Any, instance_ids: Sequence[str]) -> None:
@@ -830,6 +1062,42 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         self._serialize(cur, [w.instance_id for w in writes if w.kind == "debounce"])
         return self._apply_batch(cur, writes, now, history_limit)
 
+    def commit(
+        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
+    ) -> list[bool]:
+        """A single step that replaces (or makes) a row and records it, the common client
+        call: ``BEGIN``, the row and its records (``SQL_PUT_RECORDED``) and ``COMMIT`` in one
+        round trip, the fence's answer read with the COMMIT's (a fenced-out write commits
+        nothing). Any other commit: ``SqlStore.commit``, in a pipelined transaction."""
+        write = writes[0] if len(writes) == 1 else None
+        if (
+            write is None or write.row is None or not write.records or write.kind == "debounce"
+            or write.key is not None or write.queue_only or write.trim
+        ):  # fmt: skip
+            return super().commit(writes, now, history_limit, atomic=atomic)
+        params = (*write.row, write.expected_step, write.instance_id, now, write.row.step,
+                  *(list(c) for c in zip(*write.records, strict=True)))  # fmt: skip
+
+        def body(cur: Any) -> Any:
+            put = cur.connection.cursor()
+            put.execute(SQL_PUT_RECORDED, params)
+            return put
+
+        def probe(read: sql.Read) -> bool:
+            found = (write.instance_id, write.row.step, write.records[-1][0])  # type: ignore[union-attr]
+            return bool(read(self.sql.find_record, found))
+
+        applied = bool(self._transaction("commit", body, probe, rejects=0).rowcount)
+        if atomic and not applied:
+            raise FencedOut(0)
+        return [applied]
+
+    def _apply(self, cur: Any, write: Write, now: float, history_limit: int) -> bool:
+        applied = super()._apply(cur, write, now, history_limit)
+        if self._pipe is not None:  # a content error shows here, as this write's
+            self._pipe.sync()
+        return applied
+
     def _put(self, cur: Any, write: Write, now: float) -> bool:
         records = write.records
         if not records:
@@ -842,7 +1110,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         columns = (list(c) for c in zip(*records, strict=True))
         params += (write.expected_step, write.instance_id, now, row.step, *columns)
         cur.execute(SQL_PUT_DEBOUNCE_RECORDED if debounce else SQL_PUT_RECORDED, params)
-        return bool(cur.rowcount)
+        return bool(self._changed(cur))
 
     def _apply_batch(
         self, cur: Any, writes: Sequence[Write], now: float, history_limit: int
@@ -1016,6 +1284,10 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             f"{more} (end them with pg_terminate_backend(pid); set "
             f"idle_in_transaction_session_timeout){unseen}",
         )
+
+
+def _connected(conn: Any) -> Any:
+    return conn
 
 
 def _begin_snapshot(conn: Any) -> Any:
