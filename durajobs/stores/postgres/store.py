@@ -41,14 +41,14 @@ statement (``PIPELINED``) and read each write's answer before the next (``_apply
 error is that write's). A wake-up is posted (``Link.post``): sent, never waited for.
 
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
-round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the
-same pipeline (``read_after_claim``), and commits the group in one transaction where the steps of Continuous
-and Task instances that update their row go in one statement (``SQL_PUT_BATCH``: ``UPDATE ...
-FROM unnest(...)``, each row fenced on its own step, and their history records in the same
-statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
-batched write that did not apply) goes one statement at a time with its exact semantics, its
-row and records in one statement (``SQL_PUT_RECORDED``). The claims are released in one round
-trip (``release_many``).
+round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the same
+pipeline (``read_after_claim``), and commits the group in one transaction where the steps of
+Continuous and Task instances that update their row go in one statement (``SQL_PUT_BATCH``:
+``UPDATE ... FROM unnest(...)``, each row fenced on its own step, and their history records in the
+same statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
+batched write that did not apply) goes one statement at a time with its exact semantics, its row
+and records in one statement (``SQL_PUT_RECORDED``). The claims are released in one round trip
+(``release_many``).
 
 Following the history (``history_since``, ``durajobs tail -f``): ids come from a sequence and
 transactions commit in any order, so records are handed out only up to an id that no
@@ -1150,7 +1150,10 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         )  # fmt: skip
         cur.execute("SAVEPOINT batch")
         try:
-            done = {row[0] for row in cur.execute(SQL_PUT_BATCH, params).fetchall()}
+            cur.execute(SQL_PUT_BATCH, params)
+            if self._pipe is not None:  # a Sync: after an error the pipeline goes on
+                self._pipe.sync()
+            done = {row[0] for row in cur.fetchall()}
         except self.content_errors:
             cur.execute("ROLLBACK TO SAVEPOINT batch")
             return set()
