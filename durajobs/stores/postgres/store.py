@@ -234,7 +234,7 @@ SQL_PUT_BATCH = (
     "%s::text[]) WITH ORDINALITY AS r(instance_id, step, event, attempt, duration_ms, error, "
     "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
     "SELECT instance_id FROM put"
-)
+).replace("%s", "%b")  # binary parameters: no text quoting of every array element
 # Following the history without gaps (``history_since``): ids come from a sequence, so a
 # transaction can commit a record after a record with a higher id was read. Read only ids that
 # are final: every id up to the sequence's last value V was taken by a transaction holding a
