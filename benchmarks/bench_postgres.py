@@ -57,9 +57,11 @@ is the default of each system everywhere: ``synchronous_commit=on`` (durajobs
    it, with its defaults:
 
    - pgqueuer: schema by ``Queries.install()`` (durable tables), the worker ``pgq run
-     bench_postgres:pgq_factory`` (a ``PgQueuer`` on a ``PsycopgDriver``, an async no-op
-     entrypoint; ``--batch-size`` 10, the default), the producer ``Queries.enqueue("noop",
-     None)`` per job; done when its queue table is empty (finished jobs leave it);
+     bench_postgres:pgq_factory``'s work through ``pgqueuer.run`` (``bench_postgres.py
+     pgq-worker``: pgqueuer 1.6's ``pgq run`` fails with this venv's typer) (a ``PgQueuer`` on a
+     ``PsycopgDriver``, an async no-op entrypoint; batch size 10, the default), the producer
+     ``Queries.enqueue("noop", None)`` per job; done when its queue table is empty (finished
+     jobs leave it);
    - procrastinate: ``App(connector=PsycopgConnector(...))``, schema by
      ``schema_manager.apply_schema()``, the worker ``app.run_worker()`` (concurrency 1, the
      default; LISTEN/NOTIFY on), the producer ``noop.defer()`` per job in ``app.open()``;
@@ -523,8 +525,9 @@ class Pgqueuer(System):
 
     @contextlib.contextmanager
     def workers(self) -> Iterator[object]:
-        pgq = Path(sys.executable).with_name("pgq")
-        cmd = [str(pgq), "run", "bench_postgres:pgq_factory", "--log-level", "WARNING"]
+        # ``pgq run bench_postgres:pgq_factory``'s work, by ``pgqueuer.run`` (pgqueuer 1.6's
+        # ``pgq run`` fails at start with the typer this venv has: its --log-level parser).
+        cmd = [sys.executable, str(Path(__file__).resolve()), "pgq-worker"]
         log = self.base / f"pgq-{time.monotonic_ns()}.log"
         with managed_process(cmd, env=child_env(self.url), stderr_path=log,
                              stdout_pipe=False) as proc:  # fmt: skip
@@ -1156,6 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--ahead", type=float, required=True)
+    sub.add_parser("pgq-worker", help="(helper) pgqueuer's worker, as `pgq run` with defaults")
     p = sub.add_parser("proc-worker", help="(helper) procrastinate's worker")
     p.add_argument("--url", required=True)
     parser.add_argument("--quick", action="store_true", help="small counts, one round: ~2 min")
@@ -1180,6 +1184,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "timer-floor":
         print(json.dumps(timer_floor_main(args.url, args.rate, args.seconds, args.ahead)))
+        return 0
+    if args.command == "pgq-worker":
+        import logging
+
+        import pgqueuer
+
+        signal.alarm(HELPER_LIFETIME)
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(pgqueuer.run(pgq_factory))  # pgq run's defaults: batch size 10
         return 0
     if args.command == "proc-worker":
         signal.alarm(HELPER_LIFETIME)
