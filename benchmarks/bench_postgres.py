@@ -345,9 +345,10 @@ def child_env(url: str, out: Path | None = None, **extra: str) -> dict[str, str]
 
 @contextlib.contextmanager
 def daemon(
-    url: str, base: Path, out: Path | None = None, *, timeout: float = 60.0
+    url: str, base: Path, out: Path | None = None, *, timeout: float = 60.0, workers: int = 1
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real daemon (one worker) on ``url``, ready (``READY=1`` received) when yielded."""
+    """A real daemon (``workers`` worker processes) on ``url``, ready (``READY=1`` received)
+    when yielded."""
     stamp = time.monotonic_ns()
     notify_path = base / f"notify-{stamp}.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -355,7 +356,8 @@ def daemon(
     notify.settimeout(0.05)
     log = base / f"daemon-{stamp}.log"
     env = {**child_env(url, out), "NOTIFY_SOCKET": str(notify_path)}
-    cmd = [sys.executable, str(DAEMON), "--app", "bench_postgres:jobs", "--log-level", "warning"]
+    cmd = [sys.executable, str(DAEMON), "--app", "bench_postgres:jobs", "--log-level", "warning",
+           "--workers", str(workers)]  # fmt: skip
     try:
         with managed_process(cmd, env=env, stderr_path=log, stdout_pipe=False) as proc:
             deadline = time.monotonic() + timeout
@@ -399,6 +401,28 @@ def helper(*args: str, timeout: float, env: dict[str, str] | None = None) -> dic
 
 
 ADMIN: list[str] = []  # a superuser URL for CHECKPOINT (our throwaway server), if any
+SERVER_DATA: list[str] = []  # our throwaway server's data directory (its CPU is measured)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of our server's processes, busy CPU seconds of the whole machine), so far;
+    the server's are 0 without a throwaway server (``--url``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = (sum(map(int, fields)) - int(fields[3]) - int(fields[4])) / tick  # minus idle, iowait
+    if not SERVER_DATA:
+        return 0.0, busy
+    postmaster = int(Path(SERVER_DATA[0], "postmaster.pid").read_text().split()[0])
+    server = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid, rest = stat.read_text().split(" (", 1)
+            parts = rest.rsplit(")", 1)[1].split()
+            if int(pid) == postmaster:  # with its ended children's (sessions that closed)
+                server += sum(int(x) for x in parts[11:15]) / tick
+            elif int(parts[1]) == postmaster:  # parts[1]: the ppid
+                server += (int(parts[11]) + int(parts[12])) / tick
+    return server, busy
 
 
 def settle(url: str) -> None:
@@ -464,10 +488,13 @@ class System:
 class Durajobs(System):
     kind = "dj"
 
-    def __init__(self, url: str, base: Path, daemons: int) -> None:
+    def __init__(self, url: str, base: Path, daemons: int, workers: int = 1) -> None:
         super().__init__(url, base)
         self.daemons = daemons
-        self.name = f"durajobs, {daemons} daemon{'s' if daemons > 1 else ''}"
+        self.workers_each = workers
+        self.name = f"durajobs, {daemons} daemon{'s' if daemons > 1 else ''}" + (
+            f" of {workers} workers" if workers > 1 else ""
+        )
 
     def prepare(self) -> None:
         Jobs(self.url, REGISTRY).close()
@@ -479,7 +506,7 @@ class Durajobs(System):
     def workers(self) -> Iterator[object]:
         with contextlib.ExitStack() as stack:
             for _ in range(self.daemons):
-                stack.enter_context(daemon(self.url, self.base))
+                stack.enter_context(daemon(self.url, self.base, workers=self.workers_each))
             yield None
 
     def left(self, n: int) -> int:
@@ -623,22 +650,27 @@ def proc_app(url: str) -> Any:
 
 def end_to_end(
     system: System, n: int, max_seconds: float, prefix: str, batch: int = 1
-) -> tuple[float, float]:
+) -> tuple[float, float, tuple[float, float]]:
     """Tasks/s: ``n`` jobs enqueued by a producer process (``batch`` per transaction) while the
-    worker(s) run; and the producer's own enqueue rate."""
+    worker(s) run; the producer's own enqueue rate; and the shares of the machine's CPU
+    (``os.cpu_count()`` cores) that the server's processes and everything took meanwhile."""
     system.clean()
     settle(system.url)
     with system.workers():
         helper(*_produce_args(system, 1, f"warm{prefix}"), timeout=60)  # warm-up and readiness
         if not wait_until(lambda: system.left(1) == 0, timeout=60, interval=0.005):
             raise RuntimeError(f"{system.name}: the warm-up job did not run within 60 s")
+        (server0, busy0), started = _cpu_seconds(), time.perf_counter()
         produced = helper(*_produce_args(system, n, prefix), "--batch", str(batch),
                           timeout=max_seconds)  # fmt: skip
         if not wait_until(lambda: system.left(n + 1) == 0, timeout=max_seconds, interval=0.005):
             raise RuntimeError(f"{system.name}: {system.left(n + 1)} of {n} left after the limit")
         done = time.time()
+        (server1, busy1), elapsed = _cpu_seconds(), time.perf_counter() - started
     system.check(n + 1)
-    return n / (done - produced["first"]), produced["enqueue_per_s"]
+    capacity = elapsed * (os.cpu_count() or 1)
+    shares = ((server1 - server0) / capacity, (busy1 - busy0) / capacity)
+    return n / (done - produced["first"]), produced["enqueue_per_s"], shares
 
 
 def _produce_args(system: System, n: int, prefix: str) -> list[str]:
@@ -874,7 +906,11 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
         _progress(f"run_due: {group['full']['ratio']:.1f}x FULL; round trips {res['round_trips']}")
 
         # 2 and 5. End to end, durajobs with 1 and 2 daemons and the peers, interleaved.
-        systems: list[System] = [Durajobs(url, base, 1), Durajobs(url, base, 2)]
+        systems: list[System] = [
+            Durajobs(url, base, 1),
+            Durajobs(url, base, 2),
+            Durajobs(url, base, 1, workers=2),
+        ]
         errors: dict[str, str] = {}
         for peer in (Pgqueuer(peer_urls["pgq"], base), Procrastinate(peer_urls["proc"], base)):
             try:
@@ -904,15 +940,17 @@ def e2e_rounds(
     """``args.rounds`` rounds of every system's end-to-end run, interleaved; medians, ratios."""
     rates: dict[str, list[float]] = {s.name: [] for s in systems}
     enqueue: dict[str, list[float]] = {s.name: [] for s in systems}
+    cpu: dict[str, list[tuple[float, float]]] = {s.name: [] for s in systems}
     failed: dict[str, str] = {}
     for round_no in range(args.rounds):
         for system in systems:
             if system.name in errors or system.name in failed:
                 continue
             try:
-                rate, sent = end_to_end(
+                rate, sent, shares = end_to_end(
                     system, args.tasks, args.max_seconds, f"b{batch}r{round_no}", batch
                 )
+                cpu[system.name].append(shares)
             except Exception as exc:
                 failed[system.name] = f"{type(exc).__name__}: {exc}"[:400]
                 continue
@@ -923,10 +961,10 @@ def e2e_rounds(
     dj = rates[systems[0].name]
     ratios = {
         s.name: statistics.median(a / b for a, b in zip(dj, rates[s.name], strict=False))
-        for s in systems[2:] if rates[s.name] and dj
+        for s in systems if not isinstance(s, Durajobs) and rates[s.name] and dj
     }  # fmt: skip
     return {"batch": batch, "rates": rates, "errors": {**errors, **failed}, "median": medians,
-            "enqueue": enqueue, "ratio_to_peer": ratios}  # fmt: skip
+            "enqueue": enqueue, "ratio_to_peer": ratios, "cpu": cpu}  # fmt: skip
 
 
 def late_phase(url: str, base: Path, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -980,15 +1018,21 @@ def e2e_rows(e2e: dict[str, Any], how: str) -> list[Row]:
     rows: list[Row] = []
     med = e2e["median"]
     names = list(e2e["rates"])
-    one, two = names[0], names[1]
-    for name in (one, two):
+    one, two, workers = names[0], names[1], names[2]
+    for name in (one, two, workers):
         label = f"End to end ({how}), {name}"
         if name in med:
             note = f"producer enqueued at {_enq(e2e, name)}; rounds: " + ", ".join(
                 f"{x:,.0f}" for x in e2e["rates"][name]
             )
-            if name == two and one in med:
-                note = f"{med[two] / med[one]:.2f}x one daemon; " + note
+            if name in (two, workers) and one in med:
+                note = f"{med[name] / med[one]:.2f}x one daemon of one worker; " + note
+            shares = e2e.get("cpu", {}).get(name)
+            if shares:
+                server = statistics.median(s for s, _ in shares)
+                busy = statistics.median(b for _, b in shares)
+                note += (f"; CPU of the machine's {os.cpu_count()} cores: the server's processes "
+                         f"{server:.0%}, all processes {busy:.0%}")  # fmt: skip
             rows.append((label, f"{med[name]:,.0f} tasks/s", "-", None, note))
         else:
             rows.append((label, "not measured", "-", False, e2e["errors"].get(name, "")))
@@ -1001,18 +1045,18 @@ def peer_rows(e2e: dict[str, Any], how: str) -> list[Row]:
     med = e2e["median"]
     names = list(e2e["rates"])
     one = names[0]
-    for name in names[2:]:
+    for name in names[3:]:  # after durajobs' three
         label = f"Enqueue ({how}) + execute no-op vs {name}"
         if name in med and name in e2e["ratio_to_peer"]:
             ratio = e2e["ratio_to_peer"][name]
             rows.append((
                 label, f"durajobs {ratio:.2f}x {name} ({med.get(one, 0):,.0f} vs "
-                f"{med[name]:,.0f} tasks/s)", "> 1x (ahead)", ratio > 1.0,
+                f"{med[name]:,.0f} tasks/s)", ">= 1.5x", ratio >= 1.5,
                 f"one worker process each; {name}'s producer enqueued at {_enq(e2e, name)}; "
                 "rounds: " + ", ".join(f"{x:,.0f}" for x in e2e["rates"][name]),
             ))  # fmt: skip
         else:
-            rows.append((label, "not measured", "> 1x (ahead)", False,
+            rows.append((label, "not measured", ">= 1.5x", False,
                          e2e["errors"].get(name, "")))  # fmt: skip
     return rows
 
@@ -1218,6 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         url = server.create_database("bench")
         ADMIN.append(server.admin_url())
+        SERVER_DATA.append(server.data)
         peer_urls = {"pgq": server.create_database("pgq"), "proc": server.create_database("proc")}
     try:
         res = run_all(args, url, peer_urls)
