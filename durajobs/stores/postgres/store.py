@@ -32,17 +32,18 @@ Poolers: every connection checks, when it opens, that its server session is its 
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
 silently break the claims and LISTEN, so it is refused; session pooling is fine.
 
-Round trips of one client call (issue 19): the claim and the reads after it go in one
-pipeline (``read_after_claim``: the row, its queued flag, the last step of a new instance;
-kept for the engine's next ``load``/``last_step``); a single step's write is ``BEGIN``, one
-statement and ``COMMIT`` in one pipeline (``commit``), its fence's answer read with the
-COMMIT's; the release is the third. Other transactions send ``BEGIN`` with their first
-statement (``PIPELINED``) and read each write's answer before the next (``_apply``: a content
-error is that write's). A wake-up is posted (``Link.post``): sent, never waited for.
+Round trips of one client call (issue 19): the claim and the reads after it go in one simple
+query of two statements (``read_after_claim``: the row, its queued flag, the last step of a new
+instance; kept for the engine's next ``load``/``last_step``); a single step's write is
+``BEGIN``, one statement and ``COMMIT`` in one simple query (``commit``); the release is the
+third. Their parameters are bound by psycopg's ``ClientCursor`` (several statements with
+parameters cannot go in one extended-protocol message; psycopg's pipeline mode does that, but
+on a local server it cost more client CPU and time than the round trips it saved:
+benchmarks/FINDINGS.md). A wake-up is posted (``Link.post``): sent, never waited for.
 
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
 round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the same
-pipeline (``read_after_claim``), and commits the group in one transaction where the steps of
+query (``read_after_claim``), and commits the group in one transaction where the steps of
 Continuous and Task instances that update their row go in one statement (``SQL_PUT_BATCH``:
 ``UPDATE ... FROM unnest(...)``, each row fenced on its own step, and their history records in the
 same statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
@@ -235,6 +236,24 @@ SQL_PUT_BATCH = (
     "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
     "SELECT instance_id FROM put"
 ).replace("%s", "%b")  # binary parameters: no text quoting of every array element
+# A single step's commit (``commit``): SQL_PUT_RECORDED prepared once per session under a
+# name (``PREPARE``), then run as ``BEGIN; EXECUTE ...; COMMIT``, one simple query with the
+# parameters bound by the client: one round trip, and the server plans it once per session.
+_ROW_TYPES = ["text"] * 4 + [_BATCH_TYPES.get(c, "float8") for c in _NAMES[4:]]
+_PUT_TYPES = (*_ROW_TYPES, "bigint", "text", "float8", "bigint",
+              "text[]", "bigint[]", "float8[]", "text[]", "text[]")  # fmt: skip
+PUT_NAME = "durajobs_put_recorded"
+_PUT_PIECES = SQL_PUT_RECORDED.split("%s")  # (no other % in it)
+SQL_PREPARE_PUT = (
+    f"PREPARE {PUT_NAME} ({', '.join(_PUT_TYPES)}) AS "
+    + "".join(f"{piece}${n}" for n, piece in enumerate(_PUT_PIECES[:-1], 1))
+    + _PUT_PIECES[-1]
+)
+SQL_EXECUTE_PUT = f"EXECUTE {PUT_NAME} ({', '.join(['%s'] * len(_PUT_TYPES))})"
+SQL_FIND_MY_RECORD = (
+    "SELECT 1 FROM history WHERE instance_id = %s AND step = %s AND event = %s AND at = %s"
+)
+SQL_IS_PREPARED = "SELECT EXISTS (SELECT FROM pg_prepared_statements WHERE name = %s)"
 # Following the history without gaps (``history_since``): ids come from a sequence, so a
 # transaction can commit a record after a record with a higher id was read. Read only ids that
 # are final: every id up to the sequence's last value V was taken by a transaction holding a
@@ -748,7 +767,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         # with this store share its connection: ``read_after_claim``), for the reads the
         # engine makes next: (connection generation, {id: (row, queued?, last step)}).
         self._claimed: tuple[int, dict[str, tuple[Any, bool | None, int | None]]] | None = None
-        self._pipe: Any = None  # the pipeline of the write transaction in progress
+        self._prepared = -1  # the link generation (session) that has PUT_NAME prepared
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -809,8 +828,6 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         )
 
     def _changed(self, cur: Any) -> int:
-        if self._pipe is not None:  # the statement's answer is still on its way
-            self._pipe.sync()
         return int(cur.rowcount)
 
     # -- reads right after a claim (the claim's round trip) -------------------------------
@@ -824,7 +841,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         self, conn: Any, claim: str, params: Any, instance_ids: Sequence[str]
     ) -> list[tuple[Any, ...]]:
         """Run ``claim`` (a statement granting claims, on this store's session ``conn``) and,
-        in the same round trip (a pipeline), read what the engine reads after a claim of
+        in the same round trip (one simple query), read what the engine reads after a claim of
         ``instance_ids``; returns ``claim``'s rows. The reads run after the claim on the same
         session, so they see every commit made before the claim was granted; they are kept
         for the next ``load``/``load_with_queue``/``last_step``/``load_many`` of those
@@ -835,16 +852,19 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
                 ``StorageError``).
         """
         self._claimed = None
-        with conn.pipeline():
-            granted = conn.execute(claim, params)
-            if len(instance_ids) == 1:
-                read = conn.execute(SQL_READ_CLAIMED, (instance_ids[0], instance_ids[0]))
-            else:
-                read = conn.execute(self.sql.load_many, (list(instance_ids),))
+        cur = _client_cursor(conn)
+        if len(instance_ids) == 1:
+            read = cur.mogrify(SQL_READ_CLAIMED, (instance_ids[0], instance_ids[0]))
+        else:
+            read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
+        # One simple query, two statements: the read takes its snapshot after the claim.
+        cur.execute(f"{cur.mogrify(claim, params)}; {read}")
+        granted = cur
         rows: list[tuple[Any, ...]] = granted.fetchall()
+        cur.nextset()
         found: dict[str, tuple[Any, bool | None, int | None]] = {}
         if len(instance_ids) == 1:
-            *row, queued, last = read.fetchone()
+            *row, queued, last = cur.fetchone()
             found[instance_ids[0]] = (
                 None if row[0] is None else Instance(*row),
                 bool(queued),
@@ -852,7 +872,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             )
         else:
             found = dict.fromkeys(instance_ids, (None, None, None))  # (queued: not read)
-            for row in read.fetchall():
+            for row in cur.fetchall():
                 found[row[0]] = (Instance(*row), None, None)
         self._claimed = (self._link.generation, found)
         return rows
@@ -927,79 +947,12 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         finally:
             self._rollback(conn)
 
-    # Transactions sent as a pipeline: BEGIN goes with the first statement, COMMIT with the
-    # last (one round trip each, where a statement's answer is needed before the next:
-    # ``_changed``). Not ``import`` (COPY has no pipeline mode) nor ``prune``.
-    PIPELINED = frozenset({"commit", "enqueue"})
-
     def _transaction(
-        self,
-        doing: str,
-        body: Callable[[Any], T],
-        probe: Callable[[sql.Read], bool],
-        *,
-        rejects: int | None = None,
-    ) -> T:
-        """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
-        only when the connection broke during COMMIT: the server may have committed.
-        ``rejects``: a content error answered with the COMMIT (the body left its write's
-        answer to it) is that write's ``RejectedWrite``."""
-        self._claimed = None  # what was read after a claim is stale once anything is written
-        if doing not in self.PIPELINED:
-            return self._plain_transaction(doing, body, probe)
-        psycopg = self._psycopg
-        link = self._link
-        for retry in (True, False):
-            conn = link.run(doing, _connected, self._connection)
-            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            begin, cur = conn.cursor(), conn.cursor()
-            committing = False
-            try:
-                with conn.pipeline() as pipe:
-                    self._pipe = pipe
-                    try:
-                        begin.execute("BEGIN")
-                        result = body(cur)
-                    finally:
-                        self._pipe = None
-                    committing = True
-                    cur.execute("COMMIT")
-                return result
-            except BaseException as exc:
-                if committing and isinstance(exc, psycopg.Error) and conn.broken:
-                    self._probe_commit(exc, doing, probe)
-                    return result
-                self._rollback(conn)
-                if rejects is not None and isinstance(exc, self.content_errors):
-                    raise RejectedWrite(rejects, exc) from None
-                if not isinstance(exc, psycopg.Error):
-                    raise
-                link.drop()
-                # Lost while idle (BEGIN never answered): nothing was written, run it again
-                # on a new session, as ``Link.run`` does for a statement.
-                if not (retry and idle and conn.broken and begin.pgresult is None):
-                    raise link.error(exc, doing) from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _probe_commit(
-        self, exc: BaseException, doing: str, probe: Callable[[sql.Read], bool]
-    ) -> None:
-        """The connection broke during COMMIT: ask ``probe`` on a new one whether it committed;
-        raises ``StorageError`` unless it did."""
-        link = self._link
-        link.drop()
-        try:
-            conn = self._connection()
-            committed = probe(lambda text, params: conn.execute(text, params).fetchall())
-        except (self._psycopg.Error, StorageError):
-            link.drop()
-            raise link.error(exc, doing + " (outcome unknown)") from None
-        if not committed:
-            raise link.error(exc, doing) from None
-
-    def _plain_transaction(
         self, doing: str, body: Callable[[Any], T], probe: Callable[[sql.Read], bool]
     ) -> T:
+        """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
+        only when the connection broke during COMMIT: the server may have committed."""
+        self._claimed = None  # what was read after a claim is stale once anything is written
         psycopg = self._psycopg
         link = self._link
 
@@ -1023,7 +976,15 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             if not conn.broken:
                 self._rollback(conn)
                 raise link.error(exc, doing) from None
-            self._probe_commit(exc, doing, probe)
+            link.drop()
+            try:
+                conn = self._connection()
+                committed = probe(lambda text, params: conn.execute(text, params).fetchall())
+            except (psycopg.Error, StorageError):
+                link.drop()
+                raise link.error(exc, doing + " (outcome unknown)") from None
+            if not committed:
+                raise link.error(exc, doing) from None
         return result
 
     def _rollback(self, conn: Any) -> None:
@@ -1066,9 +1027,9 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
     ) -> list[bool]:
         """A single step that replaces (or makes) a row and records it, the common client
-        call: ``BEGIN``, the row and its records (``SQL_PUT_RECORDED``) and ``COMMIT`` in one
-        round trip, the fence's answer read with the COMMIT's (a fenced-out write commits
-        nothing). Any other commit: ``SqlStore.commit``, in a pipelined transaction."""
+        call: ``BEGIN``, the row and its records (``SQL_PUT_RECORDED``) and ``COMMIT`` as one
+        simple query, one round trip (a fenced-out write commits nothing). Any other commit:
+        ``SqlStore.commit``."""
         write = writes[0] if len(writes) == 1 else None
         if (
             write is None or write.row is None or not write.records or write.kind == "debounce"
@@ -1077,26 +1038,52 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             return super().commit(writes, now, history_limit, atomic=atomic)
         params = (*write.row, write.expected_step, write.instance_id, now, write.row.step,
                   *(list(c) for c in zip(*write.records, strict=True)))  # fmt: skip
-
-        def body(cur: Any) -> Any:
-            put = cur.connection.cursor()
-            put.execute(SQL_PUT_RECORDED, params)
-            return put
-
-        def probe(read: sql.Read) -> bool:
-            found = (write.instance_id, write.row.step, write.records[-1][0])  # type: ignore[union-attr]
-            return bool(read(self.sql.find_record, found))
-
-        applied = bool(self._transaction("commit", body, probe, rejects=0).rowcount)
+        # Its own record, by its time too: a step of another process (this one's claim died
+        # with the session) may have recorded the same step and event meanwhile.
+        found = (write.instance_id, write.row.step, write.records[-1][0], now)
+        applied = self._commit_one(params, lambda read: bool(read(SQL_FIND_MY_RECORD, found)))
         if atomic and not applied:
             raise FencedOut(0)
         return [applied]
 
-    def _apply(self, cur: Any, write: Write, now: float, history_limit: int) -> bool:
-        applied = super()._apply(cur, write, now, history_limit)
-        if self._pipe is not None:  # a content error shows here, as this write's
-            self._pipe.sync()
-        return applied
+    def _commit_one(self, params: tuple[Any, ...], probe: Callable[[sql.Read], bool]) -> bool:
+        """``BEGIN; EXECUTE`` (``SQL_PUT_RECORDED``) ``; COMMIT`` in one round trip; whether
+        the fence held."""
+        self._claimed = None
+        psycopg = self._psycopg
+        link = self._link
+        for retry in (True, False):
+            conn = link.run("commit", _connected, self._connection)
+            cur = _client_cursor(conn)
+            prepare = self._prepared != link.generation
+            try:
+                text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
+                cur.execute(f"{SQL_PREPARE_PUT}; {text}" if prepare else text)
+                self._prepared = link.generation
+            except psycopg.Error as exc:
+                if conn.broken:  # the server may have committed: ask on a new connection
+                    link.drop()
+                    try:
+                        if probe(_reader(self._connection())):
+                            return True
+                    except (psycopg.Error, StorageError):
+                        link.drop()
+                        raise link.error(exc, "commit (outcome unknown)") from None
+                    if retry:  # not committed, the session is gone: once more on a new one
+                        continue
+                    raise link.error(exc, "commit") from None
+                self._rollback(conn)
+                if prepare:  # PREPARE is not undone by a rollback: did it run?
+                    with contextlib.suppress(psycopg.Error):
+                        if conn.execute(SQL_IS_PREPARED, (PUT_NAME,)).fetchone()[0]:
+                            self._prepared = link.generation
+                if isinstance(exc, self.content_errors):
+                    raise RejectedWrite(0, exc) from None
+                raise link.error(exc, "commit") from None
+            for _ in range(2 if prepare else 1):  # PREPARE's and BEGIN's results, the write's
+                cur.nextset()
+            return bool(cur.rowcount)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _put(self, cur: Any, write: Write, now: float) -> bool:
         records = write.records
@@ -1150,10 +1137,7 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         )  # fmt: skip
         cur.execute("SAVEPOINT batch")
         try:
-            cur.execute(SQL_PUT_BATCH, params)
-            if self._pipe is not None:  # a Sync: after an error the pipeline goes on
-                self._pipe.sync()
-            done = {row[0] for row in cur.fetchall()}
+            done = {row[0] for row in cur.execute(SQL_PUT_BATCH, params).fetchall()}
         except self.content_errors:
             cur.execute("ROLLBACK TO SAVEPOINT batch")
             return set()
@@ -1291,6 +1275,22 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
 
 def _connected(conn: Any) -> Any:
     return conn
+
+
+def _reader(conn: Any) -> sql.Read:
+    """Reads on ``conn`` (a probe's)."""
+
+    def read(statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
+
+    return read
+
+
+def _client_cursor(conn: Any) -> Any:
+    """A cursor that binds parameters itself: several statements, one simple query."""
+    import psycopg
+
+    return psycopg.ClientCursor(conn)
 
 
 def _begin_snapshot(conn: Any) -> Any:
