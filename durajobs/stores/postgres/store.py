@@ -290,6 +290,13 @@ SQL_READ_CLAIMED = (
     "IS NULL THEN coalesce((SELECT step FROM history WHERE instance_id = %s ORDER BY id DESC "
     "LIMIT 1), 0) END FROM (SELECT 1) AS one LEFT JOIN instances AS i ON i.instance_id = %s"
 )
+# The read after a single claim, prepared the same way (``read_after_claim``).
+READ_NAME = "durajobs_read_claimed"
+SQL_EXECUTE_READ = f"EXECUTE {READ_NAME} (%s)"
+SQL_PREPARES = {
+    PUT_NAME: SQL_PREPARE_PUT,
+    READ_NAME: f"PREPARE {READ_NAME} (text) AS " + SQL_READ_CLAIMED.replace("%s", "$1"),
+}
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
 
@@ -767,7 +774,9 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         # with this store share its connection: ``read_after_claim``), for the reads the
         # engine makes next: (connection generation, {id: (row, queued?, last step)}).
         self._claimed: tuple[int, dict[str, tuple[Any, bool | None, int | None]]] | None = None
-        self._prepared = -1  # the link generation (session) that has PUT_NAME prepared
+        # SQL_PREPARES name -> the link generation (session) that has it prepared; -1 - the
+        # generation: unknown (a query that held its PREPARE failed).
+        self._prepared: dict[str, int] = {}
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -853,14 +862,18 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         """
         self._claimed = None
         cur = _client_cursor(conn)
+        prefix = ""
         if len(instance_ids) == 1:
-            read = cur.mogrify(SQL_READ_CLAIMED, (instance_ids[0], instance_ids[0]))
+            prefix = self._prepare(conn, READ_NAME)
+            read = cur.mogrify(SQL_EXECUTE_READ, (instance_ids[0],))
         else:
             read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
         # One simple query, two statements: the read takes its snapshot after the claim.
-        cur.execute(f"{cur.mogrify(claim, params)}; {read}")
-        granted = cur
-        rows: list[tuple[Any, ...]] = granted.fetchall()
+        with self._preparing(READ_NAME, prefix):
+            cur.execute(f"{prefix}{cur.mogrify(claim, params)}; {read}")
+        if prefix:
+            cur.nextset()
+        rows: list[tuple[Any, ...]] = cur.fetchall()
         cur.nextset()
         found: dict[str, tuple[Any, bool | None, int | None]] = {}
         if len(instance_ids) == 1:
@@ -1046,6 +1059,34 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
             raise FencedOut(0)
         return [applied]
 
+    def _prepare(self, conn: Any, name: str) -> str:
+        """``PREPARE name ...; `` if this session may not have ``name`` prepared, else ``""``.
+
+        Raises:
+            psycopg.Error: the check failed.
+        """
+        generation = self._link.generation
+        state = self._prepared.get(name)
+        if state == generation:
+            return ""
+        # A query that held its PREPARE failed: did the PREPARE run?
+        if state == -1 - generation and conn.execute(SQL_IS_PREPARED, (name,)).fetchone()[0]:
+            self._prepared[name] = generation
+            return ""
+        return SQL_PREPARES[name] + "; "
+
+    @contextlib.contextmanager
+    def _preparing(self, name: str, prefix: str) -> Iterator[None]:
+        """Around the query that holds ``prefix``: ``name`` is prepared after it, or unknown."""
+        generation = self._link.generation
+        try:
+            yield
+        except BaseException:
+            if prefix:
+                self._prepared[name] = -1 - generation
+            raise
+        self._prepared[name] = generation
+
     def _commit_one(self, params: tuple[Any, ...], probe: Callable[[sql.Read], bool]) -> bool:
         """``BEGIN; EXECUTE`` (``SQL_PUT_RECORDED``) ``; COMMIT`` in one round trip; whether
         the fence held."""
@@ -1055,11 +1096,11 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
         for retry in (True, False):
             conn = link.run("commit", _connected, self._connection)
             cur = _client_cursor(conn)
-            prepare = self._prepared != link.generation
             try:
+                prefix = self._prepare(conn, PUT_NAME)
                 text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
-                cur.execute(f"{SQL_PREPARE_PUT}; {text}" if prepare else text)
-                self._prepared = link.generation
+                with self._preparing(PUT_NAME, prefix):
+                    cur.execute(prefix + text)
             except psycopg.Error as exc:
                 if conn.broken:  # the server may have committed: ask on a new connection
                     link.drop()
@@ -1073,14 +1114,10 @@ class PostgresStore(sql.SqlStore, dialect=POSTGRES):
                         continue
                     raise link.error(exc, "commit") from None
                 self._rollback(conn)
-                if prepare:  # PREPARE is not undone by a rollback: did it run?
-                    with contextlib.suppress(psycopg.Error):
-                        if conn.execute(SQL_IS_PREPARED, (PUT_NAME,)).fetchone()[0]:
-                            self._prepared = link.generation
                 if isinstance(exc, self.content_errors):
                     raise RejectedWrite(0, exc) from None
                 raise link.error(exc, "commit") from None
-            for _ in range(2 if prepare else 1):  # PREPARE's and BEGIN's results, the write's
+            for _ in range(2 if prefix else 1):  # PREPARE's and BEGIN's results, the write's
                 cur.nextset()
             return bool(cur.rowcount)
         raise AssertionError("unreachable")  # pragma: no cover
