@@ -55,7 +55,7 @@ SQL_TRY_CLAIMS = (
     "ORDER BY n"
 )
 # Every waiter also holds ANYONE_WAITS (two-int, shared) while it waits: "is anybody waiting
-# for anything?" is then one lock test (``SQL_WAITED``), not one per claim held.
+# for anything?" is then one lock test (``SQL_ANYONE_WAITS``), not one per claim held.
 _ANYONE = signed_hash("durajobs:anyone-waits")
 ANYONE_WAITS = ((_ANYONE >> 32) & 0x7FFFFFFF, _ANYONE & 0x7FFFFFFF)
 SQL_MARK_WAITING = (

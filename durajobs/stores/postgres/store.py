@@ -459,9 +459,10 @@ class Link:
     def post(self, statement: bytes, params: Sequence[bytes]) -> None:
         """Send ``statement`` (``$1``... parameters, as text) without waiting for its answer:
         the server runs it at once, and its answer is read (and dropped) before the
-        connection's next use. For statements whose outcome nobody waits for (releasing a
-        claim, a wake-up): the caller saves a round trip. Never raises; a connection that
-        fails is dropped (and a claim dies with its session anyway).
+        connection's next use. For statements whose outcome nobody waits for (a wake-up;
+        not a claim's release: ``release`` returns when the lock is free). Outside a
+        transaction only (else nothing is sent). Never raises; a connection that fails is
+        dropped.
         """
         conn = self._conn
         if conn is None or self._pid != os.getpid():
@@ -472,8 +473,6 @@ class Link:
         if not _usable(conn):
             return
         if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
-            with contextlib.suppress(self._psycopg.Error):  # (never inside a transaction)
-                conn.execute(statement, params)
             return
         pgconn = conn.pgconn
         try:
