@@ -6,11 +6,11 @@ For ``task.send`` (one client call: a new Task instance whose ``on_event`` sched
 - round trips the client waits for (``bench_postgres.round_trips``: libpq's trace);
 - CPU seconds of the client process (``time.process_time``) and of the server backend that
   serves it (``/proc/<backend pid>/stat``: the server must run on this machine);
-- WAL bytes (``pg_current_wal_lsn()`` before and after) and, for ``run_due``, transactions
-  (``pg_stat_database.xact_commit``);
+- WAL bytes (``pg_current_wal_lsn()`` before and after);
 - wall time, for the record only: on a shared machine the other figures are the stable ones.
 
-Then ``EXPLAIN (ANALYZE, BUFFERS)`` of one group write of 64 steps (``SQL_PUT_BATCH``, the
+Then the bytes per instance row (heap and indexes, ``sizes``), and ``EXPLAIN (ANALYZE,
+BUFFERS)`` of one group write of 64 steps (``SQL_PUT_BATCH``, the
 statement ``run_due`` commits a group of Task steps with), inside a transaction rolled back.
 
 Run: ``python benchmarks/capacity_postgres.py [--n 2000] [--url postgresql://...]``
@@ -46,13 +46,9 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _server(conn: Any) -> tuple[int, int]:
-    """(WAL position in bytes, committed transactions of this database)."""
-    lsn, commits = conn.execute(
-        "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, xact_commit FROM pg_stat_database "
-        "WHERE datname = current_database()"
-    ).fetchone()
-    return int(lsn), int(commits)
+def _wal(conn: Any) -> int:
+    """The WAL position in bytes."""
+    return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
 
 
 def costs(url: str, n: int, rounds: int) -> dict[str, Any]:
@@ -69,8 +65,7 @@ def costs(url: str, n: int, rounds: int) -> dict[str, Any]:
                 jobs.run_due()
                 backend = jobs.engine.store.link.connection().info.backend_pid  # type: ignore[attr-defined]
                 for phase in ("send", "run_due"):
-                    time.sleep(0.3)  # the stats collector's counters settle
-                    wal0, xact0 = _server(admin)
+                    wal0 = _wal(admin)
                     cpu0, server0, wall0 = time.process_time(), _cpu(backend), time.perf_counter()
                     if phase == "send":
                         for i in range(n):
@@ -81,12 +76,10 @@ def costs(url: str, n: int, rounds: int) -> dict[str, Any]:
                             done += jobs.run_due()
                     wall = time.perf_counter() - wall0
                     cpu, server = time.process_time() - cpu0, _cpu(backend) - server0
-                    time.sleep(0.6)
-                    wal1, xact1 = _server(admin)
+                    wal1 = _wal(admin)
                     for name, value in (
                         ("client_cpu_us", cpu / n * 1e6), ("server_cpu_us", server / n * 1e6),
                         ("wal_bytes", (wal1 - wal0) / n), ("wall_us", wall / n * 1e6),
-                        ("steps_per_commit", n / max(1, xact1 - xact0 - 1)),
                     ):  # fmt: skip
                         figures.setdefault(f"{phase}_{name}", []).append(value)
             bench.clean(url)
@@ -144,6 +137,26 @@ def explain_group_write(url: str, size: int = 64) -> str:
     return f"group write of {len(params[0])} steps:\n" + "\n".join(lines)
 
 
+def sizes(url: str, n: int = 5000) -> dict[str, float]:
+    """Bytes per instance row of ``instances`` (heap, indexes) after ``n`` new Task
+    instances with an alarm (a small state) and a VACUUM."""
+    import psycopg
+
+    with Jobs(url, bench.REGISTRY, wake=False) as jobs:
+        task = jobs.task("task")
+        later = bench.Due(time.time() + 3600)
+        for i in range(n):
+            task.send(f"s{i}", later)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE instances")
+        heap, indexes = conn.execute(
+            "SELECT pg_relation_size('instances')::float8 / count(*), "
+            "pg_indexes_size('instances')::float8 / count(*) FROM instances"
+        ).fetchone()
+    bench.clean(url)
+    return {"instance_heap_bytes": round(heap), "instance_index_bytes": round(indexes)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="steps per measurement (2000)")
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.create_database("capacity")
     try:
         Jobs(url, bench.REGISTRY).close()
-        print(json.dumps(costs(url, args.n, args.rounds), indent=2))
+        print(json.dumps({**costs(url, args.n, args.rounds), **sizes(url)}, indent=2))
         print(explain_group_write(url))
     finally:
         if server is not None:
