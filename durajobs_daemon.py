@@ -74,7 +74,6 @@ import argparse
 import contextlib
 import ctypes
 import errno
-import importlib
 import json
 import logging
 import math
@@ -92,6 +91,7 @@ from typing import Any, NoReturn
 import attrs
 
 from durajobs import Jobs, SystemClock
+from durajobs.apploader import AppError, load_app  # --app, as check and doctor load it
 from durajobs.core.decision import Decision
 from durajobs.core.definitions import Definition
 from durajobs.core.flow import prioritized
@@ -119,10 +119,6 @@ JOB_LOG_LEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": loggin
 EXIT_USAGE = 2
 
 # -- command line ------------------------------------------------------------------------------
-
-
-class AppError(Exception):
-    """``--app``/``--db`` cannot be used; the message is the one line shown to the user."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -226,42 +222,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
-
-
-def load_app(spec: str) -> Jobs:
-    """Import ``module:attribute`` (the attribute may be dotted) and check it is a ``Jobs``.
-
-    Raises:
-        AppError: the module or attribute is missing, the import failed, or it is not a Jobs.
-    """
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise AppError(
-            f"--app must look like module:attribute (e.g. myapp.jobs:jobs), got {spec!r}"
-        )
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            raise AppError(f"--app {spec}: no module named {exc.name!r}") from None
-        raise AppError(f"--app {spec}: importing {module_name!r} failed: {_one_line(exc)}") from exc
-    except Exception as exc:  # the app's import-time code may raise anything: report it
-        raise AppError(f"--app {spec}: importing {module_name!r} failed: {_one_line(exc)}") from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise AppError(
-                f"--app {spec}: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
-    if not isinstance(target, Jobs):
-        raise AppError(
-            f"--app {spec}: {attribute!r} is a {type(target).__name__}, not a durajobs.Jobs"
-        )
-    return target
 
 
 def open_jobs(app: Jobs, db: str | None) -> Jobs:
@@ -716,7 +676,7 @@ class Worker:
             return
         channel = self.channel.sock
         while True:
-            tracker.add([])
+            tracker.idle()  # add([]), and the name resolved again after a failed connection
             waiting, due = tracker.waiting_on(), tracker.due_in()
             if waiting is None and due is None:
                 return
@@ -933,21 +893,17 @@ class Daemon:
     def _log_orphans(self) -> None:
         """Log, once at start, each job that has instances in the database but is not defined
         by this app (removed or renamed in the code): nothing here runs them."""
+        from durajobs.admin import FAILING, orphaned_jobs
+        from durajobs.health import defined_jobs
+
         try:
             counts = self.store.instance_gauges()  # the metrics' one grouped, indexed read
         except StorageError as exc:
             log.warning("could not look for orphaned jobs: %s", exc)
             return
-        orphans: dict[tuple[str, str], int] = {}
-        for kind, job, status, count in counts:
-            if status == "failing":
-                continue  # also counted as running
-            known = self.jobs.registry.get(job)
-            if known is None or known.kind != kind:
-                orphans[(kind, job)] = orphans.get((kind, job), 0) + count
-        for (kind, job), count in sorted(orphans.items()):
-            if not count:
-                continue
+        # A failing instance is counted as running too.
+        counted = ((k, j, n) for k, j, status, n in counts if status != FAILING)
+        for (kind, job), count in orphaned_jobs(counted, defined_jobs(self.jobs)).items():
             log.warning(
                 "orphaned job %r (%s): %d instance%s in the database but the app defines no "
                 "such job, so they never run (restore the job, or terminate them with "

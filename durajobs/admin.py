@@ -25,7 +25,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,7 @@ __all__ = [
     "Stats",
     "error_summary",
     "is_failing",
+    "orphaned_jobs",
     "parse_instance_id",
     "relative",
     "short_duration",
@@ -143,6 +144,21 @@ def is_failing(kind: str, status: str, attempt: int, last_error: str | None) -> 
         kind == "continuous" and status == Status.RUNNING and attempt == 1
         and last_error is not None
     )  # fmt: skip
+
+
+def orphaned_jobs(
+    counts: Iterable[tuple[str, str, int]], defined: Mapping[str, str]
+) -> dict[tuple[str, str], int]:
+    """``(kind, job) -> instances`` of the *orphaned* jobs: those with instances in ``counts``
+    (``(kind, job, instances)`` rows, a job in any number of rows) that ``defined`` (job name
+    -> kind, the application's definitions: ``durajobs.health.defined_jobs(jobs)``) does not
+    have with that kind. No step of that application runs them. ``durajobs doctor --app``,
+    ``durajobs check`` and the daemon's start-up log all name them with this."""
+    orphans: dict[tuple[str, str], int] = {}
+    for kind, job, n in counts:
+        if defined.get(job) != kind:
+            orphans[(kind, job)] = orphans.get((kind, job), 0) + n
+    return {key: n for key, n in sorted(orphans.items()) if n}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -1030,16 +1046,6 @@ class Admin:
             after = f"{rows[0].kind}:{rows[0].job};"
         return sorted(found)
 
-    def orphaned_jobs(self, defined: Mapping[str, str]) -> list[tuple[str, str]]:
-        """``(kind, job)`` of the jobs that have instances but are not in ``defined`` (job name
-        -> kind, the application's definitions: ``durajobs.health.defined_jobs(jobs)``) with
-        that kind: no daemon of this application runs them. One short read a job (``jobs``).
-
-        Raises:
-            StorageError: the database cannot be read.
-        """
-        return [(kind, job) for kind, job in self.jobs() if defined.get(job) != kind]
-
     def doctor(
         self,
         *,
@@ -1082,7 +1088,10 @@ class Admin:
             # Cheap reads (indexes) unless orphans are asked for: then every job's counts.
             parked, failing = self.store.count_flagged()
             late, _ = self.store.count_due(self.now() - overdue_after)
-            orphans = {} if defined is None else self._orphans(self.gauges(), defined)
+            orphans = (
+                {} if defined is None
+                else orphaned_jobs(((k, j, n) for k, j, _, n in self.gauges().counts), defined)
+            )  # fmt: skip
             overdue = self._overdue(overdue_after, limit)
         except StorageError as exc:
             checks.append(Check("store", "fail", str(exc)))
@@ -1099,14 +1108,6 @@ class Admin:
         except StorageError as exc:
             return Check("store", "fail", str(exc))
         return Check("store", "ok", f"reachable, schema version {version}")
-
-    def _orphans(self, gauges: Gauges, defined: Mapping[str, str]) -> dict[tuple[str, str], int]:
-        """``(kind, job) -> instances`` of the jobs ``defined`` does not have."""
-        orphans: dict[tuple[str, str], int] = {}
-        for kind, job, _, n in gauges.counts:
-            if defined.get(job) != kind:
-                orphans[(kind, job)] = orphans.get((kind, job), 0) + n
-        return {key: n for key, n in orphans.items() if n}
 
     def _overdue(self, overdue_after: float, limit: int) -> list[Overdue]:
         now = self.now()

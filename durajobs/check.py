@@ -1,11 +1,20 @@
 """``durajobs check``: would this code read every stored state and queued event? (before a deploy)
 
 ``durajobs check --app myapp.jobs:jobs [--db LOCATION] [--json]`` imports the application (as
-the daemon does, with the daemon's own ``load_app``), then reads every stored state and every
+the daemon does: ``durajobs.apploader.load_app``), then reads every stored state and every
 queued Debounce event of the database against the application's *current* definitions, the
 way a step would (``codec.upgrade`` runs the ``migrate`` chain from the stored version, then the
 result is decoded), and writes nothing: migrations run on copies, the store is opened
 read-only, all from one consistent snapshot (``CopyStore.export``).
+
+Writing nothing includes the import: the application's module makes its ``Jobs`` at import,
+and a ``Jobs`` opens (creates, migrates) its database when it is made. ``check`` imports it
+under ``durajobs.jobs.definitions_only()``, where ``Jobs(...)`` keeps its definitions and
+opens nothing, so a check run with the new code before a deploy leaves the database the old
+daemons serve at its schema (a missing SQLite file stays missing). The database is read at
+its own schema when that is older than this code's but still readable
+(``stores.sql.READABLE_SCHEMA``; the report names the schema it read); an older one is
+exit 4, as for the other commands.
 
 Per job it counts the objects that read as they are, those that need a migration (and pass it),
 and those that fail, with the first few instance ids and reasons; it lists the instances (and
@@ -97,6 +106,7 @@ class CheckReport:
     """What ``check_database`` found; ``ok`` when nothing would fail to read."""
 
     location: str
+    schema: int  # the schema version of the database read
     jobs: list[JobCheck]
     orphans: list[Orphan]
 
@@ -112,6 +122,7 @@ class CheckReport:
         return {
             "ok": self.ok,
             "location": self.location,
+            "schema": self.schema,
             "failed": self.failed,
             "jobs": [j.to_dict() for j in self.jobs],
             "orphans": [o.to_dict() for o in self.orphans],
@@ -141,23 +152,27 @@ class CheckReport:
                 f"{orphan.instances} instances, {orphan.events} queued events (no step of this "
                 "code runs them; `durajobs terminate` ends them)"
             )
+        where = f"{self.location}, schema version {self.schema}"
         yield (
-            f"ok: every stored state and queued event reads ({self.location})"
+            f"ok: every stored state and queued event reads ({where})"
             if self.ok
             else f"FAILED: {self.failed} stored objects cannot be read by this code "
-            f"({self.location}); give the job a new version= with a migrate= step"
+            f"({where}); give the job a new version= with a migrate= step"
         )
 
 
 def check_database(registry: Mapping[str, Definition], location: str) -> CheckReport:
     """Read every stored state and queued event at ``location`` against ``registry``.
 
-    Nothing is written: the store is opened read-only, migrations run on copies.
+    Nothing is written: the store is opened read-only (a schema older than this code's but
+    still readable is read as it is: ``CheckReport.schema``), migrations run on copies.
 
     Raises:
-        StorageError: the database cannot be read (or is of another schema version).
+        StorageError: the database cannot be read, or its schema is newer than this code's or
+            too old for its reads.
         TypeError: a state or event type of the registry cannot be stored.
     """
+    from .admin import orphaned_jobs
     from .core.codec import upgrade
     from .core.rows import Instance
     from .engine import check_types  # the codecs Jobs() builds
@@ -168,19 +183,17 @@ def check_database(registry: Mapping[str, Definition], location: str) -> CheckRe
         name: JobCheck(name, job.kind, job.version)
         for name, job in sorted(registry.items())
     }  # fmt: skip
-    orphans: dict[tuple[str, str], Orphan] = {}
+    stored_instances: dict[tuple[str, str], int] = {}  # (kind, job) -> instances, every job
+    stored_events: dict[tuple[str, str], int] = {}
 
     def read(
         name: str, kind: str, instance_id: str, text: str | None, stored: int, event: bool
     ) -> None:
+        tally = stored_events if event else stored_instances
+        tally[(kind, name)] = tally.get((kind, name), 0) + 1
         job = registry.get(name)
         if job is None or job.kind != kind:
-            orphan = orphans.setdefault((kind, name), Orphan(name, kind))
-            if event:
-                orphan.events += 1
-            else:
-                orphan.instances += 1
-            return
+            return  # an orphaned job's: no step of this code reads it
         check = checks[name]
         counts = check.events if event else check.states
         if text is not None:
@@ -208,6 +221,7 @@ def check_database(registry: Mapping[str, Definition], location: str) -> CheckRe
 
     store = open_store(location, readonly=True)
     try:
+        schema = store.schema_version()
         batches = store.export(batch_size=2000)
         try:
             for batch in batches:
@@ -227,7 +241,13 @@ def check_database(registry: Mapping[str, Definition], location: str) -> CheckRe
             batches.close()
     finally:
         store.close()
-    return CheckReport(display_location(location), list(checks.values()), list(orphans.values()))
+    defined = {name: job.kind for name, job in registry.items()}
+    orphans = orphaned_jobs(((k, j, n) for (k, j), n in stored_instances.items()), defined)
+    return CheckReport(
+        display_location(location), schema, list(checks.values()),
+        [Orphan(job, kind, n, stored_events.get((kind, job), 0))
+         for (kind, job), n in orphans.items()],
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -266,11 +286,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(ctx: typer.Context, app_spec: str, db: str | None) -> CheckReport:
-    """Load the application, pick the location, check it; errors become one line and a code."""
-    from durajobs_daemon import AppError, load_app  # the daemon's --app, not a copy of it
+    """Load the application (its ``Jobs`` opening nothing), pick the location, check it;
+    errors become one line and a code."""
+    from .apploader import AppError, load_app
 
     try:
-        application = load_app(app_spec)
+        application = load_app(app_spec, definitions_only=True)
     except AppError as exc:
         _fail(str(exc), EXIT_USAGE)
     try:
@@ -284,8 +305,6 @@ def _run(ctx: typer.Context, app_spec: str, db: str | None) -> CheckReport:
         _fail(str(exc), EXIT_STORAGE)
     except DurajobsError as exc:
         _fail(str(exc), EXIT_FAILED)
-    finally:
-        application.close()
 
 
 def _fail(message: str, code: int) -> NoReturn:

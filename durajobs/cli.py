@@ -599,9 +599,13 @@ def doctor(
     """Check the database: the store, alarms stuck overdue, daemons, parked, failing and
     orphaned instances. Exit 0 healthy, 1 warnings, 2 failures."""
     from .admin import Admin
-    from .health import load_definitions, report
+    from .health import defined_jobs, report
 
-    defined = load_definitions(app_spec) if app_spec else None
+    defined = None
+    if app_spec:
+        from .apploader import load_app
+
+        defined = defined_jobs(load_app(app_spec, definitions_only=True))
     location = _db(ctx)
     opened: list[Admin] = []
 

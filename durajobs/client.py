@@ -420,6 +420,10 @@ class ContinuousClient(_Client[Continuous], Generic[S]):
 
         Raises:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
+            ValidationError: the stored state cannot be read by this code (it no longer
+                fits the state type, was written by a newer version, or a migration failed);
+                nothing runs and nothing is written (the daemon's alarm step parks such an
+                instance instead).
             StorageError: the database failed.
         """
         decision = self._step(user_id, steps.Trigger())
@@ -724,6 +728,10 @@ class TaskClient(_Client[Task], Generic[E, S]):
 
         Raises:
             InstanceBusyError: another step held the instance past ``wait_timeout``.
+            ValidationError: the stored state cannot be read by this code (it no longer
+                fits the state type, was written by a newer version, or a migration failed);
+                nothing runs and nothing is written (the daemon's alarm step parks such an
+                instance instead).
             StorageError: the database failed.
         """
         decision = self._step(user_id, steps.Trigger())

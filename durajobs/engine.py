@@ -54,10 +54,12 @@ RecordHook = Callable[[list[dict[str, Any]]], None]
 DoneHook = Callable[[list[tuple[Write, Decision]]], None]
 # (instance id, timeout, step, due_at): before a due step's handlers
 StepHook = Callable[[str, float | None, int, float | None], None]
-# Around every step's handlers (the pure step): ``watch(env, row)`` is entered before them and
-# left after them; what it enters returns ``seen(decision) -> decision`` (``durajobs.tracing``).
+# Around every step (its read, its handlers): ``watch(env, row)`` is entered before and left
+# after; what it enters returns ``seen(decision) -> decision`` (``durajobs.tracing``). ``None``
+# from ``watch``: nothing to watch for this step (no span).
 StepWatch = Callable[
-    [Env, Instance | None], contextlib.AbstractContextManager[Callable[[Decision], Decision]]
+    [Env, Instance | None],
+    contextlib.AbstractContextManager[Callable[[Decision], Decision]] | None,
 ]
 
 
@@ -247,9 +249,10 @@ class Engine:
                 an alarm's step (``contain``) parks such an instance instead.
         """
         watch = self.hooks.watch
-        if watch is None:
+        watching = None if watch is None else watch(env, inst)
+        if watching is None:
             return self._decided(job, inst, msg, env, key, label, contain, None)
-        with watch(env, inst) as seen:  # the span covers the read, the handlers, a park
+        with watching as seen:  # the span covers the read, the handlers, a park
             return self._decided(job, inst, msg, env, key, label, contain, seen)
 
     def _decided(

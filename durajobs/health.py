@@ -15,25 +15,25 @@ failed ``store`` check, not an exception.
   200 for ok and degraded, 503 for failing. It skips the integrity check (SQLite's reads the
   whole file); ``durajobs doctor`` runs it. Every other check is a few index reads (parked and
   failing counts: ``InspectStore.count_flagged``; overdue alarms: the due index); only
-  ``doctor --app`` reads every job's counts, to name orphaned jobs with their size.
+  ``doctor --app`` reads every job's counts, to name orphaned jobs with their size
+  (``admin.orphaned_jobs``). It loads the application as ``durajobs check`` does
+  (``durajobs.apploader.load_app(definitions_only=True)``): the application's own ``Jobs``
+  opens nothing, so a doctor run never creates or migrates the database.
 - ``durajobs doctor`` exits 0, 1 or 2 (``DoctorReport.exit_code``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .errors import StorageError, ValidationError
+from .errors import StorageError
 
 if TYPE_CHECKING:
     from .admin import Admin, DoctorReport
 
-__all__ = ["defined_jobs", "healthz", "load_definitions", "report"]
+__all__ = ["defined_jobs", "healthz", "report"]
 
 
 def report(
@@ -90,33 +90,3 @@ def defined_jobs(jobs: object) -> dict[str, str]:
             raise TypeError(f"expected a mapping of job name -> definition, got {name!r}: {job!r}")
         found[name] = kind
     return found
-
-
-def load_definitions(spec: str) -> dict[str, str]:
-    """Job name -> kind of the application ``MODULE:ATTR`` names (a ``Jobs``, or a mapping of
-    definitions; the attribute may be dotted), imported from the current directory too.
-
-    Raises:
-        ValidationError: not ``MODULE:ATTR``, the import failed (naming why), the attribute is
-            missing, or it is not a ``Jobs`` or a registry.
-    """
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ValidationError(
-            f"--app must look like MODULE:ATTR (e.g. myapp.jobs:jobs), got {spec!r}"
-        )
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: object = importlib.import_module(module_name)
-    except Exception as exc:  # the application's import-time code may raise anything
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ValidationError(f"--app {spec}: importing {module_name!r} failed: {reason}") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ValidationError(f"--app {spec}: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    try:
-        return defined_jobs(target)
-    except TypeError as exc:
-        raise ValidationError(f"--app {spec}: {exc}") from None

@@ -1,14 +1,24 @@
-"""``Jobs``: a registry of job definitions bound to one database file."""
+"""``Jobs``: a registry of job definitions bound to one database file.
+
+A ``Jobs`` opens its database when it is made (a bad location fails at once, the schema is
+migrated by the first writer of a new version). One exception: under ``definitions_only()``
+(``durajobs check`` and ``durajobs doctor --app`` import the application under it, through
+``durajobs.apploader``), ``Jobs(...)`` checks its arguments and keeps its registry but opens,
+creates and migrates nothing: importing an application to learn its definitions must not
+migrate the database its old daemons still serve. Such a ``Jobs`` refuses every use that
+needs the database (``InvalidStateError``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -40,11 +50,30 @@ from .stores import (
 from .tracing import step_watch
 from .tracker import Tracker
 
-__all__ = ["Jobs"]
+__all__ = ["Jobs", "definitions_only"]
 
 log = logging.getLogger("durajobs")
 
 PRUNE_EVERY = 600.0  # seconds of wall time between history/key pruning passes
+
+_DEFINITIONS_ONLY = contextvars.ContextVar("durajobs_definitions_only", default=False)
+
+
+@contextlib.contextmanager
+def definitions_only() -> Iterator[None]:
+    """While the block runs (in this thread), ``Jobs(...)`` opens nothing.
+
+    It checks its arguments and keeps its registry, location and clock as usual, but opens no
+    store, creates no file and migrates nothing; every use that needs the database (clients,
+    ``engine``, ``run_due``, ``next_alarm``, ``retry``, ``with_path``) raises
+    ``InvalidStateError``. For tools that import an application only to read its definitions
+    (``durajobs check``, ``durajobs doctor --app``, through ``durajobs.apploader``).
+    """
+    token = _DEFINITIONS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _DEFINITIONS_ONLY.reset(token)
 
 
 class Jobs:
@@ -92,7 +121,7 @@ class Jobs:
     call: the child never uses the parent's connection, claim handle or wake socket (it opens
     its own on first use). Steps of one instance stay serialized across threads, processes and
     daemons. Checks happen before anything is opened: a ``Jobs()`` that raises leaves no file
-    behind.
+    behind. Under ``definitions_only()`` it opens nothing at all (see the module's text).
     """
 
     def __init__(
@@ -153,6 +182,10 @@ class Jobs:
         # and closed when the thread ends (``durajobs.perthread``: no thread of ours watches).
         self._engines = PerThread(self._open_engine, _close_engine)
         self._clients: dict[tuple[str, str], Any] = {}
+        self._definitions_only = _DEFINITIONS_ONLY.get()
+        if self._definitions_only:
+            self._closed = False  # open, for its definitions only: nothing to open or close
+            return
         files = created_files(self.location)
         existed = {p for p in files if os.path.lexists(p)}
         self._closed = False
@@ -195,12 +228,21 @@ class Jobs:
         closed when the thread ends).
 
         Raises:
-            InvalidStateError: this ``Jobs`` is closed.
+            InvalidStateError: this ``Jobs`` is closed, or was made under
+                ``definitions_only()``.
             StorageError: the database cannot be opened.
         """
+        if self._definitions_only:
+            raise self._refused()
         if self._closed:
             raise InvalidStateError(f"{self.path}: this Jobs is closed")
         return self._engines.get()
+
+    def _refused(self) -> InvalidStateError:
+        return InvalidStateError(
+            f"{self.path}: this Jobs was made under durajobs.jobs.definitions_only() (to read "
+            "its definitions, e.g. by durajobs check): it opens no database"
+        )
 
     def _forked(self) -> None:
         """In a child process right after ``fork()``: forget the parent's handles.
@@ -226,8 +268,11 @@ class Jobs:
         tracker, if any, is shared: close only one of the two objects' trackers.
 
         Raises:
+            InvalidStateError: this ``Jobs`` was made under ``definitions_only()``.
             StorageError: the file cannot be opened.
         """
+        if self._definitions_only:
+            raise self._refused()
         options = {**self._options, **overrides}
         return Jobs(path, self.registry, **options)
 

@@ -318,8 +318,9 @@ def metrics_app(location: str, metrics: Metrics | None = None) -> MetricsApp:
 
 def make_server(host: str, port: int, app: MetricsApp) -> WSGIServer:
     """A wsgiref server of ``app`` on ``host:port`` that logs nothing (``port`` 0: any free
-    one, see ``server.server_port``). Serve with ``serve_forever()`` or, from a selector loop,
-    ``handle_request()`` when ``fileno()`` is readable.
+    one, see ``server.server_port``). Serve with ``serve_forever()`` (a thread), or from a
+    selector loop with ``SelectorServer(server)`` (``handle_request()`` there would wait on a
+    slow client).
 
     Raises:
         OSError: the address cannot be bound.
@@ -360,11 +361,15 @@ class SelectorServer:
     most until ``next_deadline``.
 
     Args:
-        server: a bound server (``make_server``); its socket is made non-blocking.
+        server: a bound server with its app (``make_server``); its socket is made
+            non-blocking.
         timeout: seconds a connection gets in all, from its accept to its answer's last byte.
         max_connections: connections open at once; the others wait in the kernel's backlog.
         max_head: bytes a request head may have.
         log: where each connection's error goes, as one line (``event="metrics"``).
+
+    Raises:
+        ValueError: ``server`` has no application.
     """
 
     def __init__(
@@ -382,6 +387,20 @@ class SelectorServer:
         self._accepting = False
         self._resume_at: float | None = None  # accept() failed (EMFILE...): try again then
         self._connections: dict[socket.socket, _Connection] = {}
+        self._app_error: str | None = None  # what the app raised in the request being answered
+        app = server.get_app()
+        if app is None:
+            raise ValueError("the server has no WSGI application")
+
+        def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            try:
+                answer: Iterable[bytes] = app(environ, start_response)
+            except Exception as exc:  # wsgiref answers 500 (and writes a traceback we drop)
+                self._app_error = f"{type(exc).__name__}: {exc}"
+                raise
+            return answer
+
+        server.set_app(guarded)
 
     @property
     def open_connections(self) -> int:
@@ -480,11 +499,16 @@ class SelectorServer:
 
     def _answer(self, conn: _Connection, head: bytes) -> None:
         assert self._selector is not None
+        self._app_error = None
         try:  # the app's own errors are caught by wsgiref (a 500): these would be ours
             request = _BufferedRequest(head, conn.sock, conn.address, self.server)
         except Exception as exc:
             self._drop(conn, f"answering failed: {type(exc).__name__}: {exc}")
             return
+        if self._app_error is not None:
+            self._note(conn, f"the app failed: {self._app_error} (answered 500)")
+        elif request.traceback:  # the app's answer failed later (its iterable...)
+            self._note(conn, "the app failed: " + request.traceback.splitlines()[-1])
         for problem in request.problems:
             self._note(conn, problem)
         conn.out = memoryview(request.out.getvalue())
@@ -509,14 +533,16 @@ class SelectorServer:
         return writable
 
     def _note(self, conn: _Connection, message: str) -> None:
-        self.log.warning("metrics: connection from %s: %s", conn.peer, message,
+        """One log line (an error's own line breaks become spaces)."""
+        self.log.warning("metrics: connection from %s: %s", conn.peer, " ".join(message.split()),
                          extra={"event": "metrics"})  # fmt: skip
 
     def _drop(self, conn: _Connection, error: str | None) -> None:
         """Close ``conn``; ``error``: why, logged as one line."""
+        if self._connections.pop(conn.sock, None) is None:
+            return  # closed already
         if error is not None:
             self._note(conn, error + "; closed")
-        self._connections.pop(conn.sock, None)
         if self._selector is not None:
             self._selector.unregister(conn.sock)
         conn.sock.close()
@@ -527,7 +553,7 @@ class SelectorServer:
 class _BufferedRequest(WSGIRequestHandler):
     """wsgiref's handler on a head already read, answering into a buffer: nothing here touches
     the socket (``SelectorServer`` reads and writes it from its loop). ``problems``: a bad
-    request's (a 4xx was answered) or the app's traceback's last line (a 500 was answered)."""
+    request's (a 4xx was answered); ``traceback``: what wsgiref wrote of an app's failure."""
 
     def __init__(self, head: bytes, sock: socket.socket, address: Any, server: WSGIServer) -> None:
         self.head = head
@@ -535,8 +561,7 @@ class _BufferedRequest(WSGIRequestHandler):
         self.errors = io.StringIO()  # wsgiref writes an app's traceback here
         self.problems: list[str] = []
         super().__init__(sock, address, server)
-        if text := self.errors.getvalue().strip():
-            self.problems.append("the app failed: " + text.splitlines()[-1])
+        self.traceback = self.errors.getvalue().strip()
 
     def setup(self) -> None:
         self.connection = self.request

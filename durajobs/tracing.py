@@ -22,8 +22,8 @@ When it is on (``Jobs(tracing=...)``):
 
 * ``None`` (default): when ``opentelemetry-api`` is importable, and then only once the
   application has set a global provider. Until then each step costs one read of the API's
-  global (``opentelemetry.trace._TRACER_PROVIDER``; the public getter where it is missing);
-  without the package the engine has no watch at all (nothing per step).
+  global (``opentelemetry.trace._TRACER_PROVIDER``; the public getter where it is missing)
+  and makes no span; without the package the engine has no watch at all (nothing per step).
 * ``True``: always with the global provider (spans are dropped by OpenTelemetry's no-op
   provider until one is set); ``opentelemetry-api`` must be installed.
 * a ``TracerProvider``: spans go to that provider.
@@ -121,23 +121,16 @@ class _Automatic:
 
     def watch(
         self, env: Env, inst: Instance | None
-    ) -> contextlib.AbstractContextManager[Callable[[Decision], Decision]]:
+    ) -> contextlib.AbstractContextManager[Callable[[Decision], Decision]] | None:
         spans = self._spans
         if spans is None:
             # Until the app sets a provider: one read of the API's global a step. Its getter
             # (``get_tracer_provider``) reads the environment on every call (~1 us a step).
             if getattr(self._trace, "_TRACER_PROVIDER", self) is None:
-                return _NO_SPAN
+                return None
             provider = self._trace.get_tracer_provider()
             if isinstance(provider, self._proxy):
-                return _NO_SPAN  # no provider set (yet): no span
+                return None  # no provider set (yet): no span
             # Set once for the process (OpenTelemetry refuses a second one).
             spans = self._spans = _Spans(self._trace, provider.get_tracer(TRACER_NAME))
         return spans.watch(env, inst)
-
-
-def _unchanged(decision: Decision) -> Decision:
-    return decision
-
-
-_NO_SPAN = contextlib.nullcontext(_unchanged)

@@ -28,9 +28,16 @@ many ``add`` calls (steps) as it takes. So:
   time holds the queue and the request, under a lock that ``add`` never waits for -- a thread
   that finds it taken leaves its records for the holder or the next call. ``flush`` waits
   for it.
-* The one blocking call is name resolution (``getaddrinfo``), made for the first request and
-  again only after a failed connection, once per backoff period: prefer an endpoint whose host
-  resolves reliably, or an IP address. Proxies (``*_proxy`` variables) are not used.
+* ``add`` makes no blocking call at all. The two that could take time are made where waiting
+  is allowed: the TLS context (its certificates read from disk, tens of ms) and the name
+  resolution (``getaddrinfo``, which blocks on DNS) in ``__init__`` (constructing is not a
+  step); a name resolved again -- after a failed connection, or when it could not be resolved
+  at construction -- only in :meth:`flush`, :meth:`close` and :meth:`idle` (the daemon's idle
+  workers call it), never in ``add``. Meanwhile ``add`` tries the other addresses the name had
+  (or, with none, counts the attempt as a transient failure and backs off). An application
+  that only calls ``add`` (no daemon) keeps the addresses of its start until ``close``: prefer
+  an endpoint whose addresses do not change, or an IP address. Proxies (``*_proxy``
+  variables) are not used.
 
 A process that stops stepping leaves its request where it was: :meth:`flush` (and
 :meth:`close`, which ``Jobs.close`` calls) finish it and drain the queue, waiting on the
@@ -302,11 +309,13 @@ class Tracker:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._tls = parts.scheme == "https"
-        self._tls_context: ssl.SSLContext | None = None
+        # Made here, not in a step: reading the CA certificates takes tens of milliseconds.
+        self._tls_context = ssl.create_default_context() if self._tls else None
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host if parts.port is None else f"{host}:{parts.port}"
-        self._addresses: list[tuple[int, tuple[Any, ...]]] = []  # resolved once, see notes
+        self._addresses: list[tuple[int, tuple[Any, ...]]] = []  # see the notes
+        self._resolve_again = True  # resolve the name where waiting is allowed (not in add)
 
         # Records, already encoded as JSON: received by ``add`` (from any thread), then queued
         # by the thread that holds the lock (it alone touches the queue and the request).
@@ -320,6 +329,7 @@ class Tracker:
         self._failure_streak = 0  # consecutive transient failures
         self._overflow_warned = False
         self._warned_statuses: set[int] = set()
+        self._resolve()  # constructing is not a step: the one place it blocks unasked
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -391,6 +401,8 @@ class Tracker:
     def _flush(self, now: float | None, force: bool) -> bool:
         if self._exchange is not None and not self._wait(now):
             return False
+        if self._buffer and self._resolve_again:
+            self._resolve()
         if not self._buffer:
             return True
         if not force and (self._clock() if now is None else now) < self._retry_at:
@@ -415,6 +427,20 @@ class Tracker:
                 self.pending,
                 self._endpoint_for_logs,
             )
+
+    def idle(self, now: float | None = None) -> None:
+        """``add([])`` for a loop with nothing else to do (the daemon's idle worker), where
+        waiting is allowed: first resolve the collector's name again if a connection failed
+        since it was resolved (``getaddrinfo`` may block on DNS).
+
+        Raises:
+            Nothing: telemetry never fails a step; problems are counted and logged.
+        """
+        if self._resolve_again and (self._buffer or self._incoming):
+            with self._lock:
+                if self._exchange is None:  # a request in flight keeps its address
+                    self._resolve()
+        self.add([], now)
 
     def waiting_on(self) -> tuple[socket.socket, bool] | None:
         """The socket of the request in flight and whether it waits to be writable (else
@@ -487,19 +513,41 @@ class Tracker:
         count = min(self._batch_size, len(self._buffer))
         self._in_flight = [self._buffer.popleft() for _ in range(count)]
         self._last_attempt_at = at
+        if not self._addresses:  # no resolver call here: see _resolve
+            reason = f"{self._host!r} is not resolved yet (resolved again in flush/close/idle)"
+            self._finish(_Outcome("transient", reason=reason), at)
+            return
+        family, address = self._addresses[0]
         try:
-            if not self._addresses:
-                infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
-                self._addresses = [(info[0], info[4]) for info in infos]
-            family, address = self._addresses[0]
-            if self._tls and self._tls_context is None:
-                self._tls_context = ssl.create_default_context()
             self._exchange = _Exchange(
                 address, family, self._request(), self._tls_context, self._host
             )
-        except Exception as error:  # name resolution, socket creation: see _advance
-            self._addresses = self._addresses[1:]  # the next attempt tries the next address
+        except Exception as error:  # socket creation, an immediate refusal: see _advance
+            self._next_address()
             self._finish(_Outcome("transient", reason=_describe(error)), at)
+
+    def _resolve(self) -> None:
+        """Resolve the collector's name (``getaddrinfo``: it may block on DNS) -- only where
+        waiting is allowed: ``__init__``, ``flush``/``close``, ``idle``. On failure the
+        addresses known so far are kept and it is tried again at the next of those."""
+        try:
+            infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        except Exception as error:  # socket.gaierror, UnicodeError...: never raised from here
+            self._resolve_again = True
+            logger.warning(
+                "tracker: cannot resolve %r (%s); trying again at the next flush",
+                self._host,
+                _describe(error),
+            )
+            return
+        self._addresses = [(info[0], info[4]) for info in infos]
+        self._resolve_again = False
+
+    def _next_address(self) -> None:
+        """A connection failed: the next attempt tries the name's next address, and the
+        name is resolved again where waiting is allowed."""
+        self._addresses = self._addresses[1:] + self._addresses[:1]
+        self._resolve_again = True
 
     def _request(self) -> bytes:
         body = self._envelope(self._in_flight)
@@ -526,7 +574,7 @@ class Tracker:
             # a step. Every such failure is transient: the records are kept, the backoff
             # limits the cost of retrying.
             if exchange.phase == "connect":
-                self._addresses = []  # resolve again at the next attempt
+                self._next_address()  # and resolve again where waiting is allowed
             outcome = _Outcome("transient", reason=_describe(error))
         if outcome is None and time.monotonic() - exchange.started >= self._timeout:
             outcome = _Outcome("transient", reason=f"no answer within {self._timeout:g} s")

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import apsw
 import attrs
 import pytest
 
 from durajobs import Continuous, Debounce, Jobs, every
+from durajobs.errors import InvalidStateError
+from durajobs.jobs import definitions_only
+from durajobs.stores import open_store
 
 pytestmark = pytest.mark.both_stores
 
@@ -195,7 +199,8 @@ def test_check_refuses_a_bad_app_in_one_line(old_database: str, tmp_path: Path) 
 
 def test_check_reads_the_database_given_by_db(old_database: str, tmp_path: Path) -> None:
     """``check --db`` (or ``durajobs --db``) names the database; the app's own is elsewhere."""
-    own = str(tmp_path / "own.db")  # where the app's Jobs opens: empty
+    own = str(tmp_path / "own.db")  # where the app's Jobs is made: empty
+    open_store(own).close()  # a SQLite file in both runs (check's import creates nothing)
     code, _, _ = check(tmp_path, own, "--json")
     assert code == 0
     for args in (("--db", old_database), ()):
@@ -208,3 +213,196 @@ def test_check_reads_the_database_given_by_db(old_database: str, tmp_path: Path)
         )  # fmt: skip
         assert proc.returncode == 1, proc.stderr
         assert json.loads(proc.stdout)["failed"] == 4
+
+
+# -- the import writes nothing: the app's own Jobs(...) neither opens nor migrates -------------
+
+# An application whose import makes its Jobs, as applications do: one on the database the old
+# deploy wrote (CHECK_DB), one on a location that holds nothing yet (CHECK_FRESH).
+APP_AT_IMPORT = """
+import os
+
+import attrs
+
+from durajobs import Continuous, Debounce, Jobs, every
+
+
+@attrs.define
+class Counted:
+    count: int = 0
+
+
+@attrs.define
+class Click:
+    page: str
+
+
+def noop(ctx):
+    pass
+
+
+REGISTRY = {
+    "tally": Continuous(state=Counted, schedule=every("1 hour"), execute=noop,
+                        start_immediately=False),
+    "clicks": Debounce(event=Click, execute=noop, flush_after="1 hour"),
+}
+jobs = Jobs(os.environ["CHECK_DB"], REGISTRY)
+fresh = Jobs(os.environ["CHECK_FRESH"], REGISTRY)
+"""
+SCHEMA_5_INDEXES = ("instances_status", "instances_erred")
+
+
+def downgrade(location: str, schema: int, request: pytest.FixtureRequest) -> None:
+    """Make a database of this code what an older durajobs wrote: schema 4 had no
+    ``instances_status``/``instances_erred`` indexes, schema 3 no version columns either."""
+    statements = [f"DROP INDEX {name}" for name in SCHEMA_5_INDEXES]
+    if schema == 3:
+        statements += [f"ALTER TABLE {t} DROP COLUMN version" for t in ("instances", "inbox")]
+    if "://" not in location:
+        conn = apsw.Connection(location)
+        for statement in [*statements, f"PRAGMA user_version={schema}"]:
+            conn.execute(statement)
+        conn.close()
+        return
+    server, name = request.getfixturevalue("pg_server"), urlsplit(location).path.lstrip("/")
+    for statement in statements:
+        server.admin_execute(statement, name)
+    server.admin_execute(f"DELETE FROM durajobs_schema WHERE version > {schema}", name)
+
+
+def schema_of(location: str, request: pytest.FixtureRequest) -> tuple[int, list[str]]:
+    """The database's schema version and the names of its schema-5 indexes present."""
+    if "://" not in location:
+        conn = apsw.Connection(location, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+        finally:
+            conn.close()
+    else:
+        server, name = request.getfixturevalue("pg_server"), urlsplit(location).path.lstrip("/")
+        version = server.admin_query("SELECT max(version) FROM durajobs_schema", name)[0][0]
+        names = [r[0] for r in server.admin_query("SELECT indexname FROM pg_indexes", name)]
+    return int(version), sorted(n for n in names if n in SCHEMA_5_INDEXES)
+
+
+def nothing_at(location: str, request: pytest.FixtureRequest) -> bool:
+    """No file (nor -wal, -shm, claims file) at a SQLite path; no table in a PostgreSQL
+    database."""
+    if "://" not in location:
+        folder, name = os.path.split(location)
+        return not [f for f in os.listdir(folder) if f.startswith(name)]
+    server, name = request.getfixturevalue("pg_server"), urlsplit(location).path.lstrip("/")
+    query = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    return server.admin_query(query, name) == [(0,)]
+
+
+@pytest.fixture
+def fresh_location(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A location that holds nothing yet: a missing file, or an empty PostgreSQL database."""
+    if store_kind == "sqlite":
+        yield str(tmp_path / "fresh" / "missing.db")
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.create_database("fresh")
+    yield url
+    server.drop_database(url)
+
+
+def durajobs(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """The ``durajobs`` console script with the app module ``at_import`` importable."""
+    (tmp_path / "at_import.py").write_text(APP_AT_IMPORT)
+    full = {k: v for k, v in os.environ.items() if k != "DURAJOBS_DB"}
+    full.update(env, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, env=full, timeout=120,
+        check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_check_and_doctor_import_the_app_without_opening_or_migrating_its_database(
+    old_database: str, fresh_location: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Run before a deploy, with the new code, while the old daemons serve the database: the
+    app's import makes ``Jobs`` on an older schema and on a location holding nothing; neither
+    is opened, migrated or created. ``check`` reads the older schema as it is (and says so)."""
+    (tmp_path / "fresh").mkdir()
+    downgrade(old_database, 4, request)
+    assert schema_of(old_database, request) == (4, [])
+    env = {"CHECK_DB": old_database, "CHECK_FRESH": fresh_location}
+
+    code, out, err = durajobs(tmp_path, env, "check", "--app", "at_import:jobs", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["ok"], report["schema"], report["failed"]) == (True, 4, 0)
+    assert {j["job"]: j["states"]["as_is"] for j in report["jobs"]} == {"clicks": 1, "tally": 2}
+    assert report["orphans"] == [
+        {"job": "retired", "kind": "continuous", "instances": 1, "events": 0}
+    ]
+    code, out, _ = durajobs(tmp_path, env, "check", "--app", "at_import:jobs")
+    assert out.strip().splitlines()[-1].endswith("schema version 4)")
+
+    # The app's other Jobs is on the location that holds nothing: checked, it is refused
+    # (not a database yet), and the import made nothing there either.
+    code, _, err = durajobs(tmp_path, env, "check", "--app", "at_import:fresh")
+    assert code == 4, err
+    found = {}
+    for where in (old_database, fresh_location):
+        code, out, err = durajobs(
+            tmp_path, env, "--db", where, "doctor", "--app", "at_import:jobs", "--json"
+        )
+        assert code == 2, (out, err)  # schema 4 is not this code's; nothing there: failing
+        found[where] = {c["name"]: (c["level"], c["detail"]) for c in json.loads(out)["checks"]}
+    assert found[old_database]["schema"] == ("fail", "schema version 4 (this durajobs: 5)")
+    assert found[fresh_location]["store"][0] == "fail"
+
+    assert schema_of(old_database, request) == (4, [])  # as the old deploy left it
+    assert nothing_at(fresh_location, request)
+    with Jobs(old_database, OLD):
+        pass  # what the import would have done without definitions_only(): migrate
+    assert schema_of(old_database, request) == (5, sorted(SCHEMA_5_INDEXES))
+
+
+def test_check_refuses_a_schema_its_reads_cannot_handle(
+    old_database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Schema 3 has no version columns: read-only, it cannot be read; check says what to do
+    (exit 4, as the other commands) and leaves it at 3."""
+    downgrade(old_database, 3, request)
+    code, _, err = check(tmp_path, old_database, "--db", old_database)
+    assert code == 4
+    assert "schema version 3 is older than this durajobs (5)" in " ".join(err.split())
+    assert schema_of(old_database, request)[0] == 3
+
+
+def test_a_jobs_made_for_its_definitions_opens_nothing(
+    fresh_location: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Under ``definitions_only()`` a ``Jobs`` checks its definitions and keeps them, opens
+    nothing, and refuses every use that needs the database; outside it, Jobs opens as ever."""
+    (tmp_path / "fresh").mkdir(exist_ok=True)
+    with definitions_only():
+        jobs = Jobs(fresh_location, OLD)
+        with pytest.raises(ValueError, match="job name"):
+            Jobs(fresh_location, {"bad:name": OLD["tally"]})  # still checked
+    assert set(jobs.registry) == set(OLD)
+    uses = (
+        lambda: jobs.engine,
+        lambda: jobs.continuous("tally").start("a", Counted(1)),
+        lambda: jobs.debounce("clicks").add("c", Click("/a")),
+        jobs.run_due,
+        jobs.next_alarm,
+        lambda: jobs.retry("continuous:tally:a"),
+        lambda: jobs.with_path(str(tmp_path / "other.db")),
+    )
+    for use in uses:
+        with pytest.raises(InvalidStateError, match="definitions_only"):
+            use()
+    jobs.close()
+    assert nothing_at(fresh_location, request)
+    assert not (tmp_path / "other.db").exists()
+    with Jobs(fresh_location, OLD) as real:  # outside the block: opened (created) at once
+        real.continuous("tally").start("a", Counted(1))
+    assert not nothing_at(fresh_location, request)

@@ -34,6 +34,7 @@ from durajobs.admin import Admin, parse_instance_id, relative
 from durajobs.cli import app
 from durajobs.errors import ValidationError
 from durajobs.stores.postgres.store import PostgresStore
+from durajobs.stores.sql import READABLE_SCHEMA, SCHEMA_VERSION
 from durajobs.stores.sqlite.claims import InstanceLocks
 from durajobs.stores.sqlite.store import SqliteStore
 
@@ -1054,35 +1055,61 @@ def test_finished_instances_are_found_past_many_that_live_again(tmp_path: Path) 
 
 
 @pytest.mark.both_stores
-def test_a_database_of_the_previous_schema_is_migrated_by_a_writer_not_the_cli(
+def test_a_database_of_an_older_schema_is_migrated_by_a_writer_not_the_cli(
     db: Path | str, application: App, request: pytest.FixtureRequest
 ) -> None:
-    """Schema 5 adds the indexes the metrics' gauges read, schema 6 flow control's tables;
-    the CLI only reads, so it says what to do with a database of schema 4, and the
-    application's next open migrates it (through 5 to 6)."""
+    """The CLI only reads: a database of an older schema its reads still work on (from
+    ``READABLE_SCHEMA``) is read as it is and left so (doctor warns); an older one is refused
+    with what to do; the application's next open migrates it. Each step down is the schema as
+    that version's code wrote it: 6 added flow control's tables (which reads join), 5 the
+    gauges' indexes, 4 the version columns."""
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
-    drop = (
-        "DROP INDEX instances_status", "DROP INDEX instances_erred", "DROP TABLE paused",
-        "DROP TABLE flow_buckets",
-    )  # fmt: skip
-    if isinstance(db, Path):  # schema 4, as each store wrote it
-        conn = apsw.Connection(str(db))
-        for statement in drop:
-            conn.execute(statement)
-        conn.execute("PRAGMA user_version=4")
-        conn.close()
-    else:
-        server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
-        for statement in drop:
-            server.admin_execute(statement, name)
-        server.admin_execute("DELETE FROM durajobs_schema WHERE version >= 5", name)
+    expected = [("task:orders:o-1", "customer cancelled")]
+    down = {
+        5: ["DROP TABLE paused", "DROP TABLE flow_buckets"],
+        4: ["DROP INDEX instances_status", "DROP INDEX instances_erred"],
+        3: [f"ALTER TABLE {table} DROP COLUMN version" for table in ("instances", "inbox")],
+    }
+    assert max(down) == SCHEMA_VERSION - 1  # a new schema adds its step down here
+
+    def downgrade(version: int) -> None:  # as that schema's code wrote it
+        statements = down[version]
+        if isinstance(db, Path):
+            conn = apsw.Connection(str(db))
+            for statement in [*statements, f"PRAGMA user_version={version}"]:
+                conn.execute(statement)
+            conn.close()
+        else:
+            server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
+            for statement in statements:
+                server.admin_execute(statement, name)
+            server.admin_execute(f"DELETE FROM durajobs_schema WHERE version > {version}", name)
+
+    def listed() -> list[tuple[str, str]]:
+        run = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json")
+        assert run.code == 0, run.stderr
+        return [(r["instance_id"], r["end_reason"]) for r in run.json()]
+
+    version = SCHEMA_VERSION - 1
+    while version >= READABLE_SCHEMA:  # readable as it is
+        downgrade(version)
+        assert listed() == expected
+        assert run_in_process("--db", str(db), "stats").code == 0
+        doctor = run_in_process("--db", str(db), "doctor", "--json")
+        assert doctor.code == 1  # a warning (the next open migrates it), not a failure
+        (schema,) = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
+        assert schema["level"] == "warn"
+        with Admin(str(db)) as admin:
+            assert admin.store.schema_version() == version  # the reads migrated nothing
+        version -= 1
+    downgrade(version)
     run = run_in_process("--db", str(db), "ls", "--status", "terminated")
     assert run.code == 4
-    assert "schema version 4 is older than this durajobs (6)" in one_line_error(run)
+    older = f"schema version {version} is older than this durajobs ({SCHEMA_VERSION})"
+    assert older in one_line_error(run)
     with application.jobs():
         pass  # the application (or the daemon) of this version opens it: migrated
-    listed = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json").json()
-    assert [(r["instance_id"], r["end_reason"]) for r in listed] == [
-        ("task:orders:o-1", "customer cancelled")
-    ]
+    assert listed() == expected
+    with Admin(str(db)) as admin:
+        assert admin.store.schema_version() == SCHEMA_VERSION

@@ -24,10 +24,11 @@ from pgserver import PgServer, find_pg_bin
 from typer.testing import CliRunner
 
 from durajobs import Continuous, Debounce, FakeClock, Jobs, Task, every
-from durajobs.admin import Admin
+from durajobs.admin import Admin, orphaned_jobs
+from durajobs.apploader import AppError, load_app
 from durajobs.cli import app as cli_app
 from durajobs.errors import ValidationError
-from durajobs.health import defined_jobs, load_definitions, report
+from durajobs.health import defined_jobs, report
 from durajobs.stores import open_listener
 
 pytestmark = pytest.mark.both_stores
@@ -188,13 +189,19 @@ def test_doctor_names_orphaned_jobs_with_the_app(
     new_database: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     populate(new_database, time.time() - 3 * 3600, broken=False)
+    # The application makes its Jobs at import, on a file of its own that does not exist:
+    # doctor imports it for its definitions only (durajobs.jobs.definitions_only): no file.
+    own = tmp_path / "app-own.db"
     (tmp_path / "deployed_app.py").write_text(
-        "from test_health import DEPLOYED as registry\n", encoding="utf-8"
+        f"from durajobs import Jobs\nfrom test_health import DEPLOYED\njobs = Jobs({str(own)!r}, "
+        "DEPLOYED)\n",
+        encoding="utf-8",
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("deployed_app", None)
     with daemon_serving(new_database):
-        code, result = doctor(new_database, "--app", "deployed_app:registry")
+        code, result = doctor(new_database, "--app", "deployed_app:jobs")
+    assert not own.exists()
     assert (code, result["status"]) == (1, "degraded"), result
     details = {c["name"]: (c["level"], c["detail"]) for c in result["checks"]}
     level, detail = details["orphaned"]
@@ -205,10 +212,11 @@ def test_doctor_names_orphaned_jobs_with_the_app(
     assert "debounce:hooks" not in details["overdue"][1]
     assert "it is behind" in details["overdue"][1]
 
-    # What the daemon logs at start: the orphaned jobs, from one short read a job.
+    # The one computation doctor, check and the daemon's start-up log name them with.
     with Admin(new_database) as admin:
-        assert admin.orphaned_jobs(defined_jobs(DEPLOYED)) == [("debounce", "hooks")]
-        assert admin.orphaned_jobs(defined_jobs(REGISTRY)) == []
+        counts = [(k, j, n) for k, j, _, n in admin.gauges().counts]
+    assert orphaned_jobs(counts, defined_jobs(DEPLOYED)) == {("debounce", "hooks"): 1}
+    assert orphaned_jobs(counts, defined_jobs(REGISTRY)) == {}
 
     # Every job defined: "orphaned" is ok.
     assert levels(report(lambda: Admin(new_database), str(new_database),
@@ -221,10 +229,10 @@ def test_a_bad_app_is_one_clear_error(new_database: Path | str) -> None:
     populate(new_database, time.time(), broken=False)
     code, _out = cli("--db", str(new_database), "doctor", "--app", "no_such_module_here:jobs")
     assert code == 2
-    with pytest.raises(ValidationError, match="no_such_module_here"):
-        load_definitions("no_such_module_here:jobs")
-    with pytest.raises(ValidationError, match="MODULE:ATTR"):
-        load_definitions("nocolon")
+    with pytest.raises(AppError, match="no module named 'no_such_module_here'"):
+        load_app("no_such_module_here:jobs", definitions_only=True)
+    with pytest.raises(ValidationError, match="must look like module:attribute"):
+        load_app("nocolon", definitions_only=True)
 
 
 @pytest.mark.sqlite_only

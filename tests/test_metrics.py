@@ -6,6 +6,9 @@ naming the extra when prometheus_client is missing.
 
 from __future__ import annotations
 
+import logging
+import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -13,15 +16,17 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import make_server as wsgiref_server
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families  # the test extra has it
 from test_health import FIXED, Count, jobs_on, populate
+from waiting import wait_for
 
 from durajobs import FakeClock
 from durajobs.admin import Admin
-from durajobs.metrics import Metrics, make_server, metrics_app, step_outcome
+from durajobs.metrics import Metrics, SelectorServer, make_server, metrics_app, step_outcome
 
 pytestmark = pytest.mark.both_stores
 
@@ -198,6 +203,68 @@ def test_the_metrics_app_over_http(new_database: Path | str) -> None:
         app.close()
     with pytest.raises(ValueError, match="already"):
         metrics.watch(lambda: Admin(new_database))
+
+
+class Loop:
+    """A ``selectors`` loop on a thread of its own, as the daemon's parent runs one, serving
+    a ``SelectorServer`` (only the loop's thread touches it)."""
+
+    def __init__(self, http: SelectorServer) -> None:
+        self.http = http
+        self.selector = selectors.DefaultSelector()
+        http.attach(self.selector)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            deadline = self.http.next_deadline()
+            wait = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            for key, _ in self.selector.select(max(wait, 0.0)):
+                key.data(key)
+            self.http.expire()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.http.close()
+        self.selector.close()
+
+
+def _boom(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    raise RuntimeError("the app broke\nover two lines")
+
+
+@pytest.mark.sqlite_only
+def test_the_selector_server_caps_its_connections_and_logs_an_app_error_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    http = SelectorServer(
+        wsgiref_server("127.0.0.1", 0, _boom), timeout=60, max_connections=2
+    )  # fmt: skip
+    loop = Loop(http)
+    address = ("127.0.0.1", http.server.server_port)
+    clients = [socket.create_connection(address, timeout=30) for _ in range(3)]
+    try:
+        waiting = clients[2]  # beyond the cap: left in the kernel's backlog
+        waiting.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: http.open_connections == 2, what="two connections accepted")
+        waiting.setblocking(False)
+        with pytest.raises(BlockingIOError):  # not accepted, so not answered
+            waiting.recv(4096)
+        waiting.setblocking(True)
+        with caplog.at_level(logging.WARNING, logger="durajobs.metrics"):
+            clients[0].close()  # a slot frees: the waiting one is accepted and answered
+            assert waiting.recv(4096).startswith(b"HTTP/1.0 500 ")
+            wait_for(lambda: "the app failed" in caplog.text, what="the app's failure logged")
+        (line,) = [r.getMessage() for r in caplog.records if "the app failed" in r.getMessage()]
+        assert "RuntimeError: the app broke over two lines (answered 500)" in line
+        assert "Traceback" not in caplog.text
+    finally:
+        for client in clients:
+            client.close()
+        loop.close()
 
 
 @pytest.mark.sqlite_only

@@ -458,6 +458,56 @@ def test_a_down_endpoint_never_raises_backs_off_and_delivers_when_it_returns(
         collector.stop()
 
 
+def test_add_makes_no_resolver_call_and_builds_no_tls_context_even_after_a_failure(
+    make_tracker: Callable[..., Tracker],
+    clock: FakeMonotonic,
+    monkeypatch: pytest.MonkeyPatch,
+    connection_attempts: list[Any],
+) -> None:
+    # getaddrinfo blocks on DNS and a TLS context reads the CA certificates (tens of ms):
+    # both belong to construction and to flush/close/idle, never to add (a step).
+    resolved: list[Any] = []
+    contexts: list[Any] = []
+    real_getaddrinfo, real_context = socket.getaddrinfo, ssl.create_default_context
+
+    def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        resolved.append(args[0])
+        return real_getaddrinfo(*args, **kwargs)
+
+    def create_default_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        contexts.append(args)
+        return real_context(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(ssl, "create_default_context", create_default_context)
+    port = closed_port()
+    tracker = make_tracker(f"http://localhost:{port}/v1/records", batch_size=2)
+    secure = make_tracker(f"https://localhost:{port}/v1/records", batch_size=2)
+    assert (resolved, len(contexts)) == (["localhost", "localhost"], 1)  # construction
+
+    tracker.add([record(1), record(2)])  # a full batch: the first attempt, refused
+    tick_until(tracker, lambda: tracker.failures == 1, "the refused connection noticed")
+    secure.add([record(1), record(2)])
+    tick_until(secure, lambda: secure.failures == 1, "the refused TLS connection noticed")
+    for n in range(3, 6):  # each backoff over: attempts again, with the addresses it has
+        clock.advance(300)
+        attempts = len(connection_attempts)
+        tracker.add([record(n)])
+        assert len(connection_attempts) == attempts + 1
+        tick_until(tracker, lambda n=n: tracker.failures == n - 1, f"attempt {n - 1} refused")
+    assert (resolved, len(contexts)) == (["localhost", "localhost"], 1)  # none in add
+
+    collector = Collector(port)
+    try:
+        clock.advance(300)
+        tracker.idle()  # where waiting is allowed: the name is resolved again
+        assert resolved == ["localhost"] * 3
+        assert tracker.flush() is True
+        assert all_steps(collector) == [1, 2, 3, 4, 5]
+    finally:
+        collector.stop()
+
+
 def test_a_timeout_is_a_transient_failure(make_tracker: Callable[..., Tracker]) -> None:
     # A listener that never accepts: the connection opens, the answer never comes.
     with socket.socket() as silent:

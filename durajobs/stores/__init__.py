@@ -91,17 +91,19 @@ def open_store(
 def open_claims(location: str | os.PathLike[str], store: Store | None = None) -> Claims:
     """The per-instance claims of the database at ``location``.
 
-    SQLite: OFD locks on ``<real path>.lock``. PostgreSQL: advisory locks on a connection of their
-    own (opened on first use). ``store`` is accepted for symmetry and future use (unused).
+    SQLite: OFD locks on ``<real path>.lock`` (``store`` unused). PostgreSQL: advisory locks on
+    ``store``'s session (a claim and the reads after it in one round trip), or without a store
+    on a connection of their own (opened on first use).
 
     Raises:
         StorageError: the lock file cannot be opened, or psycopg is missing.
     """
-    del store
     if is_postgres(location):
         from durajobs.stores.postgres.claims import AdvisoryClaims
+        from durajobs.stores.postgres.store import PostgresStore
 
-        return AdvisoryClaims(str(location))
+        shared = store if isinstance(store, PostgresStore) else None
+        return AdvisoryClaims(str(location), store=shared)
     from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
     return InstanceLocks(lock_path(os.fspath(location)))
@@ -244,7 +246,7 @@ def health(location: str, store: Store) -> list[Finding]:
     """
     if is_postgres(location):
         return cast("PostgresStore", store).health()
-    from durajobs.stores.sqlite.store import SCHEMA_VERSION
+    from durajobs.stores import sql
 
     sqlite = cast("SqliteStore", store)
     findings: list[Finding] = []
@@ -256,10 +258,7 @@ def health(location: str, store: Store) -> list[Finding]:
     except StorageError as exc:
         findings.append(Finding("integrity", "fail", str(exc)))
     try:
-        version = sqlite.schema_version()
-        level = "ok" if version == SCHEMA_VERSION else "fail"
-        detail = f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
-        findings.append(Finding("schema", level, detail))
+        findings.append(sql.schema_finding(sqlite.schema_version()))
     except StorageError as exc:
         findings.append(Finding("schema", "fail", str(exc)))
     wal = sqlite.wal_bytes()

@@ -30,6 +30,7 @@ from durajobs.stores.base import (
     TABLE_COLUMNS,
     TABLES,
     ExportBatch,
+    Finding,
     HistoryRow,
     Write,
     not_empty_error,
@@ -41,6 +42,13 @@ __all__ = [
 ]  # fmt: skip
 
 SCHEMA_VERSION = 6  # of both stores' tables and indexes (each store migrates its own DDL)
+# The oldest schema both stores' reads work on (the statements here and each store's own
+# reads): a read-only store opens a database of this schema or newer (up to SCHEMA_VERSION)
+# as it is, unmigrated -- `durajobs check` before the deploy that migrates it, `ls` beside old
+# daemons. 4 added the version columns the reads select; 5 only indexes (slower counts, same
+# answers); 6 the flow control tables the reads join (paused jobs and instances). Raise it
+# with a schema that adds a column, table or index name a read uses.
+READABLE_SCHEMA = 6
 
 T = TypeVar("T")
 Read = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -377,19 +385,34 @@ def newest_finished(
     return sorted(found, key=lambda r: r.id, reverse=True)[:limit]
 
 
+def schema_finding(version: int) -> Finding:
+    """``doctor``'s finding on a database at schema ``version``: ok at this durajobs's; a
+    warning where reads work as it is (the application's or the daemon's next open migrates
+    it); a failure otherwise."""
+    detail = f"schema version {version} (this durajobs: {SCHEMA_VERSION})"
+    if version == SCHEMA_VERSION:
+        return Finding("schema", "ok", detail)
+    if READABLE_SCHEMA <= version < SCHEMA_VERSION:
+        detail += ": readable; the application's or the daemon's next open migrates it"
+        return Finding("schema", "warn", detail)
+    return Finding("schema", "fail", detail)
+
+
 def needs_migration(where: str, version: int, readonly: bool) -> bool:
     """Whether a database at schema ``version`` is to be migrated forward.
 
+    A read-only store never migrates: it reads a schema from ``READABLE_SCHEMA`` on as it is.
+
     Raises:
-        StorageError: ``version`` is newer than this durajobs's, or older and the store is
-            read-only (inspection never migrates: a writer of this version must).
+        StorageError: ``version`` is newer than this durajobs's, or the store is read-only and
+            ``version`` older than its reads work on (a writer of this version migrates it).
     """
     if version > SCHEMA_VERSION:
         raise StorageError(
             f"{where}: schema version {version} is newer than this durajobs understands "
             f"({SCHEMA_VERSION}); upgrade durajobs"
         )
-    if version == SCHEMA_VERSION:
+    if version == SCHEMA_VERSION or (readonly and version >= READABLE_SCHEMA):
         return False
     if readonly:
         raise StorageError(
