@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import apsw
 import attrs
 import pytest
+from schema_steps import downgrade, schema_of
 
 from durajobs import Continuous, Debounce, Jobs, every
 from durajobs.errors import InvalidStateError
 from durajobs.jobs import definitions_only
 from durajobs.stores import open_store
+from durajobs.stores.sql import READABLE_SCHEMA, SCHEMA_VERSION
 
 pytestmark = pytest.mark.both_stores
 
@@ -249,41 +250,10 @@ REGISTRY = {
 jobs = Jobs(os.environ["CHECK_DB"], REGISTRY)
 fresh = Jobs(os.environ["CHECK_FRESH"], REGISTRY)
 """
-SCHEMA_5_INDEXES = ("instances_status", "instances_erred")
 
 
-def downgrade(location: str, schema: int, request: pytest.FixtureRequest) -> None:
-    """Make a database of this code what an older durajobs wrote: schema 4 had no
-    ``instances_status``/``instances_erred`` indexes, schema 3 no version columns either."""
-    statements = [f"DROP INDEX {name}" for name in SCHEMA_5_INDEXES]
-    if schema == 3:
-        statements += [f"ALTER TABLE {t} DROP COLUMN version" for t in ("instances", "inbox")]
-    if "://" not in location:
-        conn = apsw.Connection(location)
-        for statement in [*statements, f"PRAGMA user_version={schema}"]:
-            conn.execute(statement)
-        conn.close()
-        return
-    server, name = request.getfixturevalue("pg_server"), urlsplit(location).path.lstrip("/")
-    for statement in statements:
-        server.admin_execute(statement, name)
-    server.admin_execute(f"DELETE FROM durajobs_schema WHERE version > {schema}", name)
-
-
-def schema_of(location: str, request: pytest.FixtureRequest) -> tuple[int, list[str]]:
-    """The database's schema version and the names of its schema-5 indexes present."""
-    if "://" not in location:
-        conn = apsw.Connection(location, flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchall()[0][0]
-            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
-        finally:
-            conn.close()
-    else:
-        server, name = request.getfixturevalue("pg_server"), urlsplit(location).path.lstrip("/")
-        version = server.admin_query("SELECT max(version) FROM durajobs_schema", name)[0][0]
-        names = [r[0] for r in server.admin_query("SELECT indexname FROM pg_indexes", name)]
-    return int(version), sorted(n for n in names if n in SCHEMA_5_INDEXES)
+def _server(location: str, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("pg_server") if "://" in location else None
 
 
 def nothing_at(location: str, request: pytest.FixtureRequest) -> bool:
@@ -329,20 +299,29 @@ def test_check_and_doctor_import_the_app_without_opening_or_migrating_its_databa
     app's import makes ``Jobs`` on an older schema and on a location holding nothing; neither
     is opened, migrated or created. ``check`` reads the older schema as it is (and says so)."""
     (tmp_path / "fresh").mkdir()
-    downgrade(old_database, 4, request)
-    assert schema_of(old_database, request) == (4, [])
+    server = _server(old_database, request)
+    old = SCHEMA_VERSION - 1  # the schema the old deploy runs on
+    downgrade(old_database, old, server)
+    before = schema_of(old_database, server)
+    readable = old >= READABLE_SCHEMA
     env = {"CHECK_DB": old_database, "CHECK_FRESH": fresh_location}
 
     code, out, err = durajobs(tmp_path, env, "check", "--app", "at_import:jobs", "--json")
-    assert code == 0, err
-    report = json.loads(out)
-    assert (report["ok"], report["schema"], report["failed"]) == (True, 4, 0)
-    assert {j["job"]: j["states"]["as_is"] for j in report["jobs"]} == {"clicks": 1, "tally": 2}
-    assert report["orphans"] == [
-        {"job": "retired", "kind": "continuous", "instances": 1, "events": 0}
-    ]
-    code, out, _ = durajobs(tmp_path, env, "check", "--app", "at_import:jobs")
-    assert out.strip().splitlines()[-1].endswith("schema version 4)")
+    if readable:  # read as it is
+        assert code == 0, err
+        report = json.loads(out)
+        assert (report["ok"], report["schema"], report["failed"]) == (True, old, 0)
+        assert {j["job"]: j["states"]["as_is"] for j in report["jobs"]} == {
+            "clicks": 1, "tally": 2,
+        }  # fmt: skip
+        assert report["orphans"] == [
+            {"job": "retired", "kind": "continuous", "instances": 1, "events": 0}
+        ]
+        code, out, _ = durajobs(tmp_path, env, "check", "--app", "at_import:jobs")
+        assert out.strip().splitlines()[-1].endswith(f"schema version {old})")
+    else:  # its reads need this code's schema: refused, saying what to do
+        assert code == 4, (out, err)
+        assert f"schema version {old} is older than this durajobs" in " ".join(err.split())
 
     # The app's other Jobs is on the location that holds nothing: checked, it is refused
     # (not a database yet), and the import made nothing there either.
@@ -353,28 +332,36 @@ def test_check_and_doctor_import_the_app_without_opening_or_migrating_its_databa
         code, out, err = durajobs(
             tmp_path, env, "--db", where, "doctor", "--app", "at_import:jobs", "--json"
         )
-        assert code == 2, (out, err)  # schema 4 is not this code's; nothing there: failing
+        assert code in (1, 2), (out, err)
         found[where] = {c["name"]: (c["level"], c["detail"]) for c in json.loads(out)["checks"]}
-    assert found[old_database]["schema"] == ("fail", "schema version 4 (this durajobs: 5)")
+    if readable:
+        assert found[old_database]["schema"][0] == "warn"
+    else:  # not opened: the store's check fails, naming the schema
+        level, detail = found[old_database]["store"]
+        assert level == "fail"
+        assert f"schema version {old} is older" in detail
     assert found[fresh_location]["store"][0] == "fail"
 
-    assert schema_of(old_database, request) == (4, [])  # as the old deploy left it
+    assert schema_of(old_database, server) == before  # as the old deploy left it
     assert nothing_at(fresh_location, request)
     with Jobs(old_database, OLD):
         pass  # what the import would have done without definitions_only(): migrate
-    assert schema_of(old_database, request) == (5, sorted(SCHEMA_5_INDEXES))
+    assert schema_of(old_database, server)[0] == SCHEMA_VERSION
 
 
 def test_check_refuses_a_schema_its_reads_cannot_handle(
     old_database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Schema 3 has no version columns: read-only, it cannot be read; check says what to do
-    (exit 4, as the other commands) and leaves it at 3."""
-    downgrade(old_database, 3, request)
+    """A schema older than the reads work on (``READABLE_SCHEMA``) cannot be read read-only;
+    check says what to do (exit 4, as the other commands) and leaves it as it was."""
+    server = _server(old_database, request)
+    downgrade(old_database, READABLE_SCHEMA - 1, server)
+    before = schema_of(old_database, server)
     code, _, err = check(tmp_path, old_database, "--db", old_database)
     assert code == 4
-    assert "schema version 3 is older than this durajobs (5)" in " ".join(err.split())
-    assert schema_of(old_database, request)[0] == 3
+    older = f"schema version {READABLE_SCHEMA - 1} is older than this durajobs ({SCHEMA_VERSION})"
+    assert older in " ".join(err.split())
+    assert schema_of(old_database, server) == before
 
 
 def test_a_jobs_made_for_its_definitions_opens_nothing(

@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import apsw
 import attrs
 import pytest
+import schema_steps
 from pgserver import PASSWORD
 from typer.testing import CliRunner
 
@@ -1066,25 +1067,10 @@ def test_a_database_of_an_older_schema_is_migrated_by_a_writer_not_the_cli(
     with application.jobs() as jobs:
         jobs.task("orders").terminate("o-1", reason="customer cancelled")
     expected = [("task:orders:o-1", "customer cancelled")]
-    down = {
-        5: ["DROP TABLE paused", "DROP TABLE flow_buckets"],
-        4: ["DROP INDEX instances_status", "DROP INDEX instances_erred"],
-        3: [f"ALTER TABLE {table} DROP COLUMN version" for table in ("instances", "inbox")],
-    }
-    assert max(down) == SCHEMA_VERSION - 1  # a new schema adds its step down here
+    server = request.getfixturevalue("pg_server") if not isinstance(db, Path) else None
 
-    def downgrade(version: int) -> None:  # as that schema's code wrote it
-        statements = down[version]
-        if isinstance(db, Path):
-            conn = apsw.Connection(str(db))
-            for statement in [*statements, f"PRAGMA user_version={version}"]:
-                conn.execute(statement)
-            conn.close()
-        else:
-            server, name = request.getfixturevalue("pg_server"), urlsplit(db).path.lstrip("/")
-            for statement in statements:
-                server.admin_execute(statement, name)
-            server.admin_execute(f"DELETE FROM durajobs_schema WHERE version > {version}", name)
+    def downgrade(version: int) -> None:  # one step down, as that schema's code wrote it
+        schema_steps.downgrade(str(db), version, server, start=version + 1)
 
     def listed() -> list[tuple[str, str]]:
         run = run_in_process("--db", str(db), "ls", "--status", "terminated", "--json")
