@@ -167,6 +167,15 @@ class Engine:
         # others (one blip, a GC pause, fades after a few fast steps)
         self._step_seconds: dict[str, float] = {}
         self._codecs = check_types(registry) if codecs is None else codecs
+        # What a step's contexts decode with: each job's codecs, whose decode failures this
+        # engine notes (``_unreadable``: the texts of the step running now that could not be
+        # read). Stored state is decoded only when a handler reads it (most steps of a job
+        # whose handler ignores its state decode nothing); a failure is that instance's.
+        self._unreadable: list[str] = []
+        self._watched = {
+            name: (self._watch(state), None if event is None else self._watch(event))
+            for name, (state, event) in self._codecs.items()
+        }
         # "kind:job:" of every registered job: due reads skip instances of jobs this registry
         # cannot run, so they never crowd out the ones it can.
         self.prefixes = tuple(f"{job.kind}:{name}:" for name, job in registry.items())
@@ -203,9 +212,22 @@ class Engine:
         text = upgrade(inst.state, inst.version, job.version, job.migrate, what)
         return self._codecs[job_name][0].decode(text, what)
 
+    def _watch(self, codec: TypeCodec) -> TypeCodec:
+        """``codec``, whose decode failures are noted in ``_unreadable`` before they raise."""
+        plain = codec.decode
+
+        def decode(text: str, what: str) -> Any:
+            try:
+                return plain(text, what)
+            except ValidationError:
+                self._unreadable.append(text)
+                raise
+
+        return TypeCodec(codec.tp, codec.encode, decode)
+
     def _env(self, inst_id: str, job_name: str, user_id: str, queued: Sequence[Any]) -> Env:
         # A job this registry does not have: only handler-free steps (``apply``) run there.
-        state_codec, event_codec = self._codecs.get(job_name, (_NO_CODEC, None))
+        state_codec, event_codec = self._watched.get(job_name, (_NO_CODEC, None))
         return Env(
             inst_id, job_name, user_id, self.clock.time(), self._rng.random(),
             time.perf_counter, state_codec, event_codec, queued,
@@ -260,27 +282,33 @@ class Engine:
         label: str, contain: bool, seen: Callable[[Decision], Decision] | None,
     ) -> tuple[Decision, Write | None]:  # fmt: skip
         """``_stepped`` inside its watch (``seen``: what the watch is told of the decision)."""
+        stored = inst  # as stored: what a park keeps
         if inst is not None and not isinstance(msg, _READS_NOTHING):
             try:
                 inst, env = self._read(job, inst, env)
-            except ValidationError as unreadable:
-                if label:  # a bulk call's item: the message names its index
-                    raise ValidationError(f"{label}: {unreadable}{_batch(label)}") from None
-                if not contain:
-                    raise  # a client's call on it: refused, the row left as it was
-                decision = _park_unreadable(inst, env, unreadable)  # an alarm: park it
-                if seen is not None:
-                    decision = seen(decision)
-                return decision, _write(env, inst, decision, None, job.version)
+            except ValidationError as refused:
+                assert stored is not None
+                return self._unreadable_step(job, stored, env, refused, label, contain, seen)
+        outer, self._unreadable = self._unreadable, []  # a handler's own calls step too
         self._running.append(env.instance_id)
+        stepped: Decision | None = None
         try:
-            decision = steps.step(job, inst, msg, env)
+            stepped = steps.step(job, inst, msg, env)
         except Exception as exc:  # contained: never let one instance stop the others
-            if not contain or inst is None:
+            if self._unreadable and stored is not None:
+                pass  # this instance's stored values: below
+            elif not contain or inst is None:
                 raise
-            decision = self._rejected(job, inst, exc, env)
+            else:
+                stepped = self._rejected(job, inst, exc, env)
         finally:
             self._running.pop()
+            unreadable, self._unreadable = self._unreadable, outer
+        if unreadable and stored is not None:  # its state or an event could not be read
+            error = self._why_unreadable(job, stored, env, unreadable[0])
+            return self._unreadable_step(job, stored, env, error, label, contain, seen)
+        assert stepped is not None
+        decision = stepped
         if seen is not None:
             decision = seen(decision)
         if decision.raise_error is not None:
@@ -294,55 +322,80 @@ class Engine:
             return decision, None
         return decision, _write(env, inst, decision, key, job.version)
 
-    def _read(self, job: Any, inst: Instance, env: Env) -> tuple[Instance, Env]:
-        """The row and its queued events as this code reads them: the job's ``migrate``
-        chain run from each stored version up to the definition's, then decoded once as a
-        check (a stored key the class does not have, a missing field, a wrong type). Nothing
-        is written: the step's commit stores the result, with the definition's version.
+    def _unreadable_step(
+        self, job: Any, stored: Instance, env: Env, error: ValidationError, label: str,
+        contain: bool, seen: Callable[[Decision], Decision] | None,
+    ) -> tuple[Decision, Write | None]:  # fmt: skip
+        """A step of an instance this code cannot read: a client's call is refused (the row
+        left as it was); an alarm's step parks it, its state, version and queue as stored.
 
         Raises:
-            ValidationError: the state or a queued event cannot be read (stored by a newer
-                version, a migration failed, or it does not fit its type); names the
-                instance, the job, the stored version and the field or key.
+            ValidationError: a client's call (a bulk call's item: its label named).
+        """
+        if label:  # a bulk call's item: the message names its index
+            raise ValidationError(f"{label}: {error}{_batch(label)}") from None
+        if not contain:
+            raise error
+        decision = _park_unreadable(stored, env, error)
+        if seen is not None:
+            decision = seen(decision)
+        return decision, _write(env, stored, decision, None, job.version)
+
+    def _why_unreadable(self, job: Any, stored: Instance, env: Env, text: str) -> ValidationError:
+        """The error of a stored text a step's decode refused, naming the object, its instance,
+        job and stored version (decoded again: the failing step's message named less)."""
+        if text == stored.state or stored.state is None:
+            codec, version = self._codecs[env.job_name][0], stored.version
+            what = f"state of {stored.instance_id}"
+        else:
+            codec = self._codecs[env.job_name][1] or self._codecs[env.job_name][0]
+            item = next((q for q in env.queued if q.event == text), None)
+            version = stored.version if item is None else item.version
+            what = f"queued event {'?' if item is None else item.seq} of {stored.instance_id}"
+        try:
+            codec.decode(text, f"{what} (job {env.job_name!r}, stored version {version})")
+        except ValidationError as exc:
+            return exc
+        return ValidationError(f"{what} (job {env.job_name!r}) cannot be read by this code")
+
+    def _read(self, job: Any, inst: Instance, env: Env) -> tuple[Instance, Env]:
+        """The row and its queued events as this code reads them: the job's ``migrate`` chain
+        run from each stored version up to the definition's (nothing when they agree). Nothing
+        is written: the step's commit stores the result, with the definition's version. The
+        values are decoded when the step reads them (a failure there is noted by the step's
+        codecs: see ``_watch``): a stored key the class does not have, a missing field, a
+        wrong type.
+
+        Raises:
+            ValidationError: the state or a queued event was stored by a newer version of
+                the definition, or a migration failed; names the instance, the job, the
+                stored version.
         """
         if isinstance(job, _HandlerFree):
             return inst, env
         version = job.version
-        state = inst.state
-        state_codec, event_codec = env.state_codec, env.event_codec
-        decoded: dict[int, tuple[str, Any]] = {}  # what the step's contexts are handed
-        if state is not None:
-            state, value = _readable(state_codec, state, inst.version, job, lambda: (
-                f"state of {inst.instance_id} (job {env.job_name!r}, stored version {inst.version})"
-            ))  # fmt: skip
-            decoded[id(state)] = (state, value)
-        queued = env.queued
-        if queued:
-            assert event_codec is not None
-            read = []
-            for item in queued:
-                text, value = _readable(event_codec, item.event, item.version, job, lambda: (
-                    f"queued event {item.seq} of {inst.instance_id} (job {env.job_name!r}, "  # noqa: B023
-                    f"stored version {item.version})"  # noqa: B023
-                ))  # fmt: skip
-                decoded[id(text)] = (text, value)
-                read.append(
-                    item
-                    if item.version == version
-                    else Queued(item.seq, text, item.added_at, version)
-                )
-            queued = read
-        if decoded:
-            # One codec for state and events where they are one type (a Debounce without a
-            # state type): the core relies on that identity to skip re-encoding.
-            state_codec = _handing_over(state_codec, decoded)
-            if event_codec is env.state_codec:
-                event_codec = state_codec
-            elif event_codec is not None and queued:
-                event_codec = _handing_over(event_codec, decoded)
-            env = env._replace(state_codec=state_codec, event_codec=event_codec, queued=queued)
         if inst.version != version:
+            state = inst.state
+            if state is not None:
+                what = (
+                    f"state of {inst.instance_id} (job {env.job_name!r}, "
+                    f"stored version {inst.version})"
+                )
+                state = upgrade(state, inst.version, version, job.migrate, what)
             inst = inst._replace(state=state, version=version)
+        if any(item.version != version for item in env.queued):
+            queued = []
+            for item in env.queued:
+                if item.version == version:
+                    queued.append(item)
+                    continue
+                what = (
+                    f"queued event {item.seq} of {inst.instance_id} (job "
+                    f"{env.job_name!r}, stored version {item.version})"
+                )
+                text = upgrade(item.event, item.version, version, job.migrate, what)
+                queued.append(Queued(item.seq, text, item.added_at, version))
+            env = env._replace(queued=queued)
         return inst, env
 
     def _commit(
@@ -1091,40 +1144,6 @@ def _write(
         env.instance_id, env.job_name, env.user_id, env.base_step if inst is None else inst.step,
         row, decision.records, decision.consumed, key, decision.requeue, inst is None, version,
     )  # fmt: skip
-
-
-def _readable(
-    codec: TypeCodec, text: str, stored: int, job: Any, name: Callable[[], str]
-) -> tuple[str, Any]:
-    """``(text, value)``: a stored object's text run through the job's ``migrate`` chain from
-    its ``stored`` version, and its value. ``name()`` (the object, its instance, job and
-    version) is built only for a message: not on every step.
-
-    Raises:
-        ValidationError: see ``Engine._read``.
-    """
-    if stored != job.version:
-        text = upgrade(text, stored, job.version, job.migrate, name())
-    try:
-        return text, codec.decode(text, "")
-    except ValidationError:
-        return text, codec.decode(text, name())  # fails again, naming the object
-
-
-def _handing_over(codec: TypeCodec, decoded: dict[int, tuple[str, Any]]) -> TypeCodec:
-    """``codec`` whose ``decode`` hands over, once each, the values the engine's check just
-    decoded from these very texts (``id(text) -> (text, value)``): a step decodes its state
-    and events once. A second decode of a text (another context of the same step, after a
-    handler that may have changed the first value in place) gets a fresh value."""
-    plain = codec.decode
-
-    def decode(text: str, what: str) -> Any:
-        found = decoded.pop(id(text), None)
-        if found is not None and found[0] is text:
-            return found[1]
-        return plain(text, what)
-
-    return TypeCodec(codec.tp, codec.encode, decode)
 
 
 def _park_unreadable(inst: Instance, env: Env, error: ValidationError) -> Decision:

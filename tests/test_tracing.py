@@ -225,9 +225,11 @@ def test_a_step_that_cannot_read_its_instance_is_a_span_too(
     clock = FakeClock(T0)
     with Jobs(tmp_path / "j.db", registry(provider), clock=clock, tracing=False) as jobs:
         jobs.continuous("beat").start("c1", Counter(1))
-    renamed = {
-        "beat": Continuous(state=Renamed, schedule=every("1 minute"), execute=lambda c: None)
-    }
+
+    def count(ctx: Any) -> None:
+        ctx.state = Renamed(ctx.state.total + 1)  # reads the state: cannot, as stored
+
+    renamed = {"beat": Continuous(state=Renamed, schedule=every("1 minute"), execute=count)}
     clock.advance("2 minutes")
     with Jobs(tmp_path / "j.db", renamed, clock=clock, tracing=provider) as jobs:
         assert jobs.run_due() == 1
