@@ -52,22 +52,17 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> App:
 def test_slow_handler_does_not_block_other_instances_or_reads(app: App) -> None:
     with mp_app.open_jobs() as jobs:
         jobs.continuous("c").start("warm", mp_app.Count())  # create the file first
-    slow = app.spawn("start", "c", "slow", MP_SLOW="2")
+    slow = app.spawn("start", "c", "slow", MP_SLOW="5")
     try:
         wait_for(lambda: app.entered("slow") == 1, what="the slow handler to start")
         with mp_app.open_jobs() as jobs:
             client = jobs.continuous("c")
-            t0 = time.perf_counter()
             assert client.start("fast", mp_app.Count()).created
-            step_seconds = time.perf_counter() - t0
-            t0 = time.perf_counter()
             assert client.status("slow").status == "not_found"  # its step has not committed
             assert client.status("fast").run_count == 1
-            read_seconds = time.perf_counter() - t0
+            # Another instance's step and both reads are done while the slow handler still
+            # holds its instance (5 s): nothing waited for it. (How fast: benchmarks/.)
             assert slow.poll() is None, "the slow handler must still be running"
-        # a small fraction of the 2 s the other handler holds its instance
-        assert step_seconds < 0.2, step_seconds
-        assert read_seconds < 0.05, read_seconds
     finally:
         assert slow.wait(timeout=30) == 0, slow.stderr.read() if slow.stderr else ""
     with mp_app.open_jobs() as jobs:
