@@ -283,7 +283,11 @@ class Engine:
     ) -> tuple[Decision, Write | None]:  # fmt: skip
         """``_stepped`` inside its watch (``seen``: what the watch is told of the decision)."""
         stored = inst  # as stored: what a park keeps
-        if inst is not None and not isinstance(msg, _READS_NOTHING):
+        if (
+            inst is not None
+            and (inst.version != job.version or env.queued)  # else there is nothing to upgrade
+            and not isinstance(msg, _READS_NOTHING)
+        ):
             try:
                 inst, env = self._read(job, inst, env)
             except ValidationError as refused:
