@@ -31,7 +31,7 @@ from typing import Any
 from durajobs.errors import InstanceBusyError
 from durajobs.stores.postgres.store import Link, _psycopg, signed_hash
 
-__all__ = ["AdvisoryClaims", "claim_key"]
+__all__ = ["AdvisoryClaims", "SessionLocks", "claim_key"]
 
 _KEYS: dict[str, int] = {}
 _KEYS_MAX = 1 << 16
@@ -92,7 +92,33 @@ def _halves(key: int) -> tuple[int, int]:
     return (hi - (1 << 32) if hi >= 1 << 31 else hi), (lo - (1 << 32) if lo >= 1 << 31 else lo)
 
 
-class AdvisoryClaims:
+class SessionLocks:
+    """Advisory locks held by this object's own server session (``application_name``
+    ``name``): the session opens on first use and is reopened after ``fork()`` (the parent's
+    session and its locks stay the parent's); ``_held`` is what this session holds, forgotten
+    when a new session replaces it (the server dropped the old one's locks).
+
+    Raises:
+        StorageError: psycopg is missing or the URL is invalid.
+    """
+
+    def __init__(self, location: str, name: str, connect_timeout: float) -> None:
+        self._link = Link(location, connect_timeout=connect_timeout, application_name=name)
+        self._psycopg = _psycopg(self._link.where)
+        self.path = self._link.where
+        self._held: set[int] = set()
+        self._generation = 0
+
+    def _connection(self) -> Any:
+        link = self._link
+        conn = link.connection()
+        if link.generation != self._generation:
+            self._generation = link.generation
+            self._held.clear()  # a new session holds nothing
+        return conn
+
+
+class AdvisoryClaims(SessionLocks):
     """Exclusive per-instance claims held by this object's own server session.
 
     Args:
@@ -108,22 +134,10 @@ class AdvisoryClaims:
     """
 
     def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
-        self._link = Link(location, connect_timeout=connect_timeout, application_name=CLAIMS_NAME)
-        self._psycopg = _psycopg(self._link.where)
-        self.path = self._link.where
-        self._held: set[int] = set()
-        self._generation = 0
+        super().__init__(location, CLAIMS_NAME, connect_timeout)
         self._nobody_waits_until = 0.0
 
     # -- plumbing -------------------------------------------------------------------------
-
-    def _connection(self) -> Any:
-        link = self._link
-        conn = link.connection()
-        if link.generation != self._generation:
-            self._generation = link.generation
-            self._held.clear()  # a new session holds nothing
-        return conn
 
     def _run(self, doing: str, sql: str, params: Any) -> Any:
         # A claim dies with its session: a statement is safe to retry on a new one (Link.run).

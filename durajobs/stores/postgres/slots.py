@@ -11,9 +11,8 @@ hash is a 2**-64 chance and would only make one of them wait.
 
 from __future__ import annotations
 
-from typing import Any
-
-from durajobs.stores.postgres.store import Link, _psycopg, signed_hash
+from durajobs.stores.postgres.claims import SessionLocks
+from durajobs.stores.postgres.store import signed_hash
 
 __all__ = ["AdvisorySlots", "slot_keys"]
 
@@ -39,7 +38,7 @@ def slot_keys(job: str, limit: int) -> list[int]:
     return keys
 
 
-class AdvisorySlots:
+class AdvisorySlots(SessionLocks):
     """Slots held by this object's own server session (opened on first use; reopened after
     ``fork()``, the parent's session and its slots staying the parent's).
 
@@ -48,18 +47,7 @@ class AdvisorySlots:
     """
 
     def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
-        self._link = Link(location, connect_timeout=connect_timeout, application_name=SLOTS_NAME)
-        self._psycopg = _psycopg(self._link.where)
-        self.path = self._link.where
-        self._held: set[int] = set()
-        self._generation = 0
-
-    def _connection(self) -> Any:
-        conn = self._link.connection()
-        if self._link.generation != self._generation:
-            self._generation = self._link.generation
-            self._held.clear()  # a new session holds nothing
-        return conn
+        super().__init__(location, SLOTS_NAME, connect_timeout)
 
     def try_acquire(self, job: str, limit: int) -> int | None:
         """One of ``job``'s ``limit`` slots: a token for ``release``, or ``None`` if all are
