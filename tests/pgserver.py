@@ -194,11 +194,14 @@ def route_jobs_to_postgres(monkeypatch: Any, server: PgServer) -> dict[str, str]
 
     # Jobs picks its store by location (durajobs.stores.open_*): map each path to a database.
     monkeypatch.setattr(durajobs.jobs, "open_store", store)
+    # Claims and wake-ups on the store's session, as ``durajobs.stores``' factories make them.
     monkeypatch.setattr(
-        durajobs.jobs, "open_claims", lambda path, store=None: AdvisoryClaims(url_for(path))
+        durajobs.jobs,
+        "open_claims",
+        lambda path, store=None: AdvisoryClaims(url_for(path), store=store),
     )
     monkeypatch.setattr(
-        durajobs.jobs, "open_waker", lambda path, store=None: PgWaker(url_for(path))
+        durajobs.jobs, "open_waker", lambda path, store=None: PgWaker(url_for(path), store)
     )
     return databases
 

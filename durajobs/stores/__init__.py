@@ -91,17 +91,19 @@ def open_store(
 def open_claims(location: str | os.PathLike[str], store: Store | None = None) -> Claims:
     """The per-instance claims of the database at ``location``.
 
-    SQLite: OFD locks on ``<real path>.lock``. PostgreSQL: advisory locks on a connection of their
-    own (opened on first use). ``store`` is accepted for symmetry and future use (unused).
+    SQLite: OFD locks on ``<real path>.lock`` (``store`` unused). PostgreSQL: advisory locks on
+    ``store``'s session (a claim and the reads after it in one round trip), or without a store
+    on a connection of their own (opened on first use).
 
     Raises:
         StorageError: the lock file cannot be opened, or psycopg is missing.
     """
-    del store
     if is_postgres(location):
         from durajobs.stores.postgres.claims import AdvisoryClaims
+        from durajobs.stores.postgres.store import PostgresStore
 
-        return AdvisoryClaims(str(location))
+        shared = store if isinstance(store, PostgresStore) else None
+        return AdvisoryClaims(str(location), store=shared)
     from durajobs.stores.sqlite.claims import InstanceLocks, lock_path
 
     return InstanceLocks(lock_path(os.fspath(location)))

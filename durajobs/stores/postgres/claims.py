@@ -29,13 +29,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from durajobs.errors import InstanceBusyError
-from durajobs.stores.postgres.store import Link, _psycopg, signed_hash
+from durajobs.stores.postgres.store import Link, PostgresStore, _psycopg, signed_hash
 
 __all__ = ["AdvisoryClaims", "SessionLocks", "claim_key"]
 
 _KEYS: dict[str, int] = {}
 _KEYS_MAX = 1 << 16
-WAIT_CHECK_INTERVAL = 0.001  # seconds an ``anyone_waiting`` answer of "no" is reused
+# Seconds an ``anyone_waiting`` answer of "no" is reused: a caller waiting for a claim that a
+# group commit holds waits about this much longer than the group's steps (each check is a
+# round trip: at 1 ms they were half the round trips of ``run_due``, issue 19).
+WAIT_CHECK_INTERVAL = 0.004
 CLAIMS_NAME = "durajobs claims"  # the application_name of a claim session (pg_stat_activity)
 
 SQL_TRY_CLAIM = (
@@ -51,11 +54,22 @@ SQL_TRY_CLAIMS = (
     "FROM unnest(%s::bigint[], %s::int[], %s::int[]) WITH ORDINALITY AS t(k, hi, lo, n) "
     "ORDER BY n"
 )
+# Every waiter also holds ANYONE_WAITS (two-int, shared) while it waits: "is anybody waiting
+# for anything?" is then one lock test (``SQL_ANYONE_WAITS``), not one per claim held.
+_ANYONE = signed_hash("durajobs:anyone-waits")
+ANYONE_WAITS = ((_ANYONE >> 32) & 0x7FFFFFFF, _ANYONE & 0x7FFFFFFF)
 SQL_MARK_WAITING = (
-    "SELECT set_config('lock_timeout', %s, false), pg_try_advisory_lock(%s::int, %s::int)"
+    "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), "
+    "pg_try_advisory_lock(%s::int, %s::int), "
+    f"pg_advisory_lock_shared({ANYONE_WAITS[0]}, {ANYONE_WAITS[1]})"
 )
 SQL_WAIT_CLAIM = "SELECT pg_advisory_lock(%s::bigint)"
-SQL_UNMARK = "SELECT pg_advisory_unlock(%s::int, %s::int)"
+# (marked, hi, lo, lock_timeout to restore)
+SQL_UNMARK = (
+    "SELECT CASE WHEN %s THEN pg_advisory_unlock(%s::int, %s::int) END, "
+    f"pg_advisory_unlock_shared({ANYONE_WAITS[0]}, {ANYONE_WAITS[1]}), "
+    "set_config('lock_timeout', %s, false)"
+)
 SQL_RELEASE = "SELECT pg_advisory_unlock(%s::bigint)"
 SQL_RELEASE_MANY = "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k"
 SQL_RELEASE_ALL = "SELECT pg_advisory_unlock_all()"
@@ -65,6 +79,11 @@ SQL_WAITED = (
     "SELECT coalesce(bool_or(CASE WHEN pg_try_advisory_lock(hi, lo) "
     "THEN NOT pg_advisory_unlock(hi, lo) ELSE true END), false) "
     "FROM unnest(%s::int[], %s::int[]) AS t(hi, lo)"
+)
+# Is anybody waiting for any claim at all? (Only then ask SQL_WAITED about the claims held.)
+SQL_ANYONE_WAITS = (
+    f"SELECT CASE WHEN pg_try_advisory_lock({ANYONE_WAITS[0]}, {ANYONE_WAITS[1]}) "
+    f"THEN NOT pg_advisory_unlock({ANYONE_WAITS[0]}, {ANYONE_WAITS[1]}) ELSE true END"
 )
 # Read-only (doctor): pg_locks shows a bigint key as classid = high half, objid = low half.
 SQL_IS_LOCKED = (
@@ -124,6 +143,9 @@ class AdvisoryClaims(SessionLocks):
     Args:
         location: the database URL (the same as the store's).
         connect_timeout: seconds to wait for the server when (re)connecting.
+        store: hold the claims on this store's session instead of a connection of their own:
+            a granted claim then reads the instance's row in its round trip
+            (``PostgresStore.read_after_claim``). The store's owner closes the connection.
 
     Not for sharing between threads: each ``Jobs`` opens its own. The connection opens on
     first use and is reopened after ``fork()`` (the parent's session, and its claims, stay the
@@ -133,8 +155,13 @@ class AdvisoryClaims(SessionLocks):
         StorageError: psycopg is missing or the URL is invalid.
     """
 
-    def __init__(self, location: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, location: str, *, connect_timeout: float = 5.0, store: PostgresStore | None = None
+    ) -> None:
         super().__init__(location, CLAIMS_NAME, connect_timeout)
+        self._store = store
+        if store is not None:
+            self._link = store.link  # claims on the store's own session (one round trip less)
         self._nobody_waits_until = 0.0
 
     # -- plumbing -------------------------------------------------------------------------
@@ -160,10 +187,27 @@ class AdvisoryClaims(SessionLocks):
         if key in self._held:
             return None
         hi, lo = _halves(key)
-        if not self._run("claim", SQL_TRY_CLAIM, {"hi": hi, "lo": lo, "key": key}):
+        params = {"hi": hi, "lo": lo, "key": key}
+        if not self._claim_and_read("claim", SQL_TRY_CLAIM, params, [instance_id])[0][0]:
             return None
         self._held.add(key)
         return key
+
+    def _claim_and_read(
+        self, doing: str, claim: str, params: Any, instance_ids: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """``claim``'s rows; on a store's session, with the reads that follow a claim in the
+        same round trip (``PostgresStore.read_after_claim``)."""
+        store = self._store
+        if store is None:
+            return self._link.run(
+                doing, lambda conn: conn.execute(claim, params).fetchall(), self._connection
+            )
+        return self._link.run(
+            doing,
+            lambda conn: store.read_after_claim(conn, claim, params, instance_ids),
+            self._connection,
+        )
 
     # False: one ``try_acquire`` per instance (the benchmark's "before", bench_postgres.py).
     batch_claims = True
@@ -186,9 +230,8 @@ class AdvisoryClaims(SessionLocks):
             return [None] * len(keys)
         halves = [_halves(k) for k in wanted]
         params = (wanted, [h for h, _ in halves], [lo for _, lo in halves])
-        rows = self._link.run(
-            "claim", lambda conn: conn.execute(SQL_TRY_CLAIMS, params).fetchall(), self._connection
-        )
+        named = {k: i for i, k in zip(instance_ids, keys, strict=True)}
+        rows = self._claim_and_read("claim", SQL_TRY_CLAIMS, params, [named[k] for k in wanted])
         granted = {k for k, (ok,) in zip(wanted, rows, strict=True) if ok}
         self._held.update(granted)
         tokens: list[int | None] = []
@@ -214,16 +257,17 @@ class AdvisoryClaims(SessionLocks):
             # we wait, but the caller's contract is to wait, then fail.
             time.sleep(max(0.0, timeout))
             raise busy
-        if self._run("claim", SQL_CLAIM_NOW, (key,)):
+        if self._claim_and_read("claim", SQL_CLAIM_NOW, (key,), [instance_id])[0][0]:
             self._held.add(key)
             return key
         hi, lo = _halves(key)
         conn = self._connection()
         psycopg = self._psycopg
         marked = False
+        restore: str | None = None  # the session's lock_timeout (a store's statements use it)
         try:
             timeout_ms = f"{max(1, round(timeout * 1000))}ms"
-            marked = bool(conn.execute(SQL_MARK_WAITING, (timeout_ms, hi, lo)).fetchone()[1])
+            restore, _, marked, _ = conn.execute(SQL_MARK_WAITING, (timeout_ms, hi, lo)).fetchone()
             conn.execute(SQL_WAIT_CLAIM, (key,))
         except psycopg.errors.LockNotAvailable:
             raise busy from None
@@ -236,9 +280,9 @@ class AdvisoryClaims(SessionLocks):
             self._link.drop()
             raise self._link.error(exc, "claim") from None
         finally:
-            if marked and not conn.broken:
+            if restore is not None and not conn.broken:  # marked: unmark, as it was
                 try:
-                    conn.execute(SQL_UNMARK, (hi, lo))
+                    conn.execute(SQL_UNMARK, (bool(marked), hi, lo, restore))
                 except psycopg.Error:
                     self._link.drop()
         self._held.add(key)
@@ -249,6 +293,8 @@ class AdvisoryClaims(SessionLocks):
         if token not in self._held:
             return
         self._held.discard(token)
+        if self._store is not None:
+            self._store.forget_claimed()
         link = self._link
         if not link.is_open:
             return  # the session is gone, and its locks with it
@@ -263,6 +309,8 @@ class AdvisoryClaims(SessionLocks):
         if not held:
             return
         self._held.difference_update(held)
+        if self._store is not None:
+            self._store.forget_claimed()
         link = self._link
         if not link.is_open:
             return
@@ -277,15 +325,18 @@ class AdvisoryClaims(SessionLocks):
     def anyone_waiting(self) -> bool:
         """Whether another caller waits for any claim this object holds.
 
-        A "no" is reused for ``WAIT_CHECK_INTERVAL`` (one round trip per millisecond at most,
-        not one per step of a group commit).
+        A "no" is reused for ``WAIT_CHECK_INTERVAL`` (one round trip per interval at most,
+        not one per step of a group commit). One lock test when nobody waits for any claim
+        (``ANYONE_WAITS``), then one per claim held.
 
         Raises:
             StorageError: the server cannot be reached.
         """
         if not self._held or time.monotonic() < self._nobody_waits_until:
             return False
-        waiting = self._waited(list(self._held))
+        waiting = bool(self._run("claim check", SQL_ANYONE_WAITS, ())) and self._waited(
+            list(self._held)
+        )
         if not waiting:
             self._nobody_waits_until = time.monotonic() + WAIT_CHECK_INTERVAL
         return waiting
@@ -321,6 +372,10 @@ class AdvisoryClaims(SessionLocks):
         return True
 
     def close(self) -> None:
-        """Release every claim (by ending the session) and close (idempotent)."""
-        self._held.clear()
-        self._link.close()
+        """Release every claim (by ending the session; a store's session: by releasing them)
+        and close (idempotent)."""
+        if self._store is None:
+            self._held.clear()
+            self._link.close()
+        elif self._held:
+            self.release_many(list(self._held))

@@ -6,8 +6,8 @@ the schema and its migrations, the write transaction, the group commit's fast pa
 horizon that ``tail -f`` follows, health, and the wake-ups (``NOTIFY``/``LISTEN``).
 
 Theory of operation. Every durajobs process keeps, per ``Jobs``, one store connection (reads in
-autocommit, each write one explicit transaction), one claim connection (``claims``: session
-advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
+autocommit, each write one explicit transaction) that also holds its claims (``claims``:
+session advisory locks) and, for the daemon, one ``LISTEN`` connection. Steps are serialized by the
 claim, not by the database: the store may assume the claim is held and checks the fence
 (``... WHERE step = expected``) in the same statement that writes, so a write computed by a
 process that lost its claim (``pg_terminate_backend``, a restart, a partition) changes nothing.
@@ -32,15 +32,24 @@ Poolers: every connection checks, when it opens, that its server session is its 
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
 silently break the claims and LISTEN, so it is refused; session pooling is fine.
 
+Round trips of one client call (issue 19): the claim and the reads after it go in one simple
+query of two statements (``read_after_claim``: the row, its queued flag, the last step of a new
+instance; kept for the engine's next ``load``/``last_step``); a single step's write is
+``BEGIN``, one statement and ``COMMIT`` in one simple query (``commit``); the release is the
+third. Their parameters are bound by psycopg's ``ClientCursor`` (several statements with
+parameters cannot go in one extended-protocol message; psycopg's pipeline mode does that, but
+on a local server it cost more client CPU and time than the round trips it saved:
+benchmarks/FINDINGS.md). A wake-up is posted (``Link.post``): sent, never waited for.
+
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
-round trip (``AdvisoryClaims.try_acquire_many``), reads their rows in one statement after the
-claims (``load_many``), and commits the group in one transaction where the steps of Continuous
-and Task instances that update their row go in one statement (``SQL_PUT_BATCH``: ``UPDATE ...
-FROM unnest(...)``, each row fenced on its own step, and their history records in the same
-statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
-batched write that did not apply) goes one statement at a time with its exact semantics, its
-row and records in one statement (``SQL_PUT_RECORDED``). The claims are released in one round
-trip (``release_many``).
+round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the same
+query (``read_after_claim``), and commits the group in one transaction where the steps of
+Continuous and Task instances that update their row go in one statement (``SQL_PUT_BATCH``:
+``UPDATE ... FROM unnest(...)``, each row fenced on its own step, and their history records in the
+same statement, only for the rows that passed); any other write (Debounce, keyed, new, purge, or a
+batched write that did not apply) goes one statement at a time with its exact semantics, its row
+and records in one statement (``SQL_PUT_RECORDED``). The claims are released in one round trip
+(``release_many``).
 
 Following the history (``history_since``, ``durajobs tail -f``): ids come from a sequence and
 transactions commit in any order, so records are handed out only up to an id that no
@@ -58,11 +67,13 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import time
 import urllib.parse
 from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from durajobs.core.rows import FencedOut, Instance, Queued, RejectedWrite
 from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
@@ -227,7 +238,25 @@ SQL_PUT_BATCH = (
     "%s::text[]) WITH ORDINALITY AS r(instance_id, step, event, attempt, duration_ms, error, "
     "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
     "SELECT instance_id FROM put"
+).replace("%s", "%b")  # binary parameters: no text quoting of every array element
+# A single step's commit (``commit``): SQL_PUT_RECORDED prepared once per session under a
+# name (``PREPARE``), then run as ``BEGIN; EXECUTE ...; COMMIT``, one simple query with the
+# parameters bound by the client: one round trip, and the server plans it once per session.
+_ROW_TYPES = ["text"] * 4 + [_BATCH_TYPES.get(c, "float8") for c in _NAMES[4:]]
+_PUT_TYPES = (*_ROW_TYPES, "bigint", "text", "float8", "bigint",
+              "text[]", "bigint[]", "float8[]", "text[]", "text[]")  # fmt: skip
+PUT_NAME = "durajobs_put_recorded"
+_PUT_PIECES = SQL_PUT_RECORDED.split("%s")  # (no other % in it)
+SQL_PREPARE_PUT = (
+    f"PREPARE {PUT_NAME} ({', '.join(_PUT_TYPES)}) AS "
+    + "".join(f"{piece}${n}" for n, piece in enumerate(_PUT_PIECES[:-1], 1))
+    + _PUT_PIECES[-1]
 )
+SQL_EXECUTE_PUT = f"EXECUTE {PUT_NAME} ({', '.join(['%s'] * len(_PUT_TYPES))})"
+SQL_FIND_MY_RECORD = (
+    "SELECT 1 FROM history WHERE instance_id = %s AND step = %s AND event = %s AND at = %s"
+)
+SQL_IS_PREPARED = "SELECT EXISTS (SELECT FROM pg_prepared_statements WHERE name = %s)"
 # Following the history without gaps (``history_since``): ids come from a sequence, so a
 # transaction can commit a record after a record with a higher id was read. Read only ids that
 # are final: every id up to the sequence's last value V was taken by a transaction holding a
@@ -254,6 +283,23 @@ SQL_HISTORY_RECENT_FINAL = (
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
 SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+POST_NOTIFY = b"SELECT pg_notify($1, '')"
+# Read after a claim, in the claim's round trip (``read_after_claim``): the row, whether events
+# are queued for it, and (no row) the last step its history recorded: what ``load``,
+# ``load_with_queue`` and ``last_step`` would read next. (instance_id x 2)
+SQL_READ_CLAIMED = (
+    f"SELECT {', '.join(f'i.{c}' for c in _NAMES)}, i.instance_id IS NOT NULL AND EXISTS "
+    "(SELECT 1 FROM inbox WHERE inbox.instance_id = i.instance_id), CASE WHEN i.instance_id "
+    "IS NULL THEN coalesce((SELECT step FROM history WHERE instance_id = %s ORDER BY id DESC "
+    "LIMIT 1), 0) END FROM (SELECT 1) AS one LEFT JOIN instances AS i ON i.instance_id = %s"
+)
+# The read after a single claim, prepared the same way (``read_after_claim``).
+READ_NAME = "durajobs_read_claimed"
+SQL_EXECUTE_READ = f"EXECUTE {READ_NAME} (%s)"
+SQL_PREPARES = {
+    PUT_NAME: SQL_PREPARE_PUT,
+    READ_NAME: f"PREPARE {READ_NAME} (text) AS " + SQL_READ_CLAIMED.replace("%s", "$1"),
+}
 SQL_SERVER_INFO = "SELECT current_setting('server_version'), extract(epoch FROM clock_timestamp())"
 SQL_SETTING = "SELECT current_setting(%s)"
 
@@ -349,6 +395,7 @@ class Link:
             self._kwargs["application_name"] = application_name
         self._setup = tuple(setup)
         self._conn: Any = None
+        self._posted = 0  # statements sent by ``post`` whose answers are not read yet
         self._pid = os.getpid()
         self.generation = 0  # counts (re)connections: a claim or a LISTEN dies with one
 
@@ -374,6 +421,8 @@ class Link:
         if conn is not None:
             if self._pid != os.getpid():
                 _disown(conn)
+                conn = self._conn = None
+            elif self._posted and not self._read_posted(conn):
                 conn = self._conn = None
             elif not _usable(conn):
                 with contextlib.suppress(Exception):
@@ -410,6 +459,54 @@ class Link:
             self.drop()
             raise self.error(exc, doing) from None
 
+    def post(self, statement: bytes, params: Sequence[bytes]) -> None:
+        """Send ``statement`` (``$1``... parameters, as text) without waiting for its answer:
+        the server runs it at once, and its answer is read (and dropped) before the
+        connection's next use. For statements whose outcome nobody waits for (a wake-up;
+        not a claim's release: ``release`` returns when the lock is free). Outside a
+        transaction only (else nothing is sent). Never raises; a connection that fails is
+        dropped.
+        """
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():
+            return
+        if self._posted and not self._read_posted(conn):  # one statement in flight at most
+            self._conn = None
+            return
+        if not _usable(conn):
+            return
+        if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            return
+        pgconn = conn.pgconn
+        try:
+            pgconn.send_query_params(statement, list(params))
+            self._posted += 1
+            while pgconn.flush():  # the socket is non-blocking: wait until it is all sent
+                select.select([], [pgconn.socket], [])
+        except self._psycopg.Error:
+            self._posted = 0
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+
+    def _read_posted(self, conn: Any) -> bool:
+        """Read (and drop) the answers of the posted statements; ``False``: the connection
+        failed meanwhile (it is closed)."""
+        pgconn = conn.pgconn
+        try:
+            while self._posted:
+                while pgconn.is_busy():
+                    select.select([pgconn.socket], [], [])
+                    pgconn.consume_input()
+                if pgconn.get_result() is None:  # each statement's results end with None
+                    self._posted -= 1
+        except self._psycopg.Error:
+            self._posted = 0
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
+        return True
+
     def _open(self) -> Any:
         psycopg = _psycopg(self.where)
         try:
@@ -428,6 +525,7 @@ class Link:
             raise
         self._conn = conn
         self._pid = os.getpid()
+        self._posted = 0
         self.generation += 1
         return conn
 
@@ -480,9 +578,9 @@ class Link:
 
     @property
     def is_open(self) -> bool:
-        """Whether a usable connection is open now (no I/O)."""
+        """Whether a usable connection of this process is open now (no I/O)."""
         conn = self._conn
-        return conn is not None and _usable(conn)
+        return conn is not None and self._pid == os.getpid() and _usable(conn)
 
     def drop(self) -> None:
         """Close the connection if it is broken (so the next call reconnects)."""
@@ -676,6 +774,13 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         self._migrated_generation = -1
         self._final_id = 0  # every history id up to this one is final (history_since)
         self._follow_pending: list[tuple[int, frozenset[str]]] = []
+        # What was read right after a claim granted on this store's session (claims opened
+        # with this store share its connection: ``read_after_claim``), for the reads the
+        # engine makes next: (connection generation, {id: (row, queued?, last step)}).
+        self._claimed: tuple[int, dict[str, tuple[Any, bool | None, int | None]]] | None = None
+        # SQL_PREPARES name -> the link generation (session) that has it prepared; -1 - the
+        # generation: unknown (a query that held its PREPARE failed).
+        self._prepared: dict[str, int] = {}
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -738,6 +843,102 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
     def _changed(self, cur: Any) -> int:
         return int(cur.rowcount)
 
+    # -- reads right after a claim (the claim's round trip) -------------------------------
+
+    @property
+    def link(self) -> Link:
+        """The store's connection (claims opened with this store hold their locks on it)."""
+        return self._link
+
+    def read_after_claim(
+        self, conn: Any, claim: str, params: Any, instance_ids: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """Run ``claim`` (a statement granting claims, on this store's session ``conn``) and,
+        in the same round trip (one simple query), read what the engine reads after a claim of
+        ``instance_ids``; returns ``claim``'s rows. The reads run after the claim on the same
+        session, so they see every commit made before the claim was granted; they are kept
+        for the next ``load``/``load_with_queue``/``last_step``/``load_many`` of those
+        instances (a refused claim's are not used).
+
+        Raises:
+            psycopg.Error: the statements failed (the caller's ``Link.run`` turns it into
+                ``StorageError``).
+        """
+        self._claimed = None
+        cur = _client_cursor(conn)
+        prefix = ""
+        if len(instance_ids) == 1:
+            prefix = self._prepare(conn, READ_NAME)
+            read = cur.mogrify(SQL_EXECUTE_READ, (instance_ids[0],))
+        else:
+            read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
+        # One simple query, two statements: the read takes its snapshot after the claim.
+        with self._preparing(READ_NAME, prefix):
+            cur.execute(f"{prefix}{cur.mogrify(claim, params)}; {read}")
+        if prefix:
+            cur.nextset()
+        rows: list[tuple[Any, ...]] = cur.fetchall()
+        cur.nextset()
+        found: dict[str, tuple[Any, bool | None, int | None]] = {}
+        if len(instance_ids) == 1:
+            *row, queued, last = cur.fetchone()
+            found[instance_ids[0]] = (
+                None if row[0] is None else Instance(*row),
+                bool(queued),
+                last,
+            )
+        else:
+            found = dict.fromkeys(instance_ids, (None, None, None))  # (queued: not read)
+            for row in cur.fetchall():
+                found[row[0]] = (Instance(*row), None, None)
+        self._claimed = (self._link.generation, found)
+        return rows
+
+    def forget_claimed(self, instance_ids: Container[str] | None = None) -> None:
+        """Drop what ``read_after_claim`` kept (of these instances; all: ``None``)."""
+        if self._claimed is not None and (
+            instance_ids is None or any(i in instance_ids for i in self._claimed[1])
+        ):
+            self._claimed = None
+
+    def _kept(self, instance_id: str) -> tuple[Any, bool | None, int | None] | None:
+        claimed = self._claimed
+        if claimed is None or claimed[0] != self._link.generation:
+            return None
+        return claimed[1].get(instance_id)
+
+    def load(self, instance_id: str) -> Instance | None:
+        kept = self._kept(instance_id)
+        if kept is None:
+            return super().load(instance_id)
+        return kept[0]  # type: ignore[no-any-return]
+
+    def load_with_queue(self, instance_id: str) -> tuple[Instance | None, list[Queued]]:
+        kept = self._kept(instance_id)
+        if kept is None or kept[1] is None:
+            return super().load_with_queue(instance_id)
+        row, queued, _ = kept
+        return row, self.queued(instance_id) if queued else []
+
+    def last_step(self, instance_id: str) -> int:
+        kept = self._kept(instance_id)
+        if kept is None or kept[2] is None:
+            return super().last_step(instance_id)
+        return kept[2]
+
+    def load_many(
+        self, instance_ids: Sequence[str], *, with_queue: bool = False
+    ) -> dict[str, tuple[Instance | None, list[Queued]]]:
+        claimed = self._claimed
+        if (
+            with_queue
+            or claimed is None
+            or claimed[0] != self._link.generation
+            or any(i not in claimed[1] for i in instance_ids)
+        ):
+            return super().load_many(instance_ids, with_queue=with_queue)
+        return {i: (claimed[1][i][0], []) for i in instance_ids}
+
     def _array(self, ids: Sequence[str]) -> list[str]:
         return list(ids)
 
@@ -768,6 +969,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
     ) -> T:
         """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
         only when the connection broke during COMMIT: the server may have committed."""
+        self._claimed = None  # what was read after a claim is stale once anything is written
         psycopg = self._psycopg
         link = self._link
 
@@ -818,6 +1020,9 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         Raises:
             StorageError: the server cannot be reached.
         """
+        if self._link.is_open:  # nobody waits for its answer: sent, not waited for
+            self._link.post(POST_NOTIFY, (channel.encode(),))
+            return
         self._read(lambda conn: conn.execute(SQL_NOTIFY, (channel,)), "notify")
 
     def _serialize(self, cur: Any, instance_ids: Sequence[str]) -> None:
@@ -835,6 +1040,92 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         self._serialize(cur, [w.instance_id for w in writes if w.kind == "debounce"])
         return self._apply_batch(cur, writes, now, history_limit)
 
+    def commit(
+        self, writes: Sequence[Write], now: float, history_limit: int, *, atomic: bool = False
+    ) -> list[bool]:
+        """A single step that replaces (or makes) a row and records it, the common client
+        call: ``BEGIN``, the row and its records (``SQL_PUT_RECORDED``) and ``COMMIT`` as one
+        simple query, one round trip (a fenced-out write commits nothing). Any other commit:
+        ``SqlStore.commit``."""
+        write = writes[0] if len(writes) == 1 else None
+        if (
+            write is None or write.row is None or not write.records or write.kind == "debounce"
+            or write.key is not None or write.queue_only or write.trim
+        ):  # fmt: skip
+            return super().commit(writes, now, history_limit, atomic=atomic)
+        params = (*write.row, write.expected_step, write.instance_id, now, write.row.step,
+                  *(list(c) for c in zip(*write.records, strict=True)))  # fmt: skip
+        # Its own record, by its time too: a step of another process (this one's claim died
+        # with the session) may have recorded the same step and event meanwhile.
+        found = (write.instance_id, write.row.step, write.records[-1][0], now)
+        applied = self._commit_one(params, lambda read: bool(read(SQL_FIND_MY_RECORD, found)))
+        if atomic and not applied:
+            raise FencedOut(0)
+        return [applied]
+
+    def _prepare(self, conn: Any, name: str) -> str:
+        """``PREPARE name ...; `` if this session may not have ``name`` prepared, else ``""``.
+
+        Raises:
+            psycopg.Error: the check failed.
+        """
+        generation = self._link.generation
+        state = self._prepared.get(name)
+        if state == generation:
+            return ""
+        # A query that held its PREPARE failed: did the PREPARE run?
+        if state == -1 - generation and conn.execute(SQL_IS_PREPARED, (name,)).fetchone()[0]:
+            self._prepared[name] = generation
+            return ""
+        return SQL_PREPARES[name] + "; "
+
+    @contextlib.contextmanager
+    def _preparing(self, name: str, prefix: str) -> Iterator[None]:
+        """Around the query that holds ``prefix``: ``name`` is prepared after it, or unknown."""
+        generation = self._link.generation
+        try:
+            yield
+        except BaseException:
+            if prefix:
+                self._prepared[name] = -1 - generation
+            raise
+        self._prepared[name] = generation
+
+    def _commit_one(self, params: tuple[Any, ...], probe: Callable[[sql.Read], bool]) -> bool:
+        """``BEGIN; EXECUTE`` (``SQL_PUT_RECORDED``) ``; COMMIT`` in one round trip; whether
+        the fence held."""
+        self._claimed = None
+        psycopg = self._psycopg
+        link = self._link
+        for retry in (True, False):
+            conn = link.run("commit", _connected, self._connection)
+            cur = _client_cursor(conn)
+            try:
+                prefix = self._prepare(conn, PUT_NAME)
+                text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
+                with self._preparing(PUT_NAME, prefix):
+                    cur.execute(prefix + text)
+            except psycopg.Error as exc:
+                if conn.broken:  # the server may have committed: ask on a new connection
+                    link.drop()
+                    try:
+                        if probe(_reader(self._connection())):
+                            return True
+                    except (psycopg.Error, StorageError):
+                        link.drop()
+                        raise link.error(exc, "commit (outcome unknown)") from None
+                    if retry:  # not committed, the session is gone: once more on a new one
+                        continue
+                    raise link.error(exc, "commit") from None
+                self._rollback(conn)
+                if isinstance(exc, self.content_errors):
+                    raise RejectedWrite(0, exc) from None
+                raise link.error(exc, "commit") from None
+            for _ in range(2 if prefix else 1):  # PREPARE's and BEGIN's results, the write's
+                cur.nextset()
+            return bool(cur.rowcount)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _put(self, cur: Any, write: Write, now: float) -> bool:
         records = write.records
         if not records:
@@ -847,7 +1138,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         columns = (list(c) for c in zip(*records, strict=True))
         params += (write.expected_step, write.instance_id, now, row.step, *columns)
         cur.execute(SQL_PUT_DEBOUNCE_RECORDED if debounce else SQL_PUT_RECORDED, params)
-        return bool(cur.rowcount)
+        return bool(self._changed(cur))
 
     def _apply_batch(
         self, cur: Any, writes: Sequence[Write], now: float, history_limit: int
@@ -1021,6 +1312,26 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             f"{more} (end them with pg_terminate_backend(pid); set "
             f"idle_in_transaction_session_timeout){unseen}",
         )
+
+
+def _connected(conn: Any) -> Any:
+    return conn
+
+
+def _reader(conn: Any) -> sql.Read:
+    """Reads on ``conn`` (a probe's)."""
+
+    def read(statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
+
+    return read
+
+
+def _client_cursor(conn: Any) -> Any:
+    """A cursor that binds parameters itself: several statements, one simple query."""
+    import psycopg
+
+    return psycopg.ClientCursor(conn)
 
 
 def _begin_snapshot(conn: Any) -> Any:
