@@ -388,7 +388,11 @@ class Link:
             ) from None
         self._shown = _describe(location, params)
         self.where = self._shown.where
-        self._kwargs: dict[str, Any] = {"autocommit": True}
+        # prepare_threshold=None: psycopg prepares nothing by itself. Its automatic statements
+        # come with a DEALLOCATE ALL after any ROLLBACK (a snapshot read's end, a refused
+        # write): a round trip each, and it dropped the statements the store prepares by name
+        # (PUT_NAME, READ_NAME) behind the store's back.
+        self._kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = max(1, round(connect_timeout))
         if "application_name" not in params:
@@ -891,7 +895,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             found = dict.fromkeys(instance_ids, (None, None, None))  # (queued: not read)
             for row in cur.fetchall():
                 found[row[0]] = (Instance(*row), None, None)
-        self._claimed = (self._link.generation, found)
+        # Only a granted claim's reads are kept: after a refused one, another step may commit
+        # before this caller gets the claim (``acquire`` then waits for it and reads anew).
+        granted = {i: v for (i, v), (ok, *_) in zip(found.items(), rows, strict=True) if ok}
+        self._claimed = (self._link.generation, granted) if granted else None
         return rows
 
     def forget_claimed(self, instance_ids: Container[str] | None = None) -> None:
