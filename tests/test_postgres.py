@@ -1008,3 +1008,30 @@ def test_a_caller_waiting_for_a_claim_taken_ahead_waits_for_one_handler_only(pg_
         caller.join(30)
         assert done_after, "the caller never got its claim"
         assert done_after[0] < 20, f"the caller waited for {done_after[0]} handlers"
+
+
+def test_calls_after_the_session_ended_while_idle_prepare_their_statements_again(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """Claims share the store's session, whose claim+read and single commit run statements
+    prepared by name once per session: after the session ends while idle, the next calls
+    (each kind of claim, then its commit) prepare them on the new session and succeed."""
+    from datetime import UTC, datetime
+
+    from test_stores import REGISTRY, Count
+
+    from durajobs import FakeClock, Jobs
+
+    clock = FakeClock(datetime.fromtimestamp(T0, UTC))
+    with Jobs(pg_url, REGISTRY, clock=clock) as jobs:
+        tick = jobs.continuous("tick")
+        for round_ in range(3):
+            for user in ("a", "b"):
+                tick.start(f"{user}{round_}", Count())
+            _terminate(pg_server, _backend_pid(jobs.engine.store))
+            tick.start(f"c{round_}", Count())  # acquire: claim + read, then commit
+            tick.trigger(f"a{round_}")
+            _terminate(pg_server, _backend_pid(jobs.engine.store))
+            clock.advance("1 minute")
+            assert jobs.run_due() >= 3  # try_acquire_many + group commit
+        assert tick.get_state("c2") == Count(2)

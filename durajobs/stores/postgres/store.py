@@ -1096,7 +1096,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             if prefix:
                 self._prepared[name] = -1 - generation
             raise
-        self._prepared[name] = generation
+        if prefix:  # (a query without the PREPARE proves nothing: it may not use ``name``)
+            self._prepared[name] = generation
 
     def _commit_one(self, params: tuple[Any, ...], probe: Callable[[sql.Read], bool]) -> bool:
         """``BEGIN; EXECUTE`` (``SQL_PUT_RECORDED``) ``; COMMIT`` in one round trip; whether
