@@ -619,7 +619,19 @@ class Engine:
         tokens = self._bulk_held = {}
         queued_ids: set[str] = set()
         try:
-            for instance_id in sorted(distinct):  # one fixed order: no deadlock
+            ordered = sorted(distinct)  # claims in one fixed order: no deadlock
+            # All at once first (one round trip on PostgreSQL); of what was granted, only
+            # the run before the first refusal is kept: the rest is claimed in order, waiting
+            # (never wait while holding a claim later in the order).
+            if len(ordered) > 1:
+                granted = self.locks.try_acquire_many(ordered)
+                for instance_id, token in zip(ordered, granted, strict=True):
+                    if token is None:
+                        break
+                    tokens[instance_id] = token
+                self.locks.release_many([t for t in granted[len(tokens) :] if t is not None])
+            start = len(tokens)
+            for instance_id in ordered[start:]:
                 token = self._claim(instance_id, not queue_busy)
                 if token is None:
                     queued_ids.add(instance_id)

@@ -208,6 +208,22 @@ def test_a_group_of_updates_fences_each_row_and_records_only_what_applied(store:
     assert store.last_step(c) == 2
 
 
+def test_a_group_of_new_rows_leaves_a_row_made_meanwhile_to_its_fence(store: Store) -> None:
+    """send_many of new ids (PostgreSQL: one INSERT for the rows, one for their records): a
+    row another process made since the read is not overwritten; the others are made."""
+    store.commit([write(row(C2, 1, state='{"n":7}'), 0, new=True)], T0, 100)  # made meanwhile
+    task = "task:t:x"
+    result = store.commit(
+        [write(row(C1, 1), 0, new=True), write(row(C2, 1), 0, new=True),
+         write(row(task, 1), 0, new=True)],
+        T0 + 1, 100,
+    )  # fmt: skip
+    assert result == [True, False, True]
+    assert store.load(C2).state == '{"n":7}'  # type: ignore[union-attr]
+    assert [len(store.history(i)) for i in (C1, C2, task)] == [1, 1, 1]
+    assert store.load(task) == row(task, 1)
+
+
 def test_a_rejected_write_in_a_group_of_updates_is_named(store: Store) -> None:
     a, b, c, _ = _four_rows(store)
     too_big = row(b, 2)._replace(run_count=2**70)

@@ -223,6 +223,14 @@ _BATCH_COLUMNS = _NAMES[4:]
 _BATCH_TYPES = {"status": "text", "state": "text", "reason": "text", "last_error": "text",
                 "run_count": "bigint", "attempt": "bigint", "event_count": "bigint",
                 "step": "bigint", "version": "bigint"}  # fmt: skip
+_BATCH_RECORDS = (
+    "rec AS (INSERT INTO history (instance_id, at, event, step, attempt, duration_ms, error, "
+    "data) SELECT r.instance_id, %s, r.event, r.step, r.attempt, r.duration_ms, r.error, r.data "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[], "
+    "%s::text[]) WITH ORDINALITY AS r(instance_id, step, event, attempt, duration_ms, error, "
+    "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
+    "SELECT instance_id FROM put"
+)
 SQL_PUT_BATCH = (
     "WITH w AS (SELECT * FROM unnest(%s::text[], "
     + ", ".join(f"%s::{_BATCH_TYPES.get(c, 'float8')}[]" for c in _BATCH_COLUMNS)
@@ -231,14 +239,19 @@ SQL_PUT_BATCH = (
     + ", expected)), put AS (UPDATE instances SET "
     + ", ".join(f"{c} = w.{c}" for c in _BATCH_COLUMNS)
     + " FROM w WHERE instances.instance_id = w.instance_id AND instances.step = w.expected "
-    "RETURNING instances.instance_id), rec AS (INSERT INTO history "
-    "(instance_id, at, event, step, attempt, duration_ms, error, data) "
-    "SELECT r.instance_id, %s, r.event, r.step, r.attempt, r.duration_ms, r.error, r.data "
-    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[], "
-    "%s::text[]) WITH ORDINALITY AS r(instance_id, step, event, attempt, duration_ms, error, "
-    "data, ord) WHERE r.instance_id IN (SELECT instance_id FROM put) ORDER BY r.ord) "
-    "SELECT instance_id FROM put"
+    "RETURNING instances.instance_id), "
+    + _BATCH_RECORDS
 ).replace("%s", "%b")  # binary parameters: no text quoting of every array element
+# The new instances of a group (``send_many`` of new ids): inserted, with their records, where
+# no row exists; a row found (made meanwhile) leaves that write to ``_apply``'s fenced upsert.
+SQL_INSERT_BATCH = (
+    f"WITH put AS (INSERT INTO instances ({', '.join(_NAMES)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{_BATCH_TYPES.get(c, 'float8')}[]" for c in _BATCH_COLUMNS).join(
+        ["%s::text[], %s::text[], %s::text[], %s::text[], ", ""]
+    )
+    + ") ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id), "
+    + _BATCH_RECORDS
+).replace("%s", "%b")
 # A single step's commit (``commit``): SQL_PUT_RECORDED prepared once per session under a
 # name (``PREPARE``), then run as ``BEGIN; EXECUTE ...; COMMIT``, one simple query with the
 # parameters bound by the client: one round trip, and the server plans it once per session.
@@ -1151,49 +1164,57 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
     def _apply_batch(
         self, cur: Any, writes: Sequence[Write], now: float, history_limit: int
     ) -> set[int]:
-        """Group commit's common case in one statement: the steps of Continuous and Task
+        """Group commit's common cases in one statement each: the steps of Continuous and Task
         instances that replace an existing row (``UPDATE ... FROM unnest(...)``, each row
-        fenced on its own step) with their history records (``INSERT ... SELECT FROM
-        unnest(...)``, only for the rows that passed). Returns the indexes applied.
+        fenced on its own step), and those that make a new one (``INSERT ... SELECT FROM
+        unnest(...) ON CONFLICT DO NOTHING``), with their history records (``INSERT ... SELECT
+        FROM unnest(...)``, only for the rows written). Returns the indexes applied.
 
-        Every other write, and every write of the batch that did not apply (fenced out, or its
-        row is missing and must be inserted), goes through ``_apply`` afterwards, which gives
+        Every other write, and every write of the batch that did not apply (fenced out, its
+        row missing, or a new one's row found), goes through ``_apply`` afterwards, which gives
         it the exact per-write semantics. A value the server refuses (a content error) undoes
         the batch (a savepoint) and leaves every write to ``_apply``, which names the culprit.
         """
         if not self.batch_commit:
             return set()
-        indexes = [
+        plain = [
             i for i, w in enumerate(writes)
-            if w.row is not None and w.kind != "debounce" and w.key is None and not w.new
-            and not w.queue_only and w.expected_step > 0
+            if w.row is not None and w.kind != "debounce" and w.key is None and not w.queue_only
         ]  # fmt: skip
-        if len(indexes) < 2 or len({writes[i].instance_id for i in indexes}) < len(indexes):
+        if len(plain) < 2 or len({writes[i].instance_id for i in plain}) < len(plain):
             return set()
-        rows = [writes[i].row for i in indexes]
-        columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
-        records = [
-            (w.instance_id, w.row.step, *record)  # type: ignore[union-attr]
-            for w in (writes[i] for i in indexes)
-            for record in w.records
-        ]
-        record_columns: list[list[Any]] = [list(c) for c in zip(*records, strict=True)] or [
-            [] for _ in range(7)
-        ]
-        params = (
-            columns[0], *columns[4:], [writes[i].expected_step for i in indexes], now,
-            *record_columns,
-        )  # fmt: skip
+        updates = [i for i in plain if not writes[i].new and writes[i].expected_step > 0]
+        inserts = [i for i in plain if writes[i].new]
+        if len(updates) < 2 and len(inserts) < 2:
+            return set()
+        done: set[str] = set()
         cur.execute("SAVEPOINT batch")
         try:
-            done = {row[0] for row in cur.execute(SQL_PUT_BATCH, params).fetchall()}
+            for indexes, statement in ((updates, SQL_PUT_BATCH), (inserts, SQL_INSERT_BATCH)):
+                if len(indexes) < 2:
+                    continue
+                rows = [writes[i].row for i in indexes]
+                columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
+                records = [
+                    (w.instance_id, w.row.step, *record)  # type: ignore[union-attr]
+                    for w in (writes[i] for i in indexes)
+                    for record in w.records
+                ]
+                record_columns: list[list[Any]] = [
+                    list(c) for c in zip(*records, strict=True)
+                ] or [[] for _ in range(7)]
+                params: tuple[Any, ...] = (*columns, now, *record_columns)
+                if statement is SQL_PUT_BATCH:
+                    expected = [writes[i].expected_step for i in indexes]
+                    params = (columns[0], *columns[4:], expected, now, *record_columns)
+                done.update(row[0] for row in cur.execute(statement, params).fetchall())
         except self.content_errors:
             cur.execute("ROLLBACK TO SAVEPOINT batch")
             return set()
-        for write in (writes[i] for i in indexes if writes[i].trim):
-            if write.instance_id in done:
-                cur.execute(SQL.trim_history, (write.instance_id, write.instance_id, history_limit))
-        return {i for i in indexes if writes[i].instance_id in done}
+        applied = {i for i in updates + inserts if writes[i].instance_id in done}
+        for write in (writes[i] for i in sorted(applied) if writes[i].trim):
+            cur.execute(SQL.trim_history, (write.instance_id, write.instance_id, history_limit))
+        return applied
 
     def history_since(self, after_id: int, limit: int = 1000) -> list[HistoryRow]:
         """Only records no transaction still writing can precede (``SQL_HISTORY_SINCE``): one
