@@ -553,6 +553,7 @@ class Engine:
             decision, write = self._stepped(job, inst, msg, env, key=key)
             if write is None:
                 return StepOutcome(decision, inst)  # the claim is released below
+            self.locks.release_at_commit(token)  # (released below in any case)
             try:
                 applied = store.commit((write,), self.clock.time(), self.history_limit)[0]
             except RejectedWrite as rejected:

@@ -757,6 +757,13 @@ class Claims(Protocol):
         """Drop many claims at once (a bulk call's); never raises."""
         ...
 
+    def release_at_commit(self, token: int) -> None:
+        """The store's next single-write commit may drop this claim in its own round trip,
+        right after its ``COMMIT`` (claims on the store's session); ``release(token)`` after
+        that commit is still called and costs nothing then. Claims that cannot (SQLite's: a
+        release costs no round trip) ignore it. Never raises."""
+        ...
+
     def anyone_waiting(self) -> bool:
         """Whether some caller may wait for a claim this process holds (cheap, may over-report).
 

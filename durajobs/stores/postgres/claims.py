@@ -288,6 +288,12 @@ class AdvisoryClaims(SessionLocks):
         self._held.add(key)
         return key
 
+    def release_at_commit(self, token: int) -> None:
+        """On the store's session: its next single-write commit unlocks ``token`` after its
+        ``COMMIT``, in the same round trip (``PostgresStore.unlock_at_commit``)."""
+        if self._store is not None and token in self._held:
+            self._store.unlock_at_commit(token)
+
     def release(self, token: int) -> None:
         """Drop a claim taken by ``acquire``/``try_acquire`` (never raises)."""
         if token not in self._held:
@@ -295,6 +301,8 @@ class AdvisoryClaims(SessionLocks):
         self._held.discard(token)
         if self._store is not None:
             self._store.forget_claimed()
+            if self._store.unlocked_at_commit(token):
+                return  # the commit's round trip released it
         link = self._link
         if not link.is_open:
             return  # the session is gone, and its locks with it

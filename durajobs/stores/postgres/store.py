@@ -795,6 +795,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         # with this store share its connection: ``read_after_claim``), for the reads the
         # engine makes next: (connection generation, {id: (row, queued?, last step)}).
         self._claimed: tuple[int, dict[str, tuple[Any, bool | None, int | None]]] | None = None
+        # A claim (advisory lock key) the next single-write commit unlocks after its COMMIT,
+        # and the one the last such commit did unlock, on which session (``unlock_at_commit``).
+        self._unlock: int | None = None
+        self._unlocked: tuple[int, int] | None = None
         # SQL_PREPARES name -> the link generation (session) that has it prepared; -1 - the
         # generation: unknown (a query that held its PREPARE failed).
         self._prepared: dict[str, int] = {}
@@ -914,6 +918,17 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         self._claimed = (self._link.generation, granted) if granted else None
         return rows
 
+    def unlock_at_commit(self, key: int) -> None:
+        """The next single-write commit (``_commit_one``) also runs ``pg_advisory_unlock(key)``
+        right after its ``COMMIT``, in its round trip: the claim a step holds on this session
+        (``AdvisoryClaims.release_at_commit``). Any other commit forgets it."""
+        self._unlock = key
+
+    def unlocked_at_commit(self, key: int) -> bool:
+        """Whether the last commit unlocked ``key`` on the live session (once)."""
+        unlocked, self._unlocked = self._unlocked, None
+        return unlocked == (key, self._link.generation)
+
     def forget_claimed(self, instance_ids: Container[str] | None = None) -> None:
         """Drop what ``read_after_claim`` kept (of these instances; all: ``None``)."""
         if self._claimed is not None and (
@@ -990,6 +1005,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
         only when the connection broke during COMMIT: the server may have committed."""
         self._claimed = None  # what was read after a claim is stale once anything is written
+        self._unlock = self._unlocked = None
         psycopg = self._psycopg
         link = self._link
 
@@ -1116,6 +1132,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         """``BEGIN; EXECUTE`` (``SQL_PUT_RECORDED``) ``; COMMIT`` in one round trip; whether
         the fence held."""
         self._claimed = None
+        unlock, self._unlock, self._unlocked = self._unlock, None, None
         psycopg = self._psycopg
         link = self._link
         for retry in (True, False):
@@ -1124,6 +1141,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             try:
                 prefix = self._prepare(conn, PUT_NAME)
                 text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
+                if unlock is not None and retry:  # (a new session holds no claim)
+                    text += f"; SELECT pg_advisory_unlock({int(unlock)})"
                 with self._preparing(PUT_NAME, prefix):
                     cur.execute(prefix + text)
             except psycopg.Error as exc:
@@ -1144,6 +1163,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                 raise link.error(exc, "commit") from None
             for _ in range(2 if prefix else 1):  # PREPARE's and BEGIN's results, the write's
                 cur.nextset()
+            if unlock is not None and retry:
+                self._unlocked = (unlock, link.generation)
             return bool(cur.rowcount)
         raise AssertionError("unreachable")  # pragma: no cover
 

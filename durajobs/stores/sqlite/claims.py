@@ -244,6 +244,9 @@ class InstanceLocks:
                 self._retired.remove(fd)
                 os.close(fd)
 
+    def release_at_commit(self, token: int) -> None:
+        """Nothing to save: a release is a system call, not a round trip."""
+
     def release_many(self, tokens: list[int]) -> None:
         """Drop many claims (a bulk call's). When they are all this object holds, one system
         call drops them: the kernel keeps a file's locks in a list, so releasing thousands one
