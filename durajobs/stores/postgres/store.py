@@ -239,8 +239,7 @@ SQL_PUT_BATCH = (
     + ", expected)), put AS (UPDATE instances SET "
     + ", ".join(f"{c} = w.{c}" for c in _BATCH_COLUMNS)
     + " FROM w WHERE instances.instance_id = w.instance_id AND instances.step = w.expected "
-    "RETURNING instances.instance_id), "
-    + _BATCH_RECORDS
+    "RETURNING instances.instance_id), " + _BATCH_RECORDS
 ).replace("%s", "%b")  # binary parameters: no text quoting of every array element
 # The new instances of a group (``send_many`` of new ids): inserted, with their records, where
 # no row exists; a row found (made meanwhile) leaves that write to ``_apply``'s fenced upsert.
@@ -1221,9 +1220,9 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                     for w in (writes[i] for i in indexes)
                     for record in w.records
                 ]
-                record_columns: list[list[Any]] = [
-                    list(c) for c in zip(*records, strict=True)
-                ] or [[] for _ in range(7)]
+                record_columns: list[list[Any]] = [list(c) for c in zip(*records, strict=True)] or [
+                    [] for _ in range(7)
+                ]
                 params: tuple[Any, ...] = (*columns, now, *record_columns)
                 if statement is SQL_PUT_BATCH:
                     expected = [writes[i].expected_step for i in indexes]
