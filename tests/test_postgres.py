@@ -6,6 +6,7 @@ Against a throwaway cluster (``tests/pgserver.py``); nothing is mocked.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import selectors
@@ -1035,3 +1036,32 @@ def test_calls_after_the_session_ended_while_idle_prepare_their_statements_again
             clock.advance("1 minute")
             assert jobs.run_due() >= 3  # try_acquire_many + group commit
         assert tick.get_state("c2") == Count(2)
+
+
+def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path) -> None:
+    """Claim and read in one round trip; the write, its COMMIT and the claim's release in the
+    other (libpq's trace of the one session: a run of client messages, then the server's
+    answer, is one round trip)."""
+    import psycopg
+    from test_stores import REGISTRY, Count
+
+    from durajobs import Jobs
+
+    with Jobs(pg_url, REGISTRY, wake=False) as jobs:
+        tick = jobs.continuous("tick")
+        tick.start("warm", Count())  # the session's statements are prepared
+        conn = jobs.engine.store._link.connection()  # type: ignore[attr-defined]
+        with open(tmp_path / "trace", "w+") as trace:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            for user in ("a", "b", "c"):
+                tick.start(user, Count())
+            conn.pgconn.untrace()
+            trace.seek(0)
+            sides = [line[0] for line in trace if line[:1] in ("F", "B")]
+        assert jobs.engine.locks._held == set()  # type: ignore[attr-defined]
+        other = AdvisoryClaims(pg_url)
+        assert all(other.try_acquire(f"continuous:tick:{u}") is not None for u in "abc")
+        other.close()
+    round_trips = sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))
+    assert round_trips == 2 * 3
