@@ -368,7 +368,7 @@ def newest_finished(
         sql, flat = statement.format(prefixes=true), []
     else:
         sql = statement.format(prefixes=" OR ".join([term] * len(prefixes)) or false)
-        flat = [v for p in prefixes for v in (p, p[:-1] + chr(ord(p[-1]) + 1))]
+        flat = [v for prefix in prefixes for v in (len(prefix), prefix)]
     chunk = min(max(2 * limit, 64), 1000)
     found: list[HistoryRow] = []
     for event in events:
