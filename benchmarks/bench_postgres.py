@@ -71,6 +71,14 @@ is the default of each system everywhere: ``synchronous_commit=on`` (durajobs
    Each is warmed up (one job run) before the timed run; each run is bounded in count (``E``)
    and time (``--max-seconds``); a system that cannot run is recorded with its error.
 
+6. Draining a backlog (1 vs 2 workers, 1 vs 2 daemons): ``--backlog`` due Task steps
+   (``e2e``'s ``execute``, made by ``send_many`` with no daemon up) are drained by one daemon
+   of one worker, one daemon of two workers, and two daemons of one worker each, interleaved
+   over ``--rounds`` rounds; tasks/s from the moment the daemons are ready to the first poll
+   (every 5 ms, reading the due index) that finds none due; the shares of the machine's CPU
+   taken by the server's processes and by everything meanwhile. No producer runs: the
+   workers' own throughput, which the end-to-end runs hide behind their producer.
+
 Every subprocess runs in its own process group and is killed by group when its ``with`` block
 ends (``common.managed_process``); helpers also arm ``alarm()`` so they end by themselves.
 
@@ -673,6 +681,45 @@ def end_to_end(
     return n / (done - produced["first"]), produced["enqueue_per_s"], shares
 
 
+def drain(url: str, base: Path, n: int, daemons: int, workers: int) -> dict[str, float]:
+    """Phase 6: ``n`` due steps made with no daemon up, then drained by ``daemons`` daemons of
+    ``workers`` workers: tasks/s from their readiness to nothing due, and the CPU shares."""
+    clean(url)
+    with Jobs(url, REGISTRY, wake=False) as jobs:
+        task = jobs.task("e2e")
+        for start in range(0, n, 1000):
+            task.send_many([(f"d-{i}", Item(i)) for i in range(start, min(n, start + 1000))])
+    settle(url)
+    with contextlib.ExitStack() as stack:
+        for _ in range(daemons):
+            stack.enter_context(daemon(url, base, workers=workers))
+        (server0, busy0), started = _cpu_seconds(), time.perf_counter()
+        due = "SELECT count(*) FROM instances WHERE due_at IS NOT NULL AND job = 'e2e'"
+        if not wait_until(lambda: query(url, due)[0] == 0, timeout=300, interval=0.005):
+            raise RuntimeError(f"{query(url, due)[0]} of {n} still due after 300 s")
+        (server1, busy1), elapsed = _cpu_seconds(), time.perf_counter() - started
+    capacity = elapsed * (os.cpu_count() or 1)
+    return {"rate": n / elapsed, "server": (server1 - server0) / capacity,
+            "busy": (busy1 - busy0) / capacity}  # fmt: skip
+
+
+DRAINS = ((1, 1), (1, 2), (2, 1))  # (daemons, workers each)
+
+
+def drain_rounds(url: str, base: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.rounds`` rounds of phase 6, the three configurations interleaved; medians."""
+    runs: dict[str, list[dict[str, float]]] = {f"{d}x{w}": [] for d, w in DRAINS}
+    for _ in range(args.rounds):
+        for d, w in DRAINS:
+            runs[f"{d}x{w}"].append(drain(url, base, args.backlog, d, w))
+            _progress(f"drain {d} daemons x {w} workers: {runs[f'{d}x{w}'][-1]['rate']:,.0f}/s")
+    return {
+        name: {**{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+               "rates": [r["rate"] for r in rs]}
+        for name, rs in runs.items()
+    }  # fmt: skip
+
+
 def _produce_args(system: System, n: int, prefix: str) -> list[str]:
     return [f"produce-{system.kind}", "--url", system.url, "--n", str(n), "--prefix", prefix]
 
@@ -923,6 +970,10 @@ def run_all(args: argparse.Namespace, url: str, peer_urls: dict[str, str]) -> di
         for system in systems:  # nothing left for autovacuum to chew on during what follows
             system.clean()
 
+        # 6. Draining a backlog: 1 vs 2 workers, 1 vs 2 daemons.
+        res["drain"] = drain_rounds(url, base, args)
+        clean(url)
+
         # 3. Lateness through LISTEN/NOTIFY, again after the write-heavy phases.
         res["lateness_after"], res["lateness_now_after"] = late_phase(url, base, args)
 
@@ -1039,6 +1090,25 @@ def e2e_rows(e2e: dict[str, Any], how: str) -> list[Row]:
     return rows
 
 
+def drain_rows(drained: dict[str, Any], backlog: int) -> list[Row]:
+    """The table's rows for phase 6."""
+    one = drained["1x1"]
+    rows: list[Row] = []
+    for name, label in (("1x1", "1 daemon of 1 worker"), ("1x2", "1 daemon of 2 workers"),
+                        ("2x1", "2 daemons of 1 worker")):  # fmt: skip
+        run = drained[name]
+        ratio = run["rate"] / one["rate"]
+        rows.append((
+            f"Draining {backlog:,} due steps, {label}", f"{run['rate']:,.0f} tasks/s"
+            + ("" if name == "1x1" else f" ({ratio:.2f}x 1 worker)"),
+            "-" if name == "1x1" else ">= 1.3x", None if name == "1x1" else ratio >= 1.3,
+            "rounds: " + ", ".join(f"{x:,.0f}" for x in run["rates"])
+            + f"; CPU of the machine's {os.cpu_count()} cores: the server's processes "
+            f"{run['server']:.0%}, all processes {run['busy']:.0%}",
+        ))  # fmt: skip
+    return rows
+
+
 def peer_rows(e2e: dict[str, Any], how: str) -> list[Row]:
     """The table's rows for durajobs (one daemon) against each peer."""
     rows: list[Row] = []
@@ -1114,8 +1184,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     send_ratio = full["send"] / full["floor_single"]
     rows.append((
         "`task.send`, FULL", f"{send_ratio:.2f}x the floor ({full['send']:,.0f} calls/s)",
-        ">= 0.5x", send_ratio >= 0.5, "one call = claim and read, step, write and commit, "
-        f"release; before: {full['send_before']:,.0f} calls/s",
+        ">= 0.5x", send_ratio >= 0.5, "one call = claim and read (a round trip), step, "
+        f"write, commit and release (a round trip); before: {full['send_before']:,.0f} calls/s",
     ))  # fmt: skip
     rows.append((
         "Round trips the client waits for", f"{trips['send']:.2f} per `task.send`, "
@@ -1136,6 +1206,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     batched = res["e2e_batch"]
     rows += e2e_rows(batched, f"{batched['batch']} per transaction")
     rows += peer_rows(batched, f"{batched['batch']} per transaction")
+    if "drain" in res:
+        rows += drain_rows(res["drain"], args.backlog)
     lines = [
         "# durajobs on PostgreSQL: benchmark results (issue 14)",
         "",
@@ -1156,8 +1228,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "schedules `execute` now; pgqueuer: `Queries.enqueue`; procrastinate: `Task.defer`) "
         f"or {args.batch} per transaction (`task.send_many`; `Queries.enqueue` of lists; "
         "`Task.batch_defer`); tasks/s from the first enqueue to the moment all have run. One "
-        "per transaction, durajobs is bound by its producer (each `task.send` is a claim, a "
-        "read, a transaction and a release); batched, by the workers. Each system "
+        "per transaction, durajobs is bound by its producer (each `task.send` is a claim and a "
+        "read, then a transaction that ends with the claim's release: two round trips and a "
+        "commit's flush); batched, by its producer too (`send_many` makes 100 new instances a "
+        "transaction). The workers alone: the draining rows (phase 6). Each system "
         "runs one worker process with its defaults (durajobs: a daemon and its one worker; "
         "pgqueuer: `pgq run`, batch size 10; procrastinate: `run_worker`, concurrency 1).",
         "",
@@ -1215,6 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=75.0, help="alarms/s for lateness (75)")
     parser.add_argument("--late-seconds", type=float, help="seconds of alarms a round (4)")
     parser.add_argument("--trials", type=int, help="takeover trials (5)")
+    parser.add_argument("--backlog", type=int, help="due steps per drain run (20000)")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="bound of one run")
     parser.add_argument("--url", help="an empty database to use (default: a throwaway cluster)")
     args = parser.parse_args(argv)
@@ -1244,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     defaults = {"n": (500, 3000), "repeat": (1, 3), "tasks": (300, 2000), "rounds": (1, 3),
-                "late_seconds": (2.0, 4.0), "trials": (2, 5)}  # fmt: skip
+                "late_seconds": (2.0, 4.0), "trials": (2, 5), "backlog": (5000, 20000)}  # fmt: skip
     for key, (quick, full) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)

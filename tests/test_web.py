@@ -891,8 +891,15 @@ def test_a_poll_of_an_unchanged_database_swaps_nothing(client: Client, db: Path 
     assert changed.text.lstrip().startswith('<div id="live"')
     assert 'hx-trigger="every 3s"' in changed.text
     assert "data-live" in changed.text
+    # The sender's wake-up (a NOTIFY, posted: its transaction may end after the poll above)
+    # moves PostgreSQL's token once more: the next poll may re-render once, then not.
     again = urlsplit(poll_url(changed))
-    assert client.get(again.path, again.query).status == 204
+    for _ in range(5):
+        answer = client.get(again.path, again.query, **{"HX-Request": "true"})
+        if answer.status == 204:
+            break
+        again = urlsplit(poll_url(answer))
+    assert answer.status == 204
 
 
 @pytest.mark.both_stores
