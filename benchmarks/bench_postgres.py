@@ -72,7 +72,8 @@ is the default of each system everywhere: ``synchronous_commit=on`` (durajobs
    and time (``--max-seconds``); a system that cannot run is recorded with its error.
 
 6. Draining a backlog (1 vs 2 workers, 1 vs 2 daemons): ``--backlog`` due Task steps
-   (``e2e``'s ``execute``, made by ``send_many`` with no daemon up) are drained by one daemon
+   (``e2e``'s ``execute``, made by ``send_many`` while the job is paused; the job is resumed
+   once the daemons are ready) are drained by one daemon
    of one worker, one daemon of two workers, and two daemons of one worker each, interleaved
    over ``--rounds`` rounds; tasks/s from the moment the daemons are ready to the first poll
    (every 5 ms, reading the due index) that finds none due; the shares of the machine's CPU
@@ -686,6 +687,7 @@ def drain(url: str, base: Path, n: int, daemons: int, workers: int) -> dict[str,
     ``workers`` workers: tasks/s from their readiness to nothing due, and the CPU shares."""
     clean(url)
     with Jobs(url, REGISTRY, wake=False) as jobs:
+        jobs.pause("e2e")  # held until every daemon is ready
         task = jobs.task("e2e")
         for start in range(0, n, 1000):
             task.send_many([(f"d-{i}", Item(i)) for i in range(start, min(n, start + 1000))])
@@ -694,6 +696,8 @@ def drain(url: str, base: Path, n: int, daemons: int, workers: int) -> dict[str,
         for _ in range(daemons):
             stack.enter_context(daemon(url, base, workers=workers))
         (server0, busy0), started = _cpu_seconds(), time.perf_counter()
+        with Jobs(url, REGISTRY) as jobs:
+            jobs.resume("e2e")  # (its wake-up starts every daemon)
         due = "SELECT count(*) FROM instances WHERE due_at IS NOT NULL AND job = 'e2e'"
         if not wait_until(lambda: query(url, due)[0] == 0, timeout=300, interval=0.005):
             raise RuntimeError(f"{query(url, due)[0]} of {n} still due after 300 s")
