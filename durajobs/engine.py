@@ -627,11 +627,15 @@ class Engine:
             if len(ordered) > 1:
                 granted = self.locks.try_acquire_many(ordered)
                 for instance_id, token in zip(ordered, granted, strict=True):
-                    if token is None:
+                    if token is None and not queue_busy:
                         break
-                    tokens[instance_id] = token
-                self.locks.release_many([t for t in granted[len(tokens) :] if t is not None])
-            start = len(tokens)
+                    if token is None:  # add_many never waits: busy elsewhere, it queues
+                        queued_ids.add(instance_id)
+                    else:
+                        tokens[instance_id] = token
+                if not queue_busy:
+                    self.locks.release_many([t for t in granted[len(tokens) :] if t is not None])
+            start = len(tokens) + len(queued_ids)
             for instance_id in ordered[start:]:
                 token = self._claim(instance_id, not queue_busy)
                 if token is None:

@@ -30,10 +30,10 @@ from test_stores import C1, C2, T0, row, write
 
 from durajobs import Task
 from durajobs.core.rows import RejectedWrite
-from durajobs.errors import DurajobsError, InvalidStateError, StorageError
+from durajobs.errors import DurajobsError, InstanceBusyError, InvalidStateError, StorageError
 from durajobs.stores import display_location, open_claims, open_listener, open_store, open_waker
 from durajobs.stores.base import TABLES
-from durajobs.stores.postgres.claims import AdvisoryClaims
+from durajobs.stores.postgres.claims import AdvisoryClaims, claim_key
 from durajobs.stores.postgres.store import SCHEMA_VERSION, PostgresStore
 
 ROOT = Path(__file__).parent.parent
@@ -1065,3 +1065,90 @@ def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path) ->
         other.close()
     round_trips = sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))
     assert round_trips == 2 * 3
+
+
+def test_a_claim_whose_read_fails_is_not_kept(pg_server: PgServer, pg_url: str) -> None:
+    """The claim and the read after it are one query: a session's advisory lock outlives the
+    failure of that query (here the read runs into lock_timeout behind another session's
+    table lock), so the claim is released before the error goes up -- else the instance
+    stayed busy for every other process until this session ended."""
+    import psycopg
+
+    store = PostgresStore(pg_url, busy_timeout=0.2)
+    claims = AdvisoryClaims(pg_url, store=store)
+    other = AdvisoryClaims(pg_url)
+    store.commit([write(row(C1, 1), 0, new=True), write(row(C2, 1), 0, new=True)], T0, 100)
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StorageError, match="lock"):
+            claims.try_acquire(C1)
+        with pytest.raises(StorageError, match="lock"):
+            claims.try_acquire_many([C1, C2])
+        with pytest.raises(StorageError, match="lock"):
+            claims.acquire(C1, 1.0)
+        assert other.try_acquire_many([C1, C2]) == [claim_key(C1), claim_key(C2)]
+        locker.rollback()
+    other.close()
+    assert claims.try_acquire(C1) is not None  # and the store's session works on
+    claims.close()
+    store.close()
+
+
+def test_a_failed_wait_leaves_no_waiting_marker(pg_url: str) -> None:
+    """``acquire`` marks itself waiting (the instance's marker, then the shared one) in one
+    statement; if that statement fails after taking the first marker (its lock_timeout ran
+    out behind a session testing the shared one), the marker is dropped: a marker left held
+    made every try_acquire of the instance yield, for good."""
+    import psycopg
+
+    from durajobs.stores.postgres.claims import ANYONE_WAITS
+
+    holder, waiter, other = (AdvisoryClaims(pg_url) for _ in range(3))
+    assert holder.try_acquire(C1) is not None
+    with psycopg.connect(pg_url, autocommit=True) as tester:  # holds ANYONE_WAITS exclusive
+        tester.execute("SELECT pg_advisory_lock(%s, %s)", ANYONE_WAITS)
+        with pytest.raises(InstanceBusyError):
+            waiter.acquire(C1, 0.2)
+    holder.close()
+    assert other.try_acquire(C1) is not None  # no marker left: nobody to yield to
+    for claims in (waiter, other):
+        claims.close()
+
+
+def test_statements_dropped_under_the_store_are_prepared_again(pg_url: str) -> None:
+    """The store prepares its hot statements once per session and remembers it; if they
+    vanish from a live session (a ``DEALLOCATE``/``DISCARD`` it did not run), the call that
+    meets the absence fails once, naming it, and the next ones prepare them again."""
+    from test_stores import REGISTRY, Count
+
+    from durajobs import Jobs
+
+    with Jobs(pg_url, REGISTRY, wake=False) as jobs:
+        tick = jobs.continuous("tick")
+        tick.start("a", Count())  # both statements prepared
+        jobs.engine.store._link.connection().execute("DEALLOCATE ALL")  # type: ignore[attr-defined]
+        with pytest.raises(StorageError, match="durajobs_read_claimed"):
+            tick.start("b", Count())  # the claim and read: then known missing
+        with pytest.raises(StorageError, match="durajobs_put_recorded"):
+            tick.start("c", Count())  # read prepared again; the commit meets its absence
+        tick.start("e", Count())
+        tick.start("f", Count())
+        assert jobs.engine.locks._held == set()  # type: ignore[attr-defined]
+        assert tick.get_state("f") is not None
+
+
+def test_the_store_reads_at_read_committed_whatever_the_database_default(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """A claim and the read after it share one implicit transaction: under a database default
+    of REPEATABLE READ the read would see the snapshot taken before the claim was granted."""
+    pg_server.admin_execute(
+        f"ALTER DATABASE {_db(pg_url)} SET default_transaction_isolation = 'repeatable read'"
+    )
+    try:
+        store = _pg(pg_url)
+        conn = store._link.connection()
+        assert conn.execute("SHOW transaction_isolation").fetchone()[0] == "read committed"
+        store.close()
+    finally:
+        pg_server.admin_execute(f"ALTER DATABASE {_db(pg_url)} RESET default_transaction_isolation")

@@ -24,6 +24,7 @@ because every commit is fenced on the step number. The next claim reconnects, fo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -70,6 +71,9 @@ SQL_UNMARK = (
     f"pg_advisory_unlock_shared({ANYONE_WAITS[0]}, {ANYONE_WAITS[1]}), "
     "set_config('lock_timeout', %s, false)"
 )
+# After SQL_MARK_WAITING failed (its wait for ANYONE_WAITS ran into lock_timeout): the
+# marker it may have taken first (a lock this session does not hold: false, no harm).
+SQL_UNMARK_FAILED = "SELECT pg_advisory_unlock(%s::int, %s::int)"
 SQL_RELEASE = "SELECT pg_advisory_unlock(%s::bigint)"
 SQL_RELEASE_MANY = "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k"
 SQL_RELEASE_ALL = "SELECT pg_advisory_unlock_all()"
@@ -188,26 +192,41 @@ class AdvisoryClaims(SessionLocks):
             return None
         hi, lo = _halves(key)
         params = {"hi": hi, "lo": lo, "key": key}
-        if not self._claim_and_read("claim", SQL_TRY_CLAIM, params, [instance_id])[0][0]:
+        if not self._claim_and_read("claim", SQL_TRY_CLAIM, params, [key], [instance_id])[0][0]:
             return None
         self._held.add(key)
         return key
 
     def _claim_and_read(
-        self, doing: str, claim: str, params: Any, instance_ids: Sequence[str]
+        self,
+        doing: str,
+        claim: str,
+        params: Any,
+        keys: Sequence[int],
+        instance_ids: Sequence[str],
     ) -> list[tuple[Any, ...]]:
-        """``claim``'s rows; on a store's session, with the reads that follow a claim in the
-        same round trip (``PostgresStore.read_after_claim``)."""
+        """``claim``'s rows (it claims ``keys``); on a store's session, with the reads that
+        follow a claim in the same round trip (``PostgresStore.read_after_claim``).
+
+        A session's advisory lock outlives the failure of the statement that took it: if the
+        query fails on a live session (the read after the claim ran into ``lock_timeout``, a
+        cancel), what it may have granted is released before the error goes up, or the claim
+        would stay held, and its instance busy for everyone, until the session ends."""
         store = self._store
-        if store is None:
-            return self._link.run(
-                doing, lambda conn: conn.execute(claim, params).fetchall(), self._connection
-            )
-        return self._link.run(
-            doing,
-            lambda conn: store.read_after_claim(conn, claim, params, instance_ids),
-            self._connection,
-        )
+        psycopg = self._psycopg
+
+        def work(conn: Any) -> list[tuple[Any, ...]]:
+            try:
+                if store is None:
+                    return conn.execute(claim, params).fetchall()  # type: ignore[no-any-return]
+                return store.read_after_claim(conn, claim, params, instance_ids)
+            except psycopg.Error:
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):  # (unlocking a lock not held: false)
+                        conn.execute(SQL_RELEASE_MANY, (list(keys),))
+                raise
+
+        return self._link.run(doing, work, self._connection)
 
     # False: one ``try_acquire`` per instance (the benchmark's "before", bench_postgres.py).
     batch_claims = True
@@ -231,7 +250,9 @@ class AdvisoryClaims(SessionLocks):
         halves = [_halves(k) for k in wanted]
         params = (wanted, [h for h, _ in halves], [lo for _, lo in halves])
         named = {k: i for i, k in zip(instance_ids, keys, strict=True)}
-        rows = self._claim_and_read("claim", SQL_TRY_CLAIMS, params, [named[k] for k in wanted])
+        rows = self._claim_and_read(
+            "claim", SQL_TRY_CLAIMS, params, wanted, [named[k] for k in wanted]
+        )
         granted = {k for k, (ok,) in zip(wanted, rows, strict=True) if ok}
         self._held.update(granted)
         tokens: list[int | None] = []
@@ -257,7 +278,7 @@ class AdvisoryClaims(SessionLocks):
             # we wait, but the caller's contract is to wait, then fail.
             time.sleep(max(0.0, timeout))
             raise busy
-        if self._claim_and_read("claim", SQL_CLAIM_NOW, (key,), [instance_id])[0][0]:
+        if self._claim_and_read("claim", SQL_CLAIM_NOW, (key,), [key], [instance_id])[0][0]:
             self._held.add(key)
             return key
         hi, lo = _halves(key)
@@ -280,9 +301,12 @@ class AdvisoryClaims(SessionLocks):
             self._link.drop()
             raise self._link.error(exc, "claim") from None
         finally:
-            if restore is not None and not conn.broken:  # marked: unmark, as it was
+            if not conn.broken:
                 try:
-                    conn.execute(SQL_UNMARK, (bool(marked), hi, lo, restore))
+                    if restore is not None:  # marked: unmark, as it was
+                        conn.execute(SQL_UNMARK, (bool(marked), hi, lo, restore))
+                    else:  # the marking statement failed after taking the marker, maybe
+                        conn.execute(SQL_UNMARK_FAILED, (hi, lo))
                 except psycopg.Error:
                     self._link.drop()
         self._held.add(key)

@@ -774,7 +774,13 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
-        setup = [f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}"]
+        setup = [
+            f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}",
+            # The read after a claim (``read_after_claim``) runs in the claim's query: at READ
+            # COMMITTED it sees every commit made before the claim was granted; a database
+            # whose default is REPEATABLE READ would give it the snapshot from before the wait.
+            "SET default_transaction_isolation = 'read committed'",
+        ]
         if durability == "normal":
             setup.append("SET synchronous_commit = off")
         if readonly:
@@ -1121,7 +1127,9 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         try:
             yield
         except BaseException:
-            if prefix:
+            # Unknown, with or without the PREPARE (a failure may be the statement's absence:
+            # a DEALLOCATE or DISCARD on the session): the next use asks the server.
+            if generation == self._link.generation:
                 self._prepared[name] = -1 - generation
             raise
         if prefix:  # (a query without the PREPARE proves nothing: it may not use ``name``)
