@@ -554,6 +554,8 @@ class Engine:
             if write is None:
                 return StepOutcome(decision, inst)  # the claim is released below
             self.locks.release_at_commit(token)  # (released below in any case)
+            if self.hooks.waker is not None and _wakes(write):
+                self.hooks.waker.poke_at_commit()  # (``_after_one`` pokes in any case)
             try:
                 applied = store.commit((write,), self.clock.time(), self.history_limit)[0]
             except RejectedWrite as rejected:
@@ -1089,10 +1091,7 @@ class Engine:
     def _after_one(self, write: Write, decision: Decision) -> None:
         """``_after`` of a single step (its claim released)."""
         hooks = self.hooks
-        row = write.row
-        if hooks.waker is not None and (
-            (row.due_at is not None) if row is not None else write.kind == "debounce"
-        ):
+        if hooks.waker is not None and _wakes(write):
             hooks.waker.poke()
         if hooks.on_done is not None:
             hooks.on_done([(write, decision)])
@@ -1106,11 +1105,7 @@ class Engine:
         if not done:
             return
         waker = self.hooks.waker
-        if waker is not None and any(
-            (w.row is not None and w.row.due_at is not None)
-            or (w.row is None and w.kind == "debounce")  # may have revived queued events
-            for w in (p.write for p in done)
-        ):
+        if waker is not None and any(_wakes(p.write) for p in done):
             waker.poke()
         if self.hooks.on_done is not None:
             self.hooks.on_done([(p.write, p.decision) for p in done if p.decision is not None])
@@ -1143,6 +1138,13 @@ class Engine:
                 )
         if records:
             hook(records)
+
+
+def _wakes(write: Write) -> bool:
+    """Whether a committed write may have changed the earliest alarm: a daemon is poked. A
+    purged Debounce row may have revived queued events."""
+    row = write.row
+    return row.due_at is not None if row is not None else write.kind == "debounce"
 
 
 def _describe(exc: BaseException) -> str:

@@ -1038,18 +1038,21 @@ def test_calls_after_the_session_ended_while_idle_prepare_their_statements_again
         assert tick.get_state("c2") == Count(2)
 
 
-def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path) -> None:
-    """Claim and read in one round trip; the write, its COMMIT and the claim's release in the
-    other (libpq's trace of the one session: a run of client messages, then the server's
-    answer, is one round trip)."""
+@pytest.mark.parametrize("wake", [False, True])
+def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path, wake: bool) -> None:
+    """Claim and read in one round trip; the write, its COMMIT, the claim's release and the
+    daemons' wake-up in the other (libpq's trace of the one session: a run of client
+    messages, then the server's answer, is one round trip)."""
     import psycopg
     from test_stores import REGISTRY, Count
 
     from durajobs import Jobs
 
-    with Jobs(pg_url, REGISTRY, wake=False) as jobs:
+    listener = open_listener(pg_url)
+    with Jobs(pg_url, REGISTRY, wake=wake) as jobs:
         tick = jobs.continuous("tick")
         tick.start("warm", Count())  # the session's statements are prepared
+        listener.drain()
         conn = jobs.engine.store._link.connection()  # type: ignore[attr-defined]
         with open(tmp_path / "trace", "w+") as trace:
             conn.pgconn.trace(trace.fileno())
@@ -1065,6 +1068,10 @@ def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path) ->
         other.close()
     round_trips = sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))
     assert round_trips == 2 * 3
+    with selectors.DefaultSelector() as selector:  # the wake-ups were sent (or not)
+        selector.register(listener.fileno(), selectors.EVENT_READ)
+        assert bool(selector.select(2.0 if wake else 0.2)) == wake
+    listener.close()
 
 
 def test_a_claim_whose_read_fails_is_not_kept(pg_server: PgServer, pg_url: str) -> None:

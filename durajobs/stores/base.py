@@ -841,6 +841,12 @@ class Waker(Protocol):
         """Send one wake-up (after a commit, never inside a write transaction)."""
         ...
 
+    def poke_at_commit(self) -> None:
+        """The store's next single-write commit may send the wake-up in its own round trip,
+        after its ``COMMIT`` (PostgreSQL, a waker on the store's session); ``poke()`` after
+        that commit is still called and costs nothing then. Others ignore it."""
+        ...
+
     def close(self) -> None:
         """Release the waker's resources."""
         ...

@@ -804,6 +804,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         # and the one the last such commit did unlock, on which session (``unlock_at_commit``).
         self._unlock: int | None = None
         self._unlocked: tuple[int, int] | None = None
+        # Likewise the wake-up: the channel the next single-write commit notifies after its
+        # COMMIT, and whether the last such commit did (``notify_at_commit``).
+        self._notify: str | None = None
+        self._notified = False
         # SQL_PREPARES name -> the link generation (session) that has it prepared; -1 - the
         # generation: unknown (a query that held its PREPARE failed).
         self._prepared: dict[str, int] = {}
@@ -929,6 +933,17 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         (``AdvisoryClaims.release_at_commit``). Any other commit forgets it."""
         self._unlock = key
 
+    def notify_at_commit(self, channel: str) -> None:
+        """The next single-write commit also runs ``pg_notify(channel)`` after its ``COMMIT``
+        (and its unlock), in its round trip: a transaction of its own, as ``notify``'s, that
+        holds nothing of the write's. Any other commit forgets it."""
+        self._notify = channel
+
+    def notified_at_commit(self) -> bool:
+        """Whether the last commit sent the wake-up ``notify_at_commit`` asked for (once)."""
+        notified, self._notified = self._notified, False
+        return notified
+
     def unlocked_at_commit(self, key: int) -> bool:
         """Whether the last commit unlocked ``key`` on the live session (once)."""
         unlocked, self._unlocked = self._unlocked, None
@@ -1010,7 +1025,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         """``BEGIN``, ``body(cursor)``, ``COMMIT``. ``probe`` is asked (on a new connection)
         only when the connection broke during COMMIT: the server may have committed."""
         self._claimed = None  # what was read after a claim is stale once anything is written
-        self._unlock = self._unlocked = None
+        self._unlock = self._unlocked = self._notify = None
+        self._notified = False
         psycopg = self._psycopg
         link = self._link
 
@@ -1140,6 +1156,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         the fence held."""
         self._claimed = None
         unlock, self._unlock, self._unlocked = self._unlock, None, None
+        notify, self._notify, self._notified = self._notify, None, False
         psycopg = self._psycopg
         link = self._link
         for retry in (True, False):
@@ -1150,6 +1167,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                 text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
                 if unlock is not None and retry:  # (a new session holds no claim)
                     text += f"; SELECT pg_advisory_unlock({int(unlock)})"
+                if notify is not None:
+                    text += f"; {cur.mogrify(SQL_NOTIFY, (notify,))}"
                 with self._preparing(PUT_NAME, prefix):
                     cur.execute(prefix + text)
             except psycopg.Error as exc:
@@ -1172,6 +1191,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                 cur.nextset()
             if unlock is not None and retry:
                 self._unlocked = (unlock, link.generation)
+            self._notified = notify is not None
             return bool(cur.rowcount)
         raise AssertionError("unreachable")  # pragma: no cover
 

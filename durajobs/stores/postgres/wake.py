@@ -35,10 +35,18 @@ class PgWaker:
         self._link = None if store is not None else Link(location)
         self._psycopg = _psycopg(_redact(location))
 
+    def poke_at_commit(self) -> None:
+        """On the store's session: its next single-write commit sends the ``NOTIFY`` after its
+        ``COMMIT``, in the same round trip (``PostgresStore.notify_at_commit``)."""
+        if self._store is not None:
+            self._store.notify_at_commit(WAKE_CHANNEL)
+
     def poke(self) -> None:
         """Tell listening daemons that the earliest alarm may have changed."""
         try:
             if self._store is not None:
+                if self._store.notified_at_commit():
+                    return  # the commit's round trip sent it
                 self._store.notify(WAKE_CHANNEL)
             elif self._link is not None:
                 self._link.connection().execute(SQL_NOTIFY, (WAKE_CHANNEL,))

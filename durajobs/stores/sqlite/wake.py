@@ -48,6 +48,9 @@ class Waker:
         self._sock: socket.socket | None = None
         self._missing = False
 
+    def poke_at_commit(self) -> None:
+        """Nothing to save: a wake-up is a datagram, not a round trip."""
+
     def poke(self) -> None:
         """Tell a listening daemon that the earliest alarm may have changed."""
         address = self.address
