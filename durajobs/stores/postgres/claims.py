@@ -125,8 +125,13 @@ class SessionLocks:
         StorageError: psycopg is missing or the URL is invalid.
     """
 
-    def __init__(self, location: str, name: str, connect_timeout: float) -> None:
-        self._link = Link(location, connect_timeout=connect_timeout, application_name=name)
+    def __init__(
+        self, location: str, name: str, connect_timeout: float, link: Link | None = None
+    ) -> None:
+        # ``link``: another's session to hold the locks on (a store's), instead of one's own.
+        if link is None:
+            link = Link(location, connect_timeout=connect_timeout, application_name=name)
+        self._link = link
         self._psycopg = _psycopg(self._link.where)
         self.path = self._link.where
         self._held: set[int] = set()
@@ -162,10 +167,11 @@ class AdvisoryClaims(SessionLocks):
     def __init__(
         self, location: str, *, connect_timeout: float = 5.0, store: PostgresStore | None = None
     ) -> None:
-        super().__init__(location, CLAIMS_NAME, connect_timeout)
+        # On the store's own session: one connection, and a claim reads its row in its query.
+        super().__init__(
+            location, CLAIMS_NAME, connect_timeout, None if store is None else store.link
+        )
         self._store = store
-        if store is not None:
-            self._link = store.link  # claims on the store's own session (one round trip less)
         self._nobody_waits_until = 0.0
 
     # -- plumbing -------------------------------------------------------------------------

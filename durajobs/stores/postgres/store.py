@@ -1145,8 +1145,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         except BaseException:
             # Unknown, with or without the PREPARE (a failure may be the statement's absence:
             # a DEALLOCATE or DISCARD on the session): the next use asks the server.
-            if generation == self._link.generation:
-                self._prepared[name] = -1 - generation
+            self._prepared[name] = -1 - generation
             raise
         if prefix:  # (a query without the PREPARE proves nothing: it may not use ``name``)
             self._prepared[name] = generation
