@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import test_crash_state_machine as csm
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
 from pgserver import PgServer, route_jobs_to_postgres
 from test_stores import C1, C2, T0, row, write
@@ -1072,6 +1073,78 @@ def test_a_client_call_waits_for_two_round_trips(pg_url: str, tmp_path: Path, wa
         selector.register(listener.fileno(), selectors.EVENT_READ)
         assert bool(selector.select(2.0 if wake else 0.2)) == wake
     listener.close()
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_LITERAL_TYPES = ("text", "bigint", "float8", "boolean", "text[]", "bigint[]", "float8[]")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN and the sign of zero included (``repr`` tells them apart)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.tuples(
+        st.none() | _TEXT,
+        st.none() | st.integers(-(2**63), 2**63 - 1),
+        st.none() | st.floats(),
+        st.none() | st.booleans(),
+        st.none() | st.lists(st.none() | _TEXT, max_size=4),
+        st.none() | st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=4),
+        st.none() | st.lists(st.none() | st.floats(), max_size=4),
+    )
+)
+def test_literals_read_back_as_psycopg_binds_them(pg_url: str, values: tuple[Any, ...]) -> None:
+    """The hot path writes its parameters into the query text itself (``literals``, not
+    psycopg's ``mogrify``): each value, quotes, backslashes, NaN, infinities, -0.0, NULLs
+    inside arrays and the ends of bigint included, reads back from the server exactly as
+    psycopg's own binding of it does."""
+    import psycopg
+
+    from durajobs.stores.postgres.literals import bind
+
+    statement = f"PREPARE lit ({', '.join(_LITERAL_TYPES)}) AS SELECT " + ", ".join(
+        f"${n}" for n in range(1, len(_LITERAL_TYPES) + 1)
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(statement)
+        for scs in ("on", "off"):  # E'...' where a backslash is: right either way
+            conn.execute(f"SET standard_conforming_strings = {scs}")
+            mine = conn.execute(bind(["EXECUTE lit ("] + [", "] * 6 + [")"], values)).fetchone()
+            theirs = conn.execute(
+                "SELECT " + ", ".join(f"%s::{t}" for t in _LITERAL_TYPES), values
+            ).fetchone()
+            assert mine is not None
+            assert theirs is not None
+            assert all(_same(a, b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
+
+
+def test_a_value_literals_do_not_write_is_bound_by_psycopg(pg_url: str) -> None:
+    """A NUL in a string, or a type ``literals`` does not know, goes to psycopg: the same
+    error (a content error: the write is rejected, not retried) or the same value as before."""
+    import datetime
+
+    import psycopg
+
+    from durajobs.stores.postgres.literals import Unbindable, literal
+    from durajobs.stores.postgres.store import SQL_EXECUTE_READ, _bound
+
+    with pytest.raises(Unbindable):
+        literal("a\x00b")
+    with pytest.raises(Unbindable):
+        literal(datetime.date(2026, 12, 6))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        with pytest.raises(psycopg.DataError):
+            _bound(cur, SQL_EXECUTE_READ, ("a\x00b",))
+        day = datetime.date(2026, 12, 6)
+        assert _bound(cur, SQL_EXECUTE_READ, (day,)) == cur.mogrify(SQL_EXECUTE_READ, (day,))
 
 
 def test_a_claim_whose_read_fails_is_not_kept(pg_server: PgServer, pg_url: str) -> None:

@@ -32,14 +32,17 @@ Poolers: every connection checks, when it opens, that its server session is its 
 (``Link._refuse_transaction_pooling``): PgBouncer in transaction or statement pooling mode would
 silently break the claims and LISTEN, so it is refused; session pooling is fine.
 
-Round trips of one client call (issue 19): the claim and the reads after it go in one simple
-query of two statements (``read_after_claim``: the row, its queued flag, the last step of a new
-instance; kept for the engine's next ``load``/``last_step``); a single step's write is
-``BEGIN``, one statement and ``COMMIT`` in one simple query (``commit``); the release is the
-third. Their parameters are bound by psycopg's ``ClientCursor`` (several statements with
-parameters cannot go in one extended-protocol message; psycopg's pipeline mode does that, but
-on a local server it cost more client CPU and time than the round trips it saved:
-benchmarks/FINDINGS.md). A wake-up is posted (``Link.post``): sent, never waited for.
+Round trips of one client call (issue 19), two: the claim and the reads after it go in one
+simple query of two statements (``read_after_claim``: the row, its queued flag, the last step of
+a new instance; kept for the engine's next ``load``/``last_step``); a single step's write is
+``BEGIN``, one statement and ``COMMIT`` in one simple query (``commit``), followed in the same
+query by the claim's release and the daemons' wake-up (``unlock_at_commit``,
+``notify_at_commit``). Their parameters are written into the query text (several statements
+with parameters cannot go in one extended-protocol message; psycopg's pipeline mode does that,
+but on a local server it cost more client CPU and time than the round trips it saved:
+benchmarks/FINDINGS.md): the put's, the read's and the wake-up's by ``literals`` (psycopg's
+``mogrify`` took a fifth of a send's client CPU), the claim's by psycopg's ``ClientCursor``. Any
+other wake-up is posted (``Link.post``): sent, never waited for.
 
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
 round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the same
@@ -78,6 +81,7 @@ from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
 from durajobs.stores.flow import FLOW_TABLES, FlowSql
+from durajobs.stores.postgres.literals import Unbindable, bind
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "signed_hash"]
 
@@ -899,7 +903,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         prefix = ""
         if len(instance_ids) == 1:
             prefix = self._prepare(conn, READ_NAME)
-            read = cur.mogrify(SQL_EXECUTE_READ, (instance_ids[0],))
+            read = _bound(cur, SQL_EXECUTE_READ, (instance_ids[0],))
         else:
             read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
         # One simple query, two statements: the read takes its snapshot after the claim.
@@ -1163,11 +1167,11 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             cur = _client_cursor(conn)
             try:
                 prefix = self._prepare(conn, PUT_NAME)
-                text = f"BEGIN; {cur.mogrify(SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
+                text = f"BEGIN; {_bound(cur, SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
                 if unlock is not None and retry:  # (a new session holds no claim)
                     text += f"; SELECT pg_advisory_unlock({int(unlock)})"
                 if notify is not None:
-                    text += f"; {cur.mogrify(SQL_NOTIFY, (notify,))}"
+                    text += f"; {_bound(cur, SQL_NOTIFY, (notify,))}"
                 with self._preparing(PUT_NAME, prefix):
                     cur.execute(prefix + text)
             except psycopg.Error as exc:
@@ -1401,6 +1405,23 @@ def _reader(conn: Any) -> sql.Read:
         return conn.execute(statement, params).fetchall()  # type: ignore[no-any-return]
 
     return read
+
+
+_PIECES = {q: q.split("%s") for q in (SQL_EXECUTE_PUT, SQL_EXECUTE_READ, SQL_NOTIFY)}
+
+
+def _bound(cur: Any, statement: str, params: Sequence[Any]) -> str:
+    """``statement`` (one of ``_PIECES``: each parameter typed by the statement) with
+    ``params`` written in (``literals``), or by psycopg when a value is not one ``literals``
+    writes.
+
+    Raises:
+        psycopg.Error, UnicodeError, OverflowError, TypeError: psycopg could not bind a value.
+    """
+    try:
+        return bind(_PIECES[statement], params)
+    except Unbindable:
+        return str(cur.mogrify(statement, params))
 
 
 def _client_cursor(conn: Any) -> Any:
