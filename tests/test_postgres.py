@@ -1217,6 +1217,33 @@ def test_statements_dropped_under_the_store_are_prepared_again(pg_url: str) -> N
         assert tick.get_state("f") is not None
 
 
+def test_hot_statements_are_planned_again_as_the_tables_grow(pg_url: str) -> None:
+    """PostgreSQL keeps a prepared statement's generic plan (made at its sixth use) until an
+    ANALYZE of its tables. The store's hot read, prepared right after the tables were emptied
+    and analyzed, planned sequential scans and kept them as the tables grew (7 -> 190 us a
+    read); the store prepares it again at growing intervals, so the plan follows the tables."""
+    import psycopg
+    from test_stores import REGISTRY
+
+    from durajobs import Jobs
+    from durajobs.stores.postgres.store import READ_NAME
+
+    Jobs(pg_url, REGISTRY).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE instances, history, inbox, event_keys")
+        conn.execute("VACUUM ANALYZE instances")
+        conn.execute("VACUUM ANALYZE history")
+    with Jobs(pg_url, REGISTRY, wake=False) as jobs:
+        for n in range(2000):
+            jobs.task("order").send(f"t{n}", 1)
+        conn = jobs.engine.store._link.connection()  # type: ignore[attr-defined]
+        plan = "\n".join(
+            row[0] for row in conn.execute(f"EXPLAIN EXECUTE {READ_NAME} ('task:order:new')")
+        )
+    assert "Seq Scan on instances" not in plan, plan
+    assert "Seq Scan on history" not in plan, plan
+
+
 def test_the_store_reads_at_read_committed_whatever_the_database_default(
     pg_server: PgServer, pg_url: str
 ) -> None:

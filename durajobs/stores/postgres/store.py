@@ -262,6 +262,9 @@ _ROW_TYPES = ["text"] * 4 + [_BATCH_TYPES.get(c, "float8") for c in _NAMES[4:]]
 _PUT_TYPES = (*_ROW_TYPES, "bigint", "text", "float8", "bigint",
               "text[]", "bigint[]", "float8[]", "text[]", "text[]")  # fmt: skip
 PUT_NAME = "durajobs_put_recorded"
+# A session prepares its statements again at their 16th use since the PREPARE, then 4 times
+# later each time (``_prepare``): a plan made when the tables were nearly empty does not last.
+REPLAN_FIRST, REPLAN_FACTOR = 16, 4
 _PUT_PIECES = SQL_PUT_RECORDED.split("%s")  # (no other % in it)
 SQL_PREPARE_PUT = (
     f"PREPARE {PUT_NAME} ({', '.join(_PUT_TYPES)}) AS "
@@ -815,6 +818,8 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         # SQL_PREPARES name -> the link generation (session) that has it prepared; -1 - the
         # generation: unknown (a query that held its PREPARE failed).
         self._prepared: dict[str, int] = {}
+        # SQL_PREPARES name -> (uses since its PREPARE, the use that prepares it again).
+        self._replan: dict[str, tuple[int, int]] = {}
         self._connection()  # connect (and migrate) now: a bad URL fails at open
 
     # -- plumbing -------------------------------------------------------------------------
@@ -900,16 +905,16 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         """
         self._claimed = None
         cur = _client_cursor(conn)
-        prefix = ""
+        prefix, prefixed = "", 0
         if len(instance_ids) == 1:
-            prefix = self._prepare(conn, READ_NAME)
+            prefix, prefixed = self._prepare(conn, READ_NAME)
             read = _bound(cur, SQL_EXECUTE_READ, (instance_ids[0],))
         else:
             read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
         # One simple query, two statements: the read takes its snapshot after the claim.
         with self._preparing(READ_NAME, prefix):
             cur.execute(f"{prefix}{cur.mogrify(claim, params)}; {read}")
-        if prefix:
+        for _ in range(prefixed):
             cur.nextset()
         rows: list[tuple[Any, ...]] = cur.fetchall()
         cur.nextset()
@@ -1124,8 +1129,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             raise FencedOut(0)
         return [applied]
 
-    def _prepare(self, conn: Any, name: str) -> str:
-        """``PREPARE name ...; `` if this session may not have ``name`` prepared, else ``""``.
+    def _prepare(self, conn: Any, name: str) -> tuple[str, int]:
+        """``PREPARE name ...; `` if this session may not have ``name`` prepared, else ``""``
+        (or, at the uses ``_replan`` counts, ``DEALLOCATE name; PREPARE name ...; ``); and how
+        many statements that prefix holds (their results come first).
 
         Raises:
             psycopg.Error: the check failed.
@@ -1133,12 +1140,22 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
         generation = self._link.generation
         state = self._prepared.get(name)
         if state == generation:
-            return ""
+            uses, at = self._replan.get(name, (0, REPLAN_FIRST))
+            if uses + 1 < at:
+                self._replan[name] = (uses + 1, at)
+                return "", 0
+            # Planned again: PostgreSQL keeps a prepared statement's generic plan, made at its
+            # sixth use, until an ANALYZE of its tables. Made while they were nearly empty it
+            # reads them in full (a sequential scan) as they grow: 7 -> 190 us a read at
+            # 9,000 history rows, after a TRUNCATE and VACUUM ANALYZE (benchmarks/FINDINGS.md).
+            self._replan[name] = (0, at * REPLAN_FACTOR)
+            return f"DEALLOCATE {name}; {SQL_PREPARES[name]}; ", 2
         # A query that held its PREPARE failed: did the PREPARE run?
         if state == -1 - generation and conn.execute(SQL_IS_PREPARED, (name,)).fetchone()[0]:
             self._prepared[name] = generation
-            return ""
-        return SQL_PREPARES[name] + "; "
+            return "", 0
+        self._replan[name] = (0, REPLAN_FIRST)
+        return SQL_PREPARES[name] + "; ", 1
 
     @contextlib.contextmanager
     def _preparing(self, name: str, prefix: str) -> Iterator[None]:
@@ -1166,7 +1183,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             conn = link.run("commit", _connected, self._connection)
             cur = _client_cursor(conn)
             try:
-                prefix = self._prepare(conn, PUT_NAME)
+                prefix, prefixed = self._prepare(conn, PUT_NAME)
                 text = f"BEGIN; {_bound(cur, SQL_EXECUTE_PUT, params)}; COMMIT"  # (may refuse)
                 if unlock is not None and retry:  # (a new session holds no claim)
                     text += f"; SELECT pg_advisory_unlock({int(unlock)})"
@@ -1190,7 +1207,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                 if isinstance(exc, self.content_errors):
                     raise RejectedWrite(0, exc) from None
                 raise link.error(exc, "commit") from None
-            for _ in range(2 if prefix else 1):  # PREPARE's and BEGIN's results, the write's
+            for _ in range(prefixed + 1):  # (DEALLOCATE's,) PREPARE's, BEGIN's: the write's
                 cur.nextset()
             if unlock is not None and retry:
                 self._unlocked = (unlock, link.generation)
