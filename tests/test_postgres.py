@@ -1107,16 +1107,20 @@ def test_literals_read_back_as_psycopg_binds_them(pg_url: str, values: tuple[Any
     psycopg's own binding of it does."""
     import psycopg
 
-    from durajobs.stores.postgres.literals import bind
+    from durajobs.stores.postgres.literals import Typed, bind
 
     statement = f"PREPARE lit ({', '.join(_LITERAL_TYPES)}) AS SELECT " + ", ".join(
         f"${n}" for n in range(1, len(_LITERAL_TYPES) + 1)
     )
+    execute = Typed(f"EXECUTE lit ({', '.join(['%s'] * len(_LITERAL_TYPES))})")
+    named = Typed("SELECT %(b)s::bigint[], %(a)s::text, %(b)s::bigint[]")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(statement)
+        by_name = conn.execute(bind(named, {"a": values[0], "b": values[5]})).fetchone()
+        assert by_name == (values[5], values[0], values[5])
         for scs in ("on", "off"):  # E'...' where a backslash is: right either way
             conn.execute(f"SET standard_conforming_strings = {scs}")
-            mine = conn.execute(bind(["EXECUTE lit ("] + [", "] * 6 + [")"], values)).fetchone()
+            mine = conn.execute(bind(execute, values)).fetchone()
             theirs = conn.execute(
                 "SELECT " + ", ".join(f"%s::{t}" for t in _LITERAL_TYPES), values
             ).fetchone()
@@ -1132,9 +1136,11 @@ def test_a_value_literals_do_not_write_is_bound_by_psycopg(pg_url: str) -> None:
 
     import psycopg
 
-    from durajobs.stores.postgres.literals import Unbindable, literal
+    from durajobs.stores.postgres.literals import Typed, Unbindable, literal
     from durajobs.stores.postgres.store import SQL_EXECUTE_READ, _bound
 
+    with pytest.raises(ValueError, match="not a statement"):
+        Typed("SELECT %s::text LIKE 'a%%'")  # psycopg's escaped %: not written here
     with pytest.raises(Unbindable):
         literal("a\x00b")
     with pytest.raises(Unbindable):

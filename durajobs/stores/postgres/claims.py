@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from durajobs.errors import InstanceBusyError
+from durajobs.stores.postgres.literals import Typed
 from durajobs.stores.postgres.store import Link, PostgresStore, _psycopg, signed_hash
 
 __all__ = ["AdvisoryClaims", "SessionLocks", "claim_key"]
@@ -42,14 +43,14 @@ _KEYS_MAX = 1 << 16
 WAIT_CHECK_INTERVAL = 0.004
 CLAIMS_NAME = "durajobs claims"  # the application_name of a claim session (pg_stat_activity)
 
-SQL_TRY_CLAIM = (
+SQL_TRY_CLAIM = Typed(
     "SELECT CASE WHEN pg_try_advisory_lock(%(hi)s::int, %(lo)s::int) "
     "THEN pg_advisory_unlock(%(hi)s::int, %(lo)s::int) AND pg_try_advisory_lock(%(key)s::bigint) "
     "ELSE false END"
 )
 SQL_CLAIM_NOW = "SELECT pg_try_advisory_lock(%s::bigint)"
 # Many claims in one round trip (``try_acquire_many``), each as SQL_TRY_CLAIM, in order.
-SQL_TRY_CLAIMS = (
+SQL_TRY_CLAIMS = Typed(
     "SELECT CASE WHEN pg_try_advisory_lock(hi, lo) "
     "THEN pg_advisory_unlock(hi, lo) AND pg_try_advisory_lock(k) ELSE false END "
     "FROM unnest(%s::bigint[], %s::int[], %s::int[]) WITH ORDINALITY AS t(k, hi, lo, n) "

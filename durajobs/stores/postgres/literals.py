@@ -20,10 +20,13 @@ with psycopg, whose errors for such values are the store's (``content_errors``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from math import isinf, isnan
 
-__all__ = ["Unbindable", "bind", "literal"]
+__all__ = ["Typed", "Unbindable", "bind", "literal"]
+
+_PLACEHOLDER = re.compile(r"%(?:\((\w+)\))?s")
 
 
 class Unbindable(Exception):
@@ -82,14 +85,37 @@ def literal(value: object) -> str:
     raise Unbindable(type(value).__name__)
 
 
-def bind(pieces: Sequence[str], params: Sequence[object]) -> str:
-    """The statement split at its ``%s`` placeholders (``pieces``) with ``params`` written in.
+class Typed(str):
+    """A statement (psycopg's ``%s`` or ``%(name)s`` placeholders, no other ``%``) whose every
+    parameter gets its type from the statement itself: a cast (``%s::bigint[]``) or a
+    prepared statement's declared types (``EXECUTE name (%s, ...)``). Only such a statement
+    may take ``bind``'s literals of unknown type."""
+
+    pieces: tuple[str, ...]
+    names: tuple[str | None, ...]
+
+    def __new__(cls, text: str) -> Typed:
+        typed = super().__new__(cls, text)
+        parts = _PLACEHOLDER.split(text)
+        typed.pieces, typed.names = tuple(parts[0::2]), tuple(parts[1::2])
+        if any("%" in piece for piece in typed.pieces):
+            raise ValueError(f"not a statement bind writes: {text!r}")
+        return typed
+
+
+def bind(statement: Typed, params: Sequence[object] | Mapping[str, object]) -> str:
+    """``statement`` with ``params`` (by position, or by name for ``%(name)s``) written in.
 
     Raises:
         Unbindable: as ``literal``.
     """
+    pieces = statement.pieces
+    if isinstance(params, Mapping):
+        values: Sequence[object] = [params[name] for name in statement.names]  # type: ignore[index]
+    else:
+        values = params
     out = [pieces[0]]
-    for piece, value in zip(pieces[1:], params, strict=True):
+    for piece, value in zip(pieces[1:], values, strict=True):
         out.append(literal(value))
         out.append(piece)
     return "".join(out)

@@ -81,7 +81,7 @@ from durajobs.errors import StorageError
 from durajobs.stores import sql
 from durajobs.stores.base import TABLE_COLUMNS, TABLES, Finding, HistoryRow, Write
 from durajobs.stores.flow import FLOW_TABLES, FlowSql
-from durajobs.stores.postgres.literals import Unbindable, bind
+from durajobs.stores.postgres.literals import Typed, Unbindable, bind
 
 __all__ = ["SCHEMA_VERSION", "Link", "PostgresStore", "signed_hash"]
 
@@ -271,7 +271,7 @@ SQL_PREPARE_PUT = (
     + "".join(f"{piece}${n}" for n, piece in enumerate(_PUT_PIECES[:-1], 1))
     + _PUT_PIECES[-1]
 )
-SQL_EXECUTE_PUT = f"EXECUTE {PUT_NAME} ({', '.join(['%s'] * len(_PUT_TYPES))})"
+SQL_EXECUTE_PUT = Typed(f"EXECUTE {PUT_NAME} ({', '.join(['%s'] * len(_PUT_TYPES))})")
 SQL_FIND_MY_RECORD = (
     "SELECT 1 FROM history WHERE instance_id = %s AND step = %s AND event = %s AND at = %s"
 )
@@ -301,7 +301,7 @@ SQL_HISTORY_RECENT_FINAL = (
     "ORDER BY id DESC LIMIT %s) AS h ON true ORDER BY h.id"
 )
 FOLLOW_PENDING_MAX = 64  # (last id, writers) pairs kept while their writers are still writing
-SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+SQL_NOTIFY = Typed("SELECT pg_notify(%s::text, '')")
 POST_NOTIFY = b"SELECT pg_notify($1, '')"
 # Read after a claim, in the claim's round trip (``read_after_claim``): the row, whether events
 # are queued for it, and (no row) the last step its history recorded: what ``load``,
@@ -314,7 +314,7 @@ SQL_READ_CLAIMED = (
 )
 # The read after a single claim, prepared the same way (``read_after_claim``).
 READ_NAME = "durajobs_read_claimed"
-SQL_EXECUTE_READ = f"EXECUTE {READ_NAME} (%s)"
+SQL_EXECUTE_READ = Typed(f"EXECUTE {READ_NAME} (%s)")
 SQL_PREPARES = {
     PUT_NAME: SQL_PREPARE_PUT,
     READ_NAME: f"PREPARE {READ_NAME} (text) AS " + SQL_READ_CLAIMED.replace("%s", "$1"),
@@ -910,10 +910,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             prefix, prefixed = self._prepare(conn, READ_NAME)
             read = _bound(cur, SQL_EXECUTE_READ, (instance_ids[0],))
         else:
-            read = cur.mogrify(self.sql.load_many, (list(instance_ids),))
+            read = _bound(cur, SQL_LOAD_MANY, (list(instance_ids),))
         # One simple query, two statements: the read takes its snapshot after the claim.
         with self._preparing(READ_NAME, prefix):
-            cur.execute(f"{prefix}{cur.mogrify(claim, params)}; {read}")
+            cur.execute(f"{prefix}{_bound(cur, claim, params)}; {read}")
         for _ in range(prefixed):
             cur.nextset()
         rows: list[tuple[Any, ...]] = cur.fetchall()
@@ -1424,21 +1424,23 @@ def _reader(conn: Any) -> sql.Read:
     return read
 
 
-_PIECES = {q: q.split("%s") for q in (SQL_EXECUTE_PUT, SQL_EXECUTE_READ, SQL_NOTIFY)}
+SQL_LOAD_MANY = Typed(PostgresStore.sql.load_many)  # (its ids: ``= ANY(%s::text[])``)
 
 
-def _bound(cur: Any, statement: str, params: Sequence[Any]) -> str:
-    """``statement`` (one of ``_PIECES``: each parameter typed by the statement) with
-    ``params`` written in (``literals``), or by psycopg when a value is not one ``literals``
-    writes.
+def _bound(cur: Any, statement: str, params: Any) -> str:
+    """``statement`` with ``params`` written in: by ``literals`` if it is ``Typed`` (each
+    parameter typed by the statement), else, or for a value ``literals`` does not write, by
+    psycopg.
 
     Raises:
         psycopg.Error, UnicodeError, OverflowError, TypeError: psycopg could not bind a value.
     """
-    try:
-        return bind(_PIECES[statement], params)
-    except Unbindable:
-        return str(cur.mogrify(statement, params))
+    if isinstance(statement, Typed):
+        try:
+            return bind(statement, params)
+        except Unbindable:
+            pass
+    return str(cur.mogrify(statement, params))
 
 
 def _client_cursor(conn: Any) -> Any:
