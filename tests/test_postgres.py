@@ -1129,6 +1129,41 @@ def test_literals_read_back_as_psycopg_binds_them(pg_url: str, values: tuple[Any
             assert all(_same(a, b) for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
 
 
+class _HostileFloat(float):
+    def __repr__(self) -> str:  # numpy's np.float64 says "np.float64(1.5)"
+        return "0'); DROP TABLE instances; --"
+
+
+class _HostileStr(str):
+    __slots__ = ()
+
+    def replace(self, *_args: Any) -> str:  # type: ignore[override]
+        return "x"
+
+    def __contains__(self, _item: object) -> bool:
+        return False
+
+
+def test_literals_of_subclasses_are_their_values(pg_url: str) -> None:
+    """A float, int or str subclass (numpy's scalars, enums, a hostile one) is written as the
+    value it holds, never through its own repr or methods."""
+    import enum
+
+    import psycopg
+
+    from durajobs.stores.postgres.literals import Typed, bind
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    values = (_HostileFloat(1.5), Level.HIGH, _HostileStr("a'b\\c"), [_HostileFloat(2.5)],
+              [_HostileStr('q"\\')])  # fmt: skip
+    statement = Typed("SELECT %s::float8, %s::bigint, %s::text, %s::float8[], %s::text[]")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        got = conn.execute(bind(statement, values)).fetchone()
+        assert got == (1.5, 3, "a'b\\c", [2.5], ['q"\\'])
+
+
 def test_a_value_literals_do_not_write_is_bound_by_psycopg(pg_url: str) -> None:
     """A NUL in a string, or a type ``literals`` does not know, goes to psycopg: the same
     error (a content error: the write is rejected, not retried) or the same value as before."""

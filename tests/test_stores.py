@@ -182,6 +182,22 @@ def test_a_write_the_store_cannot_hold_is_rejected_alone(store: Store) -> None:
     assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_record_no_database_text_can_hold_is_rejected(store: Store, grouped: bool) -> None:
+    """A lone surrogate (no UTF-8 for it) in a record: the write is rejected as content, on
+    PostgreSQL's single-write path too (it raised UnicodeEncodeError), and nothing applied."""
+    bad = (("job.failed", 1, None, "bad \ud800 text", None),)
+    writes = [write(row(C1, 1), 0, new=True, records=bad)]
+    if grouped:
+        writes.insert(0, write(row(C2, 1), 0, new=True))
+    with pytest.raises(RejectedWrite) as caught:
+        store.commit(writes, T0, 100)
+    assert caught.value.index == len(writes) - 1
+    assert store.load(C1) is None
+    assert store.load(C2) is None
+    assert store.commit([write(row(C1, 1), 0, new=True)], T0, 100) == [True]
+
+
 def _four_rows(store: Store) -> list[str]:
     ids = [f"continuous:tick:g{i}" for i in range(4)]
     assert store.commit([write(row(i, 1), 0, new=True) for i in ids], T0, 100) == [True] * 4

@@ -9,8 +9,11 @@ the same values in a few µs.
 Each value goes as a quoted literal of unknown type (``'...'``, or ``E'...'`` when it holds a
 backslash, right whatever ``standard_conforming_strings`` says), which PostgreSQL parses with the
 input function of the type the statement gives it (the ``PREPARE``'s declared parameter types,
-or a cast in the statement): exactly what binding in text format does. A list becomes an array
-literal (``'{"a",NULL}'``). ``None`` is ``NULL``.
+or a cast in the statement): what server-side binding in text format does. A list becomes an
+array literal (``'{"a",NULL}'``). ``None`` is ``NULL``. Unlike psycopg's client-side binding,
+whose typed constants PostgreSQL converts, a value of another type than the statement's is
+parsed by that type's input function: a float for a ``bigint`` is refused (the write is
+rejected, a content error), not rounded. The store binds each parameter with its own type.
 
 Only the types the store binds are written here: ``str`` (and its subclasses, such as
 ``Status``), ``bool``, ``int``, ``float``, ``None`` and lists of them. Anything else, or a string
@@ -38,7 +41,7 @@ def _float_text(value: float) -> str:
         return "NaN"
     if isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
+    return float.__repr__(value)  # (a subclass's own repr, numpy's "np.float64(1.5)", is not)
 
 
 def _element(value: object) -> str:
@@ -46,11 +49,12 @@ def _element(value: object) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = str.__str__(value)  # (the string itself, whatever a subclass's methods do)
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, int):
-        return str(int(value))
+        return int.__repr__(value)
     if isinstance(value, float):
         return _float_text(value)
     raise Unbindable(type(value).__name__)
@@ -73,11 +77,11 @@ def literal(value: object) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, str):
-        return _quoted(value)
+        return _quoted(str.__str__(value))
     if isinstance(value, bool):
         return "'t'" if value else "'f'"
     if isinstance(value, int):
-        return "'" + str(int(value)) + "'"
+        return "'" + int.__repr__(value) + "'"
     if isinstance(value, float):
         return "'" + _float_text(value) + "'"
     if isinstance(value, list):

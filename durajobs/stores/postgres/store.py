@@ -263,8 +263,9 @@ _PUT_TYPES = (*_ROW_TYPES, "bigint", "text", "float8", "bigint",
               "text[]", "bigint[]", "float8[]", "text[]", "text[]")  # fmt: skip
 PUT_NAME = "durajobs_put_recorded"
 # A session prepares its statements again at their 16th use since the PREPARE, then 4 times
-# later each time (``_prepare``): a plan made when the tables were nearly empty does not last.
-REPLAN_FIRST, REPLAN_FACTOR = 16, 4
+# later each time, at most 65,536 uses later (``_prepare``): a plan made when the tables were
+# nearly empty does not last.
+REPLAN_FIRST, REPLAN_FACTOR, REPLAN_MAX = 16, 4, 65536
 _PUT_PIECES = SQL_PUT_RECORDED.split("%s")  # (no other % in it)
 SQL_PREPARE_PUT = (
     f"PREPARE {PUT_NAME} ({', '.join(_PUT_TYPES)}) AS "
@@ -1148,7 +1149,7 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
             # sixth use, until an ANALYZE of its tables. Made while they were nearly empty it
             # reads them in full (a sequential scan) as they grow: 7 -> 190 us a read at
             # 9,000 history rows, after a TRUNCATE and VACUUM ANALYZE (benchmarks/FINDINGS.md).
-            self._replan[name] = (0, at * REPLAN_FACTOR)
+            self._replan[name] = (0, min(at * REPLAN_FACTOR, REPLAN_MAX))
             return f"DEALLOCATE {name}; {SQL_PREPARES[name]}; ", 2
         # A query that held its PREPARE failed: did the PREPARE run?
         if state == -1 - generation and conn.execute(SQL_IS_PREPARED, (name,)).fetchone()[0]:
@@ -1191,6 +1192,10 @@ class PostgresStore(FlowSql, sql.SqlStore, dialect=POSTGRES):
                     text += f"; {_bound(cur, SQL_NOTIFY, (notify,))}"
                 with self._preparing(PUT_NAME, prefix):
                     cur.execute(prefix + text)
+            except (UnicodeError, OverflowError, TypeError) as exc:
+                # A value no query can hold (a lone surrogate): raised before anything was
+                # sent, the session is as it was.
+                raise RejectedWrite(0, exc) from None
             except psycopg.Error as exc:
                 if conn.broken:  # the server may have committed: ask on a new connection
                     link.drop()
