@@ -41,12 +41,19 @@ monotonic time ``now``, takes the batches to send from ``assignments`` and sleep
   with ``concurrency=N`` never has more than N steps handed out here at once. When more is
   due than idle workers take, the daemon's ``order`` says who goes first (higher ``priority``
   with aging, ``durajobs.core.flow.prioritized``; then the earliest due).
+* **Spread.** Daemons on other hosts read the same due rows, earliest first: with a backlog
+  their workers would all try the same instances' claims, and lose most of them to each other.
+  Once a worker reports instances claimed elsewhere (``busy``), and for ``SPREAD_MEMORY``
+  after, a read takes ``SPREAD`` times the rows and, when they are more than the idle workers
+  take, the batches start at a random place among them (``pick``): each daemon works on its own
+  part of the backlog. Not with priorities (``order``), whose order is the point.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
@@ -64,6 +71,8 @@ ERROR_BACKOFF = (0.5, 30.0)  # the database failed
 RECLAIM_GAP = 0.025  # a client retries a claim every 20 ms at most: let it in between steps
 WAKE_WINDOW = 0.005
 SLOT_RECHECK = 1.0  # a job held for want of a slot is read again after this at the latest
+SPREAD = 4  # after busy reports, reads take this many times the rows, batches start at random
+SPREAD_MEMORY = 1.0  # seconds a busy report keeps the reads spread
 BUSY = "claimed by another process"
 
 
@@ -140,7 +149,9 @@ class Dispatcher:
 
     ``note(level, text)`` receives the lines worth logging (a ``logging`` level); ``limits``
     are the jobs' ``concurrency``; ``order(rows, wall)`` puts due rows in the order they
-    should go out (``None``: as read, earliest due first).
+    should go out (``None``: as read, earliest due first). ``pick(n)`` chooses where among
+    ``n`` due rows the batches start while reads are spread (a number in ``range(n)``; by
+    default at random).
     """
 
     def __init__(
@@ -149,8 +160,11 @@ class Dispatcher:
         *,
         limits: Mapping[str, int] | None = None,
         order: Callable[[list[DueRow], float], list[DueRow]] | None = None,
+        pick: Callable[[int], int] | None = None,
     ) -> None:
         self._note = note or (lambda _level, _text: None)
+        self._pick = pick or random.Random().randrange
+        self._spread_until = -math.inf  # reads are spread till then (``SPREAD``)
         self.limits = dict(limits or {})  # job -> concurrency
         # (due rows, wall time) -> the rows in the order they should go out (priorities)
         self._order = order
@@ -210,7 +224,8 @@ class Dispatcher:
         for instance_id in [i for i, t in self._recent.items() if t + RECLAIM_GAP <= now]:
             del self._recent[instance_id]
         idle = sum(1 for w in self._workers.values() if w.batch is None)
-        return len(skip) + max(idle, 1) * BATCH_MAX + 1
+        spread = SPREAD if self._spreading(now) else 1
+        return len(skip) + max(idle, 1) * BATCH_MAX * spread + 1
 
     def on_read_failed(self, now: float, error: str) -> None:
         """The read failed: read again after a backoff."""
@@ -263,6 +278,9 @@ class Dispatcher:
         if self.limits:
             candidates = self._within_limits(candidates)
         idle = [key for key, w in self._workers.items() if w.batch is None]
+        if len(candidates) > len(idle) * BATCH_MAX and self._spreading(now):
+            start = self._pick(len(candidates))
+            candidates = candidates[start:] + candidates[:start]
         taken = self._batch(candidates, idle) if idle else 0
         self._backlog = taken < waiting or not complete
 
@@ -359,6 +377,8 @@ class Dispatcher:
         batch, state.batch = state.batch or {}, None
         for instance_id in busy:
             self._back_off(instance_id, BUSY_BACKOFF, BUSY, now)
+        if busy:
+            self._spread_until = now + SPREAD_MEMORY
         if error is not None:
             for instance_id in batch:
                 self._back_off(instance_id, ERROR_BACKOFF, error, now)
@@ -371,6 +391,9 @@ class Dispatcher:
             self._read_needed = True  # more is due than was handed out, or nothing was sent since
         else:
             self._paced_read(now)  # clients keep sending: gather their work for a window
+
+    def _spreading(self, now: float) -> bool:
+        return self._order is None and now < self._spread_until
 
     def on_lost(
         self, worker: int, now: float, *, crashed: bool = True, current: str | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -16,6 +17,8 @@ from durajobs.dispatch import (
     BUSY_BACKOFF,
     ERROR_BACKOFF,
     RECLAIM_GAP,
+    SPREAD,
+    SPREAD_MEMORY,
     STUCK_BACKOFF,
     WAKE_WINDOW,
     Dispatcher,
@@ -44,10 +47,12 @@ def ok(instance_id: str, ms: float | None = 1.0) -> StepReport:
 
 
 class Harness:
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, **options: Any) -> None:
         self.clock = FakeClock(1000.0)
         self.notes: list[tuple[int, str]] = []
-        self.dispatch = Dispatcher(note=lambda level, text: self.notes.append((level, text)))
+        self.dispatch = Dispatcher(
+            note=lambda level, text: self.notes.append((level, text)), **options
+        )
         for worker in range(workers):
             self.dispatch.add_worker(worker)
 
@@ -384,6 +389,54 @@ def test_stopping_asks_for_no_read() -> None:
     harness.dispatch.on_wake(harness.now)
     assert harness.dispatch.next_wakeup(harness.now) is None
     assert not harness.dispatch.can_read()
+
+
+def test_after_busy_reports_reads_spread_over_the_backlog() -> None:
+    """Another daemon reads the same due rows: once a worker reports instances claimed
+    elsewhere, reads take SPREAD times the rows and the batches start where ``pick`` says
+    (at random: each daemon its own part of the backlog), for SPREAD_MEMORY; a backlog that
+    the idle workers take whole, and a read without busy reports, go earliest first."""
+    picks: list[int] = []
+
+    def pick(n: int) -> int:
+        picks.append(n)
+        return n // 2
+
+    harness = Harness(1, pick=pick)
+    harness.time("fast", 0.00001)
+
+    def backlog(name: str, n: int = 4 * BATCH_MAX) -> list[Row]:
+        return rows(*(f"fast:{name}{k:04}" for k in range(n)))
+
+    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + 1
+    assert harness.read(backlog("a"))[0][0] == "task:fast:a0000"  # no busy report yet: the head
+    harness.done(0, busy=("task:fast:a0000",), ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    assert harness.dispatch.begin_read(harness.now) == 1 + BATCH_MAX * SPREAD + 1
+    batch = harness.read(backlog("b"))[0]
+    assert picks == [4 * BATCH_MAX]
+    assert batch[0] == f"task:fast:b{2 * BATCH_MAX:04}"
+    assert len(batch) == BATCH_MAX
+    harness.done(0, ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    assert harness.read(backlog("c", BATCH_MAX))[0][0] == "task:fast:c0000"  # all fit: in order
+    harness.done(0, ms=0.01)
+    harness.clock.advance(SPREAD_MEMORY)
+    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + 1
+    assert harness.read(backlog("d"))[0][0] == "task:fast:d0000"  # the memory is over
+    assert len(picks) == 1
+
+
+def test_priorities_keep_their_order_whatever_the_busy_reports() -> None:
+    harness = Harness(1, order=lambda due, wall: list(due), pick=lambda n: 1 // 0)
+    harness.time("fast", 0.00001)
+    harness.read(rows(*(f"fast:a{k:04}" for k in range(4 * BATCH_MAX))))
+    harness.done(0, busy=("task:fast:a0000",), ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    assert harness.dispatch.begin_read(harness.now) == 1 + BATCH_MAX + 1
+    due = rows(*(f"fast:b{k:04}" for k in range(4 * BATCH_MAX)))
+    harness.dispatch.on_due(due, harness.now, complete=True, wall=0.0)
+    assert next(iter(harness.dispatch.assignments(harness.now)[0][1].steps)) == "task:fast:b0000"
 
 
 def test_the_dispatcher_imports_no_io() -> None:
