@@ -96,6 +96,22 @@ class PgServer:
 
     def _pg_ctl_start(self) -> None:
         self._run(["pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"])
+        self._wait_accepting()
+
+    def _wait_accepting(self) -> None:
+        """Until a session opens: on a loaded machine a restart after a crash was seen to
+        refuse the next connection ("not yet accepting connections") after pg_ctl returned."""
+        import psycopg
+
+        def accepting() -> bool:
+            try:
+                psycopg.connect(self.admin_url(), autocommit=True).close()
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        if not self.wait_until(accepting, timeout=60.0):
+            raise RuntimeError(f"PostgreSQL did not accept connections: {self.log}")
 
     def stop(self) -> None:
         """Stop the server (fast) and delete the cluster."""
@@ -105,6 +121,7 @@ class PgServer:
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every session ends."""
         self._run(["pg_ctl", "-D", self.data, "-l", self.log, "-m", "fast", "-w", "restart"])
+        self._wait_accepting()
 
     def crash_restart(self) -> None:
         """``pg_ctl stop -m immediate`` (a crash: no shutdown checkpoint, every process killed;
