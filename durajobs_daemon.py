@@ -844,6 +844,7 @@ class Daemon:
             note=log.log,
             limits={n: j.concurrency for n, j in registry.items() if j.concurrency is not None},
             order=_priority_order(registry),
+            spread=jobs.engine.locks.several_daemons,
         )
         self.early_deaths = 0  # workers that died before they were ready, in a row
         self.next_alarm: float | None = None  # the earliest alarm not handed out yet

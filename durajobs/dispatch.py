@@ -41,12 +41,16 @@ monotonic time ``now``, takes the batches to send from ``assignments`` and sleep
   with ``concurrency=N`` never has more than N steps handed out here at once. When more is
   due than idle workers take, the daemon's ``order`` says who goes first (higher ``priority``
   with aging, ``durajobs.core.flow.prioritized``; then the earliest due).
-* **Spread.** Daemons on other hosts read the same due rows, earliest first: with a backlog
-  their workers would all try the same instances' claims, and lose most of them to each other.
-  Once a worker reports instances claimed elsewhere (``busy``), and for ``SPREAD_MEMORY``
-  after, a read takes ``SPREAD`` times the rows and, when they are more than the idle workers
-  take, the batches start at a random place among them (``pick``): each daemon works on its own
-  part of the backlog. Not with priorities (``order``), whose order is the point.
+* **Spread** (``spread=True``: a database several daemons serve, PostgreSQL). Daemons on other
+  hosts read the same due rows, earliest first: with a backlog their workers would all try the
+  same instances' claims and lose most of them to each other. Once a worker reports at least
+  ``SPREAD_BUSY`` instances claimed elsewhere in one batch (one hot instance a client holds is
+  not another daemon), and for ``SPREAD_MEMORY`` after, a read takes up to ``SPREAD_ROWS_MAX``
+  more rows, and when they are more than the idle workers take, the batches start at a random
+  place (``pick``) within the ``SPREAD`` times what they take at the head: each daemon works
+  on its own part of the backlog, and the earliest row is in each read's batches with a
+  chance of one in ``SPREAD`` at least. Not with priorities (``order``), whose order is the
+  point.
 """
 
 from __future__ import annotations
@@ -71,8 +75,10 @@ ERROR_BACKOFF = (0.5, 30.0)  # the database failed
 RECLAIM_GAP = 0.025  # a client retries a claim every 20 ms at most: let it in between steps
 WAKE_WINDOW = 0.005
 SLOT_RECHECK = 1.0  # a job held for want of a slot is read again after this at the latest
-SPREAD = 4  # after busy reports, reads take this many times the rows, batches start at random
-SPREAD_MEMORY = 1.0  # seconds a busy report keeps the reads spread
+SPREAD = 4  # while spread, batches start at random within this many times what they take
+SPREAD_BUSY = 2  # busy instances in one batch that start the spread
+SPREAD_MEMORY = 1.0  # seconds such a batch keeps the reads spread
+SPREAD_ROWS_MAX = 1024  # more rows a spread read takes, at most
 BUSY = "claimed by another process"
 
 
@@ -149,7 +155,8 @@ class Dispatcher:
 
     ``note(level, text)`` receives the lines worth logging (a ``logging`` level); ``limits``
     are the jobs' ``concurrency``; ``order(rows, wall)`` puts due rows in the order they
-    should go out (``None``: as read, earliest due first). ``pick(n)`` chooses where among
+    should go out (``None``: as read, earliest due first). ``spread``: other daemons may
+    serve the database (the module's doc); ``pick(n)`` then chooses where among the first
     ``n`` due rows the batches start while reads are spread (a number in ``range(n)``; by
     default at random).
     """
@@ -160,9 +167,11 @@ class Dispatcher:
         *,
         limits: Mapping[str, int] | None = None,
         order: Callable[[list[DueRow], float], list[DueRow]] | None = None,
+        spread: bool = False,
         pick: Callable[[int], int] | None = None,
     ) -> None:
         self._note = note or (lambda _level, _text: None)
+        self.spread = spread
         self._pick = pick or random.Random().randrange
         self._spread_until = -math.inf  # reads are spread till then (``SPREAD``)
         self.limits = dict(limits or {})  # job -> concurrency
@@ -223,9 +232,9 @@ class Dispatcher:
         # Free at t + RECLAIM_GAP, the sum next_wakeup waits for (now - t could be a hair less).
         for instance_id in [i for i, t in self._recent.items() if t + RECLAIM_GAP <= now]:
             del self._recent[instance_id]
-        idle = sum(1 for w in self._workers.values() if w.batch is None)
-        spread = SPREAD if self._spreading(now) else 1
-        return len(skip) + max(idle, 1) * BATCH_MAX * spread + 1
+        idle = max(1, sum(1 for w in self._workers.values() if w.batch is None))
+        more = min((SPREAD - 1) * idle * BATCH_MAX, SPREAD_ROWS_MAX) if self._spreading(now) else 0
+        return len(skip) + idle * BATCH_MAX + more + 1
 
     def on_read_failed(self, now: float, error: str) -> None:
         """The read failed: read again after a backoff."""
@@ -278,10 +287,17 @@ class Dispatcher:
         if self.limits:
             candidates = self._within_limits(candidates)
         idle = [key for key, w in self._workers.items() if w.batch is None]
-        if len(candidates) > len(idle) * BATCH_MAX and self._spreading(now):
-            start = self._pick(len(candidates))
-            candidates = candidates[start:] + candidates[:start]
-        taken = self._batch(candidates, idle) if idle else 0
+        plan = self._plan(candidates, idle)
+        taken = sum(len(batch) for _, batch, _ in plan)
+        if 0 < taken < len(candidates) and self._spreading(now):
+            window = min(len(candidates), SPREAD * taken)
+            start = self._pick(window)
+            candidates = candidates[start:window] + candidates[:start] + candidates[window:]
+            plan = self._plan(candidates, idle)
+            taken = sum(len(batch) for _, batch, _ in plan)
+        for worker, batch, due_at in plan:
+            self._workers[worker].batch = batch
+            self._assigned.append((worker, Batch(batch, due_at)))
         self._backlog = taken < waiting or not complete
 
     def _within_limits(self, rows: list[DueRow]) -> list[DueRow]:
@@ -302,10 +318,15 @@ class Dispatcher:
             kept.append(row)
         return kept
 
-    def _batch(self, rows: Sequence[DueRow], idle: Sequence[int]) -> int:
-        """Cut ``rows`` into one batch per idle worker, in order; returns how many were taken."""
+    def _plan(
+        self, rows: Sequence[DueRow], idle: Sequence[int]
+    ) -> list[tuple[int, dict[str, int], float]]:
+        """``rows`` cut into one batch per idle worker, in order: (worker, batch, due time)."""
+        if not idle:
+            return []
         per_worker = min(BATCH_MAX, -(-len(rows) // len(idle)))
         taken = 0
+        plan = []
         for worker in idle:
             batch: dict[str, int] = {}
             size, due_at, seconds = 0, 0.0, 0.0
@@ -325,9 +346,8 @@ class Dispatcher:
                 seconds += took
             if not batch:
                 break
-            self._workers[worker].batch = batch
-            self._assigned.append((worker, Batch(batch, due_at)))
-        return taken
+            plan.append((worker, batch, due_at))
+        return plan
 
     def assignments(self, now: float) -> list[tuple[int, Batch]]:
         """The batches the last ``on_due`` decided, each for an idle worker; taking them means
@@ -377,7 +397,7 @@ class Dispatcher:
         batch, state.batch = state.batch or {}, None
         for instance_id in busy:
             self._back_off(instance_id, BUSY_BACKOFF, BUSY, now)
-        if busy:
+        if self.spread and len(busy) >= SPREAD_BUSY:
             self._spread_until = now + SPREAD_MEMORY
         if error is not None:
             for instance_id in batch:

@@ -19,6 +19,7 @@ from durajobs.dispatch import (
     RECLAIM_GAP,
     SPREAD,
     SPREAD_MEMORY,
+    SPREAD_ROWS_MAX,
     STUCK_BACKOFF,
     WAKE_WINDOW,
     Dispatcher,
@@ -391,51 +392,87 @@ def test_stopping_asks_for_no_read() -> None:
     assert not harness.dispatch.can_read()
 
 
+def _backlog(name: str, n: int = 4 * BATCH_MAX) -> list[Row]:
+    return rows(*(f"fast:{name}{k:04}" for k in range(n)))
+
+
 def test_after_busy_reports_reads_spread_over_the_backlog() -> None:
-    """Another daemon reads the same due rows: once a worker reports instances claimed
-    elsewhere, reads take SPREAD times the rows and the batches start where ``pick`` says
-    (at random: each daemon its own part of the backlog), for SPREAD_MEMORY; a backlog that
-    the idle workers take whole, and a read without busy reports, go earliest first."""
+    """Another daemon reads the same due rows: once a batch reports SPREAD_BUSY instances
+    claimed elsewhere, reads take more rows (SPREAD_ROWS_MAX at most) and the batches start
+    where ``pick`` says within SPREAD times what the idle workers take (at random: each daemon
+    its own part of the backlog), for SPREAD_MEMORY; a backlog that the idle workers take
+    whole, and a read after no such report, go earliest first."""
     picks: list[int] = []
 
     def pick(n: int) -> int:
         picks.append(n)
-        return n // 2
+        return n - 1  # the last of the window: the batch wraps around to the head
 
-    harness = Harness(1, pick=pick)
+    harness = Harness(2, spread=True, pick=pick)
     harness.time("fast", 0.00001)
-
-    def backlog(name: str, n: int = 4 * BATCH_MAX) -> list[Row]:
-        return rows(*(f"fast:{name}{k:04}" for k in range(n)))
-
-    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + 1
-    assert harness.read(backlog("a"))[0][0] == "task:fast:a0000"  # no busy report yet: the head
-    harness.done(0, busy=("task:fast:a0000",), ms=0.01)
+    assert harness.dispatch.begin_read(harness.now) == 2 * BATCH_MAX + 1
+    first = harness.read(_backlog("a", 8 * BATCH_MAX))
+    assert first[0][0] == "task:fast:a0000"  # no busy report yet: the head
+    harness.done(0, busy=("task:fast:a0000",), ms=0.01)  # one busy instance: a client's
     harness.clock.advance(RECLAIM_GAP)
-    assert harness.dispatch.begin_read(harness.now) == 1 + BATCH_MAX * SPREAD + 1
-    batch = harness.read(backlog("b"))[0]
-    assert picks == [4 * BATCH_MAX]
-    assert batch[0] == f"task:fast:b{2 * BATCH_MAX:04}"
-    assert len(batch) == BATCH_MAX
-    harness.done(0, ms=0.01)
+    # (one worker idle; the other's batch and the busy one are read past)
+    assert harness.dispatch.begin_read(harness.now) == len(first[1]) + 1 + BATCH_MAX + 1
+    harness.done(1, busy=tuple(first[1][:2]), ms=0.01)  # two: another daemon's
     harness.clock.advance(RECLAIM_GAP)
-    assert harness.read(backlog("c", BATCH_MAX))[0][0] == "task:fast:c0000"  # all fit: in order
-    harness.done(0, ms=0.01)
-    harness.clock.advance(SPREAD_MEMORY)
-    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + 1
-    assert harness.read(backlog("d"))[0][0] == "task:fast:d0000"  # the memory is over
+    more = min((SPREAD - 1) * 2 * BATCH_MAX, SPREAD_ROWS_MAX)
+    backoffs = harness.dispatch.backoff.values()
+    backing_off = sum(1 for b in backoffs if (b.retry_at or 0) > harness.now)
+    assert harness.dispatch.begin_read(harness.now) == backing_off + 2 * BATCH_MAX + more + 1
+    due = _backlog("b", 16 * BATCH_MAX)
+    batches = harness.read(due)
+    assert picks == [SPREAD * 2 * BATCH_MAX]  # within SPREAD times what the two workers take
+    start = SPREAD * 2 * BATCH_MAX - 1
+    assert batches[0] == [f"task:fast:b{start:04}"] + [f"task:fast:b{k:04}" for k in range(127)]
+    assert batches[1] == [f"task:fast:b{k:04}" for k in range(127, 255)]
+    for worker in (0, 1):
+        harness.done(worker, ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    small = _backlog("c", 2 * BATCH_MAX)
+    assert harness.read(small)[0][0] == "task:fast:c0000"  # all fit: in order
+    assert len(picks) == 1
+    for worker in (0, 1):
+        harness.done(worker, ms=0.01)
+    harness.clock.advance(SPREAD_MEMORY - 2 * RECLAIM_GAP)
+    assert harness.dispatch.begin_read(harness.now) == 2 * BATCH_MAX + 1  # the memory is over
+    assert harness.read(_backlog("d"))[0][0] == "task:fast:d0000"
     assert len(picks) == 1
 
 
-def test_priorities_keep_their_order_whatever_the_busy_reports() -> None:
-    harness = Harness(1, order=lambda due, wall: list(due), pick=lambda n: 1 // 0)
-    harness.time("fast", 0.00001)
-    harness.read(rows(*(f"fast:a{k:04}" for k in range(4 * BATCH_MAX))))
-    harness.done(0, busy=("task:fast:a0000",), ms=0.01)
+def test_a_spread_keeps_the_earliest_rows_of_slow_steps_near_the_front() -> None:
+    """A job whose steps go one per batch: the window is SPREAD batches, not the read, so the
+    earliest due row waits a few reads at most, not until the backlog is gone."""
+    harness = Harness(1, spread=True, pick=lambda n: n - 1)
+    harness.time("slow", 1.0)  # (longer than BATCH_SECONDS: one step per batch)
+    harness.read(rows("slow:x0", "slow:x1"))
+    harness.done(0, busy=("task:slow:x0", "task:slow:y0"), ms=1000.0)
     harness.clock.advance(RECLAIM_GAP)
-    assert harness.dispatch.begin_read(harness.now) == 1 + BATCH_MAX + 1
-    due = rows(*(f"fast:b{k:04}" for k in range(4 * BATCH_MAX)))
-    harness.dispatch.on_due(due, harness.now, complete=True, wall=0.0)
+    due = rows(*(f"slow:z{k:04}" for k in range(500)))
+    assert harness.read(due) == {0: [f"task:slow:z{SPREAD - 1:04}"]}
+
+
+def test_no_spread_where_one_daemon_serves_the_database() -> None:
+    harness = Harness(1, pick=lambda n: 1 // 0)  # (spread=False: SQLite)
+    harness.time("fast", 0.00001)
+    harness.read(_backlog("a"))
+    harness.done(0, busy=("task:fast:a0000", "task:fast:a0001"), ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    assert harness.dispatch.begin_read(harness.now) == 2 + BATCH_MAX + 1
+    assert harness.read(_backlog("b"))[0][0] == "task:fast:b0000"
+
+
+def test_priorities_keep_their_order_whatever_the_busy_reports() -> None:
+    harness = Harness(1, order=lambda due, wall: list(due), spread=True, pick=lambda n: 1 // 0)
+    harness.time("fast", 0.00001)
+    harness.read(_backlog("a"))
+    harness.done(0, busy=("task:fast:a0000", "task:fast:a0001"), ms=0.01)
+    harness.clock.advance(RECLAIM_GAP)
+    assert harness.dispatch.begin_read(harness.now) == 2 + BATCH_MAX + 1
+    harness.dispatch.on_due(_backlog("b"), harness.now, complete=True, wall=0.0)
     assert next(iter(harness.dispatch.assignments(harness.now)[0][1].steps)) == "task:fast:b0000"
 
 

@@ -721,6 +721,10 @@ class Claims(Protocol):
     # instances with one ``try_acquire_many`` and reads their rows with one ``load_many``;
     # False (SQLite: a claim costs a microsecond): one ``try_acquire`` and one read each.
     batch_claims: bool
+    # Whether several daemons may serve the database (PostgreSQL, on any number of hosts):
+    # then a daemon's dispatcher spreads its reads over a backlog (``dispatch``, "Spread");
+    # False (SQLite: one daemon per file, ``hold_daemon_lock``).
+    several_daemons: bool
 
     def try_acquire(self, instance_id: str) -> int | None:
         """Claim without waiting: a token, or ``None`` if held elsewhere or someone waits.

@@ -237,6 +237,7 @@ class AdvisoryClaims(SessionLocks):
 
     # False: one ``try_acquire`` per instance (the benchmark's "before", bench_postgres.py).
     batch_claims = True
+    several_daemons = True
 
     def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
         """``try_acquire`` of many instances in one round trip: a token or ``None`` for each.

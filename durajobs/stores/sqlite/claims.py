@@ -158,6 +158,7 @@ class InstanceLocks:
         return self._claim(offset)
 
     batch_claims = False  # a claim is one system call: claiming ahead would gain nothing
+    several_daemons = False  # one daemon per file (hold_daemon_lock)
 
     def try_acquire_many(self, instance_ids: Sequence[str]) -> list[int | None]:
         """``try_acquire`` of each instance, in order."""
