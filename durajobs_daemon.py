@@ -98,7 +98,7 @@ from durajobs.core.flow import prioritized
 from durajobs.dispatch import BATCH_BYTES, Backoff, Dispatcher, DueRow, StepReport
 from durajobs.errors import DurajobsError, StorageError
 from durajobs.jobs import PRUNE_EVERY
-from durajobs.stores import open_listener, same_database
+from durajobs.stores import daemons_serving, open_listener, same_database
 from durajobs.stores.base import Write
 
 __all__ = ["main"]
@@ -106,6 +106,7 @@ __all__ = ["main"]
 log = logging.getLogger("durajobs.daemon")
 
 STATUS_EVERY = 1.0  # seconds between two STATUS= updates
+DAEMON_CENSUS_EVERY = 5.0  # seconds between two counts of the daemons serving a database
 # An alarm is handed to a worker this long before it is due; the worker sleeps the rest. The
 # parent's wake-up, its read and the hand-over then cost no lateness (about 0.6 ms otherwise).
 DISPATCH_LEAD = 0.002
@@ -856,6 +857,7 @@ class Daemon:
         self.status_dirty = False
         self.status_sent = -math.inf
         self.next_ping = math.inf
+        self.next_census = -math.inf  # when to count the daemons serving the database again
         self.last_prune = -math.inf
         self.announced = False
 
@@ -1172,6 +1174,11 @@ class Daemon:
     def _poll(self) -> None:
         """Read what is due, hand it to idle workers, and arm the timer for the next alarm."""
         now, now_m = time.time(), time.monotonic()
+        if self.dispatch.spread and now_m >= self.next_census:
+            # Other daemons on the database (PostgreSQL): spread the reads from the first.
+            self.next_census = now_m + DAEMON_CENSUS_EVERY
+            with contextlib.suppress(StorageError):  # (the read below reports the database)
+                self.dispatch.on_daemons(daemons_serving(self.jobs.location, self.store) or 1)
         limit = self.dispatch.begin_read(now_m)
         prefixes = self.jobs.engine.prefixes
         held = self.dispatch.held_jobs()

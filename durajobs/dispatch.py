@@ -49,8 +49,9 @@ monotonic time ``now``, takes the batches to send from ``assignments`` and sleep
   more rows, and when they are more than the idle workers take, the batches start at a random
   place (``pick``) within the ``SPREAD`` times what they take at the head: each daemon works
   on its own part of the backlog, and the earliest row is in each read's batches with a
-  chance of one in ``SPREAD`` at least. Not with priorities (``order``), whose order is the
-  point.
+  chance of one in ``SPREAD`` at least. The daemon also counts the daemons listening for the
+  database's wake-ups now and then (``on_daemons``): with others, reads are spread from the
+  first, before any claim is lost. Not with priorities (``order``), whose order is the point.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class Dispatcher:
         self.spread = spread
         self._pick = pick or random.Random().randrange
         self._spread_until = -math.inf  # reads are spread till then (``SPREAD``)
+        self._others = False  # other daemons serve the database (``on_daemons``)
         self.limits = dict(limits or {})  # job -> concurrency
         # (due rows, wall time) -> the rows in the order they should go out (priorities)
         self._order = order
@@ -412,8 +414,13 @@ class Dispatcher:
         else:
             self._paced_read(now)  # clients keep sending: gather their work for a window
 
+    def on_daemons(self, count: int) -> None:
+        """``count`` daemons (this one included) serve the database now: with others, reads
+        are spread (where ``spread``)."""
+        self._others = self.spread and count > 1
+
     def _spreading(self, now: float) -> bool:
-        return self._order is None and now < self._spread_until
+        return self._order is None and (self._others or now < self._spread_until)
 
     def on_lost(
         self, worker: int, now: float, *, crashed: bool = True, current: str | None = None

@@ -455,6 +455,24 @@ def test_a_spread_keeps_the_earliest_rows_of_slow_steps_near_the_front() -> None
     assert harness.read(due) == {0: [f"task:slow:z{SPREAD - 1:04}"]}
 
 
+def test_with_other_daemons_reads_are_spread_from_the_first() -> None:
+    """The daemon counted the daemons listening on the database: with others, the first read
+    of a backlog is spread already, before any claim is lost to them; alone, it is not."""
+    picks: list[int] = []
+    harness = Harness(1, spread=True, pick=lambda n: picks.append(n) or 0)
+    harness.time("fast", 0.00001)
+    harness.dispatch.on_daemons(1)
+    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + 1
+    harness.dispatch.on_daemons(2)
+    more = min((SPREAD - 1) * BATCH_MAX, SPREAD_ROWS_MAX)
+    assert harness.dispatch.begin_read(harness.now) == BATCH_MAX + more + 1
+    harness.dispatch.on_due(_backlog("a"), harness.now, complete=True)
+    assert picks == [SPREAD * BATCH_MAX]
+    unspread = Harness(1, pick=lambda n: 1 // 0)  # (spread=False: SQLite)
+    unspread.dispatch.on_daemons(2)
+    assert unspread.dispatch.begin_read(unspread.now) == BATCH_MAX + 1
+
+
 def test_no_spread_where_one_daemon_serves_the_database() -> None:
     harness = Harness(1, pick=lambda n: 1 // 0)  # (spread=False: SQLite)
     harness.time("fast", 0.00001)

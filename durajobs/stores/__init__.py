@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from durajobs.stores.sqlite.store import SqliteStore
 
 __all__ = [
-    "claims_may_exist", "created_files", "daemon_listening", "display_location", "health",
+    "claims_may_exist", "created_files", "daemon_listening", "daemons_serving",
+    "display_location", "health",
     "new_database_files", "open_claims", "open_listener", "open_store", "open_waker",
     "refuse_directory", "same_database", "serving",
 ]  # fmt: skip
@@ -266,6 +267,18 @@ def health(location: str, store: Store) -> list[Finding]:
     why = " (large: a long-running reader may be blocking checkpoints)" if large else ""
     findings.append(Finding("wal", "warn" if large else "ok", f"WAL {_size(wal)}{why}"))
     return findings
+
+
+def daemons_serving(location: str, store: Store) -> int | None:
+    """How many daemons listen for ``location``'s wake-ups now (PostgreSQL: any number, on any
+    number of hosts); ``None`` for a file, which one daemon serves.
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
+    if is_postgres(location):
+        return cast("PostgresStore", store).listeners()
+    return None
 
 
 def serving(location: str, store: Store) -> list[Finding]:
