@@ -106,7 +106,7 @@ __all__ = ["main"]
 log = logging.getLogger("durajobs.daemon")
 
 STATUS_EVERY = 1.0  # seconds between two STATUS= updates
-DAEMON_CENSUS_EVERY = 5.0  # seconds between two counts of the daemons serving a database
+DAEMON_CENSUS_EVERY = 1.0  # seconds between two counts of the daemons serving a database
 # An alarm is handed to a worker this long before it is due; the worker sleeps the rest. The
 # parent's wake-up, its read and the hand-over then cost no lateness (about 0.6 ms otherwise).
 DISPATCH_LEAD = 0.002
