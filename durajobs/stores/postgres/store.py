@@ -40,9 +40,10 @@ query by the claim's release and the daemons' wake-up (``unlock_at_commit``,
 ``notify_at_commit``). Their parameters are written into the query text (several statements
 with parameters cannot go in one extended-protocol message; psycopg's pipeline mode does that,
 but on a local server it cost more client CPU and time than the round trips it saved:
-benchmarks/FINDINGS.md): the put's, the read's and the wake-up's by ``literals`` (psycopg's
-``mogrify`` took a fifth of a send's client CPU), the claim's by psycopg's ``ClientCursor``. Any
-other wake-up is posted (``Link.post``): sent, never waited for.
+benchmarks/FINDINGS.md): those of statements that type every parameter (``literals.Typed``:
+the claims, the reads after them, the put, the wake-up) by ``literals`` (psycopg's ``mogrify``
+took a fifth of a send's client CPU), any other by psycopg's ``ClientCursor``. Any other
+wake-up is posted (``Link.post``): sent, never waited for.
 
 Group commit (``run_due``): the engine claims up to ``engine.CLAIM_AHEAD`` due instances in one
 round trip (``AdvisoryClaims.try_acquire_many``) with their rows read after the claims in the same
