@@ -220,7 +220,7 @@ def daemon_listening(location: str, store: Store) -> bool:
     harmless wake-up), or on PostgreSQL, listening for wake-ups on the server."""
     if is_postgres(location):
         try:
-            return cast("PostgresStore", store).listeners() > 0
+            return bool(daemons_serving(location, store))
         except StorageError:
             return False
     import socket  # only doctor asks: ``durajobs ls`` starts without it
@@ -286,7 +286,7 @@ def serving(location: str, store: Store) -> list[Finding]:
     and what its claims are (why none can be stale)."""
     if is_postgres(location):
         try:
-            count = cast("PostgresStore", store).listeners()
+            count = daemons_serving(location, store)
             daemon = Finding("daemon", "info", f"{count} daemon(s) listening")
         except StorageError as exc:
             daemon = Finding("daemon", "fail", str(exc))

@@ -36,28 +36,32 @@ class Unbindable(Exception):
     """A value ``literal`` does not write: bind it with psycopg instead."""
 
 
-def _float_text(value: float) -> str:
-    if isnan(value):
-        return "NaN"
-    if isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return float.__repr__(value)  # (a subclass's own repr, numpy's "np.float64(1.5)", is not)
+def _text(value: object) -> str:
+    """A scalar's text, as PostgreSQL's input functions read it (a subclass's own ``repr`` or
+    string methods play no part)."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if isnan(value):
+            return "NaN"
+        if isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float.__repr__(value)  # (not numpy's "np.float64(1.5)")
+    raise Unbindable(type(value).__name__)
 
 
 def _element(value: object) -> str:
     """One element of an array literal (``{...}``)."""
     if value is None:
         return "NULL"
+    text = _text(value)
     if isinstance(value, str):
-        text = str.__str__(value)  # (the string itself, whatever a subclass's methods do)
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        return _float_text(value)
-    raise Unbindable(type(value).__name__)
+    return text
 
 
 def _quoted(text: str) -> str:
@@ -76,17 +80,9 @@ def literal(value: object) -> str:
     """
     if value is None:
         return "NULL"
-    if isinstance(value, str):
-        return _quoted(str.__str__(value))
-    if isinstance(value, bool):
-        return "'t'" if value else "'f'"
-    if isinstance(value, int):
-        return "'" + int.__repr__(value) + "'"
-    if isinstance(value, float):
-        return "'" + _float_text(value) + "'"
     if isinstance(value, list):
         return _quoted("{" + ",".join([_element(v) for v in value]) + "}")
-    raise Unbindable(type(value).__name__)
+    return _quoted(_text(value))
 
 
 class Typed(str):
